@@ -1,0 +1,883 @@
+#!/usr/bin/env python3
+"""Manage the CI Docker images of this repository and pin them by digest.
+
+The images form a graph (IMAGES_TO_DEPENDENCIES): an image's Dockerfile pins
+each of its parents by digest (`FROM gcr.io/iree-oss/base@sha256:...`).
+Selecting an image processes it and every image that transitively depends on
+it, each after all of its parents, running the steps asked for:
+
+  --pull               docker pull REGISTRY/NAME:TAG
+  --build              docker build --tag REGISTRY/NAME:TAG build_tools/docker/NAME
+  --push               docker push REGISTRY/NAME:TAG
+  --update_references  rewrite every REGISTRY/NAME@sha256:... in the files git
+                       tracks to the digest the registry gave the pushed image
+
+Rebuild cmake and every image that depends on it, push them and pin the new
+digests everywhere:
+  python3 build_tools/docker/manage_images.py --image cmake \\
+      --build --push --update_references
+
+Show what that would do without doing it:
+  python3 build_tools/docker/manage_images.py --image cmake \\
+      --build --push --update_references --dry-run
+
+See README.md for the workflows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import graphlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, TextIO
+
+DEFAULT_REGISTRY = "gcr.io/iree-oss"
+DEFAULT_TAG = "latest"
+DOCKER_DIR = "build_tools/docker"
+PROD_DIGESTS_PATH = f"{DOCKER_DIR}/prod_digests.txt"
+WORKSPACE_PATH = "WORKSPACE"
+RBE_IMAGE = "rbe-toolchain"
+
+# Map from image names to the images they are built from. Keep this in
+# agreement with the Dockerfiles' FROM and COPY --from lines.
+IMAGES_TO_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "util": (),
+    "cmake": ("base", "util"),
+    "cmake-android": ("cmake", "util"),
+    "cmake-python": ("cmake",),
+    "cmake-python-vulkan": ("cmake-python", "vulkan"),
+    "cmake-python-swiftshader": ("cmake-python-vulkan", "swiftshader"),
+    "cmake-python-nvidia": ("cmake-python-vulkan",),
+    "bazel": ("base", "util"),
+    "bazel-python": ("bazel",),
+    "bazel-tensorflow": ("bazel-python",),
+    "bazel-tensorflow-vulkan": ("bazel-tensorflow", "vulkan"),
+    "bazel-tensorflow-swiftshader": ("bazel-tensorflow-vulkan", "swiftshader"),
+    "bazel-tensorflow-nvidia": ("bazel-tensorflow-vulkan",),
+    "rbe-toolchain": ("vulkan",),
+    "swiftshader": ("cmake",),
+    "vulkan": ("util",),
+}
+
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
+# Docker's tag grammar.
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+# A registry host (with an optional port) followed by repository path
+# components, in Docker's reference grammar.
+_DOMAIN_COMPONENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REGISTRY_RE = re.compile(
+    rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+    rf"(?:/{_PATH_COMPONENT})*\Z"
+)
+# Registries whose pushes go through `gcloud auth configure-docker`.
+GOOGLE_REGISTRY_RE = re.compile(r"(?:gcr\.io|[a-z0-9.-]+\.gcr\.io|[a-z0-9-]+-docker\.pkg\.dev)\Z")
+# Characters that would make a match part of a longer registry host or path
+# (`mirror.gcr.io/...`, `x/gcr.io/...`); `//` stays allowed for URLs.
+_REFERENCE_LEFT_BOUNDARY = rb"(?:(?<=//)|(?<![A-Za-z0-9._/-]))"
+_REFERENCE_RIGHT_BOUNDARY = rb"(?![A-Za-z0-9])"
+_RBE_RULE_START_RE = re.compile(rb"\brbe_autoconfig\s*\(")
+_RULE_STRING_FIELD_RE = re.compile(rb'\b([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"\\\n]*)"')
+
+
+class ManageImagesError(Exception):
+    """A failure the user can act on; `main` prints it as one line."""
+
+
+class CommandError(ManageImagesError):
+    """A command exited non-zero; its exit code becomes ours."""
+
+    def __init__(self, argv: Sequence[str], returncode: int) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        super().__init__(
+            f"Command failed with exit code {returncode}: `{format_command(argv)}`"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The graph: validation, closure and order.
+
+
+def validate_graph(graph: Mapping[str, Sequence[str]]) -> None:
+    """Raises ManageImagesError if `graph` names an unknown image or has a cycle."""
+    for image, dependencies in graph.items():
+        unknown = [dependency for dependency in dependencies if dependency not in graph]
+        if unknown:
+            raise ManageImagesError(
+                f"IMAGES_TO_DEPENDENCIES: {image} depends on {', '.join(unknown)}, "
+                "which is not an image; add it to the graph or fix the dependency"
+            )
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        cycle = error.args[1]
+        raise ManageImagesError(
+            f"IMAGES_TO_DEPENDENCIES has a cycle: {' -> '.join(reversed(cycle))}"
+        ) from None
+
+
+def dependents_map(graph: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Maps each image to the images built from it, walking `graph` alphabetically."""
+    dependents: dict[str, list[str]] = {image: [] for image in sorted(graph)}
+    for image in sorted(graph):
+        for dependency in graph[image]:
+            dependents[dependency].append(image)
+    return dependents
+
+
+def ordered_images_to_process(
+    images: Sequence[str], graph: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """The selected images and all their dependents, each after its parents.
+
+    Reproduces the original tool's order exactly: requested images are taken
+    from last to first, dependents are walked depth-first, and the post-order
+    is reversed.
+    """
+    dependents = dependents_map(graph)
+    visited: set[str] = set()
+    post_order: list[str] = []
+
+    def visit(image: str) -> None:
+        if image in visited:
+            return
+        for dependent in dependents[image]:
+            visit(dependent)
+        visited.add(image)
+        post_order.append(image)
+
+    for image in reversed(images):
+        visit(image)
+    post_order.reverse()
+    return post_order
+
+
+def expand_selection(names: Sequence[str], graph: Mapping[str, Sequence[str]]) -> list[str]:
+    """`all` stands for every image, sorted, as in the original."""
+    if "all" in names:
+        return sorted(graph)
+    return list(names)
+
+
+def images_help(graph: Mapping[str, Sequence[str]]) -> str:
+    return ", ".join(f"`{name}`" for name in sorted(graph)) + " or `all`"
+
+
+# ---------------------------------------------------------------------------
+# References: matching and rewriting, on bytes so every other byte survives.
+
+
+def image_url(registry: str, image: str) -> str:
+    return f"{registry}/{image}"
+
+
+def reference_pattern(registry: str, image: str) -> re.Pattern[bytes]:
+    """Matches `<registry>/<image>@sha256:<64 lowercase hex>` as a whole token.
+
+    Group 1 is everything up to and including `sha256:`, group 2 the hex.
+    """
+    prefix = re.escape(f"{image_url(registry, image)}@sha256:".encode())
+    return re.compile(
+        _REFERENCE_LEFT_BOUNDARY + b"(" + prefix + b")([0-9a-f]{64})" + _REFERENCE_RIGHT_BOUNDARY
+    )
+
+
+def rewrite_references(data: bytes, registry: str, image: str, digest: str) -> bytes:
+    """Points every well-formed reference to `image` in `data` at `digest`."""
+    check_digest(digest, f"{image_url(registry, image)}")
+    new_hex = digest.split(":", 1)[1].encode()
+    return reference_pattern(registry, image).sub(lambda m: m.group(1) + new_hex, data)
+
+
+def find_references(data: bytes, registry: str, image: str) -> list[tuple[int, str]]:
+    """(line number, digest) of each well-formed reference to `image` in `data`."""
+    return [
+        (data.count(b"\n", 0, match.start()) + 1, "sha256:" + match.group(2).decode())
+        for match in reference_pattern(registry, image).finditer(data)
+    ]
+
+
+def check_digest(digest: str, what: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise ManageImagesError(
+            f"refusing the digest {digest!r} for {what}: expected sha256: and 64 "
+            "lowercase hex digits; no file was changed"
+        )
+    return digest
+
+
+@dataclass(frozen=True)
+class RbeRule:
+    """An `rbe_autoconfig(...)` call in WORKSPACE and its string fields."""
+
+    line: int
+    fields: Mapping[str, str]
+    digest_span: tuple[int, int] | None  # byte span of the `digest` value
+
+    def names(self, url: str) -> bool:
+        registry = self.fields.get("registry", "")
+        repository = self.fields.get("repository", "")
+        return f"{registry}/{repository}" == url
+
+
+def _rule_body_end(data: bytes, start: int) -> int:
+    """Index just past the `)` closing the call whose `(` is at `start - 1`."""
+    depth, index, quote = 1, start, b""
+    while index < len(data):
+        char = data[index : index + 1]
+        if quote:
+            if char == b"\\":
+                index += 1
+            elif char == quote:
+                quote = b""
+        elif char in (b'"', b"'"):
+            quote = char
+        elif char == b"#":
+            newline = data.find(b"\n", index)
+            index = len(data) if newline < 0 else newline
+        elif char in (b"(", b"[", b"{"):
+            depth += 1
+        elif char in (b")", b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return len(data)
+
+
+def parse_rbe_rules(data: bytes) -> list[RbeRule]:
+    """Every `rbe_autoconfig(...)` rule in a WORKSPACE file."""
+    rules = []
+    for start in _RBE_RULE_START_RE.finditer(data):
+        body_start = start.end()
+        body_end = _rule_body_end(data, body_start)
+        fields: dict[str, str] = {}
+        digest_span = None
+        for match in _RULE_STRING_FIELD_RE.finditer(data, body_start, body_end):
+            name = match.group(1).decode("ascii")
+            fields.setdefault(name, match.group(2).decode("utf-8", "replace"))
+            if name == "digest" and digest_span is None:
+                digest_span = match.span(2)
+        rules.append(RbeRule(data.count(b"\n", 0, start.start()) + 1, fields, digest_span))
+    return rules
+
+
+def rewrite_workspace(data: bytes, url: str, digest: str) -> tuple[bytes, int]:
+    """Sets the `digest` of each rbe_autoconfig rule that names `url`.
+
+    Returns the new bytes and how many rules named `url`. Other rules and any
+    other `digest = ...` (e.g. `base_container_digest`) are left alone.
+    """
+    check_digest(digest, url)
+    rules = [rule for rule in parse_rbe_rules(data) if rule.names(url) and rule.digest_span]
+    for rule in sorted(rules, key=lambda rule: rule.digest_span, reverse=True):
+        begin, end = rule.digest_span
+        data = data[:begin] + digest.encode() + data[end:]
+    return data, len(rules)
+
+
+@dataclass(frozen=True)
+class ProdDigest:
+    line: int
+    url: str
+    digest: str
+
+
+def parse_prod_digests(data: bytes, path: str = PROD_DIGESTS_PATH) -> list[ProdDigest]:
+    """The entries of prod_digests.txt; a malformed line is an error naming path:line."""
+    entries = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        text = raw.decode("utf-8", "replace").strip()
+        url, at, digest = text.partition("@")
+        if not at or not DIGEST_RE.match(digest) or not url:
+            raise ManageImagesError(
+                f"{path}:{number}: malformed line {text!r}: expected "
+                "REGISTRY/NAME@sha256:<64 lowercase hex>; fix it and run again"
+            )
+        entries.append(ProdDigest(number, url, digest))
+    return entries
+
+
+def append_prod_digest(data: bytes, url: str, digest: str) -> bytes:
+    """`data` with `url@digest` as a new last line, keeping the file's line ends."""
+    newline = b"\r\n" if b"\r\n" in data else b"\n"
+    if data and not data.endswith(b"\n"):
+        data += newline
+    return data + f"{url}@{digest}".encode() + newline
+
+
+def unified_diff(path: str, old: bytes, new: bytes) -> str:
+    return "".join(
+        difflib.unified_diff(
+            old.decode("utf-8", "surrogateescape").splitlines(keepends=True),
+            new.decode("utf-8", "surrogateescape").splitlines(keepends=True),
+            fromfile=f"a/{path}",
+            tofile=f"b/{path}",
+        )
+    ).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------
+# Commands: pure argv builders.
+
+
+def format_command(argv: Sequence[str]) -> str:
+    return " ".join(argv)
+
+
+def pull_argv(url: str, tag: str) -> tuple[str, ...]:
+    return ("docker", "pull", f"{url}:{tag}")
+
+
+def build_argv(url: str, tag: str, context: str) -> tuple[str, ...]:
+    return ("docker", "build", "--tag", f"{url}:{tag}", context)
+
+
+def push_argv(url: str, tag: str) -> tuple[str, ...]:
+    return ("docker", "push", f"{url}:{tag}")
+
+
+def inspect_argv(url: str, tag: str) -> tuple[str, ...]:
+    return ("docker", "image", "inspect", "--format", "{{json .RepoDigests}}", f"{url}:{tag}")
+
+
+def gcloud_argv(registry: str) -> tuple[str, ...]:
+    host = registry.split("/", 1)[0]
+    if host == "gcr.io":
+        return ("gcloud", "auth", "configure-docker")
+    return ("gcloud", "auth", "configure-docker", host)
+
+
+def is_google_registry(registry: str) -> bool:
+    return bool(GOOGLE_REGISTRY_RE.match(registry.split("/", 1)[0]))
+
+
+def pick_repo_digest(repo_digests: Sequence[str], url: str) -> str | None:
+    """The digest of the RepoDigests entry whose repository is exactly `url`."""
+    # Docker shortens Docker Hub repositories (`docker.io/library/x` -> `x`).
+    wanted = {url, url.removeprefix("docker.io/"), url.removeprefix("docker.io/library/")}
+    for entry in repo_digests:
+        repository, at, digest = entry.partition("@")
+        if at and repository in wanted:
+            return digest
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The thin layer that runs docker and git.
+
+
+class Console:
+    """Prints whole lines, never interleaved, from any thread."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def line(self, text: str = "", prefix: str = "") -> None:
+        with self._lock:
+            for part in text.split("\n") if text else [""]:
+                self._out.write(f"{prefix}{part}\n")
+            self._out.flush()
+
+
+@dataclass
+class Context:
+    """Everything a run needs, passed explicitly."""
+
+    registry: str
+    tag: str
+    dry_run: bool
+    console: Console
+    root: Path | None = None
+    env: Mapping[str, str] | None = None
+    prefix_output: bool = False
+    processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    file_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _missing_tool(name: str) -> ManageImagesError:
+    hints = {
+        "docker": "install Docker (https://docs.docker.com/engine/install/) and try again",
+        "git": "install git and try again",
+    }
+    return ManageImagesError(f"`{name}` not found on PATH: {hints.get(name, 'install it')}")
+
+
+def run(ctx: Context, argv: Sequence[str], image: str = "") -> None:
+    """Runs a side-effecting command, streaming its merged output line by line.
+
+    In a dry run the command is only printed.
+    """
+    prefix = f"[{image}] " if ctx.prefix_output and image else ""
+    ctx.console.line(f"Running: `{format_command(argv)}`", prefix)
+    if ctx.dry_run:
+        return
+    try:
+        process = subprocess.Popen(
+            argv,
+            cwd=ctx.root,
+            env=ctx.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise _missing_tool(argv[0]) from None
+    with ctx.lock:
+        ctx.processes.add(process)
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            ctx.console.line(raw.decode("utf-8", "replace").rstrip("\r\n"), prefix)
+        returncode = process.wait()
+    finally:
+        with ctx.lock:
+            ctx.processes.discard(process)
+    if returncode != 0:
+        raise CommandError(argv, returncode)
+
+
+def capture(
+    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a read-only command (also in a dry run) and returns its output."""
+    try:
+        return subprocess.run(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
+        )
+    except FileNotFoundError:
+        raise _missing_tool(argv[0]) from None
+
+
+def find_repo_root(start: Path) -> Path:
+    """The top of the git work tree holding `start`."""
+    result = capture(("git", "-C", str(start), "rev-parse", "--show-toplevel"))
+    if result.returncode != 0:
+        raise ManageImagesError(
+            f"{start} is not inside a git work tree: run from the repository or "
+            "pass --repo_root"
+        )
+    return Path(result.stdout.strip())
+
+
+def grep_tracked_files(root: Path, text: str) -> list[str]:
+    """Tracked, non-binary files under `root` that contain `text` literally."""
+    result = capture(("git", "-C", str(root), "grep", "-l", "-z", "-I", "-F", "-e", text, "--"))
+    if result.returncode == 1:
+        return []
+    if result.returncode != 0:
+        raise ManageImagesError(f"`git grep` failed in {root}: {result.stderr.strip()}")
+    return [path for path in result.stdout.split("\0") if path]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replaces `path` with `data` in one rename, keeping its mode.
+
+    A reader (or a crash) sees the old or the new content, never a mix.
+    """
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why `path` must not be replaced, or None.
+
+    A file without any write bit is taken as read-only even for root, who could
+    otherwise replace it; an immutable file or a read-only folder fails access().
+    """
+    if path.exists():
+        if path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK):
+            return "it is read-only"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"its folder {path.parent} is not writable"
+    return None
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str  # relative to the repository root
+    old: bytes
+    new: bytes
+
+
+class Edits:
+    """File changes gathered for one image, applied together once all are known."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._contents: dict[str, tuple[bytes, bytes]] = {}
+
+    def read(self, relative: str) -> bytes:
+        if relative in self._contents:
+            return self._contents[relative][1]
+        path = self.root / relative
+        return path.read_bytes() if path.is_file() else b""
+
+    def edit(self, relative: str, transform) -> None:
+        if (self.root / relative).is_symlink():
+            return
+        old = self._contents.get(relative, (self.read(relative),))[0]
+        self._contents[relative] = (old, transform(self.read(relative)))
+
+    def containing(self, text: bytes) -> list[str]:
+        """Files with a pending edit whose new content holds `text`."""
+        return [path for path, (_, new) in self._contents.items() if text in new]
+
+    def changes(self) -> list[FileChange]:
+        return [FileChange(path, old, new) for path, (old, new) in self._contents.items() if old != new]
+
+
+def apply_changes(ctx: Context, changes: Sequence[FileChange]) -> None:
+    """Writes every change atomically, or shows it as a diff in a dry run.
+
+    Every file is checked first, so an unwritable one leaves all of them as
+    they were.
+    """
+    assert ctx.root is not None
+    if ctx.dry_run:
+        for change in changes:
+            ctx.console.line(unified_diff(change.path, change.old, change.new).rstrip("\n"))
+        return
+    for change in changes:
+        reason = unwritable_reason(ctx.root / change.path)
+        if reason:
+            raise ManageImagesError(
+                f"cannot write {change.path}: {reason}; make it writable and run again "
+                "(no file was changed for this image)"
+            )
+    for change in changes:
+        try:
+            write_atomic(ctx.root / change.path, change.new)
+        except OSError as error:
+            raise ManageImagesError(
+                f"cannot write {change.path}: {error.strerror}; make it writable and run again"
+            ) from None
+
+
+def repo_digest(ctx: Context, image: str) -> str | None:
+    """The registry digest of REGISTRY/IMAGE:TAG, or None if docker has none."""
+    url = image_url(ctx.registry, image)
+    try:
+        result = capture(inspect_argv(url, ctx.tag), ctx.root, ctx.env)
+    except ManageImagesError:
+        if ctx.dry_run:
+            return None
+        raise
+    detail = result.stderr.strip() or result.stdout.strip()
+    digest = None
+    if result.returncode == 0:
+        digest = pick_repo_digest(json.loads(result.stdout or "null") or [], url)
+        detail = f"RepoDigests {result.stdout.strip()} has no entry for {url}"
+    if digest is None:
+        if ctx.dry_run:
+            return None
+        raise ManageImagesError(
+            f"Computing the repository digest for {url}:{ctx.tag} failed. "
+            f"Has it been pushed to {ctx.registry}? docker said: {' '.join(detail.split())}"
+        )
+    return check_digest(digest, f"{url}:{ctx.tag} (from docker image inspect)")
+
+
+def update_references(ctx: Context, image: str, digest: str | None) -> None:
+    """Points every reference to IMAGE in the tracked files at `digest`.
+
+    `digest` is None only in a dry run that cannot know it yet: then the files
+    are listed but no diff is shown.
+    """
+    assert ctx.root is not None
+    url = image_url(ctx.registry, image)
+    edits = Edits(ctx.root)
+    with ctx.file_lock:
+        if digest is not None:
+            prod_digests = edits.read(PROD_DIGESTS_PATH)
+            if not any(entry.url == url for entry in parse_prod_digests(prod_digests)):
+                ctx.console.line(f"Adding new image {url}@{digest} to {PROD_DIGESTS_PATH}")
+                edits.edit(PROD_DIGESTS_PATH, lambda data: append_prod_digest(data, url, digest))
+        if image == RBE_IMAGE:
+            ctx.console.line(f"Updating WORKSPACE file for {RBE_IMAGE}")
+            rules = [rule for rule in parse_rbe_rules(edits.read(WORKSPACE_PATH)) if rule.names(url)]
+            if not rules:
+                ctx.console.line(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}")
+            elif digest is not None:
+                edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
+        ctx.console.line(f"Updating references to {url}")
+        needle = f"{url}@sha256:"
+        files = [
+            path
+            for path in grep_tracked_files(ctx.root, needle)
+            if not (ctx.root / path).is_symlink()
+        ]
+        files += [path for path in edits.containing(needle.encode()) if path not in files]
+        if not files:
+            ctx.console.line(f"Found no references to {url}")
+        else:
+            ctx.console.line(f"Updating references in {len(files)} files: {files}")
+            if digest is not None:
+                for path in files:
+                    edits.edit(path, lambda data: rewrite_references(data, ctx.registry, image, digest))
+        apply_changes(ctx, edits.changes())
+
+
+def check_docker(ctx: Context) -> None:
+    """Fails early, with a clear message, when docker or its engine is missing."""
+    if shutil.which("docker", path=(ctx.env or os.environ).get("PATH")) is None:
+        raise _missing_tool("docker")
+    result = capture(("docker", "version", "--format", "{{.Server.Version}}"), ctx.root, ctx.env)
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())
+        raise ManageImagesError(
+            "cannot reach the Docker engine: start it (e.g. `sudo systemctl start "
+            f"docker`) or point DOCKER_HOST at one; docker said: {said}"
+        )
+
+
+def check_gcloud(ctx: Context) -> None:
+    if shutil.which("gcloud", path=(ctx.env or os.environ).get("PATH")) is None:
+        raise ManageImagesError(
+            "gcloud not found. See https://cloud.google.com/sdk/install for installation."
+        )
+    run(ctx, gcloud_argv(ctx.registry))
+
+
+# ---------------------------------------------------------------------------
+# Actions.
+
+
+@dataclass(frozen=True)
+class Steps:
+    pull: bool = False
+    build: bool = False
+    push: bool = False
+    update_references: bool = False
+
+    def any(self) -> bool:
+        return self.pull or self.build or self.push or self.update_references
+
+    def names(self) -> list[str]:
+        return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
+
+
+def process_image(ctx: Context, image: str, steps: Steps) -> str | None:
+    """Runs the requested steps for one image; returns its new digest if known."""
+    url = image_url(ctx.registry, image)
+    if steps.pull:
+        run(ctx, pull_argv(url, ctx.tag), image)
+    if steps.build:
+        run(ctx, build_argv(url, ctx.tag, f"{DOCKER_DIR}/{image}"), image)
+    if steps.push:
+        run(ctx, push_argv(url, ctx.tag), image)
+    digest = None
+    if steps.update_references:
+        if ctx.dry_run and (steps.build or steps.push):
+            ctx.console.line(
+                f"Dry run: the digest of {url}:{ctx.tag} is only known after it is "
+                "built and pushed; listing the files that would be updated"
+            )
+        else:
+            digest = repo_digest(ctx, image)
+            if digest is None:
+                ctx.console.line(
+                    f"Dry run: {url}:{ctx.tag} has no repository digest on this "
+                    "machine (not pushed or pulled yet), so the new digest is "
+                    "unknown; listing the files that would be updated"
+                )
+        update_references(ctx, image, digest)
+    return digest
+
+
+def preflight(ctx: Context, images: Sequence[str], steps: Steps) -> None:
+    """Checks everything that can be checked before the first side effect."""
+    assert ctx.root is not None or not (steps.build or steps.update_references)
+    if steps.build:
+        for image in images:
+            dockerfile = ctx.root / DOCKER_DIR / image / "Dockerfile"
+            if not dockerfile.is_file():
+                raise ManageImagesError(
+                    f"{DOCKER_DIR}/{image}/Dockerfile not found: the build context of "
+                    f"{image} needs one; add it or fix IMAGES_TO_DEPENDENCIES"
+                )
+    if steps.update_references:
+        path = ctx.root / PROD_DIGESTS_PATH
+        if path.exists():
+            parse_prod_digests(path.read_bytes())
+    if not ctx.dry_run and (steps.pull or steps.build or steps.push or steps.update_references):
+        check_docker(ctx)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Build, pull and push the repository's CI Docker images and pin them "
+            "by digest. An image is processed together with every image that "
+            "depends on it, parents first."
+        ),
+        epilog="See README.md for the workflows.",
+    )
+    parser.add_argument(
+        "--images",
+        "--image",
+        type=str,
+        required=True,
+        action="append",
+        metavar="NAME",
+        help=f"Name of the image to process: {images_help(graph)}. Repeatable.",
+    )
+    parser.add_argument(
+        "--tag",
+        default=DEFAULT_TAG,
+        help="Tag of the images. Defaults to `latest` (good for testing a change "
+        "in a PR). Use `prod` to update the images that CI preloads.",
+    )
+    parser.add_argument("--pull", action="store_true", help="Pull REGISTRY/NAME:TAG.")
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="Build REGISTRY/NAME:TAG from build_tools/docker/NAME.",
+    )
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="Push REGISTRY/NAME:TAG. For Google registries (gcr.io, *.gcr.io, "
+        "*-docker.pkg.dev) this runs `gcloud auth configure-docker` first.",
+    )
+    parser.add_argument(
+        "--update_references",
+        "--update-references",
+        action="store_true",
+        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at the "
+        "image's repository digest (and, for rbe-toolchain, the rbe_autoconfig "
+        "rule in WORKSPACE); add the image to prod_digests.txt if missing.",
+    )
+    parser.add_argument(
+        "--dry_run",
+        "--dry-run",
+        "-n",
+        action="store_true",
+        help="Print the commands and file changes without running or making them.",
+    )
+    parser.add_argument(
+        "--registry",
+        default=DEFAULT_REGISTRY,
+        help=f"Registry and path the images live under. Defaults to {DEFAULT_REGISTRY}.",
+    )
+    parser.add_argument(
+        "--repo_root",
+        "--repo-root",
+        type=Path,
+        help="The repository to work on. Defaults to the git work tree holding "
+        "the current directory.",
+    )
+    return parser
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, graph: Mapping[str, Sequence[str]]
+) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    for image in args.images:
+        if image != "all" and image not in graph:
+            parser.error(
+                "Expected --image to be one of:\n"
+                f"  {images_help(graph)}\n"
+                f"but got `{image}`."
+            )
+    args.images = expand_selection(args.images, graph)
+    if not TAG_RE.match(args.tag):
+        parser.error(
+            f"--tag {args.tag!r} is not a valid Docker tag: use up to 128 letters, "
+            "digits, `_`, `.` and `-`, not starting with `.` or `-`"
+        )
+    args.registry = args.registry.removesuffix("/")
+    if not REGISTRY_RE.match(args.registry):
+        parser.error(
+            f"--registry {args.registry!r} is not a valid registry: use "
+            "HOST[:PORT]/PATH with a lowercase path, e.g. gcr.io/iree-oss"
+        )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    graph = IMAGES_TO_DEPENDENCIES
+    try:
+        validate_graph(graph)
+    except ManageImagesError as error:
+        print(error, file=sys.stderr)
+        return 1
+    parser = build_parser(graph)
+    args = parse_arguments(parser, argv, graph)
+    steps = Steps(args.pull, args.build, args.push, args.update_references)
+    ctx = Context(args.registry, args.tag, args.dry_run, Console(sys.stdout))
+    try:
+        return execute(ctx, args, graph, steps)
+    except ManageImagesError as error:
+        sys.stdout.flush()
+        print(error, file=sys.stderr)
+        return error.returncode if isinstance(error, CommandError) else 1
+
+
+def execute(
+    ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence[str]], steps: Steps
+) -> int:
+    images = ordered_images_to_process(args.images, graph)
+    if steps.build or steps.update_references:
+        ctx.root = find_repo_root(args.repo_root or Path.cwd())
+    elif args.repo_root is not None:
+        ctx.root = find_repo_root(args.repo_root)
+    preflight(ctx, images, steps)
+    if steps.push and is_google_registry(ctx.registry):
+        check_gcloud(ctx)
+    ctx.console.line(f"Also processing dependent images. Will process: {images}")
+    if not steps.any():
+        ctx.console.line(
+            "No step requested (--pull, --build, --push, --update_references): nothing done."
+        )
+        return 0
+    for image in images:
+        ctx.console.line(f"Processing image {image}")
+        process_image(ctx, image, steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

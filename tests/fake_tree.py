@@ -1,0 +1,153 @@
+"""A throwaway repository that mirrors the real layout with tiny busybox images.
+
+Each image of the graph gets `build_tools/docker/NAME/Dockerfile`: the roots
+are `FROM scratch` plus a static busybox; every other image is `FROM` its first
+parent and `COPY --from` its other parents, all pinned by digest. Each image
+copies its parents' `/stamp/` folder and adds `/stamp/NAME` from its own
+context, so `/stamp/base` inside any image shows which base it was built on.
+
+Used by the tests and by the benchmark.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Mapping, Sequence
+
+BUSYBOX = Path("/bin/busybox")
+# Digests the tree starts from: well formed, in no registry. The first
+# `--build --push --update_references --images all` replaces them.
+PLACEHOLDER = "sha256:" + "0" * 64
+
+# The seven CI scripts of the real tree and the image each one runs.
+CI_SCRIPTS = {
+    "bazel/linux/x86-swiftshader/bindings/build_kokoro.sh": "bazel-python",
+    "bazel/linux/x86-swiftshader/core/build_kokoro.sh": "bazel",
+    "bazel/linux/x86-swiftshader/integrations/build_kokoro.sh": "bazel-tensorflow-swiftshader",
+    "bazel/linux/x86-turing/integrations/build_kokoro.sh": "bazel-tensorflow-nvidia",
+    "cmake/android/arm64-v8a/build_kokoro.sh": "cmake-android",
+    "cmake/linux/x86-swiftshader/build_kokoro.sh": "cmake-python-swiftshader",
+    "cmake/linux/x86-turing/build_kokoro.sh": "cmake-python-nvidia",
+}
+KOKORO_DIR = "build_tools/kokoro/gcp_ubuntu"
+OTHER_RULE_DIGEST = "sha256:" + "1a8ed713f40267bb51fe17de012fa631a20c52df818ccb317aaed2ee068dfc61"
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ("git", "-C", str(root), *args), check=True, capture_output=True, text=True
+    ).stdout
+
+
+def dockerfile(registry: str, image: str, parents: Sequence[str], digests: Mapping[str, str], sleep: float) -> str:
+    lines = [f"# Test image {image}: busybox plus the stamps of its parents."]
+    if not parents:
+        lines += [
+            "FROM scratch AS final",
+            "COPY busybox /bin/busybox",
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
+        ]
+    else:
+        first, *others = parents
+        lines.append(f"FROM {registry}/{first}@{digests.get(first, PLACEHOLDER)} AS final")
+        for other in others:
+            lines.append(f"COPY --from={registry}/{other}@{digests.get(other, PLACEHOLDER)} /stamp/ /stamp/")
+    lines.append(f"COPY stamp /stamp/{image}")
+    if sleep:
+        lines.append(f"RUN sleep {sleep}")
+    return "\n".join(lines) + "\n"
+
+
+def ci_script(registry: str, image: str, digest: str, gpus: bool) -> str:
+    gpu = '  --gpus all \\\n' if gpus else ""
+    return (
+        "#!/bin/bash\n"
+        "set -e\n"
+        "source build_tools/kokoro/gcp_ubuntu/docker_common.sh\n"
+        "docker_setup\n"
+        'docker run "${DOCKER_RUN_ARGS[@]?}" \\\n'
+        f"{gpu}"
+        f"  {registry}/{image}@{digest} \\\n"
+        "  build_tools/kokoro/gcp_ubuntu/build.sh\n"
+    )
+
+
+def workspace(registry: str, digest: str) -> str:
+    host, _, path = registry.partition("/")
+    return (
+        'workspace(name = "iree_core")\n\n'
+        'load("@bazel_toolchains//rules:rbe_repo.bzl", "rbe_autoconfig")\n\n'
+        "rbe_autoconfig(\n"
+        '    name = "rbe_default",\n'
+        f'    base_container_digest = "{OTHER_RULE_DIGEST}",\n'
+        f'    digest = "{digest}",\n'
+        f'    registry = "{host}",\n'
+        f'    repository = "{path}/rbe-toolchain",\n'
+        '    use_checked_in_confs = "Force",\n'
+        ")\n\n"
+        "container_pull(\n"
+        '    name = "other_container",\n'
+        f'    digest = "{OTHER_RULE_DIGEST}",\n'
+        '    registry = "gcr.io",\n'
+        '    repository = "cloud-marketplace/google/rbe-ubuntu16-04",\n'
+        ")\n"
+    )
+
+
+def make_tree(
+    root: Path,
+    registry: str,
+    graph: Mapping[str, Sequence[str]],
+    digests: Mapping[str, str] | None = None,
+    sleep: float = 0,
+) -> Path:
+    """Writes the tree into `root` (a new git repository) and commits it."""
+    digests = dict(digests or {})
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "test@example.com")
+    git(root, "config", "user.name", "Test")
+    docker_dir = root / "build_tools" / "docker"
+    for image, parents in graph.items():
+        context = docker_dir / image
+        context.mkdir(parents=True, exist_ok=True)
+        (context / "Dockerfile").write_text(dockerfile(registry, image, parents, digests, sleep))
+        (context / "stamp").write_text(f"{image} 1\n")
+        if not parents:
+            shutil.copy2(BUSYBOX, context / "busybox")
+    (docker_dir / "prod_digests.txt").write_text(
+        "".join(f"{registry}/{image}@{digests.get(image, PLACEHOLDER)}\n" for image in graph)
+    )
+    kokoro = root / KOKORO_DIR
+    kokoro.mkdir(parents=True, exist_ok=True)
+    (kokoro / "docker_common.sh").write_text("docker_setup() { DOCKER_RUN_ARGS=(--rm); }\n")
+    (kokoro / "build.sh").write_text("#!/bin/bash\necho build\n")
+    for script, image in CI_SCRIPTS.items():
+        if image not in graph:
+            continue
+        path = kokoro / script
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(ci_script(registry, image, digests.get(image, PLACEHOLDER), "turing" in script))
+        path.chmod(0o755)
+    (root / "WORKSPACE").write_text(workspace(registry, digests.get("rbe-toolchain", PLACEHOLDER)))
+    (root / "README.md").write_text(
+        f"Images live under {registry}; see prod_digests.txt for the digests.\n"
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "Initial tree")
+    return root
+
+
+def tracked_files(root: Path) -> dict[str, bytes]:
+    """Every tracked file's bytes, for before/after comparisons."""
+    names = [name for name in git(root, "ls-files", "-z").split("\0") if name]
+    return {name: (root / name).read_bytes() for name in names if (root / name).is_file()}
+
+
+def clone(source: Path, destination: Path) -> Path:
+    subprocess.run(("git", "clone", "-q", str(source), str(destination)), check=True)
+    git(destination, "config", "user.email", "test@example.com")
+    git(destination, "config", "user.name", "Test")
+    return destination

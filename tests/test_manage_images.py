@@ -1,0 +1,561 @@
+"""Unit tests: the pure core, and main() in-process on temporary git repositories.
+
+A stand-in `docker` on PATH records the commands; the real engine is in
+test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fake_tree
+import manage_images as mi
+from standin import StandIn
+
+GRAPH = mi.IMAGES_TO_DEPENDENCIES
+REGISTRY = "gcr.io/iree-oss"
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+D3 = "sha256:" + "a" * 64
+NEW = "sha256:" + "f" * 64
+
+
+# --- The graph ---------------------------------------------------------------
+
+ORDERS = [
+    (
+        ["cmake"],
+        "cmake swiftshader bazel-tensorflow-swiftshader cmake-python cmake-python-vulkan "
+        "cmake-python-swiftshader cmake-python-nvidia cmake-android",
+    ),
+    (
+        ["vulkan"],
+        "vulkan rbe-toolchain cmake-python-vulkan cmake-python-swiftshader cmake-python-nvidia "
+        "bazel-tensorflow-vulkan bazel-tensorflow-swiftshader bazel-tensorflow-nvidia",
+    ),
+    (
+        sorted(GRAPH),
+        "base util cmake swiftshader cmake-python cmake-android bazel bazel-python "
+        "bazel-tensorflow vulkan rbe-toolchain cmake-python-vulkan cmake-python-swiftshader "
+        "cmake-python-nvidia bazel-tensorflow-vulkan bazel-tensorflow-swiftshader "
+        "bazel-tensorflow-nvidia",
+    ),
+    (
+        ["cmake", "bazel"],
+        "cmake swiftshader cmake-python cmake-python-vulkan cmake-python-swiftshader "
+        "cmake-python-nvidia cmake-android bazel bazel-python bazel-tensorflow "
+        "bazel-tensorflow-vulkan bazel-tensorflow-swiftshader bazel-tensorflow-nvidia",
+    ),
+]
+
+
+@pytest.mark.parametrize(("images", "expected"), ORDERS)
+def test_order_matches_the_original(images, expected):
+    assert mi.ordered_images_to_process(images, GRAPH) == expected.split()
+
+
+def descendants(image: str) -> set[str]:
+    found = {image}
+    changed = True
+    while changed:
+        changed = False
+        for child, parents in GRAPH.items():
+            if child not in found and found.intersection(parents):
+                found.add(child)
+                changed = True
+    return found
+
+
+@given(st.lists(st.sampled_from(sorted(GRAPH)), min_size=1, max_size=6))
+def test_any_selection_is_its_closure_in_dependency_order(images):
+    order = mi.ordered_images_to_process(images, GRAPH)
+    assert len(order) == len(set(order))
+    assert set(order) == set().union(*(descendants(image) for image in images))
+    for position, image in enumerate(order):
+        for parent in GRAPH[image]:
+            if parent in order:
+                assert order.index(parent) < position
+
+
+def test_graph_is_valid():
+    mi.validate_graph(GRAPH)
+
+
+def test_graph_with_a_cycle_names_it():
+    with pytest.raises(mi.ManageImagesError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
+        mi.validate_graph({"a": ("b",), "b": ("a",)})
+
+
+def test_graph_with_an_unknown_dependency_names_it():
+    with pytest.raises(mi.ManageImagesError, match="a depends on nope, which is not an image"):
+        mi.validate_graph({"a": ("nope",)})
+
+
+# --- Matching and rewriting ----------------------------------------------------
+
+def ref(name: str, digest: str = D1, registry: str = REGISTRY) -> bytes:
+    return f"{registry}/{name}@{digest}".encode()
+
+
+REWRITE_TABLE = [
+    # (input, expected) for rewriting `cmake` to NEW.
+    (ref("cmake"), ref("cmake", NEW)),
+    (b"FROM " + ref("cmake") + b" AS final\n", b"FROM " + ref("cmake", NEW) + b" AS final\n"),
+    (ref("cmake-python"), ref("cmake-python")),
+    (ref("cmake", registry="mirror.gcr.io/iree-oss"), ref("cmake", registry="mirror.gcr.io/iree-oss")),
+    (ref("cmake", registry="gcr.io/iree-oss-staging"), ref("cmake", registry="gcr.io/iree-oss-staging")),
+    (ref("cmake", registry="x/gcr.io/iree-oss"), ref("cmake", registry="x/gcr.io/iree-oss")),
+    (b"docker://" + ref("cmake"), b"docker://" + ref("cmake", NEW)),
+    (ref("cmake", "sha256:" + "A" * 64), ref("cmake", "sha256:" + "A" * 64)),
+    (ref("cmake", "sha256:" + "1" * 63), ref("cmake", "sha256:" + "1" * 63)),
+    (ref("cmake", "sha256:" + "1" * 65), ref("cmake", "sha256:" + "1" * 65)),
+    (b"a\r\n" + ref("cmake") + b"\r\nb", b"a\r\n" + ref("cmake", NEW) + b"\r\nb"),
+    (b"\xff\xfe " + ref("cmake") + b" \x80", b"\xff\xfe " + ref("cmake", NEW) + b" \x80"),
+    (ref("cmake") + b"," + ref("cmake", D2), ref("cmake", NEW) + b"," + ref("cmake", NEW)),
+    (b'"' + ref("cmake") + b'"', b'"' + ref("cmake", NEW) + b'"'),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), REWRITE_TABLE)
+def test_rewrite_references(data, expected):
+    assert mi.rewrite_references(data, REGISTRY, "cmake", NEW) == expected
+
+
+def test_rewrite_refuses_a_malformed_digest():
+    with pytest.raises(mi.ManageImagesError, match="refusing the digest"):
+        mi.rewrite_references(ref("cmake"), REGISTRY, "cmake", "sha256:abc")
+
+
+def test_registry_with_a_port_is_matched_literally():
+    registry = "127.0.0.1:5000/iree-oss"
+    data = ref("base", registry=registry) + b" " + ref("base", registry="127.0.0.1:50001/iree-oss")
+    assert mi.rewrite_references(data, registry, "base", NEW) == (
+        ref("base", NEW, registry) + b" " + ref("base", registry="127.0.0.1:50001/iree-oss")
+    )
+
+
+WORKSPACE = (
+    b'load("@bazel_toolchains//rules:rbe_repo.bzl", "rbe_autoconfig")\n\n'
+    b"rbe_autoconfig(\n"
+    b'    name = "rbe_default",\n'
+    b'    base_container_digest = "' + D2.encode() + b'",\n'
+    b'    digest = "' + D1.encode() + b'",  # the toolchain image (not ")")\n'
+    b'    registry = "gcr.io",\n'
+    b'    repository = "iree-oss/rbe-toolchain",\n'
+    b'    env = {"A": "(b"},\n'
+    b")\n\n"
+    b"container_pull(\n"
+    b'    name = "other",\n'
+    b'    digest = "' + D3.encode() + b'",\n'
+    b")\n"
+)
+
+
+def test_workspace_rewrite_touches_only_the_rbe_rule_digest():
+    new, rules = mi.rewrite_workspace(WORKSPACE, "gcr.io/iree-oss/rbe-toolchain", NEW)
+    assert rules == 1
+    assert new == WORKSPACE.replace(b'digest = "' + D1.encode(), b'digest = "' + NEW.encode())
+    assert D2.encode() in new and D3.encode() in new
+
+
+def test_workspace_rule_for_another_registry_is_left_alone():
+    assert mi.rewrite_workspace(WORKSPACE, "127.0.0.1:5000/iree-oss/rbe-toolchain", NEW) == (WORKSPACE, 0)
+
+
+def test_parse_rbe_rules_reads_fields_and_line():
+    (rule,) = mi.parse_rbe_rules(WORKSPACE)
+    assert rule.line == 3
+    assert rule.fields["digest"] == D1
+    assert rule.names("gcr.io/iree-oss/rbe-toolchain")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", b"u@" + D1.encode() + b"\n"),
+        (b"a@" + D2.encode() + b"\n", b"a@" + D2.encode() + b"\nu@" + D1.encode() + b"\n"),
+        (b"a@" + D2.encode(), b"a@" + D2.encode() + b"\nu@" + D1.encode() + b"\n"),
+        (b"a@" + D2.encode() + b"\r\n", b"a@" + D2.encode() + b"\r\nu@" + D1.encode() + b"\r\n"),
+    ],
+)
+def test_append_prod_digest_keeps_line_ends(data, expected):
+    assert mi.append_prod_digest(data, "u", D1) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"gcr.io/iree-oss/base", "malformed line"),
+        (b"gcr.io/iree-oss/base@sha256:abc", "malformed line"),
+        (b"gcr.io/iree-oss/base@" + ("sha256:" + "A" * 64).encode(), "malformed line"),
+        (b"# comment", "malformed line"),
+    ],
+)
+def test_parse_prod_digests_reports_path_and_line(line, message):
+    data = ref("util") + b"\n" + line + b"\n"
+    with pytest.raises(mi.ManageImagesError, match=f"^prod.txt:2: {message}"):
+        mi.parse_prod_digests(data, "prod.txt")
+
+
+@pytest.mark.parametrize(
+    ("digests", "url", "expected"),
+    [
+        (["gcr.io/iree-oss/cmake-python@" + D1, "gcr.io/iree-oss/cmake@" + D2], "gcr.io/iree-oss/cmake", D2),
+        (["mirror.gcr.io/iree-oss/cmake@" + D1], "gcr.io/iree-oss/cmake", None),
+        ([], "gcr.io/iree-oss/cmake", None),
+        (["user/base@" + D1], "docker.io/user/base", D1),
+    ],
+)
+def test_pick_repo_digest_takes_the_entry_of_the_repository(digests, url, expected):
+    assert mi.pick_repo_digest(digests, url) == expected
+
+
+@pytest.mark.parametrize(
+    ("registry", "google"),
+    [("gcr.io/iree-oss", True), ("us.gcr.io/x", True), ("us-docker.pkg.dev/p/r", True),
+     ("127.0.0.1:5000/iree-oss", False), ("ghcr.io/iree-org", False), ("gcr.io.evil.com/x", False)],
+)
+def test_google_registries(registry, google):
+    assert mi.is_google_registry(registry) is google
+
+
+def test_argv_builders():
+    url = "gcr.io/iree-oss/cmake"
+    assert mi.pull_argv(url, "prod") == ("docker", "pull", f"{url}:prod")
+    assert mi.build_argv(url, "latest", "build_tools/docker/cmake") == (
+        "docker", "build", "--tag", f"{url}:latest", "build_tools/docker/cmake")
+    assert mi.push_argv(url, "latest") == ("docker", "push", f"{url}:latest")
+    assert mi.gcloud_argv("gcr.io/iree-oss") == ("gcloud", "auth", "configure-docker")
+    assert mi.gcloud_argv("us-docker.pkg.dev/p/r") == ("gcloud", "auth", "configure-docker", "us-docker.pkg.dev")
+
+
+# --- main() on temporary repositories ----------------------------------------
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch) -> StandIn:
+    fake = StandIn(tmp_path / "standin")
+    for name, value in fake.environ().items():
+        monkeypatch.setenv(name, value)
+    return fake
+
+
+def write(root: Path, relative: str, data: bytes, mode: int | None = None) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mode is not None:
+        path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def tree(git_repo, monkeypatch) -> Path:
+    """A small tracked tree referring to cmake and cmake-python by digest."""
+    for image in GRAPH:
+        write(git_repo, f"build_tools/docker/{image}/Dockerfile", b"FROM scratch\n")
+    write(git_repo, "build_tools/docker/cmake-python/Dockerfile",
+          b"FROM " + ref("cmake") + b" AS final\r\nRUN true")
+    write(git_repo, "build_tools/docker/prod_digests.txt", ref("cmake") + b"\n" + ref("cmake-python") + b"\n")
+    write(git_repo, "ci/build.sh", b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake") + b"\n",
+          0o755)
+    write(git_repo, "WORKSPACE", WORKSPACE)
+    fake_tree.git(git_repo, "add", "-A")
+    fake_tree.git(git_repo, "commit", "-q", "-m", "tree")
+    write(git_repo, "untracked.txt", ref("cmake") + b"\n")
+    monkeypatch.chdir(git_repo)
+    return git_repo
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+def test_update_references_rewrites_tracked_files_only(tree, standin, capsys):
+    standin.set(repo_digests={"gcr.io/iree-oss/cmake:latest": ["gcr.io/iree-oss/cmake@" + NEW]})
+    before = files(tree)
+
+    assert mi.main(["--image", "cmake", "--update_references"]) == 1  # cmake-python has no digest
+
+    after = files(tree)
+    assert after["build_tools/docker/cmake-python/Dockerfile"] == b"FROM " + ref("cmake", NEW) + b" AS final\r\nRUN true"
+    assert after["ci/build.sh"] == b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake", NEW) + b"\n"
+    assert after["build_tools/docker/prod_digests.txt"] == ref("cmake", NEW) + b"\n" + ref("cmake-python") + b"\n"
+    assert after["untracked.txt"] == before["untracked.txt"]
+    assert after["WORKSPACE"] == before["WORKSPACE"]
+    assert stat.S_IMODE((tree / "ci/build.sh").stat().st_mode) == 0o755
+    out, err = capsys.readouterr()
+    assert "Updating references to gcr.io/iree-oss/cmake\n" in out
+    assert "Updating references in 3 files: [" in out
+    assert err.startswith("Computing the repository digest for gcr.io/iree-oss/swiftshader:latest failed. "
+                          "Has it been pushed to gcr.io/iree-oss? docker said: Error: No such image")
+
+
+def test_update_references_of_the_rbe_toolchain_updates_workspace_and_appends_prod_digests(tree, standin, capsys):
+    standin.set(repo_digests={"gcr.io/iree-oss/rbe-toolchain:prod": [
+        "gcr.io/iree-oss/other@" + D2, "gcr.io/iree-oss/rbe-toolchain@" + NEW]})
+
+    assert mi.main(["--image", "rbe-toolchain", "--update_references", "--tag", "prod"]) == 0
+
+    assert (tree / "WORKSPACE").read_bytes() == WORKSPACE.replace(D1.encode(), NEW.encode())
+    assert (tree / "build_tools/docker/prod_digests.txt").read_bytes() == (
+        ref("cmake") + b"\n" + ref("cmake-python") + b"\n" + ref("rbe-toolchain", NEW) + b"\n")
+    out = capsys.readouterr().out
+    assert "Updating WORKSPACE file for rbe-toolchain\n" in out
+    assert "Updating references in 1 files: ['build_tools/docker/prod_digests.txt']\n" in out
+
+
+def test_a_tracked_symlink_is_not_followed(tree, standin):
+    target = tree.parent / "outside.txt"
+    target.write_bytes(ref("util"))
+    os.symlink(target, tree / "link.txt")
+    fake_tree.git(tree, "add", "link.txt")
+    standin.set(repo_digests={"gcr.io/iree-oss/util:latest": ["gcr.io/iree-oss/util@" + NEW],
+                              **{f"gcr.io/iree-oss/{i}:latest": ["gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH}})
+    mi.main(["--image", "util", "--update_references"])
+    assert target.read_bytes() == ref("util")
+
+
+def test_dry_run_changes_no_file_and_runs_only_read_only_commands(tree, standin, capsys):
+    standin.set(repo_digests={"gcr.io/iree-oss/cmake:latest": ["gcr.io/iree-oss/cmake@" + NEW]})
+    before = files(tree)
+
+    code = mi.main(["--image", "cmake", "--pull", "--build", "--push", "--update_references", "-n",
+                    "--registry", "127.0.0.1:5000/iree-oss"])
+
+    assert code == 0
+    assert files(tree) == before
+    assert {tuple(argv[:3]) for argv in standin.commands()} <= {("docker", "image", "inspect")}
+    out = capsys.readouterr().out
+    assert "Running: `docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`" in out
+
+
+def test_dry_run_of_update_references_prints_the_diff(tree, standin, capsys):
+    standin.set(repo_digests={"gcr.io/iree-oss/cmake-python:latest": ["gcr.io/iree-oss/cmake-python@" + NEW]})
+    before = files(tree)
+
+    assert mi.main(["--image", "cmake-python", "--update_references", "--dry-run"]) == 0
+
+    assert files(tree) == before
+    out = capsys.readouterr().out
+    assert "--- a/ci/build.sh\n+++ b/ci/build.sh\n" in out
+    assert "+  " + ref("cmake-python", NEW).decode() + " \\\n" in out
+
+
+def test_commands_run_in_order_from_a_subdirectory(tree, standin, monkeypatch):
+    monkeypatch.chdir(tree / "ci")
+    standin.set(repo_digests={f"127.0.0.1:5000/iree-oss/{i}:latest": [f"127.0.0.1:5000/iree-oss/{i}@" + NEW]
+                              for i in GRAPH})
+    assert mi.main(["--image", "cmake-android", "--pull", "--build", "--push", "--update_references",
+                    "--registry", "127.0.0.1:5000/iree-oss"]) == 0
+    url = "127.0.0.1:5000/iree-oss/cmake-android"
+    assert standin.commands() == [
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        ["docker", "pull", f"{url}:latest"],
+        ["docker", "build", "--tag", f"{url}:latest", "build_tools/docker/cmake-android"],
+        ["docker", "push", f"{url}:latest"],
+        ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", f"{url}:latest"],
+    ]
+    assert (tree / "build_tools/docker/prod_digests.txt").read_bytes().endswith(
+        f"{url}@{NEW}\n".encode())
+
+
+def test_a_failing_command_passes_on_its_exit_code(tree, standin, capsys):
+    standin.set(fail={"build": 7})
+    code = mi.main(["--image", "cmake", "--build", "--push", "--registry", "127.0.0.1:5000/iree-oss"])
+    assert code == 7
+    assert [argv[1] for argv in standin.commands()] == ["version", "build"]
+    err = capsys.readouterr().err
+    assert err == ("Command failed with exit code 7: "
+                   "`docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`\n")
+
+
+def test_push_to_gcr_without_gcloud(tree, standin, capsys):
+    standin.remove("gcloud")
+    assert mi.main(["--image", "util", "--push"]) == 1
+    assert capsys.readouterr().err == "gcloud not found. See https://cloud.google.com/sdk/install for installation.\n"
+    assert [argv[1] for argv in standin.commands()] == ["version"]
+
+
+def test_push_to_gcr_configures_docker_once(tree, standin):
+    assert mi.main(["--image", "vulkan", "--push"]) == 0
+    commands = standin.commands()
+    assert commands[1] == ["gcloud", "auth", "configure-docker"]
+    assert [argv[:2] for argv in commands[2:]] == [["docker", "push"]] * 8
+
+
+def test_push_to_another_registry_needs_no_gcloud(tree, standin):
+    standin.remove("gcloud")
+    assert mi.main(["--image", "util", "--push", "--registry", "ghcr.io/iree-org"]) == 0
+
+
+def test_no_step_prints_the_plan_and_runs_nothing(tree, standin, capsys):
+    assert mi.main(["--image", "cmake-android"]) == 0
+    assert standin.commands() == []
+    assert capsys.readouterr().out == (
+        "Also processing dependent images. Will process: ['cmake-android']\n"
+        "No step requested (--pull, --build, --push, --update_references): nothing done.\n"
+    )
+
+
+# --- Bad input and faults --------------------------------------------------------
+
+def test_unknown_image_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        mi.main(["--image", "cmak"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "error: Expected --image to be one of:\n"
+        f"  {', '.join(f'`{name}`' for name in sorted(GRAPH))} or `all`\n"
+        "but got `cmak`.\n"
+    )
+
+
+def test_missing_image_is_argparse_required_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        mi.main(["--build"])
+    assert exit.value.code == 2
+    assert "error: the following arguments are required: --images/--image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tag", "has space"], "--tag 'has space' is not a valid Docker tag"),
+        (["--tag", "x" * 129], "is not a valid Docker tag"),
+        (["--tag", ".hidden"], "is not a valid Docker tag"),
+        (["--registry", "gcr.io/Iree-OSS"], "--registry 'gcr.io/Iree-OSS' is not a valid registry"),
+        (["--registry", "https://gcr.io/x"], "is not a valid registry"),
+        (["--registry", "gcr.io//x"], "is not a valid registry"),
+    ],
+)
+def test_bad_tag_or_registry_is_a_usage_error(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        mi.main(["--image", "util", *args])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_outside_a_git_work_tree(tmp_path, standin, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert mi.main(["--image", "util", "--build"]) == 1
+    assert capsys.readouterr().err == (
+        f"{tmp_path} is not inside a git work tree: run from the repository or pass --repo_root\n")
+
+
+def test_docker_not_installed(tree, standin, capsys):
+    standin.remove("docker")
+    assert mi.main(["--image", "util", "--build"]) == 1
+    assert capsys.readouterr().err == (
+        "`docker` not found on PATH: install Docker (https://docs.docker.com/engine/install/) and try again\n")
+
+
+def test_git_not_installed(tree, standin, capsys):
+    (standin.tools / "git").unlink()
+    assert mi.main(["--image", "util", "--build"]) == 1
+    assert capsys.readouterr().err == "`git` not found on PATH: install git and try again\n"
+
+
+def test_engine_not_running(tree, standin, capsys):
+    standin.set(server_down=True)
+    assert mi.main(["--image", "util", "--build"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cannot reach the Docker engine: start it")
+    assert "Is the docker daemon running?" in err
+    assert [argv[1] for argv in standin.commands()] == ["version"]
+
+
+def test_missing_dockerfile_fails_before_any_command(tree, standin, capsys):
+    (tree / "build_tools/docker/cmake-android/Dockerfile").unlink()
+    assert mi.main(["--image", "cmake", "--build"]) == 1
+    assert capsys.readouterr().err == (
+        "build_tools/docker/cmake-android/Dockerfile not found: the build context of cmake-android "
+        "needs one; add it or fix IMAGES_TO_DEPENDENCIES\n")
+    assert standin.commands() == []
+
+
+def test_a_malformed_digest_from_docker_is_refused(tree, standin, capsys):
+    before = files(tree)
+    standin.set(repo_digests={"gcr.io/iree-oss/cmake-python-nvidia:latest": [
+        "gcr.io/iree-oss/cmake-python-nvidia@sha256:ABC"]})
+    assert mi.main(["--image", "cmake-python-nvidia", "--update_references"]) == 1
+    assert capsys.readouterr().err.startswith("refusing the digest 'sha256:ABC' for gcr.io/iree-oss/cmake-python-nvidia:latest")
+    assert files(tree) == before
+
+
+def test_a_malformed_prod_digests_line_stops_everything(tree, standin, capsys):
+    write(tree, "build_tools/docker/prod_digests.txt", ref("cmake") + b"\nnot a line\n")
+    before = files(tree)
+    assert mi.main(["--image", "cmake", "--build", "--update_references"]) == 1
+    assert capsys.readouterr().err.startswith("build_tools/docker/prod_digests.txt:2: malformed line 'not a line'")
+    assert standin.commands() == []
+    assert files(tree) == before
+
+
+def test_a_read_only_file_leaves_every_file_of_the_image_unchanged(tree, standin, capsys):
+    standin.set(repo_digests={"gcr.io/iree-oss/cmake:latest": ["gcr.io/iree-oss/cmake@" + NEW]})
+    (tree / "ci/build.sh").chmod(0o555)
+    before = files(tree)
+    assert mi.main(["--image", "cmake", "--update_references"]) == 1
+    assert capsys.readouterr().err == (
+        "cannot write ci/build.sh: it is read-only; make it writable and run again "
+        "(no file was changed for this image)\n")
+    assert files(tree) == before
+
+
+def test_rerun_is_idempotent(tree, standin):
+    standin.set(repo_digests={f"gcr.io/iree-oss/{i}:latest": [f"gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH})
+    assert mi.main(["--images", "all", "--update_references"]) == 0
+    once = files(tree)
+    assert mi.main(["--images", "all", "--update_references"]) == 0
+    assert files(tree) == once
+    assert not [name for name in once if name.endswith(".tmp")]
+
+
+# --- Property: a rewrite changes exactly the well-formed references of one image --
+
+NAMES = ["cmake", "cmake-python", "cmake-python-vulkan", "base", "cmakex"]
+REGISTRIES = [REGISTRY, "mirror.gcr.io/iree-oss", "gcr.io/iree-oss-staging", "gcr.io/iree-ossx"]
+hexdigests = st.text("0123456789abcdef", min_size=64, max_size=64)
+bad_digests = st.one_of(
+    st.text("0123456789abcdef", min_size=1, max_size=63),
+    st.text("0123456789ABCDEF", min_size=64, max_size=64).filter(lambda d: d != d.lower()),
+)
+noise = st.one_of(
+    st.binary(max_size=20).filter(lambda b: not b[-1:].isalnum() and not b[:1].isalnum()
+                                  and not b[-1:] in b"._/-" and not b[:1] in b"._/-"),
+    st.sampled_from([b"\n", b"\r\n", b" ", b"\xff", b"FROM ", b" AS final\r\n", b'"', b"=", b"\t"]),
+)
+
+
+@st.composite
+def documents(draw):
+    """Random bytes with references; returns the data and the expected rewrite."""
+    parts_in, parts_out = [], []
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["noise", "ref", "bad"]))
+        if kind == "noise":
+            chunk = draw(noise)
+            parts_in.append(chunk)
+            parts_out.append(chunk)
+            continue
+        name, registry = draw(st.sampled_from(NAMES)), draw(st.sampled_from(REGISTRIES))
+        digest = draw(hexdigests if kind == "ref" else bad_digests)
+        chunk = f"{registry}/{name}@sha256:{digest}".encode()
+        hit = kind == "ref" and name == "cmake" and registry == REGISTRY
+        parts_in += [chunk, b" "]
+        parts_out += [ref("cmake", NEW) if hit else chunk, b" "]
+    return b"".join(parts_in), b"".join(parts_out)
+
+
+@settings(max_examples=300)
+@given(documents())
+def test_rewrite_changes_exactly_the_references_of_one_image(document):
+    data, expected = document
+    assert mi.rewrite_references(data, REGISTRY, "cmake", NEW) == expected
