@@ -115,7 +115,7 @@ def make_tree(
         context.mkdir(parents=True, exist_ok=True)
         (context / "Dockerfile").write_text(dockerfile(registry, image, parents, digests, sleep))
         (context / "stamp").write_text(f"{image} 1\n")
-        if not parents:
+        if not parents and BUSYBOX.is_file():
             shutil.copy2(BUSYBOX, context / "busybox")
     (docker_dir / "prod_digests.txt").write_text(
         "".join(f"{registry}/{image}@{digests.get(image, PLACEHOLDER)}\n" for image in graph)

@@ -192,7 +192,7 @@ def test_append_prod_digest_keeps_line_ends(data, expected):
     ("line", "message"),
     [
         (b"gcr.io/iree-oss/base", "malformed line"),
-        (b"gcr.io/iree-oss/base@sha256:abc", "malformed line"),
+        (ref("base", "sha256:abc"), "malformed line"),
         (b"gcr.io/iree-oss/base@" + ("sha256:" + "A" * 64).encode(), "malformed line"),
         (b"# comment", "malformed line"),
     ],
@@ -483,7 +483,7 @@ def test_missing_dockerfile_fails_before_any_command(tree, standin, capsys):
 def test_a_malformed_digest_from_docker_is_refused(tree, standin, capsys):
     before = files(tree)
     standin.set(repo_digests={"gcr.io/iree-oss/cmake-python-nvidia:latest": [
-        "gcr.io/iree-oss/cmake-python-nvidia@sha256:ABC"]})
+        ref("cmake-python-nvidia", "sha256:ABC").decode()]})
     assert mi.main(["--image", "cmake-python-nvidia", "--update_references"]) == 1
     assert capsys.readouterr().err.startswith("refusing the digest 'sha256:ABC' for gcr.io/iree-oss/cmake-python-nvidia:latest")
     assert files(tree) == before

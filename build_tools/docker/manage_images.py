@@ -27,16 +27,19 @@ See README.md for the workflows.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import difflib
 import graphlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, TextIO
@@ -330,6 +333,263 @@ def unified_diff(path: str, old: bytes, new: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Checks: Dockerfile parents, references and prod_digests.txt against the graph.
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """An image a Dockerfile takes from the registry."""
+
+    line: int
+    instruction: str  # FROM, COPY --from or RUN --mount
+    ref: str  # as written
+    image: str
+    digest: str  # what follows `@`, or "" when the parent is not pinned
+
+
+def dockerfile_instructions(data: bytes) -> list[tuple[int, str]]:
+    """Each instruction with its first line, continuations joined, comments dropped."""
+    instructions: list[tuple[int, str]] = []
+    parts: list[str] = []
+    start = 0
+    for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and parts):
+            continue
+        if not parts:
+            start = number
+        continued = stripped.endswith("\\")
+        parts.append(stripped[:-1] if continued else stripped)
+        if not continued:
+            text = " ".join(part for part in parts if part)
+            if text:
+                instructions.append((start, text))
+            parts = []
+    if parts:
+        instructions.append((start, " ".join(parts)))
+    return instructions
+
+
+def registry_parents(data: bytes, registry: str) -> list[ParentRef]:
+    """The images a Dockerfile pulls from `registry` (FROM, COPY --from, RUN --mount from=)."""
+    stages: set[str] = set()
+    parents: list[ParentRef] = []
+
+    def consider(line: int, instruction: str, source: str) -> None:
+        if source.lower() in stages or source.isdigit() or not source.startswith(f"{registry}/"):
+            return
+        name, _, digest = source[len(registry) + 1 :].partition("@")
+        parents.append(ParentRef(line, instruction, source, name.split(":", 1)[0], digest))
+
+    for line, text in dockerfile_instructions(data):
+        keyword, *words = text.split()
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            arguments = [word for word in words if not word.startswith("--")]
+            if arguments:
+                consider(line, "FROM", arguments[0])
+            if len(arguments) >= 3 and arguments[1].lower() == "as":
+                stages.add(arguments[2].lower())
+        elif keyword in ("COPY", "ADD"):
+            for word in words:
+                if word.startswith("--from="):
+                    consider(line, "COPY --from", word[len("--from=") :])
+        elif keyword == "RUN":
+            for word in words:
+                if word.startswith("--mount="):
+                    for option in word[len("--mount=") :].split(","):
+                        if option.startswith("from="):
+                            consider(line, "RUN --mount", option[len("from=") :])
+    return parents
+
+
+def dockerfile_findings(
+    image: str, path: str, data: bytes | None, graph: Mapping[str, Sequence[str]], registry: str
+) -> list[Finding]:
+    """What is wrong with one image's Dockerfile against the graph."""
+    if data is None:
+        return [Finding(path, 1, f"{image} has no Dockerfile: add one or remove {image} from IMAGES_TO_DEPENDENCIES")]
+    findings = []
+    parents = registry_parents(data, registry)
+    used = set()
+    for parent in parents:
+        used.add(parent.image)
+        if parent.image not in graph:
+            findings.append(Finding(path, parent.line, f"{parent.instruction} {parent.ref}: {parent.image} is not an image of the graph"))
+        elif parent.image not in graph[image]:
+            findings.append(Finding(
+                path, parent.line,
+                f"{parent.instruction} {parent.image}: IMAGES_TO_DEPENDENCIES does not list {parent.image} "
+                f"as a dependency of {image}; add it there or stop using it",
+            ))
+        if not DIGEST_RE.match(parent.digest):
+            findings.append(Finding(
+                path, parent.line,
+                f"{parent.instruction} {parent.ref} is not pinned by digest, so --update_references "
+                f"cannot see it; use {image_url(registry, parent.image)}@sha256:<digest>",
+            ))
+    for dependency in graph[image]:
+        if dependency not in used:
+            findings.append(Finding(
+                path, 1,
+                f"IMAGES_TO_DEPENDENCIES says {image} depends on {dependency}, but this Dockerfile "
+                f"never uses {image_url(registry, dependency)}; fix the graph or the Dockerfile",
+            ))
+    return findings
+
+
+_ANY_REFERENCE_NAME = rb"([a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)"
+
+
+def any_reference_pattern(registry: str) -> re.Pattern[bytes]:
+    """`<registry>/NAME@sha256:X` for any NAME and any run of letters and digits X.
+
+    An empty X (`@sha256:...`, `@sha256:<digest>`) is a placeholder in prose,
+    not a reference.
+    """
+    return re.compile(
+        _REFERENCE_LEFT_BOUNDARY + re.escape(f"{registry}/".encode()) + _ANY_REFERENCE_NAME
+        + rb"@sha256:([0-9A-Za-z]+)"
+    )
+
+
+def prod_digest_findings(
+    data: bytes, path: str, registry: str, graph: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, str], list[Finding]]:
+    """The digest of each image listed in prod_digests.txt, and what is wrong with it."""
+    digests: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    findings = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        text = raw.decode("utf-8", "replace").strip()
+        url, _, digest = text.partition("@")
+        name = url[len(registry) + 1 :] if url.startswith(f"{registry}/") else ""
+        if not DIGEST_RE.match(digest) or not url:
+            findings.append(Finding(path, number, f"malformed line {text!r}: expected {registry}/NAME@sha256:<64 lowercase hex>"))
+        elif name not in graph:
+            findings.append(Finding(path, number, f"{url} is not an image of the graph under {registry}"))
+        elif name in digests:
+            findings.append(Finding(path, number, f"duplicate line for {name} (first on line {first_line[name]})"))
+        else:
+            digests[name] = digest
+            first_line[name] = number
+    return digests, findings
+
+
+def reference_findings(
+    files: Mapping[str, bytes],
+    registry: str,
+    images: Iterable[str],
+    prod_digests: Mapping[str, str],
+    prod_path: str,
+    graph: Mapping[str, Sequence[str]],
+) -> list[Finding]:
+    """References (and the WORKSPACE rule) that disagree with prod_digests.txt."""
+    selected = set(images)
+    everything = selected == set(graph)
+    findings = []
+    pattern = any_reference_pattern(registry)
+    for path in sorted(files):
+        data = files[path]
+        if path == prod_path:
+            continue
+        for match in pattern.finditer(data):
+            name, hexdigits = match.group(1).decode(), match.group(2).decode()
+            if name not in selected and not (everything and name not in graph):
+                continue
+            line = data.count(b"\n", 0, match.start()) + 1
+            ref = f"{registry}/{name}@sha256:{hexdigits}"
+            if not re.fullmatch("[0-9a-f]{64}", hexdigits):
+                findings.append(Finding(path, line, f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)"))
+            elif name not in prod_digests:
+                findings.append(Finding(path, line, f"{registry}/{name} is referenced but not listed in {prod_path}"))
+            elif prod_digests[name] != f"sha256:{hexdigits}":
+                findings.append(Finding(
+                    path, line,
+                    f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
+                    f"says {prod_digests[name][:19]}",
+                ))
+        if path == WORKSPACE_PATH and RBE_IMAGE in selected:
+            for rule in parse_rbe_rules(data):
+                if not rule.names(image_url(registry, RBE_IMAGE)) or not rule.digest_span:
+                    continue
+                digest = rule.fields["digest"]
+                line = data.count(b"\n", 0, rule.digest_span[0]) + 1
+                if RBE_IMAGE not in prod_digests:
+                    findings.append(Finding(path, line, f"rbe_autoconfig pins {registry}/{RBE_IMAGE}, which is not listed in {prod_path}"))
+                elif digest != prod_digests[RBE_IMAGE]:
+                    findings.append(Finding(
+                        path, line,
+                        f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} "
+                        f"({prod_digests[RBE_IMAGE][:19]})",
+                    ))
+    return findings
+
+
+# ---------------------------------------------------------------------------
+# Views of the graph.
+
+
+def graph_edges(images: Sequence[str], graph: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """(parent, child) pairs among `images`, in the graph's declaration order."""
+    selected = set(images)
+    return [
+        (parent, child)
+        for child in graph
+        if child in selected
+        for parent in graph[child]
+        if parent in selected
+    ]
+
+
+def render_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt: str) -> str:
+    """The graph of `images` as an indented tree (`text`), Graphviz (`dot`) or Mermaid."""
+    edges = graph_edges(images, graph)
+    connected = {image for edge in edges for image in edge}
+    alone = [image for image in graph if image in set(images) and image not in connected]
+    if fmt == "dot":
+        lines = ["digraph images {"]
+        lines += [f'  "{image}";' for image in alone]
+        lines += [f'  "{parent}" -> "{child}";' for parent, child in edges]
+        return "\n".join(lines + ["}"]) + "\n"
+    if fmt == "mermaid":
+        lines = ["graph TD"] + [f"  {image}" for image in alone]
+        lines += [f"  {parent} --> {child}" for parent, child in edges]
+        return "\n".join(lines) + "\n"
+    children: dict[str, list[str]] = {image: [] for image in images}
+    for parent, child in edges:
+        children[parent].append(child)
+    roots = [image for image in images if not any(child == image for _, child in edges)]
+    lines: list[str] = []
+    shown: set[str] = set()
+
+    def show(image: str, depth: int) -> None:
+        parents = [parent for parent, child in edges if child == image]
+        also = f" (from {', '.join(parents)})" if len(parents) > 1 else ""
+        if image in shown:
+            lines.append(f"{'  ' * depth}{image}{also} (see above)")
+            return
+        shown.add(image)
+        lines.append(f"{'  ' * depth}{image}{also}")
+        for child in sorted(children[image]):
+            show(child, depth + 1)
+
+    for root in sorted(roots):
+        show(root, 0)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
 # Commands: pure argv builders.
 
 
@@ -384,7 +644,8 @@ class Console:
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may print while the main thread prints.
+        self._lock = threading.RLock()
 
     def line(self, text: str = "", prefix: str = "") -> None:
         with self._lock:
@@ -405,8 +666,22 @@ class Context:
     env: Mapping[str, str] | None = None
     prefix_output: bool = False
     processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    file_lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    stopping: bool = False
+
+    def say(self, text: str, image: str = "") -> None:
+        """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
+        self.console.line(text, f"[{image}] " if self.prefix_output and image else "")
+
+    def stop_processes(self) -> None:
+        """Terminates every running command; no new one starts after this."""
+        with self.lock:
+            self.stopping = True
+            for process in self.processes:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
 
 def _missing_tool(name: str) -> ManageImagesError:
@@ -420,30 +695,32 @@ def _missing_tool(name: str) -> ManageImagesError:
 def run(ctx: Context, argv: Sequence[str], image: str = "") -> None:
     """Runs a side-effecting command, streaming its merged output line by line.
 
-    In a dry run the command is only printed.
+    In a dry run the command is only printed. Each command gets a session of
+    its own, so a Ctrl-C reaches this tool alone, which then stops it.
     """
-    prefix = f"[{image}] " if ctx.prefix_output and image else ""
-    ctx.console.line(f"Running: `{format_command(argv)}`", prefix)
+    ctx.say(f"Running: `{format_command(argv)}`", image)
     if ctx.dry_run:
         return
-    try:
-        process = subprocess.Popen(
-            argv,
-            cwd=ctx.root,
-            env=ctx.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise _missing_tool(argv[0]) from None
     with ctx.lock:
+        if ctx.stopping:
+            raise ManageImagesError(f"interrupted before running `{format_command(argv)}`")
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=ctx.root,
+                env=ctx.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise _missing_tool(argv[0]) from None
         ctx.processes.add(process)
     try:
         assert process.stdout is not None
         for raw in process.stdout:
-            ctx.console.line(raw.decode("utf-8", "replace").rstrip("\r\n"), prefix)
+            ctx.say(raw.decode("utf-8", "replace").rstrip("\r\n"), image)
         returncode = process.wait()
     finally:
         with ctx.lock:
@@ -490,6 +767,15 @@ def grep_tracked_files(root: Path, text: str) -> list[str]:
     if result.returncode != 0:
         raise ManageImagesError(f"`git grep` failed in {root}: {result.stderr.strip()}")
     return [path for path in result.stdout.split("\0") if path]
+
+
+def tracked_text_files(root: Path, text: str) -> dict[str, bytes]:
+    """The bytes of each tracked, non-binary, non-symlink file containing `text`."""
+    return {
+        path: (root / path).read_bytes()
+        for path in grep_tracked_files(root, text)
+        if (root / path).is_file() and not (root / path).is_symlink()
+    }
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -624,35 +910,34 @@ def update_references(ctx: Context, image: str, digest: str | None) -> None:
     assert ctx.root is not None
     url = image_url(ctx.registry, image)
     edits = Edits(ctx.root)
-    with ctx.file_lock:
+    if digest is not None:
+        prod_digests = edits.read(PROD_DIGESTS_PATH)
+        if not any(entry.url == url for entry in parse_prod_digests(prod_digests)):
+            ctx.say(f"Adding new image {url}@{digest} to {PROD_DIGESTS_PATH}", image)
+            edits.edit(PROD_DIGESTS_PATH, lambda data: append_prod_digest(data, url, digest))
+    if image == RBE_IMAGE:
+        ctx.say(f"Updating WORKSPACE file for {RBE_IMAGE}", image)
+        rules = [rule for rule in parse_rbe_rules(edits.read(WORKSPACE_PATH)) if rule.names(url)]
+        if not rules:
+            ctx.say(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}", image)
+        elif digest is not None:
+            edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
+    ctx.say(f"Updating references to {url}", image)
+    needle = f"{url}@sha256:"
+    files = [
+        path
+        for path in grep_tracked_files(ctx.root, needle)
+        if not (ctx.root / path).is_symlink()
+    ]
+    files += [path for path in edits.containing(needle.encode()) if path not in files]
+    if not files:
+        ctx.say(f"Found no references to {url}", image)
+    else:
+        ctx.say(f"Updating references in {len(files)} files: {files}", image)
         if digest is not None:
-            prod_digests = edits.read(PROD_DIGESTS_PATH)
-            if not any(entry.url == url for entry in parse_prod_digests(prod_digests)):
-                ctx.console.line(f"Adding new image {url}@{digest} to {PROD_DIGESTS_PATH}")
-                edits.edit(PROD_DIGESTS_PATH, lambda data: append_prod_digest(data, url, digest))
-        if image == RBE_IMAGE:
-            ctx.console.line(f"Updating WORKSPACE file for {RBE_IMAGE}")
-            rules = [rule for rule in parse_rbe_rules(edits.read(WORKSPACE_PATH)) if rule.names(url)]
-            if not rules:
-                ctx.console.line(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}")
-            elif digest is not None:
-                edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
-        ctx.console.line(f"Updating references to {url}")
-        needle = f"{url}@sha256:"
-        files = [
-            path
-            for path in grep_tracked_files(ctx.root, needle)
-            if not (ctx.root / path).is_symlink()
-        ]
-        files += [path for path in edits.containing(needle.encode()) if path not in files]
-        if not files:
-            ctx.console.line(f"Found no references to {url}")
-        else:
-            ctx.console.line(f"Updating references in {len(files)} files: {files}")
-            if digest is not None:
-                for path in files:
-                    edits.edit(path, lambda data: rewrite_references(data, ctx.registry, image, digest))
-        apply_changes(ctx, edits.changes())
+            for path in files:
+                edits.edit(path, lambda data: rewrite_references(data, ctx.registry, image, digest))
+    apply_changes(ctx, edits.changes())
 
 
 def check_docker(ctx: Context) -> None:
@@ -694,8 +979,9 @@ class Steps:
         return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
 
 
-def process_image(ctx: Context, image: str, steps: Steps) -> str | None:
-    """Runs the requested steps for one image; returns its new digest if known."""
+def docker_steps(ctx: Context, image: str, steps: Steps) -> str | None:
+    """Pull, build and push one image; returns its repository digest when
+    references are to be updated and the digest can be known."""
     url = image_url(ctx.registry, image)
     if steps.pull:
         run(ctx, pull_argv(url, ctx.tag), image)
@@ -703,23 +989,160 @@ def process_image(ctx: Context, image: str, steps: Steps) -> str | None:
         run(ctx, build_argv(url, ctx.tag, f"{DOCKER_DIR}/{image}"), image)
     if steps.push:
         run(ctx, push_argv(url, ctx.tag), image)
-    digest = None
-    if steps.update_references:
-        if ctx.dry_run and (steps.build or steps.push):
-            ctx.console.line(
-                f"Dry run: the digest of {url}:{ctx.tag} is only known after it is "
-                "built and pushed; listing the files that would be updated"
-            )
-        else:
-            digest = repo_digest(ctx, image)
-            if digest is None:
-                ctx.console.line(
-                    f"Dry run: {url}:{ctx.tag} has no repository digest on this "
-                    "machine (not pushed or pulled yet), so the new digest is "
-                    "unknown; listing the files that would be updated"
-                )
-        update_references(ctx, image, digest)
+    if not steps.update_references:
+        return None
+    if ctx.dry_run and (steps.build or steps.push):
+        ctx.say(
+            f"Dry run: the digest of {url}:{ctx.tag} is only known after it is "
+            "built and pushed; listing the files that would be updated",
+            image,
+        )
+        return None
+    digest = repo_digest(ctx, image)
+    if digest is None:
+        ctx.say(
+            f"Dry run: {url}:{ctx.tag} has no repository digest on this machine "
+            "(not pushed or pulled yet), so the new digest is unknown; listing "
+            "the files that would be updated",
+            image,
+        )
     return digest
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image: str
+    result: str  # done, failed, skipped (a dependency failed), not started
+    seconds: float = 0.0
+    digest: str | None = None
+    error: ManageImagesError | None = None
+    finished: int = 0  # completion rank, to find the first failure
+
+
+def run_graph(
+    order: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    jobs: int,
+    keep_going: bool,
+    work,
+    finish,
+    stopped=lambda: False,
+    on_start=lambda image, number: None,
+    clock=None,
+) -> dict[str, ImageResult]:
+    """Processes `order` so that each image starts once every dependency of it
+    in the run has finished.
+
+    `work(image)` runs in one of `jobs` worker threads (the docker commands);
+    `finish(image, value)` runs here, in the calling thread, with what `work`
+    returned (the reference rewrites), before any dependent starts, so file
+    edits never overlap. Among the ready images the earliest in `order` starts
+    first, so `jobs=1` follows `order` exactly. After the first failure no new
+    image starts unless `keep_going`; then only the dependents of a failed
+    image are skipped. `stopped()` true (an interruption) also starts nothing new.
+    """
+    clock = clock or time.monotonic
+    in_run = set(order)
+    parents = {image: [parent for parent in graph[image] if parent in in_run] for image in order}
+    results: dict[str, ImageResult] = {}
+    started: dict[str, float] = {}
+    running: dict[concurrent.futures.Future, str] = {}
+    failed = False
+
+    def blocked(image: str) -> bool:
+        return any(results.get(parent, ImageResult(parent, "")).result in ("failed", "skipped") for parent in parents[image])
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        while True:
+            accepting = not stopped() and (keep_going or not failed)
+            for image in order:
+                if image in results or image in started:
+                    continue
+                if blocked(image):
+                    results[image] = ImageResult(image, "skipped")
+                    continue
+                if not accepting or len(running) >= jobs:
+                    continue
+                if all(results.get(parent, ImageResult(parent, "")).result == "done" for parent in parents[image]):
+                    started[image] = clock()
+                    on_start(image, len(started))
+                    running[pool.submit(work, image)] = image
+            if not running:
+                break
+            done, _ = concurrent.futures.wait(running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda future: order.index(running[future])):
+                image = running.pop(future)
+                try:
+                    value = future.result()
+                    digest = finish(image, value)
+                    results[image] = ImageResult(image, "done", clock() - started[image], digest,
+                                                 finished=len(results))
+                except ManageImagesError as error:
+                    failed = True
+                    results[image] = ImageResult(image, "failed", clock() - started[image], error=error,
+                                                 finished=len(results))
+    for image in order:
+        results.setdefault(image, ImageResult(image, "skipped" if blocked(image) else "not started"))
+    return {image: results[image] for image in order}
+
+
+def format_summary(results: Mapping[str, ImageResult], steps: Sequence[str], wall: float) -> str:
+    """One line per image: steps, result, short digest, seconds; then the wall time."""
+    width = max([len(image) for image in results] + [5])
+    step_text = ", ".join(steps) or "-"
+    lines = ["Summary:"]
+    for item in results.values():
+        digest = item.digest[:19] if item.digest else "-"
+        seconds = f"{item.seconds:7.1f}s" if item.result in ("done", "failed") else "       -"
+        lines.append(f"  {item.image:<{width}}  {item.result:<11}  {digest:<19}  {seconds}  {step_text}")
+    counts = {}
+    for item in results.values():
+        counts[item.result] = counts.get(item.result, 0) + 1
+    tally = ", ".join(f"{count} {result}" for result, count in counts.items())
+    lines.append(f"Total wall time: {wall:.1f}s ({tally})")
+    return "\n".join(lines)
+
+
+def check(root: Path, registry: str, images: Sequence[str], graph: Mapping[str, Sequence[str]], console: Console) -> int:
+    """Reports every disagreement between the graph, the Dockerfiles, the
+    references and prod_digests.txt; returns 1 if there was any."""
+    findings: list[Finding] = []
+    for image in images:
+        path = f"{DOCKER_DIR}/{image}/Dockerfile"
+        data = (root / path).read_bytes() if (root / path).is_file() else None
+        findings += dockerfile_findings(image, path, data, graph, registry)
+    prod_path = root / PROD_DIGESTS_PATH
+    if prod_path.is_file():
+        prod_digests, prod_findings = prod_digest_findings(prod_path.read_bytes(), PROD_DIGESTS_PATH, registry, graph)
+        findings += prod_findings
+    else:
+        prod_digests = {}
+        findings.append(Finding(PROD_DIGESTS_PATH, 1, "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"))
+    files = tracked_text_files(root, f"{registry}/")
+    if RBE_IMAGE in images and (root / WORKSPACE_PATH).is_file() and WORKSPACE_PATH not in files:
+        files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
+    findings += reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
+    for finding in findings:
+        console.line(str(finding))
+    noun = "image" if len(images) == 1 else "images"
+    if findings:
+        console.line(f"Checked {len(images)} {noun}: {len(findings)} problem{'s' if len(findings) != 1 else ''} found.")
+        return 1
+    console.line(f"Checked {len(images)} {noun}: the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree.")
+    return 0
+
+
+def prod_digest_of(root: Path, registry: str, image: str) -> str:
+    """The digest prod_digests.txt lists for IMAGE; an error naming it if none."""
+    path = root / PROD_DIGESTS_PATH
+    entries = parse_prod_digests(path.read_bytes()) if path.is_file() else []
+    for entry in entries:
+        if entry.url == image_url(registry, image):
+            return entry.digest
+    raise ManageImagesError(
+        f"cannot update the references to {image}: {PROD_DIGESTS_PATH} has no line for "
+        f"{image_url(registry, image)}; push it with --update_references first or add the line"
+    )
 
 
 def preflight(ctx: Context, images: Sequence[str], steps: Steps) -> None:
@@ -769,25 +1192,66 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         help="Tag of the images. Defaults to `latest` (good for testing a change "
         "in a PR). Use `prod` to update the images that CI preloads.",
     )
-    parser.add_argument("--pull", action="store_true", help="Pull REGISTRY/NAME:TAG.")
-    parser.add_argument(
+    steps = parser.add_argument_group("steps (run for each image, in this order)")
+    steps.add_argument("--pull", action="store_true", help="Pull REGISTRY/NAME:TAG.")
+    steps.add_argument(
         "--build",
         action="store_true",
         help="Build REGISTRY/NAME:TAG from build_tools/docker/NAME.",
     )
-    parser.add_argument(
+    steps.add_argument(
         "--push",
         action="store_true",
         help="Push REGISTRY/NAME:TAG. For Google registries (gcr.io, *.gcr.io, "
         "*-docker.pkg.dev) this runs `gcloud auth configure-docker` first.",
     )
-    parser.add_argument(
+    steps.add_argument(
         "--update_references",
         "--update-references",
         action="store_true",
         help="Point every REGISTRY/NAME@sha256:... in the files git tracks at the "
         "image's repository digest (and, for rbe-toolchain, the rbe_autoconfig "
         "rule in WORKSPACE); add the image to prod_digests.txt if missing.",
+    )
+    modes = parser.add_argument_group("other modes (instead of the steps)")
+    modes.add_argument(
+        "--only_references",
+        "--only-references",
+        action="store_true",
+        help="Point every reference to each image at its digest in "
+        "build_tools/docker/prod_digests.txt. Needs no Docker.",
+    )
+    modes.add_argument(
+        "--check",
+        action="store_true",
+        help="Report, as PATH:LINE: MESSAGE, every disagreement between the graph, "
+        "the Dockerfiles' registry parents, the digest references and "
+        "prod_digests.txt; exit 1 if there is any. Needs no Docker; changes nothing.",
+    )
+    modes.add_argument(
+        "--graph",
+        nargs="?",
+        const="text",
+        choices=("text", "dot", "mermaid"),
+        help="Print the graph of the images that would be processed, as an "
+        "indented tree (text, the default), Graphviz (dot) or Mermaid, and exit.",
+    )
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Process up to N images at a time, each once all its parents in the "
+        "run are done (default 1: one after another, in the original order).",
+    )
+    parser.add_argument(
+        "--keep_going",
+        "--keep-going",
+        "-k",
+        action="store_true",
+        help="After a failure, go on with the images that do not depend on the "
+        "failed one (by default nothing new starts after the first failure).",
     )
     parser.add_argument(
         "--dry_run",
@@ -834,7 +1298,19 @@ def parse_arguments(
             f"--registry {args.registry!r} is not a valid registry: use "
             "HOST[:PORT]/PATH with a lowercase path, e.g. gcr.io/iree-oss"
         )
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
+    step_flags = [flag for flag, on in (("--pull", args.pull), ("--build", args.build), ("--push", args.push),
+                  ("--update_references", args.update_references)) if on]
+    modes = [flag for flag, on in (("--only_references", args.only_references), ("--check", args.check),
+             ("--graph", args.graph is not None)) if on]
+    if len(modes) > 1 or (modes and step_flags):
+        parser.error(f"{' and '.join(modes + step_flags)} cannot be combined: {modes[0]} is a mode of its own")
     return args
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; carries the signal number."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -846,36 +1322,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     parser = build_parser(graph)
     args = parse_arguments(parser, argv, graph)
-    steps = Steps(args.pull, args.build, args.push, args.update_references)
-    ctx = Context(args.registry, args.tag, args.dry_run, Console(sys.stdout))
+    ctx = Context(args.registry, args.tag, args.dry_run, Console(sys.stdout), prefix_output=args.jobs > 1)
     try:
-        return execute(ctx, args, graph, steps)
+        return execute(ctx, args, graph)
+    except KeyboardInterrupt:
+        return 130
     except ManageImagesError as error:
         sys.stdout.flush()
         print(error, file=sys.stderr)
         return error.returncode if isinstance(error, CommandError) else 1
 
 
-def execute(
-    ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence[str]], steps: Steps
-) -> int:
+def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence[str]]) -> int:
     images = ordered_images_to_process(args.images, graph)
-    if steps.build or steps.update_references:
+    if args.graph:
+        ctx.console.line(render_graph(images, graph, args.graph).rstrip("\n"))
+        return 0
+    steps = Steps(args.pull, args.build, args.push, args.update_references)
+    needs_root = args.check or args.only_references or steps.build or steps.update_references
+    if needs_root or args.repo_root is not None:
         ctx.root = find_repo_root(args.repo_root or Path.cwd())
-    elif args.repo_root is not None:
-        ctx.root = find_repo_root(args.repo_root)
-    preflight(ctx, images, steps)
-    if steps.push and is_google_registry(ctx.registry):
-        check_gcloud(ctx)
+    if args.check:
+        return check(ctx.root, ctx.registry, images, graph, ctx.console)
+    if args.only_references:
+        digests = {image: prod_digest_of(ctx.root, ctx.registry, image) for image in images}
+        work = digests.__getitem__
+        steps = Steps(update_references=True)
+        step_names = ["only_references"]
+    else:
+        preflight(ctx, images, steps)
+        if steps.push and is_google_registry(ctx.registry):
+            check_gcloud(ctx)
+        work = lambda image: docker_steps(ctx, image, steps)  # noqa: E731
+        step_names = steps.names()
     ctx.console.line(f"Also processing dependent images. Will process: {images}")
     if not steps.any():
         ctx.console.line(
             "No step requested (--pull, --build, --push, --update_references): nothing done."
         )
         return 0
-    for image in images:
-        ctx.console.line(f"Processing image {image}")
-        process_image(ctx, image, steps)
+
+    def finish(image: str, digest: str | None) -> str | None:
+        if steps.update_references:
+            update_references(ctx, image, digest)
+        return digest
+
+    interrupted: list[int] = []
+
+    def on_signal(number: int, frame) -> None:
+        if not interrupted:
+            ctx.console.line(f"Interrupted by {signal.Signals(number).name}: stopping the running commands")
+        interrupted.append(number)
+        ctx.stop_processes()
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            handlers[number] = signal.signal(number, on_signal)
+    start = time.monotonic()
+    try:
+        results = run_graph(
+            images,
+            graph,
+            args.jobs,
+            args.keep_going,
+            work,
+            finish,
+            stopped=lambda: bool(interrupted),
+            on_start=lambda image, number: ctx.say(f"Processing image {image} [{number}/{len(images)}]", image),
+        )
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    ctx.console.line(format_summary(results, step_names, time.monotonic() - start))
+    if interrupted:
+        return 128 + interrupted[0]
+    failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
+    for item in failures[1:]:
+        print(f"{item.image}: {item.error}", file=sys.stderr)
+    if failures:
+        raise failures[0].error
     return 0
 
 

@@ -1,0 +1,27 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
+# Licensed under the Apache License v2.0; see https://www.apache.org/licenses/LICENSE-2.0
+
+# CI job bazel/linux/x86-swiftshader/core: runs build.sh beside this script inside the bazel
+# image, pinned by digest (kept up to date by build_tools/docker/manage_images.py).
+
+set -e
+set -x
+
+# Print the UTC time when set -x is on.
+export PS4='[$(date -u "+%T %Z")] '
+
+# Kokoro checks the repository out here.
+cd "${KOKORO_ARTIFACTS_DIR?}/github/iree"
+source build_tools/kokoro/gcp_ubuntu/docker_common.sh
+
+# Sets DOCKER_RUN_ARGS.
+docker_setup
+
+docker run "${DOCKER_RUN_ARGS[@]?}" \
+  gcr.io/iree-oss/bazel@sha256:59da17e5cc8176890a6e1bda369b1f3d398e27af3d47e02e1ffd5b76729c215b \
+  build_tools/kokoro/gcp_ubuntu/bazel/linux/x86-swiftshader/core/build.sh
+
+# Kokoro copies this whole folder back to the machine that runs the job, which
+# is slow and useless.
+sudo rm -rf "${KOKORO_ARTIFACTS_DIR?}"/*

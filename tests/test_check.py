@@ -1,0 +1,255 @@
+"""--check, --graph and --only_references on temporary repositories (no Docker)."""
+
+from __future__ import annotations
+
+import pytest
+
+import fake_tree
+import manage_images as mi
+
+GRAPH = mi.IMAGES_TO_DEPENDENCIES
+REGISTRY = "gcr.io/iree-oss"
+P = fake_tree.PLACEHOLDER
+NEW = "sha256:" + "e" * 64
+OTHER = "sha256:" + "d" * 64
+DOCKERFILES = "build_tools/docker"
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """A consistent tree: every reference and prod_digests.txt name PLACEHOLDER."""
+    root = fake_tree.make_tree(tmp_path / "repo", REGISTRY, GRAPH)
+    monkeypatch.chdir(root)
+    return root
+
+
+def edit(root, relative, old, new):
+    path = root / relative
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    fake_tree.git(root, "commit", "-q", "-am", f"edit {relative}")
+
+
+def check(capsys, *images):
+    code = mi.main(["--check", *[arg for image in images or ("all",) for arg in ("--images", image)]])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def line_of(root, relative, text):
+    lines = (root / relative).read_text().splitlines()
+    return next(number for number, line in enumerate(lines, start=1) if text in line)
+
+
+def test_a_clean_tree_passes_with_one_summary_line(tree, capsys):
+    assert check(capsys) == (0, [
+        "Checked 17 images: the graph, the Dockerfiles, the references and "
+        "build_tools/docker/prod_digests.txt agree."])
+
+
+def test_missing_dockerfile(tree, capsys):
+    (tree / DOCKERFILES / "vulkan" / "Dockerfile").unlink()
+    fake_tree.git(tree, "commit", "-q", "-am", "drop")
+    code, out = check(capsys)
+    assert code == 1
+    assert out[:-1] == [
+        "build_tools/docker/vulkan/Dockerfile:1: vulkan has no Dockerfile: add one or remove vulkan "
+        "from IMAGES_TO_DEPENDENCIES"]
+    assert out[-1] == "Checked 17 images: 1 problem found."
+
+
+def test_parent_outside_the_graph(tree, capsys):
+    path = f"{DOCKERFILES}/cmake-python/Dockerfile"
+    edit(tree, path, "COPY stamp", f"COPY --from={REGISTRY}/nope@{P} /x /x\nCOPY stamp")
+    number = line_of(tree, path, "nope")
+    code, out = check(capsys)
+    assert code == 1
+    assert out[:-1] == [
+        f"{path}:{number}: COPY --from {REGISTRY}/nope@{P}: nope is not an image of the graph",
+        f"{path}:{number}: {REGISTRY}/nope is referenced but not listed in build_tools/docker/prod_digests.txt",
+    ]
+
+
+def test_undeclared_and_unused_parents(tree, capsys):
+    path = f"{DOCKERFILES}/cmake/Dockerfile"
+    edit(tree, path, f"COPY --from={REGISTRY}/util@{P}", f"COPY --from={REGISTRY}/vulkan@{P}")
+    number = line_of(tree, path, "vulkan")
+    code, out = check(capsys, "cmake")
+    assert code == 1
+    assert out[:-1] == [
+        f"{path}:{number}: COPY --from vulkan: IMAGES_TO_DEPENDENCIES does not list vulkan as a "
+        "dependency of cmake; add it there or stop using it",
+        f"{path}:1: IMAGES_TO_DEPENDENCIES says cmake depends on util, but this Dockerfile never uses "
+        f"{REGISTRY}/util; fix the graph or the Dockerfile",
+    ]
+    assert out[-1] == "Checked 8 images: 2 problems found."
+
+
+@pytest.mark.parametrize("unpinned", [f"{REGISTRY}/base", f"{REGISTRY}/base:latest"])
+def test_parent_not_pinned_by_digest(tree, capsys, unpinned):
+    path = f"{DOCKERFILES}/bazel/Dockerfile"
+    edit(tree, path, f"FROM {REGISTRY}/base@{P} AS final", f"FROM {unpinned} AS final")
+    code, out = check(capsys, "bazel")
+    assert code == 1
+    assert out[:-1] == [
+        f"{path}:2: FROM {unpinned} is not pinned by digest, so --update_references cannot see it; "
+        f"use {REGISTRY}/base@sha256:<digest>"]
+
+
+def test_run_mount_from_counts_as_a_parent(tree, capsys):
+    path = f"{DOCKERFILES}/vulkan/Dockerfile"
+    edit(tree, path, "COPY stamp", f"RUN --mount=type=bind,from={REGISTRY}/base@{P},target=/b true\nCOPY stamp")
+    code, out = check(capsys, "vulkan")
+    assert code == 1
+    assert "RUN --mount base: IMAGES_TO_DEPENDENCIES does not list base as a dependency of vulkan" in out[0]
+
+
+def test_two_references_to_one_image_with_different_digests(tree, capsys):
+    script = f"{fake_tree.KOKORO_DIR}/cmake/android/arm64-v8a/build_kokoro.sh"
+    edit(tree, script, f"cmake-android@{P}", f"cmake-android@{OTHER}")
+    code, out = check(capsys)
+    assert code == 1
+    assert out[:-1] == [
+        f"{script}:6: {REGISTRY}/cmake-android is pinned to sha256:dddddddddddd, but "
+        f"build_tools/docker/prod_digests.txt says {P[:19]}"]
+
+
+def test_stale_workspace_digest(tree, capsys):
+    edit(tree, "WORKSPACE", f'    digest = "{P}"', f'    digest = "{OTHER}"')
+    code, out = check(capsys, "rbe-toolchain")
+    assert code == 1
+    assert out[:-1] == [
+        f"WORKSPACE:8: rbe_autoconfig digest {OTHER[:19]} differs from build_tools/docker/prod_digests.txt "
+        f"({P[:19]})"]
+
+
+def test_truncated_and_upper_case_digests_are_reported(tree, capsys):
+    (tree / "notes.txt").write_text(f"{REGISTRY}/util@sha256:abc\n{REGISTRY}/util@sha256:{'A' * 64}\n")
+    fake_tree.git(tree, "add", "notes.txt")
+    code, out = check(capsys, "util")
+    assert code == 1
+    assert out[:-1] == [
+        f"notes.txt:1: {REGISTRY}/util@sha256:abc is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+        f"notes.txt:2: {REGISTRY}/util@sha256:{'A' * 64} is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+    ]
+
+
+def test_untracked_files_are_not_checked(tree, capsys):
+    (tree / "scratch.txt").write_text(f"{REGISTRY}/util@{OTHER}\n")
+    assert check(capsys)[0] == 0
+
+
+def test_bad_prod_digests_lines(tree, capsys):
+    path = tree / DOCKERFILES / "prod_digests.txt"
+    path.write_text(path.read_text() + f"{REGISTRY}/base@{OTHER}\n{REGISTRY}/nope@{P}\ngarbage\n")
+    fake_tree.git(tree, "commit", "-q", "-am", "bad lines")
+    code, out = check(capsys)
+    assert code == 1
+    assert out[:-1] == [
+        "build_tools/docker/prod_digests.txt:18: duplicate line for base (first on line 1)",
+        f"build_tools/docker/prod_digests.txt:19: {REGISTRY}/nope is not an image of the graph under {REGISTRY}",
+        "build_tools/docker/prod_digests.txt:20: malformed line 'garbage': expected "
+        f"{REGISTRY}/NAME@sha256:<64 lowercase hex>",
+    ]
+
+
+def test_check_needs_no_docker(tree, capsys, monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "git").symlink_to(__import__("shutil").which("git"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert check(capsys)[0] == 0
+
+
+# --- --graph -------------------------------------------------------------------
+
+def graph(capsys, fmt, *images):
+    args = ["--graph", fmt] if fmt else ["--graph"]
+    assert mi.main([*args, *[arg for image in images for arg in ("--image", image)]]) == 0
+    return capsys.readouterr().out
+
+
+def test_graph_text_is_an_indented_tree(capsys):
+    assert graph(capsys, None, "vulkan") == (
+        "vulkan\n"
+        "  bazel-tensorflow-vulkan\n"
+        "    bazel-tensorflow-nvidia\n"
+        "    bazel-tensorflow-swiftshader\n"
+        "  cmake-python-vulkan\n"
+        "    cmake-python-nvidia\n"
+        "    cmake-python-swiftshader\n"
+        "  rbe-toolchain\n"
+    )
+
+
+def test_graph_text_marks_shared_children(capsys):
+    assert graph(capsys, "text", "swiftshader", "cmake-python-vulkan") == (
+        "cmake-python-vulkan\n"
+        "  cmake-python-nvidia\n"
+        "  cmake-python-swiftshader (from cmake-python-vulkan, swiftshader)\n"
+        "swiftshader\n"
+        "  bazel-tensorflow-swiftshader\n"
+        "  cmake-python-swiftshader (from cmake-python-vulkan, swiftshader) (see above)\n"
+    )
+
+
+def test_graph_dot(capsys):
+    assert graph(capsys, "dot", "cmake-python-vulkan") == (
+        "digraph images {\n"
+        '  "cmake-python-vulkan" -> "cmake-python-swiftshader";\n'
+        '  "cmake-python-vulkan" -> "cmake-python-nvidia";\n'
+        "}\n"
+    )
+
+
+def test_graph_mermaid_with_a_lone_image(capsys):
+    assert graph(capsys, "mermaid", "rbe-toolchain", "cmake-android") == (
+        "graph TD\n  cmake-android\n  rbe-toolchain\n")
+
+
+def test_graph_cannot_be_combined_with_steps(capsys):
+    with pytest.raises(SystemExit) as exit:
+        mi.main(["--graph", "--image", "util", "--build"])
+    assert exit.value.code == 2
+    assert "--graph and --build cannot be combined" in capsys.readouterr().err
+
+
+# --- --only_references --------------------------------------------------------
+
+def test_only_references_rewrites_from_prod_digests(tree, capsys):
+    path = tree / DOCKERFILES / "prod_digests.txt"
+    path.write_text(path.read_text().replace(f"/vulkan@{P}", f"/vulkan@{NEW}"))
+    before = fake_tree.tracked_files(tree)
+
+    assert mi.main(["--only_references", "--image", "vulkan"]) == 0
+
+    after = fake_tree.tracked_files(tree)
+    changed = sorted(name for name in after if after[name] != before[name])
+    assert changed == [
+        f"{DOCKERFILES}/bazel-tensorflow-vulkan/Dockerfile",
+        f"{DOCKERFILES}/cmake-python-vulkan/Dockerfile",
+        f"{DOCKERFILES}/rbe-toolchain/Dockerfile",
+    ]
+    for name in changed:
+        assert after[name] == before[name].replace(f"/vulkan@{P}".encode(), f"/vulkan@{NEW}".encode())
+    capsys.readouterr()
+    code, out = check(capsys)
+    assert (code, out[-1]) == (0, out[-1])
+
+
+def test_only_references_updates_the_workspace_rule(tree):
+    path = tree / DOCKERFILES / "prod_digests.txt"
+    path.write_text(path.read_text().replace(f"/rbe-toolchain@{P}", f"/rbe-toolchain@{NEW}"))
+    assert mi.main(["--only-references", "--image", "rbe-toolchain"]) == 0
+    assert f'    digest = "{NEW}",' in (tree / "WORKSPACE").read_text()
+    assert f'base_container_digest = "{fake_tree.OTHER_RULE_DIGEST}"' in (tree / "WORKSPACE").read_text()
+
+
+def test_only_references_with_an_image_missing_from_prod_digests(tree, capsys):
+    path = tree / DOCKERFILES / "prod_digests.txt"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if "/swiftshader@" not in line))
+    before = fake_tree.tracked_files(tree)
+    assert mi.main(["--only_references", "--image", "cmake"]) == 1
+    assert capsys.readouterr().err == (
+        "cannot update the references to swiftshader: build_tools/docker/prod_digests.txt has no line for "
+        f"{REGISTRY}/swiftshader; push it with --update_references first or add the line\n")
+    assert fake_tree.tracked_files(tree) == before

@@ -1,0 +1,139 @@
+"""The repository's own image tree: 17 Dockerfiles, the CI scripts and WORKSPACE
+that pin them, prod_digests.txt. Nothing here can be built on a machine without
+access to the outside registries, so these tests prove what can be proven:
+the tree agrees with the graph and with itself.
+
+The parsing here is deliberately independent of manage_images.py's own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import manage_images as mi
+from standin import StandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "build_tools" / "docker"
+KOKORO = ROOT / "build_tools" / "kokoro" / "gcp_ubuntu"
+GRAPH = mi.IMAGES_TO_DEPENDENCIES
+REFERENCE = re.compile(r"gcr\.io/iree-oss/([a-z0-9-]+)(@sha256:[0-9a-f]{64}|[@:][^\s\"']*)?")
+PINNED = re.compile(r"@sha256:[0-9a-f]{64}")
+
+
+def prod_digests() -> dict[str, str]:
+    digests = {}
+    for line in (DOCKER / "prod_digests.txt").read_text().splitlines():
+        url, digest = line.split("@")
+        assert url.startswith("gcr.io/iree-oss/"), line
+        digests[url.removeprefix("gcr.io/iree-oss/")] = digest
+    return digests
+
+
+def logical_lines(path: Path) -> list[str]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("image", sorted(GRAPH))
+def test_dockerfile_pulls_exactly_its_graph_parents_pinned_by_digest(image):
+    dockerfile = DOCKER / image / "Dockerfile"
+    lines = logical_lines(dockerfile)
+    parents = set()
+    for line in lines:
+        for source in re.findall(r"^FROM\s+(\S+)|--from=(\S+)", line):
+            source = source[0] or source[1]
+            match = REFERENCE.fullmatch(source)
+            if match:
+                parents.add(match.group(1))
+                assert PINNED.search(source), f"{image}: {source} is not pinned by digest"
+            elif "/" in source or "@" in source:
+                assert PINNED.search(source), f"{image}: external base {source} is not pinned by digest"
+    assert parents == set(GRAPH[image])
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert froms[-1].endswith(" AS final"), image
+    assert dockerfile.read_text().splitlines()[3].startswith(f"# {image}: ")
+
+
+def test_prod_digests_lists_every_image_once():
+    lines = (DOCKER / "prod_digests.txt").read_text().splitlines()
+    assert len(lines) == len(GRAPH) == 17
+    assert sorted(prod_digests()) == sorted(GRAPH)
+    assert all(re.fullmatch(r"gcr\.io/iree-oss/[a-z0-9-]+@sha256:[0-9a-f]{64}", line) for line in lines)
+
+
+def tracked() -> list[Path]:
+    names = subprocess.run(("git", "-C", str(ROOT), "ls-files", "-z"), capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    return [ROOT / name for name in names if name and (ROOT / name).is_file()]
+
+
+def test_every_digest_reference_in_the_tree_equals_prod_digests():
+    expected = prod_digests()
+    seen = set()
+    for path in tracked():
+        if path.parent.name == "tests" or path.suffix in (".py", ".md") or path.name == "prod_digests.txt":
+            continue
+        for name, suffix in REFERENCE.findall(path.read_text(errors="replace")):
+            assert suffix == "@" + expected[name], f"{path.relative_to(ROOT)}: {name}{suffix}"
+            seen.add(name)
+    assert seen >= set(GRAPH) - {"rbe-toolchain"}
+    workspace = (ROOT / "WORKSPACE").read_text()
+    rule = re.search(r"rbe_autoconfig\((.*?)\n\)", workspace, re.S).group(1)
+    assert re.search(r'\n    digest = "(sha256:[0-9a-f]{64})"', rule).group(1) == expected["rbe-toolchain"]
+    assert 'repository = "iree-oss/rbe-toolchain"' in rule
+    others = re.findall(r'\n    digest = "(sha256:[0-9a-f]{64})"', workspace.replace(rule, ""))
+    assert others and expected["rbe-toolchain"] not in others
+
+
+def test_ci_scripts_are_executable_and_run_one_image_by_digest():
+    scripts = sorted(KOKORO.rglob("build_kokoro.sh"))
+    assert len(scripts) == 7
+    for script in scripts:
+        assert os.access(script, os.X_OK), script
+        images = REFERENCE.findall(script.read_text())
+        assert len(images) == 1 and images[0][0] in GRAPH, script
+        assert os.access(script.parent / "build.sh", os.X_OK), script
+        assert f"{script.parent.relative_to(ROOT)}/build.sh" in script.read_text()
+        assert ("--gpus all" in script.read_text()) == ("x86-turing" in str(script))
+
+
+def test_check_passes_on_the_tree():
+    result = subprocess.run((sys.executable, str(DOCKER / "manage_images.py"), "--check", "--images", "all"),
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "Checked 17 images: the graph, the Dockerfiles, the references and "
+        "build_tools/docker/prod_digests.txt agree."]
+
+
+def test_dry_run_of_everything_plans_all_17_images_and_changes_nothing(tmp_path):
+    standin = StandIn(tmp_path / "standin")
+    before = {path: path.read_bytes() for path in tracked()}
+    result = subprocess.run(
+        (sys.executable, str(DOCKER / "manage_images.py"), "--images", "all", "--build", "--push",
+         "--update_references", "--dry-run"),
+        cwd=ROOT / "build_tools", capture_output=True, text=True, env={**os.environ, **standin.environ()})
+    assert result.returncode == 0, result.stderr
+    assert standin.commands() == []
+    assert {path: path.read_bytes() for path in tracked()} == before
+    processing = re.findall(r"^Processing image (\S+) \[(\d+)/17\]$", result.stdout, re.M)
+    assert [image for image, _ in processing] == mi.ordered_images_to_process(sorted(GRAPH), GRAPH)
+    assert [int(number) for _, number in processing] == list(range(1, 18))
+    assert "Running: `gcloud auth configure-docker`" in result.stdout
+    assert "Running: `docker build --tag gcr.io/iree-oss/cmake:latest build_tools/docker/cmake`" in result.stdout
+
+
+def test_readme_diagram_is_the_graph_output():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- graph:begin -->\n```mermaid\n(.*?)```\n<!-- graph:end -->", readme, re.S).group(1)
+    result = subprocess.run((sys.executable, str(DOCKER / "manage_images.py"), "--graph", "mermaid",
+                             "--images", "all"), capture_output=True, text=True)
+    assert result.returncode == 0
+    assert block == result.stdout
