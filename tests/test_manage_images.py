@@ -559,3 +559,40 @@ def documents(draw):
 def test_rewrite_changes_exactly_the_references_of_one_image(document):
     data, expected = document
     assert mi.rewrite_references(data, REGISTRY, "cmake", NEW) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "output", "registry", "hint"),
+    [
+        (["docker", "push", "r/x:latest"], ['Get "http://127.0.0.1:5/v2/": dial tcp 127.0.0.1:5: connect: connection refused'],
+         "127.0.0.1:5/iree-oss", "the registry 127.0.0.1:5 is unreachable: check that it is up and that --registry is right"),
+        (["docker", "push", "r/x:latest"], ["unauthorized: authentication required"], "ghcr.io/org",
+         "the registry ghcr.io refused the request (authentication): run `docker login ghcr.io` and try again"),
+        (["docker", "pull", "r/x:latest"], ["denied: Permission denied"], "gcr.io/iree-oss",
+         "the registry gcr.io refused the request (authentication): run `gcloud auth configure-docker` and try again"),
+        (["docker", "build", "."], ["Cannot connect to the Docker daemon at unix:///var/run/docker.sock."], "gcr.io/x",
+         "the Docker engine is not running: start it or point DOCKER_HOST at one"),
+        (["docker", "build", "."], ["The command '/bin/sh -c exit 3' returned a non-zero code: 3"], "gcr.io/x", ""),
+    ],
+)
+def test_diagnose_failed_docker_commands(argv, output, registry, hint):
+    assert mi.diagnose(argv, output, registry) == hint
+
+
+def test_help_documents_every_flag_and_alias(capsys):
+    with pytest.raises(SystemExit) as exit:
+        mi.main(["--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--images", "--image", "--tag", "--pull", "--build", "--push", "--update_references",
+                 "--update-references", "--dry_run", "--dry-run", "-n", "--registry", "--repo_root",
+                 "--only_references", "--only-references", "--check", "--graph", "--jobs", "-j",
+                 "--keep_going", "--keep-going", "-k"):
+        assert f"{flag} " in text or f"{flag}," in text or f"{flag}\n" in text, flag
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit:
+        mi.main(["--image", "util", "--build", "-j", "0"])
+    assert exit.value.code == 2
+    assert "--jobs must be at least 1, not 0" in capsys.readouterr().err

@@ -150,8 +150,17 @@ def test_summary_lists_each_image_and_the_wall_time():
     }
     assert mi.format_summary(results, ["build", "push"], 3.0) == (
         "Summary:\n"
+        "  image        result       digest                seconds  steps\n"
         "  base         done         sha256:aaaaaaaaaaaa      1.2s  build, push\n"
         "  cmake        failed       -                        0.5s  build, push\n"
         "  swiftshader  skipped      -                           -  build, push\n"
         "Total wall time: 3.0s (1 done, 1 failed, 1 skipped)"
     )
+
+
+def test_summary_of_a_dry_run_says_planned_not_done():
+    results = {"base": mi.ImageResult("base", "done", 0.0)}
+    summary = mi.format_summary(results, ["build"], 0.0, dry_run=True)
+    assert summary.splitlines()[0] == "Summary (dry run: nothing was run or changed):"
+    assert "  base   planned      -                        0.0s  build" in summary
+    assert " done" not in summary

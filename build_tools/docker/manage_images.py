@@ -21,12 +21,21 @@ Show what that would do without doing it:
   python3 build_tools/docker/manage_images.py --image cmake \\
       --build --push --update_references --dry-run
 
+Rebuild everything after a change to base, four images at a time:
+  python3 build_tools/docker/manage_images.py --images all \\
+      --build --push --update_references -j 4
+
+Check, without Docker, that the graph, the Dockerfiles, the references and
+prod_digests.txt agree (for CI):
+  python3 build_tools/docker/manage_images.py --check --images all
+
 See README.md for the workflows.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import difflib
 import graphlib
@@ -101,11 +110,12 @@ class ManageImagesError(Exception):
 class CommandError(ManageImagesError):
     """A command exited non-zero; its exit code becomes ours."""
 
-    def __init__(self, argv: Sequence[str], returncode: int) -> None:
+    def __init__(self, argv: Sequence[str], returncode: int, hint: str = "") -> None:
         self.argv = tuple(argv)
         self.returncode = returncode
         super().__init__(
             f"Command failed with exit code {returncode}: `{format_command(argv)}`"
+            + (f" ({hint})" if hint else "")
         )
 
 
@@ -635,6 +645,32 @@ def pick_repo_digest(repo_digests: Sequence[str], url: str) -> str | None:
     return None
 
 
+_UNREACHABLE_RE = re.compile(
+    r"connection refused|no such host|i/o timeout|network is unreachable|"
+    r"server gave HTTP response to HTTPS client|connection reset|broken pipe",
+    re.I,
+)
+_REFUSED_RE = re.compile(r"unauthorized|authentication required|denied|forbidden|no basic auth credentials", re.I)
+_NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.I)
+
+
+def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
+    """What a failed docker command's last lines of output mean, and what to do."""
+    if not argv or argv[0] != "docker":
+        return ""
+    text = "\n".join(output)
+    host = registry.split("/", 1)[0]
+    if _NO_ENGINE_RE.search(text):
+        return "the Docker engine is not running: start it or point DOCKER_HOST at one"
+    if tuple(argv[1:2]) in (("push",), ("pull",)):
+        if _REFUSED_RE.search(text):
+            action = "`gcloud auth configure-docker`" if is_google_registry(registry) else f"`docker login {host}`"
+            return f"the registry {host} refused the request (authentication): run {action} and try again"
+        if _UNREACHABLE_RE.search(text):
+            return f"the registry {host} is unreachable: check that it is up and that --registry is right"
+    return ""
+
+
 # ---------------------------------------------------------------------------
 # The thin layer that runs docker and git.
 
@@ -692,11 +728,12 @@ def _missing_tool(name: str) -> ManageImagesError:
     return ManageImagesError(f"`{name}` not found on PATH: {hints.get(name, 'install it')}")
 
 
-def run(ctx: Context, argv: Sequence[str], image: str = "") -> None:
+def run(ctx: Context, argv: Sequence[str], image: str = "", interactive: bool = False) -> None:
     """Runs a side-effecting command, streaming its merged output line by line.
 
     In a dry run the command is only printed. Each command gets a session of
-    its own, so a Ctrl-C reaches this tool alone, which then stops it.
+    its own, so a Ctrl-C reaches this tool alone, which then stops it; an
+    `interactive` one (gcloud may ask a question) keeps the terminal instead.
     """
     ctx.say(f"Running: `{format_command(argv)}`", image)
     if ctx.dry_run:
@@ -711,22 +748,26 @@ def run(ctx: Context, argv: Sequence[str], image: str = "") -> None:
                 env=ctx.env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                stdin=None if interactive else subprocess.DEVNULL,
+                start_new_session=not interactive,
             )
         except FileNotFoundError:
             raise _missing_tool(argv[0]) from None
-        ctx.processes.add(process)
+        if not interactive:  # it shares our process group: never killpg it
+            ctx.processes.add(process)
+    tail: collections.deque[str] = collections.deque(maxlen=20)
     try:
         assert process.stdout is not None
         for raw in process.stdout:
-            ctx.say(raw.decode("utf-8", "replace").rstrip("\r\n"), image)
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            tail.append(line)
+            ctx.say(line, image)
         returncode = process.wait()
     finally:
         with ctx.lock:
             ctx.processes.discard(process)
     if returncode != 0:
-        raise CommandError(argv, returncode)
+        raise CommandError(argv, returncode, diagnose(argv, tail, ctx.registry))
 
 
 def capture(
@@ -958,7 +999,7 @@ def check_gcloud(ctx: Context) -> None:
         raise ManageImagesError(
             "gcloud not found. See https://cloud.google.com/sdk/install for installation."
         )
-    run(ctx, gcloud_argv(ctx.registry))
+    run(ctx, gcloud_argv(ctx.registry), interactive=True)
 
 
 # ---------------------------------------------------------------------------
@@ -1086,18 +1127,27 @@ def run_graph(
     return {image: results[image] for image in order}
 
 
-def format_summary(results: Mapping[str, ImageResult], steps: Sequence[str], wall: float) -> str:
-    """One line per image: steps, result, short digest, seconds; then the wall time."""
+def format_summary(
+    results: Mapping[str, ImageResult], steps: Sequence[str], wall: float, dry_run: bool = False
+) -> str:
+    """One line per image: result, short digest, seconds, steps; then the wall time.
+
+    In a dry run an image that went through is `planned`, never `done`.
+    """
     width = max([len(image) for image in results] + [5])
     step_text = ", ".join(steps) or "-"
-    lines = ["Summary:"]
+    label = {"done": "planned"} if dry_run else {}
+    lines = [
+        "Summary (dry run: nothing was run or changed):" if dry_run else "Summary:",
+        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  steps",
+    ]
+    counts: dict[str, int] = {}
     for item in results.values():
+        result = label.get(item.result, item.result)
+        counts[result] = counts.get(result, 0) + 1
         digest = item.digest[:19] if item.digest else "-"
         seconds = f"{item.seconds:7.1f}s" if item.result in ("done", "failed") else "       -"
-        lines.append(f"  {item.image:<{width}}  {item.result:<11}  {digest:<19}  {seconds}  {step_text}")
-    counts = {}
-    for item in results.values():
-        counts[item.result] = counts.get(item.result, 0) + 1
+        lines.append(f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  {step_text}")
     tally = ", ".join(f"{count} {result}" for result, count in counts.items())
     lines.append(f"Total wall time: {wall:.1f}s ({tally})")
     return "\n".join(lines)
@@ -1394,7 +1444,7 @@ def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    ctx.console.line(format_summary(results, step_names, time.monotonic() - start))
+    ctx.console.line(format_summary(results, step_names, time.monotonic() - start, ctx.dry_run))
     if interrupted:
         return 128 + interrupted[0]
     failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)

@@ -1,0 +1,317 @@
+"""End-to-end: parallel runs, a remote engine, and injected faults.
+
+After each fault: the documented exit code, no half-written file (every
+tracked file holds either its old content or the content an uninterrupted run
+gives it), nothing pushed after the failure, and a rerun that completes the
+job with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import fake_tree
+import manage_images
+from conftest import SCRIPT, run_tool
+from test_e2e import ALL, GRAPH, STEPS, assert_pinned_to_registry, change_stamp, inspect, references, stamp
+
+pytestmark = pytest.mark.e2e
+
+
+def dependents(*images: str) -> set[str]:
+    return set(manage_images.ordered_images_to_process(list(images), GRAPH))
+
+
+def prepare(world: Path, folder: Path, name: str, edits) -> Path:
+    """A clone of the world with `edits(repo)` applied and committed."""
+    repo = fake_tree.clone(world, folder / name)
+    edits(repo)
+    fake_tree.git(repo, "commit", "-q", "-am", "Change for this test")
+    return repo
+
+
+def set_stamp(text: str):
+    def edits(repo: Path) -> None:
+        (repo / "build_tools" / "docker" / "base" / "stamp").write_text(text)
+    return edits
+
+
+def assert_each_file_old_or_new(repo: Path, old: dict[str, bytes], new: dict[str, bytes]) -> None:
+    """No half-written file: each file is its old or its new content, or, where
+    it pins several images (prod_digests.txt), each of its lines is."""
+    for name, data in fake_tree.tracked_files(repo).items():
+        if data in (old[name], new[name]):
+            continue
+        lines, old_lines, new_lines = (text.splitlines(keepends=True) for text in (data, old[name], new[name]))
+        assert len(lines) == len(old_lines) == len(new_lines), name
+        for line, old_line, new_line in zip(lines, old_lines, new_lines):
+            assert line in (old_line, new_line), (name, line)
+    status = fake_tree.git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
+    assert all(line.startswith(" M ") for line in status), status
+
+
+def start_tool(repo: Path, registry, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--registry", registry.url, *args],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 300) -> list[str]:
+    """Reads the tool's output until a line containing `needle` (bounded in time)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"never saw {needle!r}; output was:\n{''.join(seen)}")
+
+
+# --- Parallel runs -----------------------------------------------------------
+
+def test_parallel_run_ends_like_a_sequential_one(world, registry, tmp_path):
+    parallel = prepare(world, tmp_path, "parallel", set_stamp("base parallel\n"))
+    sequential = prepare(world, tmp_path, "sequential", set_stamp("base parallel\n"))
+
+    result = run_tool(parallel, "--images", "all", *STEPS, "-j", "4", registry=registry)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_pinned_to_registry(parallel, registry, ALL)
+    for image in dependents("base"):
+        assert stamp(registry, image, registry.digest(image, "latest"), "base") == "base parallel\n", image
+    created = {image: inspect(f"{registry.url}/{image}:latest")["Created"] for image in ALL}
+    for image in ALL:
+        for parent in GRAPH[image]:
+            assert created[parent] < created[image], (parent, image)
+    served = registry.snapshot(ALL, ("latest",))
+
+    again = run_tool(sequential, "--images", "all", *STEPS, "-j", "1", registry=registry)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fake_tree.tracked_files(sequential) == fake_tree.tracked_files(parallel)
+    assert registry.snapshot(ALL, ("latest",)) == served
+
+
+def break_cmake_python(repo: Path) -> None:
+    set_stamp("base keep going\n")(repo)
+    dockerfile = repo / "build_tools" / "docker" / "cmake-python" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN exit 3\n")
+
+
+def test_keep_going_lets_independent_branches_finish(world, registry, tmp_path):
+    repo = prepare(world, tmp_path, "repo", break_cmake_python)
+    before = references(repo, registry)
+    served = registry.snapshot(ALL, ("latest",))
+
+    result = run_tool(repo, "--images", "all", *STEPS, "-j", "2", "--keep_going", registry=registry)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    blocked = dependents("cmake-python")
+    after = registry.snapshot(ALL, ("latest",))
+    found = references(repo, registry)
+    for image in ALL:
+        if image in blocked:
+            assert after[(image, "latest")] == served[(image, "latest")], image
+            assert found[image] == before[image], image
+        else:
+            assert found[image] == {after[(image, "latest")]}, image
+    for image in dependents("base") - blocked:
+        assert after[(image, "latest")] != served[(image, "latest")], image
+
+
+@pytest.fixture
+def second_engine():
+    """Another dockerd with its own data, exec root, pid file and socket.
+
+    It shares docker0 and leaves iptables alone: `--bridge=none` would make it
+    delete docker0 and break the first engine's RUN steps.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="mi-engine-", dir="/tmp"))
+    socket = folder / "docker.sock"
+    log = open(folder / "dockerd.log", "wb")
+    process = subprocess.Popen(
+        ("dockerd", "--data-root", str(folder / "data"), "--exec-root", str(folder / "exec"),
+         "--pidfile", str(folder / "docker.pid"), "--host", f"unix://{socket}",
+         "--iptables=false", "--ip-masq=false"),
+        stdout=log, stderr=log,
+    )
+    env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
+    for _ in range(120):
+        if subprocess.run(("docker", "info"), env=env, capture_output=True).returncode == 0:
+            break
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    else:
+        process.terminate()
+        raise RuntimeError(f"the second dockerd did not start; see {folder / 'dockerd.log'}")
+    yield env
+    process.terminate()
+    process.wait(timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_docker_host_sends_the_work_to_another_engine(repo, registry, second_engine):
+    image = "bazel-tensorflow-nvidia"
+    change_stamp(repo, image, "built remotely\n")
+
+    result = run_tool(repo, "--image", image, *STEPS, registry=registry, env=second_engine)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    served = registry.digest(image, "latest")
+    assert references(repo, registry)[image] == {served}
+    remote = subprocess.run(("docker", "image", "inspect", "--format", "{{json .RepoDigests}}",
+                             f"{registry.url}/{image}:latest"), env=second_engine, capture_output=True, text=True)
+    assert f"{registry.url}/{image}@{served}" in remote.stdout
+    local = inspect(f"{registry.url}/{image}:latest")
+    assert local is None or f"{registry.url}/{image}@{served}" not in local["RepoDigests"]
+
+
+# --- Faults ------------------------------------------------------------------
+
+def uninterrupted(world: Path, tmp_path: Path, edits, registry, *args: str) -> dict[str, bytes]:
+    """The tracked files after the same change, run without a fault.
+
+    Run with -j 4 to save time: the result does not depend on -j
+    (test_parallel_run_ends_like_a_sequential_one).
+    """
+    reference = prepare(world, tmp_path, "uninterrupted", edits)
+    result = run_tool(reference, *args, "-j", "4", registry=registry)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return fake_tree.tracked_files(reference)
+
+
+def test_registry_stopped_in_the_middle_of_a_push(world, registry, tmp_path):
+    edits = set_stamp("base registry down\n")
+    repo = prepare(world, tmp_path, "repo", edits)
+    old = fake_tree.tracked_files(repo)
+    served = registry.snapshot(ALL, ("latest",))
+
+    process = start_tool(repo, registry, "--images", "all", *STEPS)
+    try:
+        wait_for_line(process, "Processing image cmake ")
+        registry.stop()
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        if registry.process is None:
+            registry.start()
+
+    assert process.returncode == 1, stdout + stderr
+    assert f"docker push {registry.url}/cmake:latest" in stderr
+    assert f"the registry {registry.host} is unreachable" in stderr
+    after = registry.snapshot(ALL, ("latest",))
+    order = manage_images.ordered_images_to_process(ALL, GRAPH)
+    for image in order[order.index("cmake"):]:
+        assert after[(image, "latest")] == served[(image, "latest")], image
+    assert after[("base", "latest")] != served[("base", "latest")]
+    assert references(repo, registry)["base"] == {after[("base", "latest")]}
+
+    new = uninterrupted(world, tmp_path, edits, registry, "--images", "all", *STEPS)
+    assert_each_file_old_or_new(repo, old, new)
+    rerun = run_tool(repo, "--images", "all", *STEPS, registry=registry)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert fake_tree.tracked_files(repo) == new
+
+
+def slow_cmake(repo: Path) -> None:
+    set_stamp("base slow\n")(repo)
+    dockerfile = repo / "build_tools" / "docker" / "cmake" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN sleep 20\n")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_a_build(world, registry, tmp_path, signum):
+    repo = prepare(world, tmp_path, "repo", slow_cmake)
+    old = fake_tree.tracked_files(repo)
+    served = registry.snapshot(ALL, ("latest",))
+
+    process = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
+    wait_for_line(process, f"Running: `docker build --tag {registry.url}/cmake:latest")
+    time.sleep(1)
+    started = time.monotonic()
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 128 + signum, stdout + stderr
+    assert time.monotonic() - started < 15  # the 20 s build was stopped, not waited for
+    assert "Summary:" in stdout
+    after = registry.snapshot(ALL, ("latest",))
+    for image in dependents("cmake"):
+        assert after[(image, "latest")] == served[(image, "latest")], image
+    new = uninterrupted(world, tmp_path, slow_cmake, registry, "--images", "all", *STEPS, "-j", "2")
+    assert_each_file_old_or_new(repo, old, new)
+    rerun = run_tool(repo, "--images", "all", *STEPS, "-j", "2", registry=registry)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert fake_tree.tracked_files(repo) == new
+
+
+def many_references(repo: Path) -> None:
+    """A thousand tracked files pinning base, so rewriting takes a while."""
+    set_stamp("base many\n")(repo)
+    notes = repo / "notes"
+    notes.mkdir()
+    line = (repo / "build_tools" / "docker" / "prod_digests.txt").read_text().splitlines()[0] + "\n"
+    for number in range(1000):
+        (notes / f"{number:04}.txt").write_text(f"note {number}\r\n{line}" + "x" * 2000)
+    fake_tree.git(repo, "add", "notes")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_reference_rewriting(world, registry, tmp_path, signum):
+    repo = prepare(world, tmp_path, "repo", many_references)
+    old = fake_tree.tracked_files(repo)
+
+    process = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
+    wait_for_line(process, "[base] Updating references in 1003 files")
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 128 + signum, stdout + stderr
+    new = uninterrupted(world, tmp_path, many_references, registry, "--images", "all", *STEPS)
+    assert_each_file_old_or_new(repo, old, new)
+    rerun = run_tool(repo, "--images", "all", *STEPS, "-j", "2", registry=registry)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert fake_tree.tracked_files(repo) == new
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [f"{fake_tree.KOKORO_DIR}/cmake/android/arm64-v8a/build_kokoro.sh", "build_tools/docker/prod_digests.txt"],
+)
+def test_unwritable_file_changes_nothing_for_the_image(repo, registry, relative):
+    change_stamp(repo, "cmake-android", f"android {relative}\n")
+    path = repo / relative
+    mode = path.stat().st_mode
+    path.chmod(0o444)
+    before = fake_tree.tracked_files(repo)
+    served = registry.snapshot(ALL, ("latest",))
+    try:
+        result = run_tool(repo, "--image", "cmake-android", *STEPS, registry=registry)
+    finally:
+        path.chmod(mode)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"cannot write {relative}: it is read-only; make it writable and run again "
+        "(no file was changed for this image)")
+    assert fake_tree.tracked_files(repo) == before
+    assert registry.snapshot(ALL, ("latest",)) == {
+        **served, ("cmake-android", "latest"): registry.digest("cmake-android", "latest")}
+
+    rerun = run_tool(repo, "--image", "cmake-android", *STEPS, registry=registry)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_pinned_to_registry(repo, registry, ["cmake-android"])
