@@ -45,7 +45,9 @@ def tool(repo: Path, registry: Registry, *args: str) -> float:
     started = time.monotonic()
     result = subprocess.run(
         (sys.executable, str(SCRIPT), "--registry", registry.url, *args),
-        cwd=repo, capture_output=True, text=True,
+        cwd=repo,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.monotonic() - started
     if result.returncode != 0:
@@ -55,11 +57,16 @@ def tool(repo: Path, registry: Registry, *args: str) -> float:
 
 def shell_loop(repo: Path, registry: Registry, order: list[str]) -> float:
     """The same docker commands as the tool's cached run, from a plain shell loop."""
-    script = "set -e\nfor image in " + " ".join(order) + "; do\n" + (
-        f'  docker build --tag "{registry.url}/$image:latest" "build_tools/docker/$image"\n'
-        f'  docker push "{registry.url}/$image:latest"\n'
-        f'  docker image inspect --format "{{{{json .RepoDigests}}}}" "{registry.url}/$image:latest"\n'
-        "done\n"
+    script = (
+        "set -e\nfor image in "
+        + " ".join(order)
+        + "; do\n"
+        + (
+            f'  docker build --tag "{registry.url}/$image:latest" "build_tools/docker/$image"\n'
+            f'  docker push "{registry.url}/$image:latest"\n'
+            f'  docker image inspect --format "{{{{json .RepoDigests}}}}" "{registry.url}/$image:latest"\n'
+            "done\n"
+        )
     )
     started = time.monotonic()
     subprocess.run(("bash", "-c", script), cwd=repo, check=True, capture_output=True)
@@ -77,9 +84,13 @@ def longest_chain(images: set[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3, help="S: the cost of each image's build (default 3)")
+    parser.add_argument(
+        "--seconds", type=float, default=3, help="S: the cost of each image's build (default 3)"
+    )
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--repeat", type=int, default=3, help="runs of the nothing-changed comparison (median)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of the nothing-changed comparison (median)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mi-bench-") as folder:
@@ -97,7 +108,9 @@ def main() -> int:
             rows = []
             for jobs in args.jobs:
                 repo = fake_tree.clone(world, folder / f"j{jobs}")
-                (repo / "build_tools" / "docker" / "base" / "stamp").write_text(f"base bench -j{jobs} {time.time()}\n")
+                (repo / "build_tools" / "docker" / "base" / "stamp").write_text(
+                    f"base bench -j{jobs} {time.time()}\n"
+                )
                 fake_tree.git(repo, "commit", "-q", "-am", "change base")
                 rows.append((jobs, tool(repo, registry, "--images", "all", *STEPS, "-j", str(jobs))))
 
@@ -113,23 +126,34 @@ def main() -> int:
             registry.stop()
 
     sequential = rows[0][1] if rows and rows[0][0] == 1 else None
-    print(f"Machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}, "
-          + subprocess.run(("docker", "version", "--format", "Docker engine {{.Server.Version}}"),
-                           capture_output=True, text=True).stdout.strip())
-    print(f"S = {args.seconds:g} s per image build; {len(rebuilt)} images rebuild after a change to base; "
-          f"critical-path bound = {longest_chain(rebuilt)} x S = {bound:.1f} s")
+    print(
+        f"Machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, "
+        + subprocess.run(
+            ("docker", "version", "--format", "Docker engine {{.Server.Version}}"),
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    print(
+        f"S = {args.seconds:g} s per image build; {len(rebuilt)} images rebuild after a change to base; "
+        f"critical-path bound = {longest_chain(rebuilt)} x S = {bound:.1f} s"
+    )
     print()
     print("| scenario | wall time | / critical path | speedup over -j 1 |")
     print("|---|---:|---:|---:|")
     for jobs, seconds in rows:
         speedup = f"{sequential / seconds:.2f}x" if sequential else "-"
-        print(f"| edit base, rebuild the world, -j {jobs} | {seconds:.1f} s | {seconds / bound:.2f} | {speedup} |")
+        print(
+            f"| edit base, rebuild the world, -j {jobs} | {seconds:.1f} s | {seconds / bound:.2f} | {speedup} |"
+        )
     loop_median = statistics.median(loop)
     for label, times in (("-j 1", cached), ("-j 8", cached_parallel)):
         median = statistics.median(times)
-        print(f"| nothing changed, tool {label} (median of {args.repeat}) | {median:.1f} s | "
-              f"{median / loop_median:.2f} x shell loop | - |")
+        print(
+            f"| nothing changed, tool {label} (median of {args.repeat}) | {median:.1f} s | "
+            f"{median / loop_median:.2f} x shell loop | - |"
+        )
     print(f"| nothing changed, plain shell loop (median of {args.repeat}) | {loop_median:.1f} s | 1.00 | - |")
     return 0
 

@@ -36,12 +36,12 @@ OTHER_RULE_DIGEST = "sha256:" + "1a8ed713f40267bb51fe17de012fa631a20c52df818ccb3
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ("git", "-C", str(root), *args), check=True, capture_output=True, text=True
-    ).stdout
+    return subprocess.run(("git", "-C", str(root), *args), check=True, capture_output=True, text=True).stdout
 
 
-def dockerfile(registry: str, image: str, parents: Sequence[str], digests: Mapping[str, str], sleep: float) -> str:
+def dockerfile(
+    registry: str, image: str, parents: Sequence[str], digests: Mapping[str, str], sleep: float
+) -> str:
     lines = [f"# Test image {image}: busybox plus the stamps of its parents."]
     if not parents:
         lines += [
@@ -61,7 +61,7 @@ def dockerfile(registry: str, image: str, parents: Sequence[str], digests: Mappi
 
 
 def ci_script(registry: str, image: str, digest: str, gpus: bool) -> str:
-    gpu = '  --gpus all \\\n' if gpus else ""
+    gpu = "  --gpus all \\\n" if gpus else ""
     return (
         "#!/bin/bash\n"
         "set -e\n"
@@ -132,9 +132,7 @@ def make_tree(
         path.write_text(ci_script(registry, image, digests.get(image, PLACEHOLDER), "turing" in script))
         path.chmod(0o755)
     (root / "WORKSPACE").write_text(workspace(registry, digests.get("rbe-toolchain", PLACEHOLDER)))
-    (root / "README.md").write_text(
-        f"Images live under {registry}; see prod_digests.txt for the digests.\n"
-    )
+    (root / "README.md").write_text(f"Images live under {registry}; see prod_digests.txt for the digests.\n")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "Initial tree")
     return root

@@ -68,7 +68,9 @@ class Registry:
 
     def tags(self, image: str) -> list[str]:
         try:
-            with urllib.request.urlopen(f"http://{self.host}/v2/iree-oss/{image}/tags/list", timeout=5) as answer:
+            with urllib.request.urlopen(
+                f"http://{self.host}/v2/iree-oss/{image}/tags/list", timeout=5
+            ) as answer:
                 return sorted(json.load(answer).get("tags") or [])
         except urllib.error.HTTPError as error:
             if error.code == 404:

@@ -42,9 +42,13 @@ def line_of(root, relative, text):
 
 
 def test_a_clean_tree_passes_with_one_summary_line(tree, capsys):
-    assert check(capsys) == (0, [
-        "Checked 17 images: the graph, the Dockerfiles, the references and "
-        "build_tools/docker/prod_digests.txt agree."])
+    assert check(capsys) == (
+        0,
+        [
+            "Checked 17 images: the graph, the Dockerfiles, the references and "
+            "build_tools/docker/prod_digests.txt agree."
+        ],
+    )
 
 
 def test_missing_dockerfile(tree, capsys):
@@ -54,7 +58,8 @@ def test_missing_dockerfile(tree, capsys):
     assert code == 1
     assert out[:-1] == [
         "build_tools/docker/vulkan/Dockerfile:1: vulkan has no Dockerfile: add one or remove vulkan "
-        "from IMAGES_TO_DEPENDENCIES"]
+        "from IMAGES_TO_DEPENDENCIES"
+    ]
     assert out[-1] == "Checked 17 images: 1 problem found."
 
 
@@ -93,12 +98,15 @@ def test_parent_not_pinned_by_digest(tree, capsys, unpinned):
     assert code == 1
     assert out[:-1] == [
         f"{path}:2: FROM {unpinned} is not pinned by digest, so --update_references cannot see it; "
-        f"use {REGISTRY}/base@sha256:<digest>"]
+        f"use {REGISTRY}/base@sha256:<digest>"
+    ]
 
 
 def test_run_mount_from_counts_as_a_parent(tree, capsys):
     path = f"{DOCKERFILES}/vulkan/Dockerfile"
-    edit(tree, path, "COPY stamp", f"RUN --mount=type=bind,from={REGISTRY}/base@{P},target=/b true\nCOPY stamp")
+    edit(
+        tree, path, "COPY stamp", f"RUN --mount=type=bind,from={REGISTRY}/base@{P},target=/b true\nCOPY stamp"
+    )
     code, out = check(capsys, "vulkan")
     assert code == 1
     assert "RUN --mount base: IMAGES_TO_DEPENDENCIES does not list base as a dependency of vulkan" in out[0]
@@ -111,7 +119,8 @@ def test_two_references_to_one_image_with_different_digests(tree, capsys):
     assert code == 1
     assert out[:-1] == [
         f"{script}:6: {REGISTRY}/cmake-android is pinned to sha256:dddddddddddd, but "
-        f"build_tools/docker/prod_digests.txt says {P[:19]}"]
+        f"build_tools/docker/prod_digests.txt says {P[:19]}"
+    ]
 
 
 def test_stale_workspace_digest(tree, capsys):
@@ -120,7 +129,8 @@ def test_stale_workspace_digest(tree, capsys):
     assert code == 1
     assert out[:-1] == [
         f"WORKSPACE:8: rbe_autoconfig digest {OTHER[:19]} differs from build_tools/docker/prod_digests.txt "
-        f"({P[:19]})"]
+        f"({P[:19]})"
+    ]
 
 
 def test_truncated_and_upper_case_digests_are_reported(tree, capsys):
@@ -161,6 +171,7 @@ def test_check_needs_no_docker(tree, capsys, monkeypatch, tmp_path):
 
 
 # --- --graph -------------------------------------------------------------------
+
 
 def graph(capsys, fmt, *images):
     args = ["--graph", fmt] if fmt else ["--graph"]
@@ -203,7 +214,8 @@ def test_graph_dot(capsys):
 
 def test_graph_mermaid_with_a_lone_image(capsys):
     assert graph(capsys, "mermaid", "rbe-toolchain", "cmake-android") == (
-        "graph TD\n  cmake-android\n  rbe-toolchain\n")
+        "graph TD\n  cmake-android\n  rbe-toolchain\n"
+    )
 
 
 def test_graph_cannot_be_combined_with_steps(capsys):
@@ -214,6 +226,7 @@ def test_graph_cannot_be_combined_with_steps(capsys):
 
 
 # --- --only_references --------------------------------------------------------
+
 
 def test_only_references_rewrites_from_prod_digests(tree, capsys):
     path = tree / DOCKERFILES / "prod_digests.txt"
@@ -246,10 +259,13 @@ def test_only_references_updates_the_workspace_rule(tree):
 
 def test_only_references_with_an_image_missing_from_prod_digests(tree, capsys):
     path = tree / DOCKERFILES / "prod_digests.txt"
-    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if "/swiftshader@" not in line))
+    path.write_text(
+        "".join(line + "\n" for line in path.read_text().splitlines() if "/swiftshader@" not in line)
+    )
     before = fake_tree.tracked_files(tree)
     assert mi.main(["--only_references", "--image", "cmake"]) == 1
     assert capsys.readouterr().err == (
         "cannot update the references to swiftshader: build_tools/docker/prod_digests.txt has no line for "
-        f"{REGISTRY}/swiftshader; push it with --update_references first or add the line\n")
+        f"{REGISTRY}/swiftshader; push it with --update_references first or add the line\n"
+    )
     assert fake_tree.tracked_files(tree) == before

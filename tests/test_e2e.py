@@ -176,8 +176,16 @@ def test_dry_run_of_update_references_shows_the_diff_it_would_make(repo, registr
     assert new != old
     before = fake_tree.tracked_files(repo)
 
-    result = run_tool(repo, "--image", "rbe-toolchain", "--update_references", "--tag", "dryrun",
-                      "--dry-run", registry=registry)
+    result = run_tool(
+        repo,
+        "--image",
+        "rbe-toolchain",
+        "--update_references",
+        "--tag",
+        "dryrun",
+        "--dry-run",
+        registry=registry,
+    )
 
     assert result.returncode == 0, result.stderr
     assert fake_tree.tracked_files(repo) == before
@@ -185,8 +193,16 @@ def test_dry_run_of_update_references_shows_the_diff_it_would_make(repo, registr
     assert f'+    digest = "{new}",' in result.stdout
     assert f"+{url}@{new}" in result.stdout
 
-    unknown = run_tool(repo, "--image", "rbe-toolchain", "--update_references", "--tag", "never-pushed",
-                       "--dry-run", registry=registry)
+    unknown = run_tool(
+        repo,
+        "--image",
+        "rbe-toolchain",
+        "--update_references",
+        "--tag",
+        "never-pushed",
+        "--dry-run",
+        registry=registry,
+    )
     assert unknown.returncode == 0, unknown.stderr
     assert "has no repository digest on this machine" in unknown.stdout
     assert fake_tree.tracked_files(repo) == before

@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,7 @@ def prepare(world: Path, folder: Path, name: str, edits) -> Path:
 def set_stamp(text: str):
     def edits(repo: Path) -> None:
         (repo / "build_tools" / "docker" / "base" / "stamp").write_text(text)
+
     return edits
 
 
@@ -51,7 +54,9 @@ def assert_each_file_old_or_new(repo: Path, old: dict[str, bytes], new: dict[str
     for name, data in fake_tree.tracked_files(repo).items():
         if data in (old[name], new[name]):
             continue
-        lines, old_lines, new_lines = (text.splitlines(keepends=True) for text in (data, old[name], new[name]))
+        lines, old_lines, new_lines = (
+            text.splitlines(keepends=True) for text in (data, old[name], new[name])
+        )
         assert len(lines) == len(old_lines) == len(new_lines), name
         for line, old_line, new_line in zip(lines, old_lines, new_lines):
             assert line in (old_line, new_line), (name, line)
@@ -62,7 +67,10 @@ def assert_each_file_old_or_new(repo: Path, old: dict[str, bytes], new: dict[str
 def start_tool(repo: Path, registry, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), "--registry", registry.url, *args],
-        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -82,6 +90,7 @@ def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 
 
 
 # --- Parallel runs -----------------------------------------------------------
+
 
 def test_parallel_run_ends_like_a_sequential_one(world, registry, tmp_path):
     parallel = prepare(world, tmp_path, "parallel", set_stamp("base parallel\n"))
@@ -144,10 +153,21 @@ def second_engine():
     socket = folder / "docker.sock"
     log = open(folder / "dockerd.log", "wb")
     process = subprocess.Popen(
-        ("dockerd", "--data-root", str(folder / "data"), "--exec-root", str(folder / "exec"),
-         "--pidfile", str(folder / "docker.pid"), "--host", f"unix://{socket}",
-         "--iptables=false", "--ip-masq=false"),
-        stdout=log, stderr=log,
+        (
+            "dockerd",
+            "--data-root",
+            str(folder / "data"),
+            "--exec-root",
+            str(folder / "exec"),
+            "--pidfile",
+            str(folder / "docker.pid"),
+            "--host",
+            f"unix://{socket}",
+            "--iptables=false",
+            "--ip-masq=false",
+        ),
+        stdout=log,
+        stderr=log,
     )
     env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
     for _ in range(120):
@@ -174,14 +194,19 @@ def test_docker_host_sends_the_work_to_another_engine(repo, registry, second_eng
     assert result.returncode == 0, result.stdout + result.stderr
     served = registry.digest(image, "latest")
     assert references(repo, registry)[image] == {served}
-    remote = subprocess.run(("docker", "image", "inspect", "--format", "{{json .RepoDigests}}",
-                             f"{registry.url}/{image}:latest"), env=second_engine, capture_output=True, text=True)
+    remote = subprocess.run(
+        ("docker", "image", "inspect", "--format", "{{json .RepoDigests}}", f"{registry.url}/{image}:latest"),
+        env=second_engine,
+        capture_output=True,
+        text=True,
+    )
     assert f"{registry.url}/{image}@{served}" in remote.stdout
     local = inspect(f"{registry.url}/{image}:latest")
     assert local is None or f"{registry.url}/{image}@{served}" not in local["RepoDigests"]
 
 
 # --- Faults ------------------------------------------------------------------
+
 
 def uninterrupted(world: Path, tmp_path: Path, edits, registry, *args: str) -> dict[str, bytes]:
     """The tracked files after the same change, run without a fault.
@@ -215,7 +240,7 @@ def test_registry_stopped_in_the_middle_of_a_push(world, registry, tmp_path):
     assert f"the registry {registry.host} is unreachable" in stderr
     after = registry.snapshot(ALL, ("latest",))
     order = manage_images.ordered_images_to_process(ALL, GRAPH)
-    for image in order[order.index("cmake"):]:
+    for image in order[order.index("cmake") :]:
         assert after[(image, "latest")] == served[(image, "latest")], image
     assert after[("base", "latest")] != served[("base", "latest")]
     assert references(repo, registry)["base"] == {after[("base", "latest")]}
@@ -290,7 +315,10 @@ def test_signal_during_reference_rewriting(world, registry, tmp_path, signum):
 
 @pytest.mark.parametrize(
     "relative",
-    [f"{fake_tree.KOKORO_DIR}/cmake/android/arm64-v8a/build_kokoro.sh", "build_tools/docker/prod_digests.txt"],
+    [
+        f"{fake_tree.KOKORO_DIR}/cmake/android/arm64-v8a/build_kokoro.sh",
+        "build_tools/docker/prod_digests.txt",
+    ],
 )
 def test_unwritable_file_changes_nothing_for_the_image(repo, registry, relative):
     change_stamp(repo, "cmake-android", f"android {relative}\n")
@@ -307,11 +335,70 @@ def test_unwritable_file_changes_nothing_for_the_image(repo, registry, relative)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.splitlines()[-1] == (
         f"cannot write {relative}: it is read-only; make it writable and run again "
-        "(no file was changed for this image)")
+        "(no file was changed for this image)"
+    )
     assert fake_tree.tracked_files(repo) == before
     assert registry.snapshot(ALL, ("latest",)) == {
-        **served, ("cmake-android", "latest"): registry.digest("cmake-android", "latest")}
+        **served,
+        ("cmake-android", "latest"): registry.digest("cmake-android", "latest"),
+    }
 
     rerun = run_tool(repo, "--image", "cmake-android", *STEPS, registry=registry)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_pinned_to_registry(repo, registry, ["cmake-android"])
+
+
+class RefusingRegistry(BaseHTTPRequestHandler):
+    """A registry endpoint that refuses every request for want of credentials."""
+
+    def refuse(self) -> None:
+        body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="test"')
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = refuse
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_registry_refusing_the_push_changes_nothing(repo, registry):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    image = "bazel-tensorflow-nvidia"
+    subprocess.run(
+        ("docker", "tag", f"{registry.url}/{image}:latest", f"{host}/iree-oss/{image}:latest"), check=True
+    )
+    before = fake_tree.tracked_files(repo)
+    try:
+        result = subprocess.run(
+            (
+                sys.executable,
+                str(SCRIPT),
+                "--registry",
+                f"{host}/iree-oss",
+                "--image",
+                image,
+                "--push",
+                "--update_references",
+            ),
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.shutdown()
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"Command failed with exit code 1: `docker push {host}/iree-oss/{image}:latest` "
+        f"(the registry {host} refused the request (authentication): run `docker login {host}` and try again)"
+    )
+    assert fake_tree.tracked_files(repo) == before

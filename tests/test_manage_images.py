@@ -99,6 +99,7 @@ def test_graph_with_an_unknown_dependency_names_it():
 
 # --- Matching and rewriting ----------------------------------------------------
 
+
 def ref(name: str, digest: str = D1, registry: str = REGISTRY) -> bytes:
     return f"{registry}/{name}@{digest}".encode()
 
@@ -218,8 +219,14 @@ def test_pick_repo_digest_takes_the_entry_of_the_repository(digests, url, expect
 
 @pytest.mark.parametrize(
     ("registry", "google"),
-    [("gcr.io/iree-oss", True), ("us.gcr.io/x", True), ("us-docker.pkg.dev/p/r", True),
-     ("127.0.0.1:5000/iree-oss", False), ("ghcr.io/iree-org", False), ("gcr.io.evil.com/x", False)],
+    [
+        ("gcr.io/iree-oss", True),
+        ("us.gcr.io/x", True),
+        ("us-docker.pkg.dev/p/r", True),
+        ("127.0.0.1:5000/iree-oss", False),
+        ("ghcr.io/iree-org", False),
+        ("gcr.io.evil.com/x", False),
+    ],
 )
 def test_google_registries(registry, google):
     assert mi.is_google_registry(registry) is google
@@ -229,13 +236,24 @@ def test_argv_builders():
     url = "gcr.io/iree-oss/cmake"
     assert mi.pull_argv(url, "prod") == ("docker", "pull", f"{url}:prod")
     assert mi.build_argv(url, "latest", "build_tools/docker/cmake") == (
-        "docker", "build", "--tag", f"{url}:latest", "build_tools/docker/cmake")
+        "docker",
+        "build",
+        "--tag",
+        f"{url}:latest",
+        "build_tools/docker/cmake",
+    )
     assert mi.push_argv(url, "latest") == ("docker", "push", f"{url}:latest")
     assert mi.gcloud_argv("gcr.io/iree-oss") == ("gcloud", "auth", "configure-docker")
-    assert mi.gcloud_argv("us-docker.pkg.dev/p/r") == ("gcloud", "auth", "configure-docker", "us-docker.pkg.dev")
+    assert mi.gcloud_argv("us-docker.pkg.dev/p/r") == (
+        "gcloud",
+        "auth",
+        "configure-docker",
+        "us-docker.pkg.dev",
+    )
 
 
 # --- main() on temporary repositories ----------------------------------------
+
 
 @pytest.fixture
 def standin(tmp_path, monkeypatch) -> StandIn:
@@ -259,11 +277,18 @@ def tree(git_repo, monkeypatch) -> Path:
     """A small tracked tree referring to cmake and cmake-python by digest."""
     for image in GRAPH:
         write(git_repo, f"build_tools/docker/{image}/Dockerfile", b"FROM scratch\n")
-    write(git_repo, "build_tools/docker/cmake-python/Dockerfile",
-          b"FROM " + ref("cmake") + b" AS final\r\nRUN true")
+    write(
+        git_repo,
+        "build_tools/docker/cmake-python/Dockerfile",
+        b"FROM " + ref("cmake") + b" AS final\r\nRUN true",
+    )
     write(git_repo, "build_tools/docker/prod_digests.txt", ref("cmake") + b"\n" + ref("cmake-python") + b"\n")
-    write(git_repo, "ci/build.sh", b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake") + b"\n",
-          0o755)
+    write(
+        git_repo,
+        "ci/build.sh",
+        b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake") + b"\n",
+        0o755,
+    )
     write(git_repo, "WORKSPACE", WORKSPACE)
     fake_tree.git(git_repo, "add", "-A")
     fake_tree.git(git_repo, "commit", "-q", "-m", "tree")
@@ -273,7 +298,11 @@ def tree(git_repo, monkeypatch) -> Path:
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".git" not in p.parts
+    }
 
 
 def test_update_references_rewrites_tracked_files_only(tree, standin, capsys):
@@ -283,28 +312,48 @@ def test_update_references_rewrites_tracked_files_only(tree, standin, capsys):
     assert mi.main(["--image", "cmake", "--update_references"]) == 1  # cmake-python has no digest
 
     after = files(tree)
-    assert after["build_tools/docker/cmake-python/Dockerfile"] == b"FROM " + ref("cmake", NEW) + b" AS final\r\nRUN true"
-    assert after["ci/build.sh"] == b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake", NEW) + b"\n"
-    assert after["build_tools/docker/prod_digests.txt"] == ref("cmake", NEW) + b"\n" + ref("cmake-python") + b"\n"
+    assert (
+        after["build_tools/docker/cmake-python/Dockerfile"]
+        == b"FROM " + ref("cmake", NEW) + b" AS final\r\nRUN true"
+    )
+    assert (
+        after["ci/build.sh"]
+        == b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake", NEW) + b"\n"
+    )
+    assert (
+        after["build_tools/docker/prod_digests.txt"]
+        == ref("cmake", NEW) + b"\n" + ref("cmake-python") + b"\n"
+    )
     assert after["untracked.txt"] == before["untracked.txt"]
     assert after["WORKSPACE"] == before["WORKSPACE"]
     assert stat.S_IMODE((tree / "ci/build.sh").stat().st_mode) == 0o755
     out, err = capsys.readouterr()
     assert "Updating references to gcr.io/iree-oss/cmake\n" in out
     assert "Updating references in 3 files: [" in out
-    assert err.startswith("Computing the repository digest for gcr.io/iree-oss/swiftshader:latest failed. "
-                          "Has it been pushed to gcr.io/iree-oss? docker said: Error: No such image")
+    assert err.startswith(
+        "Computing the repository digest for gcr.io/iree-oss/swiftshader:latest failed. "
+        "Has it been pushed to gcr.io/iree-oss? docker said: Error: No such image"
+    )
 
 
-def test_update_references_of_the_rbe_toolchain_updates_workspace_and_appends_prod_digests(tree, standin, capsys):
-    standin.set(repo_digests={"gcr.io/iree-oss/rbe-toolchain:prod": [
-        "gcr.io/iree-oss/other@" + D2, "gcr.io/iree-oss/rbe-toolchain@" + NEW]})
+def test_update_references_of_the_rbe_toolchain_updates_workspace_and_appends_prod_digests(
+    tree, standin, capsys
+):
+    standin.set(
+        repo_digests={
+            "gcr.io/iree-oss/rbe-toolchain:prod": [
+                "gcr.io/iree-oss/other@" + D2,
+                "gcr.io/iree-oss/rbe-toolchain@" + NEW,
+            ]
+        }
+    )
 
     assert mi.main(["--image", "rbe-toolchain", "--update_references", "--tag", "prod"]) == 0
 
     assert (tree / "WORKSPACE").read_bytes() == WORKSPACE.replace(D1.encode(), NEW.encode())
     assert (tree / "build_tools/docker/prod_digests.txt").read_bytes() == (
-        ref("cmake") + b"\n" + ref("cmake-python") + b"\n" + ref("rbe-toolchain", NEW) + b"\n")
+        ref("cmake") + b"\n" + ref("cmake-python") + b"\n" + ref("rbe-toolchain", NEW) + b"\n"
+    )
     out = capsys.readouterr().out
     assert "Updating WORKSPACE file for rbe-toolchain\n" in out
     assert "Updating references in 1 files: ['build_tools/docker/prod_digests.txt']\n" in out
@@ -315,8 +364,12 @@ def test_a_tracked_symlink_is_not_followed(tree, standin):
     target.write_bytes(ref("util"))
     os.symlink(target, tree / "link.txt")
     fake_tree.git(tree, "add", "link.txt")
-    standin.set(repo_digests={"gcr.io/iree-oss/util:latest": ["gcr.io/iree-oss/util@" + NEW],
-                              **{f"gcr.io/iree-oss/{i}:latest": ["gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH}})
+    standin.set(
+        repo_digests={
+            "gcr.io/iree-oss/util:latest": ["gcr.io/iree-oss/util@" + NEW],
+            **{f"gcr.io/iree-oss/{i}:latest": ["gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH},
+        }
+    )
     mi.main(["--image", "util", "--update_references"])
     assert target.read_bytes() == ref("util")
 
@@ -325,14 +378,27 @@ def test_dry_run_changes_no_file_and_runs_only_read_only_commands(tree, standin,
     standin.set(repo_digests={"gcr.io/iree-oss/cmake:latest": ["gcr.io/iree-oss/cmake@" + NEW]})
     before = files(tree)
 
-    code = mi.main(["--image", "cmake", "--pull", "--build", "--push", "--update_references", "-n",
-                    "--registry", "127.0.0.1:5000/iree-oss"])
+    code = mi.main(
+        [
+            "--image",
+            "cmake",
+            "--pull",
+            "--build",
+            "--push",
+            "--update_references",
+            "-n",
+            "--registry",
+            "127.0.0.1:5000/iree-oss",
+        ]
+    )
 
     assert code == 0
     assert files(tree) == before
     assert {tuple(argv[:3]) for argv in standin.commands()} <= {("docker", "image", "inspect")}
     out = capsys.readouterr().out
-    assert "Running: `docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`" in out
+    assert (
+        "Running: `docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`" in out
+    )
 
 
 def test_dry_run_of_update_references_prints_the_diff(tree, standin, capsys):
@@ -349,10 +415,26 @@ def test_dry_run_of_update_references_prints_the_diff(tree, standin, capsys):
 
 def test_commands_run_in_order_from_a_subdirectory(tree, standin, monkeypatch):
     monkeypatch.chdir(tree / "ci")
-    standin.set(repo_digests={f"127.0.0.1:5000/iree-oss/{i}:latest": [f"127.0.0.1:5000/iree-oss/{i}@" + NEW]
-                              for i in GRAPH})
-    assert mi.main(["--image", "cmake-android", "--pull", "--build", "--push", "--update_references",
-                    "--registry", "127.0.0.1:5000/iree-oss"]) == 0
+    standin.set(
+        repo_digests={
+            f"127.0.0.1:5000/iree-oss/{i}:latest": [f"127.0.0.1:5000/iree-oss/{i}@" + NEW] for i in GRAPH
+        }
+    )
+    assert (
+        mi.main(
+            [
+                "--image",
+                "cmake-android",
+                "--pull",
+                "--build",
+                "--push",
+                "--update_references",
+                "--registry",
+                "127.0.0.1:5000/iree-oss",
+            ]
+        )
+        == 0
+    )
     url = "127.0.0.1:5000/iree-oss/cmake-android"
     assert standin.commands() == [
         ["docker", "version", "--format", "{{.Server.Version}}"],
@@ -361,8 +443,7 @@ def test_commands_run_in_order_from_a_subdirectory(tree, standin, monkeypatch):
         ["docker", "push", f"{url}:latest"],
         ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", f"{url}:latest"],
     ]
-    assert (tree / "build_tools/docker/prod_digests.txt").read_bytes().endswith(
-        f"{url}@{NEW}\n".encode())
+    assert (tree / "build_tools/docker/prod_digests.txt").read_bytes().endswith(f"{url}@{NEW}\n".encode())
 
 
 def test_a_failing_command_passes_on_its_exit_code(tree, standin, capsys):
@@ -371,14 +452,19 @@ def test_a_failing_command_passes_on_its_exit_code(tree, standin, capsys):
     assert code == 7
     assert [argv[1] for argv in standin.commands()] == ["version", "build"]
     err = capsys.readouterr().err
-    assert err == ("Command failed with exit code 7: "
-                   "`docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`\n")
+    assert err == (
+        "Command failed with exit code 7: "
+        "`docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`\n"
+    )
 
 
 def test_push_to_gcr_without_gcloud(tree, standin, capsys):
     standin.remove("gcloud")
     assert mi.main(["--image", "util", "--push"]) == 1
-    assert capsys.readouterr().err == "gcloud not found. See https://cloud.google.com/sdk/install for installation.\n"
+    assert (
+        capsys.readouterr().err
+        == "gcloud not found. See https://cloud.google.com/sdk/install for installation.\n"
+    )
     assert [argv[1] for argv in standin.commands()] == ["version"]
 
 
@@ -404,6 +490,7 @@ def test_no_step_prints_the_plan_and_runs_nothing(tree, standin, capsys):
 
 
 # --- Bad input and faults --------------------------------------------------------
+
 
 def test_unknown_image_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit:
@@ -446,14 +533,16 @@ def test_outside_a_git_work_tree(tmp_path, standin, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert mi.main(["--image", "util", "--build"]) == 1
     assert capsys.readouterr().err == (
-        f"{tmp_path} is not inside a git work tree: run from the repository or pass --repo_root\n")
+        f"{tmp_path} is not inside a git work tree: run from the repository or pass --repo_root\n"
+    )
 
 
 def test_docker_not_installed(tree, standin, capsys):
     standin.remove("docker")
     assert mi.main(["--image", "util", "--build"]) == 1
     assert capsys.readouterr().err == (
-        "`docker` not found on PATH: install Docker (https://docs.docker.com/engine/install/) and try again\n")
+        "`docker` not found on PATH: install Docker (https://docs.docker.com/engine/install/) and try again\n"
+    )
 
 
 def test_git_not_installed(tree, standin, capsys):
@@ -476,16 +565,22 @@ def test_missing_dockerfile_fails_before_any_command(tree, standin, capsys):
     assert mi.main(["--image", "cmake", "--build"]) == 1
     assert capsys.readouterr().err == (
         "build_tools/docker/cmake-android/Dockerfile not found: the build context of cmake-android "
-        "needs one; add it or fix IMAGES_TO_DEPENDENCIES\n")
+        "needs one; add it or fix IMAGES_TO_DEPENDENCIES\n"
+    )
     assert standin.commands() == []
 
 
 def test_a_malformed_digest_from_docker_is_refused(tree, standin, capsys):
     before = files(tree)
-    standin.set(repo_digests={"gcr.io/iree-oss/cmake-python-nvidia:latest": [
-        ref("cmake-python-nvidia", "sha256:ABC").decode()]})
+    standin.set(
+        repo_digests={
+            "gcr.io/iree-oss/cmake-python-nvidia:latest": [ref("cmake-python-nvidia", "sha256:ABC").decode()]
+        }
+    )
     assert mi.main(["--image", "cmake-python-nvidia", "--update_references"]) == 1
-    assert capsys.readouterr().err.startswith("refusing the digest 'sha256:ABC' for gcr.io/iree-oss/cmake-python-nvidia:latest")
+    assert capsys.readouterr().err.startswith(
+        "refusing the digest 'sha256:ABC' for gcr.io/iree-oss/cmake-python-nvidia:latest"
+    )
     assert files(tree) == before
 
 
@@ -493,7 +588,9 @@ def test_a_malformed_prod_digests_line_stops_everything(tree, standin, capsys):
     write(tree, "build_tools/docker/prod_digests.txt", ref("cmake") + b"\nnot a line\n")
     before = files(tree)
     assert mi.main(["--image", "cmake", "--build", "--update_references"]) == 1
-    assert capsys.readouterr().err.startswith("build_tools/docker/prod_digests.txt:2: malformed line 'not a line'")
+    assert capsys.readouterr().err.startswith(
+        "build_tools/docker/prod_digests.txt:2: malformed line 'not a line'"
+    )
     assert standin.commands() == []
     assert files(tree) == before
 
@@ -505,7 +602,8 @@ def test_a_read_only_file_leaves_every_file_of_the_image_unchanged(tree, standin
     assert mi.main(["--image", "cmake", "--update_references"]) == 1
     assert capsys.readouterr().err == (
         "cannot write ci/build.sh: it is read-only; make it writable and run again "
-        "(no file was changed for this image)\n")
+        "(no file was changed for this image)\n"
+    )
     assert files(tree) == before
 
 
@@ -528,8 +626,11 @@ bad_digests = st.one_of(
     st.text("0123456789ABCDEF", min_size=64, max_size=64).filter(lambda d: d != d.lower()),
 )
 noise = st.one_of(
-    st.binary(max_size=20).filter(lambda b: not b[-1:].isalnum() and not b[:1].isalnum()
-                                  and not b[-1:] in b"._/-" and not b[:1] in b"._/-"),
+    st.binary(max_size=20).filter(
+        lambda b: (
+            not b[-1:].isalnum() and not b[:1].isalnum() and b[-1:] not in b"._/-" and b[:1] not in b"._/-"
+        )
+    ),
     st.sampled_from([b"\n", b"\r\n", b" ", b"\xff", b"FROM ", b" AS final\r\n", b'"', b"=", b"\t"]),
 )
 
@@ -564,15 +665,36 @@ def test_rewrite_changes_exactly_the_references_of_one_image(document):
 @pytest.mark.parametrize(
     ("argv", "output", "registry", "hint"),
     [
-        (["docker", "push", "r/x:latest"], ['Get "http://127.0.0.1:5/v2/": dial tcp 127.0.0.1:5: connect: connection refused'],
-         "127.0.0.1:5/iree-oss", "the registry 127.0.0.1:5 is unreachable: check that it is up and that --registry is right"),
-        (["docker", "push", "r/x:latest"], ["unauthorized: authentication required"], "ghcr.io/org",
-         "the registry ghcr.io refused the request (authentication): run `docker login ghcr.io` and try again"),
-        (["docker", "pull", "r/x:latest"], ["denied: Permission denied"], "gcr.io/iree-oss",
-         "the registry gcr.io refused the request (authentication): run `gcloud auth configure-docker` and try again"),
-        (["docker", "build", "."], ["Cannot connect to the Docker daemon at unix:///var/run/docker.sock."], "gcr.io/x",
-         "the Docker engine is not running: start it or point DOCKER_HOST at one"),
-        (["docker", "build", "."], ["The command '/bin/sh -c exit 3' returned a non-zero code: 3"], "gcr.io/x", ""),
+        (
+            ["docker", "push", "r/x:latest"],
+            ['Get "http://127.0.0.1:5/v2/": dial tcp 127.0.0.1:5: connect: connection refused'],
+            "127.0.0.1:5/iree-oss",
+            "the registry 127.0.0.1:5 is unreachable: check that it is up and that --registry is right",
+        ),
+        (
+            ["docker", "push", "r/x:latest"],
+            ["unauthorized: authentication required"],
+            "ghcr.io/org",
+            "the registry ghcr.io refused the request (authentication): run `docker login ghcr.io` and try again",
+        ),
+        (
+            ["docker", "pull", "r/x:latest"],
+            ["denied: Permission denied"],
+            "gcr.io/iree-oss",
+            "the registry gcr.io refused the request (authentication): run `gcloud auth configure-docker` and try again",
+        ),
+        (
+            ["docker", "build", "."],
+            ["Cannot connect to the Docker daemon at unix:///var/run/docker.sock."],
+            "gcr.io/x",
+            "the Docker engine is not running: start it or point DOCKER_HOST at one",
+        ),
+        (
+            ["docker", "build", "."],
+            ["The command '/bin/sh -c exit 3' returned a non-zero code: 3"],
+            "gcr.io/x",
+            "",
+        ),
     ],
 )
 def test_diagnose_failed_docker_commands(argv, output, registry, hint):
@@ -584,10 +706,30 @@ def test_help_documents_every_flag_and_alias(capsys):
         mi.main(["--help"])
     assert exit.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--images", "--image", "--tag", "--pull", "--build", "--push", "--update_references",
-                 "--update-references", "--dry_run", "--dry-run", "-n", "--registry", "--repo_root",
-                 "--only_references", "--only-references", "--check", "--graph", "--jobs", "-j",
-                 "--keep_going", "--keep-going", "-k"):
+    for flag in (
+        "--images",
+        "--image",
+        "--tag",
+        "--pull",
+        "--build",
+        "--push",
+        "--update_references",
+        "--update-references",
+        "--dry_run",
+        "--dry-run",
+        "-n",
+        "--registry",
+        "--repo_root",
+        "--only_references",
+        "--only-references",
+        "--check",
+        "--graph",
+        "--jobs",
+        "-j",
+        "--keep_going",
+        "--keep-going",
+        "-k",
+    ):
         assert f"{flag} " in text or f"{flag}," in text or f"{flag}\n" in text, flag
 
 
@@ -596,3 +738,46 @@ def test_jobs_must_be_positive(capsys):
         mi.main(["--image", "util", "--build", "-j", "0"])
     assert exit.value.code == 2
     assert "--jobs must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_binary_files_are_skipped(tree, standin):
+    binary = b"\x00\x01" + ref("util") + b"\x00"
+    write(tree, "blob.bin", binary)
+    fake_tree.git(tree, "add", "blob.bin")
+    standin.set(repo_digests={f"gcr.io/iree-oss/{i}:latest": [f"gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH})
+    write(tree, "text.txt", ref("util"))
+    fake_tree.git(tree, "add", "text.txt")
+    assert mi.main(["--image", "util", "--update_references"]) == 0
+    assert (tree / "text.txt").read_bytes() == ref("util", NEW)
+    assert (tree / "blob.bin").read_bytes() == binary
+
+
+def test_a_file_that_would_not_change_is_not_written(tree, standin):
+    standin.set(repo_digests={f"gcr.io/iree-oss/{i}:latest": [f"gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH})
+    assert mi.main(["--image", "cmake", "--update_references"]) == 0
+    inodes = {name: (tree / name).stat().st_ino for name in files(tree)}
+    assert mi.main(["--image", "cmake", "--update_references"]) == 0
+    assert {name: (tree / name).stat().st_ino for name in files(tree)} == inodes
+
+
+def test_console_writes_whole_lines_from_many_threads():
+    import io
+    import threading
+
+    out = io.StringIO()
+    console = mi.Console(out)
+
+    def speak(name):
+        for number in range(200):
+            console.line(f"{name} line {number} " + "x" * 50, f"[{name}] ")
+
+    threads = [threading.Thread(target=speak, args=(f"image{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1600
+    for line in lines:
+        name = line[1 : line.index("]")]
+        assert line.startswith(f"[{name}] {name} line ") and line.endswith("x" * 50)

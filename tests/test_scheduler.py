@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,7 +91,10 @@ def test_first_failure_stops_new_starts_and_lets_running_ones_finish():
     assert results["base"].result == "done"
     assert recorder.order() == ["base", "util"]
     # Every other image is built on util, so all of them are skipped.
-    assert {image for image, item in results.items() if item.result == "skipped"} == set(ALL) - {"base", "util"}
+    assert {image for image, item in results.items() if item.result == "skipped"} == set(ALL) - {
+        "base",
+        "util",
+    }
 
 
 def test_without_keep_going_the_rest_is_not_started_or_skipped():

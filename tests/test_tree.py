@@ -69,8 +69,9 @@ def test_prod_digests_lists_every_image_once():
 
 
 def tracked() -> list[Path]:
-    names = subprocess.run(("git", "-C", str(ROOT), "ls-files", "-z"), capture_output=True, text=True,
-                           check=True).stdout.split("\0")
+    names = subprocess.run(
+        ("git", "-C", str(ROOT), "ls-files", "-z"), capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     return [ROOT / name for name in names if name and (ROOT / name).is_file()]
 
 
@@ -105,21 +106,38 @@ def test_ci_scripts_are_executable_and_run_one_image_by_digest():
 
 
 def test_check_passes_on_the_tree():
-    result = subprocess.run((sys.executable, str(DOCKER / "manage_images.py"), "--check", "--images", "all"),
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        (sys.executable, str(DOCKER / "manage_images.py"), "--check", "--images", "all"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         "Checked 17 images: the graph, the Dockerfiles, the references and "
-        "build_tools/docker/prod_digests.txt agree."]
+        "build_tools/docker/prod_digests.txt agree."
+    ]
 
 
 def test_dry_run_of_everything_plans_all_17_images_and_changes_nothing(tmp_path):
     standin = StandIn(tmp_path / "standin")
     before = {path: path.read_bytes() for path in tracked()}
     result = subprocess.run(
-        (sys.executable, str(DOCKER / "manage_images.py"), "--images", "all", "--build", "--push",
-         "--update_references", "--dry-run"),
-        cwd=ROOT / "build_tools", capture_output=True, text=True, env={**os.environ, **standin.environ()})
+        (
+            sys.executable,
+            str(DOCKER / "manage_images.py"),
+            "--images",
+            "all",
+            "--build",
+            "--push",
+            "--update_references",
+            "--dry-run",
+        ),
+        cwd=ROOT / "build_tools",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **standin.environ()},
+    )
     assert result.returncode == 0, result.stderr
     assert standin.commands() == []
     assert {path: path.read_bytes() for path in tracked()} == before
@@ -127,13 +145,20 @@ def test_dry_run_of_everything_plans_all_17_images_and_changes_nothing(tmp_path)
     assert [image for image, _ in processing] == mi.ordered_images_to_process(sorted(GRAPH), GRAPH)
     assert [int(number) for _, number in processing] == list(range(1, 18))
     assert "Running: `gcloud auth configure-docker`" in result.stdout
-    assert "Running: `docker build --tag gcr.io/iree-oss/cmake:latest build_tools/docker/cmake`" in result.stdout
+    assert (
+        "Running: `docker build --tag gcr.io/iree-oss/cmake:latest build_tools/docker/cmake`" in result.stdout
+    )
 
 
 def test_readme_diagram_is_the_graph_output():
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- graph:begin -->\n```mermaid\n(.*?)```\n<!-- graph:end -->", readme, re.S).group(1)
-    result = subprocess.run((sys.executable, str(DOCKER / "manage_images.py"), "--graph", "mermaid",
-                             "--images", "all"), capture_output=True, text=True)
+    block = re.search(r"<!-- graph:begin -->\n```mermaid\n(.*?)```\n<!-- graph:end -->", readme, re.S).group(
+        1
+    )
+    result = subprocess.run(
+        (sys.executable, str(DOCKER / "manage_images.py"), "--graph", "mermaid", "--images", "all"),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0
     assert block == result.stdout

@@ -150,9 +150,7 @@ def dependents_map(graph: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     return dependents
 
 
-def ordered_images_to_process(
-    images: Sequence[str], graph: Mapping[str, Sequence[str]]
-) -> list[str]:
+def ordered_images_to_process(images: Sequence[str], graph: Mapping[str, Sequence[str]]) -> list[str]:
     """The selected images and all their dependents, each after its parents.
 
     Reproduces the original tool's order exactly: requested images are taken
@@ -332,14 +330,18 @@ def append_prod_digest(data: bytes, url: str, digest: str) -> bytes:
 
 
 def unified_diff(path: str, old: bytes, new: bytes) -> str:
-    return "".join(
-        difflib.unified_diff(
-            old.decode("utf-8", "surrogateescape").splitlines(keepends=True),
-            new.decode("utf-8", "surrogateescape").splitlines(keepends=True),
-            fromfile=f"a/{path}",
-            tofile=f"b/{path}",
+    return (
+        "".join(
+            difflib.unified_diff(
+                old.decode("utf-8", "surrogateescape").splitlines(keepends=True),
+                new.decode("utf-8", "surrogateescape").splitlines(keepends=True),
+                fromfile=f"a/{path}",
+                tofile=f"b/{path}",
+            )
         )
-    ).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        .encode("utf-8", "surrogateescape")
+        .decode("utf-8", "replace")
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -428,33 +430,52 @@ def dockerfile_findings(
 ) -> list[Finding]:
     """What is wrong with one image's Dockerfile against the graph."""
     if data is None:
-        return [Finding(path, 1, f"{image} has no Dockerfile: add one or remove {image} from IMAGES_TO_DEPENDENCIES")]
+        return [
+            Finding(
+                path, 1, f"{image} has no Dockerfile: add one or remove {image} from IMAGES_TO_DEPENDENCIES"
+            )
+        ]
     findings = []
     parents = registry_parents(data, registry)
     used = set()
     for parent in parents:
         used.add(parent.image)
         if parent.image not in graph:
-            findings.append(Finding(path, parent.line, f"{parent.instruction} {parent.ref}: {parent.image} is not an image of the graph"))
+            findings.append(
+                Finding(
+                    path,
+                    parent.line,
+                    f"{parent.instruction} {parent.ref}: {parent.image} is not an image of the graph",
+                )
+            )
         elif parent.image not in graph[image]:
-            findings.append(Finding(
-                path, parent.line,
-                f"{parent.instruction} {parent.image}: IMAGES_TO_DEPENDENCIES does not list {parent.image} "
-                f"as a dependency of {image}; add it there or stop using it",
-            ))
+            findings.append(
+                Finding(
+                    path,
+                    parent.line,
+                    f"{parent.instruction} {parent.image}: IMAGES_TO_DEPENDENCIES does not list {parent.image} "
+                    f"as a dependency of {image}; add it there or stop using it",
+                )
+            )
         if not DIGEST_RE.match(parent.digest):
-            findings.append(Finding(
-                path, parent.line,
-                f"{parent.instruction} {parent.ref} is not pinned by digest, so --update_references "
-                f"cannot see it; use {image_url(registry, parent.image)}@sha256:<digest>",
-            ))
+            findings.append(
+                Finding(
+                    path,
+                    parent.line,
+                    f"{parent.instruction} {parent.ref} is not pinned by digest, so --update_references "
+                    f"cannot see it; use {image_url(registry, parent.image)}@sha256:<digest>",
+                )
+            )
     for dependency in graph[image]:
         if dependency not in used:
-            findings.append(Finding(
-                path, 1,
-                f"IMAGES_TO_DEPENDENCIES says {image} depends on {dependency}, but this Dockerfile "
-                f"never uses {image_url(registry, dependency)}; fix the graph or the Dockerfile",
-            ))
+            findings.append(
+                Finding(
+                    path,
+                    1,
+                    f"IMAGES_TO_DEPENDENCIES says {image} depends on {dependency}, but this Dockerfile "
+                    f"never uses {image_url(registry, dependency)}; fix the graph or the Dockerfile",
+                )
+            )
     return findings
 
 
@@ -468,7 +489,9 @@ def any_reference_pattern(registry: str) -> re.Pattern[bytes]:
     not a reference.
     """
     return re.compile(
-        _REFERENCE_LEFT_BOUNDARY + re.escape(f"{registry}/".encode()) + _ANY_REFERENCE_NAME
+        _REFERENCE_LEFT_BOUNDARY
+        + re.escape(f"{registry}/".encode())
+        + _ANY_REFERENCE_NAME
         + rb"@sha256:([0-9A-Za-z]+)"
     )
 
@@ -485,11 +508,19 @@ def prod_digest_findings(
         url, _, digest = text.partition("@")
         name = url[len(registry) + 1 :] if url.startswith(f"{registry}/") else ""
         if not DIGEST_RE.match(digest) or not url:
-            findings.append(Finding(path, number, f"malformed line {text!r}: expected {registry}/NAME@sha256:<64 lowercase hex>"))
+            findings.append(
+                Finding(
+                    path,
+                    number,
+                    f"malformed line {text!r}: expected {registry}/NAME@sha256:<64 lowercase hex>",
+                )
+            )
         elif name not in graph:
             findings.append(Finding(path, number, f"{url} is not an image of the graph under {registry}"))
         elif name in digests:
-            findings.append(Finding(path, number, f"duplicate line for {name} (first on line {first_line[name]})"))
+            findings.append(
+                Finding(path, number, f"duplicate line for {name} (first on line {first_line[name]})")
+            )
         else:
             digests[name] = digest
             first_line[name] = number
@@ -520,15 +551,24 @@ def reference_findings(
             line = data.count(b"\n", 0, match.start()) + 1
             ref = f"{registry}/{name}@sha256:{hexdigits}"
             if not re.fullmatch("[0-9a-f]{64}", hexdigits):
-                findings.append(Finding(path, line, f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)"))
+                findings.append(
+                    Finding(
+                        path, line, f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)"
+                    )
+                )
             elif name not in prod_digests:
-                findings.append(Finding(path, line, f"{registry}/{name} is referenced but not listed in {prod_path}"))
+                findings.append(
+                    Finding(path, line, f"{registry}/{name} is referenced but not listed in {prod_path}")
+                )
             elif prod_digests[name] != f"sha256:{hexdigits}":
-                findings.append(Finding(
-                    path, line,
-                    f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
-                    f"says {prod_digests[name][:19]}",
-                ))
+                findings.append(
+                    Finding(
+                        path,
+                        line,
+                        f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
+                        f"says {prod_digests[name][:19]}",
+                    )
+                )
         if path == WORKSPACE_PATH and RBE_IMAGE in selected:
             for rule in parse_rbe_rules(data):
                 if not rule.names(image_url(registry, RBE_IMAGE)) or not rule.digest_span:
@@ -536,13 +576,22 @@ def reference_findings(
                 digest = rule.fields["digest"]
                 line = data.count(b"\n", 0, rule.digest_span[0]) + 1
                 if RBE_IMAGE not in prod_digests:
-                    findings.append(Finding(path, line, f"rbe_autoconfig pins {registry}/{RBE_IMAGE}, which is not listed in {prod_path}"))
+                    findings.append(
+                        Finding(
+                            path,
+                            line,
+                            f"rbe_autoconfig pins {registry}/{RBE_IMAGE}, which is not listed in {prod_path}",
+                        )
+                    )
                 elif digest != prod_digests[RBE_IMAGE]:
-                    findings.append(Finding(
-                        path, line,
-                        f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} "
-                        f"({prod_digests[RBE_IMAGE][:19]})",
-                    ))
+                    findings.append(
+                        Finding(
+                            path,
+                            line,
+                            f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} "
+                            f"({prod_digests[RBE_IMAGE][:19]})",
+                        )
+                    )
     return findings
 
 
@@ -650,7 +699,9 @@ _UNREACHABLE_RE = re.compile(
     r"server gave HTTP response to HTTPS client|connection reset|broken pipe",
     re.I,
 )
-_REFUSED_RE = re.compile(r"unauthorized|authentication required|denied|forbidden|no basic auth credentials", re.I)
+_REFUSED_RE = re.compile(
+    r"unauthorized|authentication required|denied|forbidden|no basic auth credentials", re.I
+)
 _NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.I)
 
 
@@ -664,7 +715,9 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
         return "the Docker engine is not running: start it or point DOCKER_HOST at one"
     if tuple(argv[1:2]) in (("push",), ("pull",)):
         if _REFUSED_RE.search(text):
-            action = "`gcloud auth configure-docker`" if is_google_registry(registry) else f"`docker login {host}`"
+            action = (
+                "`gcloud auth configure-docker`" if is_google_registry(registry) else f"`docker login {host}`"
+            )
             return f"the registry {host} refused the request (authentication): run {action} and try again"
         if _UNREACHABLE_RE.search(text):
             return f"the registry {host} is unreachable: check that it is up and that --registry is right"
@@ -794,8 +847,7 @@ def find_repo_root(start: Path) -> Path:
     result = capture(("git", "-C", str(start), "rev-parse", "--show-toplevel"))
     if result.returncode != 0:
         raise ManageImagesError(
-            f"{start} is not inside a git work tree: run from the repository or "
-            "pass --repo_root"
+            f"{start} is not inside a git work tree: run from the repository or pass --repo_root"
         )
     return Path(result.stdout.strip())
 
@@ -965,11 +1017,7 @@ def update_references(ctx: Context, image: str, digest: str | None) -> None:
             edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
     ctx.say(f"Updating references to {url}", image)
     needle = f"{url}@sha256:"
-    files = [
-        path
-        for path in grep_tracked_files(ctx.root, needle)
-        if not (ctx.root / path).is_symlink()
-    ]
+    files = [path for path in grep_tracked_files(ctx.root, needle) if not (ctx.root / path).is_symlink()]
     files += [path for path in edits.containing(needle.encode()) if path not in files]
     if not files:
         ctx.say(f"Found no references to {url}", image)
@@ -1091,7 +1139,10 @@ def run_graph(
     failed = False
 
     def blocked(image: str) -> bool:
-        return any(results.get(parent, ImageResult(parent, "")).result in ("failed", "skipped") for parent in parents[image])
+        return any(
+            results.get(parent, ImageResult(parent, "")).result in ("failed", "skipped")
+            for parent in parents[image]
+        )
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         while True:
@@ -1104,24 +1155,30 @@ def run_graph(
                     continue
                 if not accepting or len(running) >= jobs:
                     continue
-                if all(results.get(parent, ImageResult(parent, "")).result == "done" for parent in parents[image]):
+                if all(
+                    results.get(parent, ImageResult(parent, "")).result == "done" for parent in parents[image]
+                ):
                     started[image] = clock()
                     on_start(image, len(started))
                     running[pool.submit(work, image)] = image
             if not running:
                 break
-            done, _ = concurrent.futures.wait(running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(
+                running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+            )
             for future in sorted(done, key=lambda future: order.index(running[future])):
                 image = running.pop(future)
                 try:
                     value = future.result()
                     digest = finish(image, value)
-                    results[image] = ImageResult(image, "done", clock() - started[image], digest,
-                                                 finished=len(results))
+                    results[image] = ImageResult(
+                        image, "done", clock() - started[image], digest, finished=len(results)
+                    )
                 except ManageImagesError as error:
                     failed = True
-                    results[image] = ImageResult(image, "failed", clock() - started[image], error=error,
-                                                 finished=len(results))
+                    results[image] = ImageResult(
+                        image, "failed", clock() - started[image], error=error, finished=len(results)
+                    )
     for image in order:
         results.setdefault(image, ImageResult(image, "skipped" if blocked(image) else "not started"))
     return {image: results[image] for image in order}
@@ -1153,7 +1210,9 @@ def format_summary(
     return "\n".join(lines)
 
 
-def check(root: Path, registry: str, images: Sequence[str], graph: Mapping[str, Sequence[str]], console: Console) -> int:
+def check(
+    root: Path, registry: str, images: Sequence[str], graph: Mapping[str, Sequence[str]], console: Console
+) -> int:
     """Reports every disagreement between the graph, the Dockerfiles, the
     references and prod_digests.txt; returns 1 if there was any."""
     findings: list[Finding] = []
@@ -1163,11 +1222,19 @@ def check(root: Path, registry: str, images: Sequence[str], graph: Mapping[str, 
         findings += dockerfile_findings(image, path, data, graph, registry)
     prod_path = root / PROD_DIGESTS_PATH
     if prod_path.is_file():
-        prod_digests, prod_findings = prod_digest_findings(prod_path.read_bytes(), PROD_DIGESTS_PATH, registry, graph)
+        prod_digests, prod_findings = prod_digest_findings(
+            prod_path.read_bytes(), PROD_DIGESTS_PATH, registry, graph
+        )
         findings += prod_findings
     else:
         prod_digests = {}
-        findings.append(Finding(PROD_DIGESTS_PATH, 1, "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"))
+        findings.append(
+            Finding(
+                PROD_DIGESTS_PATH,
+                1,
+                "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses",
+            )
+        )
     files = tracked_text_files(root, f"{registry}/")
     if RBE_IMAGE in images and (root / WORKSPACE_PATH).is_file() and WORKSPACE_PATH not in files:
         files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
@@ -1176,9 +1243,13 @@ def check(root: Path, registry: str, images: Sequence[str], graph: Mapping[str, 
         console.line(str(finding))
     noun = "image" if len(images) == 1 else "images"
     if findings:
-        console.line(f"Checked {len(images)} {noun}: {len(findings)} problem{'s' if len(findings) != 1 else ''} found.")
+        console.line(
+            f"Checked {len(images)} {noun}: {len(findings)} problem{'s' if len(findings) != 1 else ''} found."
+        )
         return 1
-    console.line(f"Checked {len(images)} {noun}: the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree.")
+    console.line(
+        f"Checked {len(images)} {noun}: the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
+    )
     return 0
 
 
@@ -1319,8 +1390,7 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         "--repo_root",
         "--repo-root",
         type=Path,
-        help="The repository to work on. Defaults to the git work tree holding "
-        "the current directory.",
+        help="The repository to work on. Defaults to the git work tree holding the current directory.",
     )
     return parser
 
@@ -1331,11 +1401,7 @@ def parse_arguments(
     args = parser.parse_args(argv)
     for image in args.images:
         if image != "all" and image not in graph:
-            parser.error(
-                "Expected --image to be one of:\n"
-                f"  {images_help(graph)}\n"
-                f"but got `{image}`."
-            )
+            parser.error(f"Expected --image to be one of:\n  {images_help(graph)}\nbut got `{image}`.")
     args.images = expand_selection(args.images, graph)
     if not TAG_RE.match(args.tag):
         parser.error(
@@ -1350,12 +1416,29 @@ def parse_arguments(
         )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
-    step_flags = [flag for flag, on in (("--pull", args.pull), ("--build", args.build), ("--push", args.push),
-                  ("--update_references", args.update_references)) if on]
-    modes = [flag for flag, on in (("--only_references", args.only_references), ("--check", args.check),
-             ("--graph", args.graph is not None)) if on]
+    step_flags = [
+        flag
+        for flag, on in (
+            ("--pull", args.pull),
+            ("--build", args.build),
+            ("--push", args.push),
+            ("--update_references", args.update_references),
+        )
+        if on
+    ]
+    modes = [
+        flag
+        for flag, on in (
+            ("--only_references", args.only_references),
+            ("--check", args.check),
+            ("--graph", args.graph is not None),
+        )
+        if on
+    ]
     if len(modes) > 1 or (modes and step_flags):
-        parser.error(f"{' and '.join(modes + step_flags)} cannot be combined: {modes[0]} is a mode of its own")
+        parser.error(
+            f"{' and '.join(modes + step_flags)} cannot be combined: {modes[0]} is a mode of its own"
+        )
     return args
 
 
@@ -1407,9 +1490,7 @@ def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence
         step_names = steps.names()
     ctx.console.line(f"Also processing dependent images. Will process: {images}")
     if not steps.any():
-        ctx.console.line(
-            "No step requested (--pull, --build, --push, --update_references): nothing done."
-        )
+        ctx.console.line("No step requested (--pull, --build, --push, --update_references): nothing done.")
         return 0
 
     def finish(image: str, digest: str | None) -> str | None:
@@ -1439,7 +1520,9 @@ def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence
             work,
             finish,
             stopped=lambda: bool(interrupted),
-            on_start=lambda image, number: ctx.say(f"Processing image {image} [{number}/{len(images)}]", image),
+            on_start=lambda image, number: ctx.say(
+                f"Processing image {image} [{number}/{len(images)}]", image
+            ),
         )
     finally:
         for number, handler in handlers.items():
