@@ -238,6 +238,12 @@ def test_failing_run_stops_the_graph_and_leaves_whole_files(repo, registry):
     status = fake_tree.git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
     assert status and all(line.startswith(" M ") for line in status), status
 
+    # Fixed, the same command completes the job.
+    dockerfile.write_text(dockerfile.read_text().replace("RUN exit 3\n", ""))
+    rerun = run_tool(repo, "--images", "all", *STEPS, registry=registry)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_pinned_to_registry(repo, registry, ALL)
+
 
 def references_in(files: dict[str, bytes], registry) -> dict[str, set[str]]:
     pattern = re.compile(re.escape(registry.url) + r"/([a-z0-9-]+)@(sha256:[0-9a-f]{64})")

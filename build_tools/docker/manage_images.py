@@ -757,6 +757,7 @@ class Context:
     processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     stopping: bool = False
+    candidates: list[str] | None = None  # see candidate_files
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
@@ -994,6 +995,22 @@ def repo_digest(ctx: Context, image: str) -> str | None:
     return check_digest(digest, f"{url}:{ctx.tag} (from docker image inspect)")
 
 
+def candidate_files(ctx: Context) -> list[str]:
+    """Tracked text files (not symlinks) that mention the registry at all.
+
+    Found with one `git grep` per run: a rewrite changes digests, never which
+    files name an image, so each image then only reads these few files.
+    """
+    assert ctx.root is not None
+    if ctx.candidates is None:
+        ctx.candidates = [
+            path
+            for path in grep_tracked_files(ctx.root, f"{ctx.registry}/")
+            if not (ctx.root / path).is_symlink()
+        ]
+    return ctx.candidates
+
+
 def update_references(ctx: Context, image: str, digest: str | None) -> None:
     """Points every reference to IMAGE in the tracked files at `digest`.
 
@@ -1016,9 +1033,9 @@ def update_references(ctx: Context, image: str, digest: str | None) -> None:
         elif digest is not None:
             edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
     ctx.say(f"Updating references to {url}", image)
-    needle = f"{url}@sha256:"
-    files = [path for path in grep_tracked_files(ctx.root, needle) if not (ctx.root / path).is_symlink()]
-    files += [path for path in edits.containing(needle.encode()) if path not in files]
+    needle = f"{url}@sha256:".encode()
+    files = [path for path in candidate_files(ctx) if needle in edits.read(path)]
+    files += [path for path in edits.containing(needle) if path not in files]
     if not files:
         ctx.say(f"Found no references to {url}", image)
     else:
