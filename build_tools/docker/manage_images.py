@@ -212,12 +212,9 @@ def rewrite_references(data: bytes, registry: str, image: str, digest: str) -> b
     return reference_pattern(registry, image).sub(lambda m: m.group(1) + new_hex, data)
 
 
-def find_references(data: bytes, registry: str, image: str) -> list[tuple[int, str]]:
-    """(line number, digest) of each well-formed reference to `image` in `data`."""
-    return [
-        (data.count(b"\n", 0, match.start()) + 1, "sha256:" + match.group(2).decode())
-        for match in reference_pattern(registry, image).finditer(data)
-    ]
+def line_at(data: bytes, offset: int) -> int:
+    """The 1-based line number of byte `offset` in `data`."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def check_digest(digest: str, what: str) -> str:
@@ -281,7 +278,7 @@ def parse_rbe_rules(data: bytes) -> list[RbeRule]:
             fields.setdefault(name, match.group(2).decode("utf-8", "replace"))
             if name == "digest" and digest_span is None:
                 digest_span = match.span(2)
-        rules.append(RbeRule(data.count(b"\n", 0, start.start()) + 1, fields, digest_span))
+        rules.append(RbeRule(line_at(data, start.start()), fields, digest_span))
     return rules
 
 
@@ -548,7 +545,7 @@ def reference_findings(
             name, hexdigits = match.group(1).decode(), match.group(2).decode()
             if name not in selected and not (everything and name not in graph):
                 continue
-            line = data.count(b"\n", 0, match.start()) + 1
+            line = line_at(data, match.start())
             ref = f"{registry}/{name}@sha256:{hexdigits}"
             if not re.fullmatch("[0-9a-f]{64}", hexdigits):
                 findings.append(
@@ -574,7 +571,7 @@ def reference_findings(
                 if not rule.names(image_url(registry, RBE_IMAGE)) or not rule.digest_span:
                     continue
                 digest = rule.fields["digest"]
-                line = data.count(b"\n", 0, rule.digest_span[0]) + 1
+                line = line_at(data, rule.digest_span[0])
                 if RBE_IMAGE not in prod_digests:
                     findings.append(
                         Finding(
