@@ -42,19 +42,23 @@ def git(root: Path, *args: str) -> str:
 def dockerfile(
     registry: str, image: str, parents: Sequence[str], digests: Mapping[str, str], sleep: float
 ) -> str:
+    # The image's own stamp comes first, so no two images share a first step:
+    # siblings built at the same time would otherwise each leave a copy of the
+    # shared step, and a later cached build could pick either copy.
     lines = [f"# Test image {image}: busybox plus the stamps of its parents."]
     if not parents:
         lines += [
             "FROM scratch AS final",
+            f"COPY stamp /stamp/{image}",
             "COPY busybox /bin/busybox",
             'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
         ]
     else:
         first, *others = parents
         lines.append(f"FROM {registry}/{first}@{digests.get(first, PLACEHOLDER)} AS final")
+        lines.append(f"COPY stamp /stamp/{image}")
         for other in others:
             lines.append(f"COPY --from={registry}/{other}@{digests.get(other, PLACEHOLDER)} /stamp/ /stamp/")
-    lines.append(f"COPY stamp /stamp/{image}")
     if sleep:
         lines.append(f"RUN sleep {sleep}")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,13 @@ def stamp(registry, image: str, digest: str, name: str) -> str:
     return docker("run", "--rm", f"{registry.url}/{image}@{digest}", "cat", f"/stamp/{name}").stdout
 
 
-def change_stamp(repo: Path, image: str, text: str) -> None:
+def change_stamp(repo: Path, image: str, text: str) -> str:
+    """Commits a new stamp for IMAGE and returns it. A nonce makes the change new
+    to the engine, whose build cache outlives test sessions."""
+    text = f"{text.rstrip()} {uuid.uuid4().hex}\n"
     (repo / "build_tools" / "docker" / image / "stamp").write_text(text)
     fake_tree.git(repo, "commit", "-q", "-am", f"Change {image}")
+    return text
 
 
 def assert_pinned_to_registry(repo: Path, registry, images, tag: str = "latest") -> None:
@@ -71,7 +76,7 @@ def dependents_of(image: str) -> set[str]:
 
 def test_build_push_update_base_rebuilds_its_dependents_on_the_new_base(repo, registry):
     before = fake_tree.tracked_files(repo)
-    change_stamp(repo, "base", "base 2\n")
+    new_stamp = change_stamp(repo, "base", "base 2\n")
     old = references(repo, registry)
 
     result = run_tool(repo, "--image", "base", *STEPS, registry=registry)
@@ -84,7 +89,7 @@ def test_build_push_update_base_rebuilds_its_dependents_on_the_new_base(repo, re
         assert (references(repo, registry)[image] == old[image]) == (image not in processed), image
     for image in processed:
         digest = registry.digest(image, "latest")
-        assert stamp(registry, image, digest, "base") == "base 2\n", image
+        assert stamp(registry, image, digest, "base") == new_stamp, image
     # Every parent was built before its child.
     created = {image: inspect(f"{registry.url}/{image}:latest")["Created"] for image in processed}
     for image in processed:

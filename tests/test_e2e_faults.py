@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import pytest
 import fake_tree
 import manage_images
 from conftest import SCRIPT, run_tool
-from test_e2e import ALL, GRAPH, STEPS, assert_pinned_to_registry, change_stamp, inspect, references, stamp
+from test_e2e import ALL, GRAPH, STEPS, assert_pinned_to_registry, change_stamp, inspect, references
+from test_e2e import stamp as stamp_in
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +46,22 @@ def prepare(world: Path, folder: Path, name: str, edits) -> Path:
 def set_stamp(text: str):
     def edits(repo: Path) -> None:
         (repo / "build_tools" / "docker" / "base" / "stamp").write_text(text)
+
+    return edits
+
+
+def nonce() -> str:
+    """Makes a change new to the engine: its build cache outlives test sessions."""
+    return uuid.uuid4().hex
+
+
+def slow(image: str, seconds: int, stamp: str):
+    """Edits: base gets a new stamp, and IMAGE's build sleeps for a while."""
+
+    def edits(repo: Path) -> None:
+        set_stamp(stamp)(repo)
+        dockerfile = repo / "build_tools" / "docker" / image / "Dockerfile"
+        dockerfile.write_text(dockerfile.read_text() + f"RUN sleep {seconds}\n")
 
     return edits
 
@@ -93,15 +111,16 @@ def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 
 
 
 def test_parallel_run_ends_like_a_sequential_one(world, registry, tmp_path):
-    parallel = prepare(world, tmp_path, "parallel", set_stamp("base parallel\n"))
-    sequential = prepare(world, tmp_path, "sequential", set_stamp("base parallel\n"))
+    stamp = f"base parallel {nonce()}\n"
+    parallel = prepare(world, tmp_path, "parallel", set_stamp(stamp))
+    sequential = prepare(world, tmp_path, "sequential", set_stamp(stamp))
 
     result = run_tool(parallel, "--images", "all", *STEPS, "-j", "4", registry=registry)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert_pinned_to_registry(parallel, registry, ALL)
     for image in dependents("base"):
-        assert stamp(registry, image, registry.digest(image, "latest"), "base") == "base parallel\n", image
+        assert stamp_in(registry, image, registry.digest(image, "latest"), "base") == stamp, image
     created = {image: inspect(f"{registry.url}/{image}:latest")["Created"] for image in ALL}
     for image in ALL:
         for parent in GRAPH[image]:
@@ -116,7 +135,7 @@ def test_parallel_run_ends_like_a_sequential_one(world, registry, tmp_path):
 
 
 def break_cmake_python(repo: Path) -> None:
-    set_stamp("base keep going\n")(repo)
+    set_stamp(f"base keep going {nonce()}\n")(repo)
     dockerfile = repo / "build_tools" / "docker" / "cmake-python" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "RUN exit 3\n")
 
@@ -221,7 +240,8 @@ def uninterrupted(world: Path, tmp_path: Path, edits, registry, *args: str) -> d
 
 
 def test_registry_stopped_in_the_middle_of_a_push(world, registry, tmp_path):
-    edits = set_stamp("base registry down\n")
+    # cmake's build takes 2 s, so the registry is down before cmake's push.
+    edits = slow("cmake", 2, f"base registry down {nonce()}\n")
     repo = prepare(world, tmp_path, "repo", edits)
     old = fake_tree.tracked_files(repo)
     served = registry.snapshot(ALL, ("latest",))
@@ -252,14 +272,9 @@ def test_registry_stopped_in_the_middle_of_a_push(world, registry, tmp_path):
     assert fake_tree.tracked_files(repo) == new
 
 
-def slow_cmake(repo: Path) -> None:
-    set_stamp("base slow\n")(repo)
-    dockerfile = repo / "build_tools" / "docker" / "cmake" / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text() + "RUN sleep 20\n")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_a_build(world, registry, tmp_path, signum):
+    slow_cmake = slow("cmake", 20, f"base slow {nonce()}\n")
     repo = prepare(world, tmp_path, "repo", slow_cmake)
     old = fake_tree.tracked_files(repo)
     served = registry.snapshot(ALL, ("latest",))
@@ -284,9 +299,13 @@ def test_signal_during_a_build(world, registry, tmp_path, signum):
     assert fake_tree.tracked_files(repo) == new
 
 
-def many_references(repo: Path) -> None:
-    """A thousand tracked files pinning base, so rewriting takes a while."""
-    set_stamp("base many\n")(repo)
+def many_references(stamp: str):
+    """Edits: a thousand tracked files pinning base, so rewriting takes a while."""
+    return lambda repo: add_notes(repo, stamp)
+
+
+def add_notes(repo: Path, stamp: str) -> None:
+    set_stamp(stamp)(repo)
     notes = repo / "notes"
     notes.mkdir()
     line = (repo / "build_tools" / "docker" / "prod_digests.txt").read_text().splitlines()[0] + "\n"
@@ -297,7 +316,8 @@ def many_references(repo: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_reference_rewriting(world, registry, tmp_path, signum):
-    repo = prepare(world, tmp_path, "repo", many_references)
+    edits = many_references(f"base many {nonce()}\n")
+    repo = prepare(world, tmp_path, "repo", edits)
     old = fake_tree.tracked_files(repo)
 
     process = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
@@ -306,7 +326,7 @@ def test_signal_during_reference_rewriting(world, registry, tmp_path, signum):
     stdout, stderr = process.communicate(timeout=300)
 
     assert process.returncode == 128 + signum, stdout + stderr
-    new = uninterrupted(world, tmp_path, many_references, registry, "--images", "all", *STEPS)
+    new = uninterrupted(world, tmp_path, edits, registry, "--images", "all", *STEPS)
     assert_each_file_old_or_new(repo, old, new)
     rerun = run_tool(repo, "--images", "all", *STEPS, "-j", "2", registry=registry)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
