@@ -27,9 +27,14 @@ STEPS = ("--build", "--push", "--update_references")
 
 def references(repo: Path, registry) -> dict[str, set[str]]:
     """image -> the digests the tracked files pin it to (WORKSPACE rule included)."""
+    return references_in(fake_tree.tracked_files(repo), registry)
+
+
+def references_in(files: dict[str, bytes], registry) -> dict[str, set[str]]:
+    """image -> the digests `files` (path -> bytes) pin it to (WORKSPACE rule included)."""
     found: dict[str, set[str]] = {}
     pattern = re.compile(re.escape(registry.url) + r"/([a-z0-9-]+)@(sha256:[0-9a-f]{64})")
-    for name, data in fake_tree.tracked_files(repo).items():
+    for name, data in files.items():
         text = data.decode("utf-8", "replace")
         for image, digest in pattern.findall(text):
             found.setdefault(image, set()).add(digest)
@@ -248,15 +253,6 @@ def test_failing_run_stops_the_graph_and_leaves_whole_files(repo, registry):
     rerun = run_tool(repo, "--images", "all", *STEPS, registry=registry)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_pinned_to_registry(repo, registry, ALL)
-
-
-def references_in(files: dict[str, bytes], registry) -> dict[str, set[str]]:
-    pattern = re.compile(re.escape(registry.url) + r"/([a-z0-9-]+)@(sha256:[0-9a-f]{64})")
-    found: dict[str, set[str]] = {}
-    for data in files.values():
-        for image, digest in pattern.findall(data.decode("utf-8", "replace")):
-            found.setdefault(image, set()).add(digest)
-    return found
 
 
 def test_push_to_a_registry_that_is_down_changes_nothing(repo, registry):

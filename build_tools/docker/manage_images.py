@@ -860,13 +860,13 @@ def grep_tracked_files(root: Path, text: str) -> list[str]:
     return [path for path in result.stdout.split("\0") if path]
 
 
-def tracked_text_files(root: Path, text: str) -> dict[str, bytes]:
-    """The bytes of each tracked, non-binary, non-symlink file containing `text`."""
-    return {
-        path: (root / path).read_bytes()
+def files_naming(root: Path, text: str) -> list[str]:
+    """Tracked, non-binary regular files (symlinks left out) that contain `text`."""
+    return [
+        path
         for path in grep_tracked_files(root, text)
         if (root / path).is_file() and not (root / path).is_symlink()
-    }
+    ]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -1000,11 +1000,7 @@ def candidate_files(ctx: Context) -> list[str]:
     """
     assert ctx.root is not None
     if ctx.candidates is None:
-        ctx.candidates = [
-            path
-            for path in grep_tracked_files(ctx.root, f"{ctx.registry}/")
-            if not (ctx.root / path).is_symlink()
-        ]
+        ctx.candidates = files_naming(ctx.root, f"{ctx.registry}/")
     return ctx.candidates
 
 
@@ -1249,7 +1245,7 @@ def check(
                 "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses",
             )
         )
-    files = tracked_text_files(root, f"{registry}/")
+    files = {path: (root / path).read_bytes() for path in files_naming(root, f"{registry}/")}
     if RBE_IMAGE in images and (root / WORKSPACE_PATH).is_file() and WORKSPACE_PATH not in files:
         files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
     findings += reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
@@ -1267,17 +1263,19 @@ def check(
     return 0
 
 
-def prod_digest_of(root: Path, registry: str, image: str) -> str:
-    """The digest prod_digests.txt lists for IMAGE; an error naming it if none."""
+def prod_digests_for(root: Path, registry: str, images: Sequence[str]) -> dict[str, str]:
+    """The digest prod_digests.txt lists for each image; an error naming the first one missing."""
     path = root / PROD_DIGESTS_PATH
-    entries = parse_prod_digests(path.read_bytes()) if path.is_file() else []
-    for entry in entries:
-        if entry.url == image_url(registry, image):
-            return entry.digest
-    raise ManageImagesError(
-        f"cannot update the references to {image}: {PROD_DIGESTS_PATH} has no line for "
-        f"{image_url(registry, image)}; push it with --update_references first or add the line"
+    listed = (
+        {entry.url: entry.digest for entry in parse_prod_digests(path.read_bytes())} if path.is_file() else {}
     )
+    for image in images:
+        if image_url(registry, image) not in listed:
+            raise ManageImagesError(
+                f"cannot update the references to {image}: {PROD_DIGESTS_PATH} has no line for "
+                f"{image_url(registry, image)}; push it with --update_references first or add the line"
+            )
+    return {image: listed[image_url(registry, image)] for image in images}
 
 
 def preflight(ctx: Context, images: Sequence[str], steps: Steps) -> None:
@@ -1295,7 +1293,7 @@ def preflight(ctx: Context, images: Sequence[str], steps: Steps) -> None:
         path = ctx.root / PROD_DIGESTS_PATH
         if path.exists():
             parse_prod_digests(path.read_bytes())
-    if not ctx.dry_run and (steps.pull or steps.build or steps.push or steps.update_references):
+    if not ctx.dry_run and steps.any():
         check_docker(ctx)
 
 
@@ -1492,7 +1490,7 @@ def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence
     if args.check:
         return check(ctx.root, ctx.registry, images, graph, ctx.console)
     if args.only_references:
-        digests = {image: prod_digest_of(ctx.root, ctx.registry, image) for image in images}
+        digests = prod_digests_for(ctx.root, ctx.registry, images)
         work = digests.__getitem__
         steps = Steps(update_references=True)
         step_names = ["only_references"]
