@@ -2,7 +2,8 @@
 
 It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
-  {"fail": {"build": 7}, "repo_digests": {"REF:TAG": ["REPO@sha256:..."]},
+  {"fail": {"build": 7}, "signal": {"build": 9},
+   "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
    "server_down": false}
 Only the unit tests use it; the end-to-end tests use the real engine.
 """
@@ -29,12 +30,18 @@ if argv[0] == "docker" and argv[1] == "version":
     sys.exit(0)
 if argv[0] == "docker" and argv[1:3] == ["image", "inspect"]:
     ref = argv[-1]
+    if ref in config.get("inspect_raw", {{}}):
+        print(config["inspect_raw"][ref])
+        sys.exit(0)
     if ref not in config.get("repo_digests", {{}}):
         print(f"Error: No such image: {{ref}}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(config["repo_digests"][ref]))
     sys.exit(0)
-code = config.get("fail", {{}}).get(argv[1] if len(argv) > 1 else argv[0], 0)
+step = argv[1] if len(argv) > 1 else argv[0]
+if step in config.get("signal", {{}}):
+    os.kill(os.getpid(), config["signal"][step])
+code = config.get("fail", {{}}).get(step, 0)
 print(f"standin {{' '.join(argv)}}")
 print("second line")
 sys.exit(code)

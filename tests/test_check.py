@@ -156,7 +156,8 @@ def test_bad_prod_digests_lines(tree, capsys):
     code, out = check(capsys)
     assert code == 1
     assert out[:-1] == [
-        "build_tools/docker/prod_digests.txt:18: duplicate line for base (first on line 1)",
+        f"build_tools/docker/prod_digests.txt:18: {REGISTRY}/base is listed again with another digest than on "
+        "build_tools/docker/prod_digests.txt:1, so its pin is ambiguous; keep the right line only",
         f"build_tools/docker/prod_digests.txt:19: {REGISTRY}/nope is not an image of the graph under {REGISTRY}",
         "build_tools/docker/prod_digests.txt:20: malformed line 'garbage': expected "
         f"{REGISTRY}/NAME@sha256:<64 lowercase hex>",

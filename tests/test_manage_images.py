@@ -172,8 +172,9 @@ def test_workspace_rule_for_another_registry_is_left_alone():
 def test_parse_rbe_rules_reads_fields_and_line():
     (rule,) = mi.parse_rbe_rules(WORKSPACE)
     assert rule.line == 3
-    assert rule.fields["digest"] == D1
-    assert rule.names("gcr.io/iree-oss/rbe-toolchain")
+    assert rule.digest == D1
+    assert rule.digest_line == 6
+    assert rule.url == "gcr.io/iree-oss/rbe-toolchain"
 
 
 @pytest.mark.parametrize(
@@ -201,7 +202,7 @@ def test_append_prod_digest_keeps_line_ends(data, expected):
 def test_parse_prod_digests_reports_path_and_line(line, message):
     data = ref("util") + b"\n" + line + b"\n"
     with pytest.raises(mi.ManageImagesError, match=f"^prod.txt:2: {message}"):
-        mi.parse_prod_digests(data, "prod.txt")
+        mi.usable_prod_digests(data, "prod.txt")
 
 
 @pytest.mark.parametrize(

@@ -35,23 +35,25 @@ See README.md for the workflows.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import concurrent.futures
 import difflib
+import fcntl
 import graphlib
 import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, TextIO
+from typing import Callable, Iterable, Mapping, Sequence, TextIO
 
 DEFAULT_REGISTRY = "gcr.io/iree-oss"
 DEFAULT_TAG = "latest"
@@ -59,6 +61,7 @@ DOCKER_DIR = "build_tools/docker"
 PROD_DIGESTS_PATH = f"{DOCKER_DIR}/prod_digests.txt"
 WORKSPACE_PATH = "WORKSPACE"
 RBE_IMAGE = "rbe-toolchain"
+LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
 
 # Map from image names to the images they are built from. Keep this in
 # agreement with the Dockerfiles' FROM and COPY --from lines.
@@ -82,6 +85,8 @@ IMAGES_TO_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "vulkan": ("util",),
 }
 
+# Docker refuses a repository name (registry and path) longer than this.
+MAX_REFERENCE_NAME = 255
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
 # Docker's tag grammar.
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -99,8 +104,6 @@ GOOGLE_REGISTRY_RE = re.compile(r"(?:gcr\.io|[a-z0-9.-]+\.gcr\.io|[a-z0-9-]+-doc
 # (`mirror.gcr.io/...`, `x/gcr.io/...`); `//` stays allowed for URLs.
 _REFERENCE_LEFT_BOUNDARY = rb"(?:(?<=//)|(?<![A-Za-z0-9._/-]))"
 _REFERENCE_RIGHT_BOUNDARY = rb"(?![A-Za-z0-9])"
-_RBE_RULE_START_RE = re.compile(rb"\brbe_autoconfig\s*\(")
-_RULE_STRING_FIELD_RE = re.compile(rb'\b([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"\\\n]*)"')
 
 
 class ManageImagesError(Exception):
@@ -112,11 +115,21 @@ class CommandError(ManageImagesError):
 
     def __init__(self, argv: Sequence[str], returncode: int, hint: str = "") -> None:
         self.argv = tuple(argv)
-        self.returncode = returncode
+        # A command killed by signal N exits, as a shell reports it, with 128 + N.
+        self.returncode = 128 - returncode if returncode < 0 else returncode
+        if returncode < 0:
+            hint = ", ".join(filter(None, [f"killed by {_signal_name(-returncode)}", hint]))
         super().__init__(
-            f"Command failed with exit code {returncode}: `{format_command(argv)}`"
+            f"Command failed with exit code {self.returncode}: `{format_command(argv)}`"
             + (f" ({hint})" if hint else "")
         )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # ---------------------------------------------------------------------------
@@ -217,6 +230,26 @@ def line_at(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
+class LineCounter:
+    """Line numbers of increasing offsets in `data`, counted on from the last one.
+
+    Finding the lines of all matches in a file costs one pass over it,
+    not one pass per match.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._offset = 0
+        self._line = 1
+
+    def line_at(self, offset: int) -> int:
+        if offset < self._offset:
+            self._offset, self._line = 0, 1
+        self._line += self._data.count(b"\n", self._offset, offset)
+        self._offset = offset
+        return self._line
+
+
 def check_digest(digest: str, what: str) -> str:
     if not DIGEST_RE.match(digest):
         raise ManageImagesError(
@@ -226,74 +259,161 @@ def check_digest(digest: str, what: str) -> str:
     return digest
 
 
+class WorkspaceError(ManageImagesError):
+    """WORKSPACE cannot be read exactly; carries the line to report."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        self.path, self.line, self.message = path, line, message
+        super().__init__(f"{path}:{line}: {message}")
+
+
 @dataclass(frozen=True)
 class RbeRule:
-    """An `rbe_autoconfig(...)` call in WORKSPACE and its string fields."""
+    """An `rbe_autoconfig(...)` call in WORKSPACE.
+
+    `url` is `registry/repository` when both are plain string literals, else
+    None; `digest_span` is the byte span of the `digest` literal, quotes
+    included, and `problem` says why the rule cannot be rewritten exactly.
+    """
 
     line: int
-    fields: Mapping[str, str]
-    digest_span: tuple[int, int] | None  # byte span of the `digest` value
-
-    def names(self, url: str) -> bool:
-        registry = self.fields.get("registry", "")
-        repository = self.fields.get("repository", "")
-        return f"{registry}/{repository}" == url
-
-
-def _rule_body_end(data: bytes, start: int) -> int:
-    """Index just past the `)` closing the call whose `(` is at `start - 1`."""
-    depth, index, quote = 1, start, b""
-    while index < len(data):
-        char = data[index : index + 1]
-        if quote:
-            if char == b"\\":
-                index += 1
-            elif char == quote:
-                quote = b""
-        elif char in (b'"', b"'"):
-            quote = char
-        elif char == b"#":
-            newline = data.find(b"\n", index)
-            index = len(data) if newline < 0 else newline
-        elif char in (b"(", b"[", b"{"):
-            depth += 1
-        elif char in (b")", b"]", b"}"):
-            depth -= 1
-            if depth == 0:
-                return index + 1
-        index += 1
-    return len(data)
+    url: str | None
+    digest: str | None
+    digest_line: int
+    digest_span: tuple[int, int] | None
+    problem: str = ""
+    problem_line: int = 0
 
 
-def parse_rbe_rules(data: bytes) -> list[RbeRule]:
-    """Every `rbe_autoconfig(...)` rule in a WORKSPACE file."""
-    rules = []
-    for start in _RBE_RULE_START_RE.finditer(data):
-        body_start = start.end()
-        body_end = _rule_body_end(data, body_start)
-        fields: dict[str, str] = {}
-        digest_span = None
-        for match in _RULE_STRING_FIELD_RE.finditer(data, body_start, body_end):
-            name = match.group(1).decode("ascii")
-            fields.setdefault(name, match.group(2).decode("utf-8", "replace"))
-            if name == "digest" and digest_span is None:
-                digest_span = match.span(2)
-        rules.append(RbeRule(line_at(data, start.start()), fields, digest_span))
-    return rules
+# One string literal on one line with no prefix: the only kind whose bytes
+# the tool replaces (a concatenation or an f-string is not a pin it can own).
+_PLAIN_STRING_RE = re.compile(rb"""(?:"(?:[^"\\\r\n]|\\.)*"|'(?:[^'\\\r\n]|\\.)*')\Z""")
+_NEWLINE_RE = re.compile(rb"\r\n|\r|\n")
 
 
-def rewrite_workspace(data: bytes, url: str, digest: str) -> tuple[bytes, int]:
-    """Sets the `digest` of each rbe_autoconfig rule that names `url`.
+def _line_starts(data: bytes) -> list[int]:
+    """Byte offset of each line, splitting where Python's tokenizer does."""
+    return [0] + [match.end() for match in _NEWLINE_RE.finditer(data)]
 
-    Returns the new bytes and how many rules named `url`. Other rules and any
-    other `digest = ...` (e.g. `base_container_digest`) are left alone.
+
+def _literal_span(node: ast.expr, starts: Sequence[int], data: bytes) -> tuple[int, int] | None:
+    """The byte span of `node` if it is one plain string literal, else None."""
+    if not isinstance(node, ast.Constant) or not isinstance(node.value, str):
+        return None
+    if node.end_lineno != node.lineno or node.end_col_offset is None:
+        return None
+    # ast's column offsets are UTF-8 byte offsets within the line.
+    begin = starts[node.lineno - 1] + node.col_offset
+    end = starts[node.lineno - 1] + node.end_col_offset
+    return (begin, end) if _PLAIN_STRING_RE.match(data[begin:end]) else None
+
+
+def _rbe_rule(call: ast.Call, starts: Sequence[int], data: bytes) -> RbeRule:
+    values: dict[str, str | None] = {}
+    spans: dict[str, tuple[int, int] | None] = {}
+    lines: dict[str, int] = {}
+    problems: list[tuple[int, str]] = []
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            problems.append(
+                (keyword.value.lineno, "rbe_autoconfig takes **kwargs, so its fields cannot be read exactly")
+            )
+        elif keyword.arg in ("registry", "repository", "digest"):
+            span = _literal_span(keyword.value, starts, data)
+            spans[keyword.arg] = span
+            lines[keyword.arg] = keyword.value.lineno
+            values[keyword.arg] = keyword.value.value if span else None  # type: ignore[attr-defined]
+            if span is None:
+                problems.append(
+                    (
+                        keyword.value.lineno,
+                        f"rbe_autoconfig `{keyword.arg}` is not a plain string literal; "
+                        f'write it as {keyword.arg} = "..." so the tool can read it exactly',
+                    )
+                )
+    registry, repository = values.get("registry"), values.get("repository")
+    url: str | None = f"{registry}/{repository}"
+    if "registry" not in spans or "repository" not in spans:
+        url = ""  # Google's default toolchain image, never ours
+    elif registry is None or repository is None:
+        url = None  # not plain literals: it may or may not be ours
+    if "digest" not in values and not problems:
+        problems.append(
+            (call.lineno, 'rbe_autoconfig has no `digest = "sha256:..."`; add one so the tool can pin it')
+        )
+    return RbeRule(
+        line=call.lineno,
+        url=url,
+        digest=values.get("digest"),
+        digest_line=lines.get("digest", call.lineno),
+        digest_span=spans.get("digest"),
+        problem=problems[0][1] if problems else "",
+        problem_line=problems[0][0] if problems else 0,
+    )
+
+
+def parse_rbe_rules(data: bytes, path: str = WORKSPACE_PATH) -> list[RbeRule]:
+    """Every `rbe_autoconfig(...)` call in a WORKSPACE file, read as Starlark.
+
+    Starlark's syntax is Python's, so `ast` finds calls, keywords and string
+    literals exactly: comments and strings that merely mention the rule are
+    never taken for it. A file that does not parse raises WorkspaceError.
+    """
+    try:
+        tree = ast.parse(data.decode("utf-8"), filename=path)
+    except UnicodeDecodeError as error:
+        raise WorkspaceError(
+            path, line_at(data, error.start), "is not UTF-8, so it cannot be parsed"
+        ) from None
+    except SyntaxError as error:
+        raise WorkspaceError(
+            path, error.lineno or 1, f"does not parse as Starlark ({error.msg}); fix the syntax"
+        ) from None
+    except ValueError as error:  # a NUL byte, on some Python versions
+        raise WorkspaceError(path, 1, f"does not parse as Starlark ({error})") from None
+    starts = _line_starts(data)
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "rbe_autoconfig"
+    ]
+    return [_rbe_rule(call, starts, data) for call in sorted(calls, key=lambda call: call.lineno)]
+
+
+def rules_naming(rules: Sequence[RbeRule], url: str, path: str = WORKSPACE_PATH) -> list[RbeRule]:
+    """The rules that pin `url`; WorkspaceError for one that might but cannot be read exactly."""
+    for rule in rules:
+        if rule.problem and rule.url in (url, None):
+            raise WorkspaceError(path, rule.problem_line, rule.problem)
+    return [rule for rule in rules if rule.url == url]
+
+
+def rewrite_workspace(data: bytes, url: str, digest: str, path: str = WORKSPACE_PATH) -> tuple[bytes, int]:
+    """Sets the `digest` literal of each rbe_autoconfig rule that names `url`.
+
+    Returns the new bytes and how many rules named `url`. Only the bytes of
+    that string literal change, keeping its quote character; other rules and
+    other keywords (`base_container_digest`) are left alone.
     """
     check_digest(digest, url)
-    rules = [rule for rule in parse_rbe_rules(data) if rule.names(url) and rule.digest_span]
-    for rule in sorted(rules, key=lambda rule: rule.digest_span, reverse=True):
+    rules = rules_naming(parse_rbe_rules(data, path), url, path)
+    for rule in sorted(rules, key=lambda rule: rule.digest_span or (0, 0), reverse=True):
+        assert rule.digest_span is not None  # rules_naming refuses a rule without one
         begin, end = rule.digest_span
-        data = data[:begin] + digest.encode() + data[end:]
+        quote = data[begin : begin + 1]
+        data = data[:begin] + quote + digest.encode() + quote + data[end:]
     return data, len(rules)
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    line: int
+    message: str
+    kind: str = "mismatch"
+
+    def __str__(self) -> str:
+        return f"{shown(self.path)}:{self.line}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -303,18 +423,57 @@ class ProdDigest:
     digest: str
 
 
-def parse_prod_digests(data: bytes, path: str = PROD_DIGESTS_PATH) -> list[ProdDigest]:
-    """The entries of prod_digests.txt; a malformed line is an error naming path:line."""
-    entries = []
+def parse_prod_digests(
+    data: bytes, path: str = PROD_DIGESTS_PATH, registry: str = "REGISTRY"
+) -> tuple[list[ProdDigest], list[Finding]]:
+    """The entries of prod_digests.txt (the first line of each URL), and what is wrong with its lines.
+
+    Findings of kind `malformed` and `ambiguous` (one URL, two digests) make
+    the file unusable for rewriting; see `usable_prod_digests`.
+    """
+    entries: list[ProdDigest] = []
+    first: dict[str, ProdDigest] = {}
+    findings = []
     for number, raw in enumerate(data.splitlines(), start=1):
         text = raw.decode("utf-8", "replace").strip()
         url, at, digest = text.partition("@")
-        if not at or not DIGEST_RE.match(digest) or not url:
-            raise ManageImagesError(
-                f"{path}:{number}: malformed line {text!r}: expected "
-                "REGISTRY/NAME@sha256:<64 lowercase hex>; fix it and run again"
+        if not at or not url or not DIGEST_RE.match(digest):
+            findings.append(
+                Finding(
+                    path,
+                    number,
+                    f"malformed line {text!r}: expected {registry}/NAME@sha256:<64 lowercase hex>",
+                    "malformed",
+                )
             )
-        entries.append(ProdDigest(number, url, digest))
+            continue
+        earlier = first.get(url)
+        if earlier is None:
+            first[url] = ProdDigest(number, url, digest)
+            entries.append(first[url])
+        elif earlier.digest != digest:
+            findings.append(
+                Finding(
+                    path,
+                    number,
+                    f"{url} is listed again with another digest than on {path}:{earlier.line}, "
+                    "so its pin is ambiguous; keep the right line only",
+                    "ambiguous",
+                )
+            )
+        else:
+            findings.append(
+                Finding(path, number, f"duplicate line for {url} (first on line {earlier.line})", "duplicate")
+            )
+    return entries, findings
+
+
+def usable_prod_digests(data: bytes, path: str = PROD_DIGESTS_PATH) -> list[ProdDigest]:
+    """The entries of prod_digests.txt; ManageImagesError for a malformed or ambiguous line."""
+    entries, findings = parse_prod_digests(data, path)
+    for finding in findings:
+        if finding.kind in ("malformed", "ambiguous"):
+            raise ManageImagesError(f"{finding}; fix it and run again")
     return entries
 
 
@@ -343,16 +502,6 @@ def unified_diff(path: str, old: bytes, new: bytes) -> str:
 
 # ---------------------------------------------------------------------------
 # Checks: Dockerfile parents, references and prod_digests.txt against the graph.
-
-
-@dataclass(frozen=True)
-class Finding:
-    path: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -496,32 +645,27 @@ def any_reference_pattern(registry: str) -> re.Pattern[bytes]:
 def prod_digest_findings(
     data: bytes, path: str, registry: str, graph: Mapping[str, Sequence[str]]
 ) -> tuple[dict[str, str], list[Finding]]:
-    """The digest of each image listed in prod_digests.txt, and what is wrong with it."""
+    """The digest of each image listed in prod_digests.txt, and what is wrong with it.
+
+    An image outside the graph keeps its digest, so references to it are
+    still compared with its line.
+    """
+    entries, findings = parse_prod_digests(data, path, registry)
     digests: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    findings = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        text = raw.decode("utf-8", "replace").strip()
-        url, _, digest = text.partition("@")
-        name = url[len(registry) + 1 :] if url.startswith(f"{registry}/") else ""
-        if not DIGEST_RE.match(digest) or not url:
+    for entry in entries:
+        name = entry.url[len(registry) + 1 :] if entry.url.startswith(f"{registry}/") else ""
+        if name not in graph:
             findings.append(
                 Finding(
                     path,
-                    number,
-                    f"malformed line {text!r}: expected {registry}/NAME@sha256:<64 lowercase hex>",
+                    entry.line,
+                    f"{entry.url} is not an image of the graph under {registry}",
+                    "unknown-image",
                 )
             )
-        elif name not in graph:
-            findings.append(Finding(path, number, f"{url} is not an image of the graph under {registry}"))
-        elif name in digests:
-            findings.append(
-                Finding(path, number, f"duplicate line for {name} (first on line {first_line[name]})")
-            )
-        else:
-            digests[name] = digest
-            first_line[name] = number
-    return digests, findings
+        if name:
+            digests[name] = entry.digest
+    return digests, sorted(findings, key=lambda finding: finding.line)
 
 
 def reference_findings(
@@ -541,21 +685,31 @@ def reference_findings(
         data = files[path]
         if path == prod_path:
             continue
+        lines = LineCounter(data)
         for match in pattern.finditer(data):
             name, hexdigits = match.group(1).decode(), match.group(2).decode()
             if name not in selected and not (everything and name not in graph):
                 continue
-            line = line_at(data, match.start())
+            line = lines.line_at(match.start())
             ref = f"{registry}/{name}@sha256:{hexdigits}"
+            outside = "" if name in graph else f" ({name} is not an image of the graph)"
             if not re.fullmatch("[0-9a-f]{64}", hexdigits):
                 findings.append(
                     Finding(
-                        path, line, f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)"
+                        path,
+                        line,
+                        f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+                        "malformed",
                     )
                 )
             elif name not in prod_digests:
                 findings.append(
-                    Finding(path, line, f"{registry}/{name} is referenced but not listed in {prod_path}")
+                    Finding(
+                        path,
+                        line,
+                        f"{registry}/{name} is referenced but not listed in {prod_path}",
+                        "unlisted",
+                    )
                 )
             elif prod_digests[name] != f"sha256:{hexdigits}":
                 findings.append(
@@ -563,32 +717,35 @@ def reference_findings(
                         path,
                         line,
                         f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
-                        f"says {prod_digests[name][:19]}",
+                        f"says {prod_digests[name][:19]}{outside}",
+                        "stale",
                     )
                 )
         if path == WORKSPACE_PATH and RBE_IMAGE in selected:
-            for rule in parse_rbe_rules(data):
-                if not rule.names(image_url(registry, RBE_IMAGE)) or not rule.digest_span:
-                    continue
-                digest = rule.fields["digest"]
-                line = line_at(data, rule.digest_span[0])
-                if RBE_IMAGE not in prod_digests:
-                    findings.append(
-                        Finding(
-                            path,
-                            line,
-                            f"rbe_autoconfig pins {registry}/{RBE_IMAGE}, which is not listed in {prod_path}",
-                        )
-                    )
-                elif digest != prod_digests[RBE_IMAGE]:
-                    findings.append(
-                        Finding(
-                            path,
-                            line,
-                            f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} "
-                            f"({prod_digests[RBE_IMAGE][:19]})",
-                        )
-                    )
+            findings += workspace_findings(
+                data, image_url(registry, RBE_IMAGE), prod_digests.get(RBE_IMAGE), prod_path
+            )
+    return findings
+
+
+def workspace_findings(data: bytes, url: str, pinned: str | None, prod_path: str) -> list[Finding]:
+    """What is wrong with the rbe_autoconfig rule that pins `url`."""
+    try:
+        rules = rules_naming(parse_rbe_rules(data), url)
+    except WorkspaceError as error:
+        return [Finding(error.path, error.line, error.message, "workspace")]
+    findings = []
+    for rule in rules:
+        digest = rule.digest or ""
+        if not DIGEST_RE.match(digest):
+            message = f"rbe_autoconfig digest {digest!r} is not a well-formed digest (sha256: and 64 lowercase hex digits)"
+            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "malformed"))
+        elif pinned is None:
+            message = f"rbe_autoconfig pins {url}, which is not listed in {prod_path}"
+            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "unlisted"))
+        elif digest != pinned:
+            message = f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} ({pinned[:19]})"
+            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "stale"))
     return findings
 
 
@@ -735,7 +892,7 @@ class Console:
 
     def line(self, text: str = "", prefix: str = "") -> None:
         with self._lock:
-            for part in text.split("\n") if text else [""]:
+            for part in shown(text).split("\n") if text else [""]:
                 self._out.write(f"{prefix}{part}\n")
             self._out.flush()
 
@@ -754,7 +911,8 @@ class Context:
     processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     stopping: bool = False
-    candidates: list[str] | None = None  # see candidate_files
+    scan: TreeScan | None = None  # see tree_scan
+    repo_lock: RepositoryLock | None = None  # held by runs that change files
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
@@ -821,23 +979,37 @@ def run(ctx: Context, argv: Sequence[str], image: str = "", interactive: bool = 
         raise CommandError(argv, returncode, diagnose(argv, tail, ctx.registry))
 
 
-def capture(
+COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
+
+
+def capture_bytes(
     argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Runs a read-only command (also in a dry run) and returns its output."""
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs a read-only command (also in a dry run) and returns its output as bytes."""
     try:
         return subprocess.run(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=120,
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=COMMAND_TIMEOUT
         )
     except FileNotFoundError:
         raise _missing_tool(argv[0]) from None
+    except subprocess.TimeoutExpired:
+        raise ManageImagesError(
+            f"`{format_command(argv)}` did not finish within {COMMAND_TIMEOUT} s; "
+            "check what holds it up (a lock, a network file system) and run again"
+        ) from None
+
+
+def capture(
+    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a read-only command (also in a dry run) and returns its output as text."""
+    result = capture_bytes(argv, cwd, env)
+    return subprocess.CompletedProcess(
+        result.args,
+        result.returncode,
+        result.stdout.decode("utf-8", "replace"),
+        result.stderr.decode("utf-8", "replace"),
+    )
 
 
 def find_repo_root(start: Path) -> Path:
@@ -847,50 +1019,105 @@ def find_repo_root(start: Path) -> Path:
         raise ManageImagesError(
             f"{start} is not inside a git work tree: run from the repository or pass --repo_root"
         )
-    return Path(result.stdout.strip())
+    return Path(result.stdout.rstrip("\n"))
 
 
-def grep_tracked_files(root: Path, text: str) -> list[str]:
-    """Tracked, non-binary files under `root` that contain `text` literally."""
-    result = capture(("git", "-C", str(root), "grep", "-l", "-z", "-I", "-F", "-e", text, "--"))
-    if result.returncode == 1:
-        return []
-    if result.returncode != 0:
-        raise ManageImagesError(f"`git grep` failed in {root}: {result.stderr.strip()}")
-    return [path for path in result.stdout.split("\0") if path]
+def git_lines(root: Path, *args: str, ok: tuple[int, ...] = (0,)) -> list[str]:
+    """The NUL-separated paths a git command prints, as str that round-trip to the bytes.
 
-
-def files_naming(root: Path, text: str) -> list[str]:
-    """Tracked, non-binary regular files (symlinks left out) that contain `text`."""
-    return [
-        path
-        for path in grep_tracked_files(root, text)
-        if (root / path).is_file() and not (root / path).is_symlink()
-    ]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replaces `path` with `data` in one rename, keeping its mode.
-
-    A reader (or a crash) sees the old or the new content, never a mix.
+    Any message on stderr is an error: `git grep` reports a file it cannot
+    read there and still exits 0, and a file it skipped must not be missed.
     """
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    argv = ("git", "-C", str(root), *args)
+    result = capture_bytes(argv)
+    if result.returncode not in ok or result.stderr.strip():
+        said = " ".join(result.stderr.decode("utf-8", "replace").split()) or f"exit code {result.returncode}"
+        raise ManageImagesError(
+            f"`git {format_command(argv[3:])}` failed in {shown(str(root))}: {said}; fix the cause and run again"
+        )
+    return [os.fsdecode(path) for path in result.stdout.split(b"\0") if path]
+
+
+def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None) -> str:
+    """Why the tracked file `relative` must not be read or written, or "".
+
+    Every folder on the way and the file itself must be real (no symbolic
+    link), so no write can land outside the work tree; the file must be a
+    regular file (a FIFO would hang a read). A missing file is no problem.
+    """
+    cache = {} if cache is None else cache
+    parts = relative.split("/")
+    for depth in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:depth])
+        if prefix not in cache:
+            try:
+                mode = os.lstat(root / prefix).st_mode
+            except FileNotFoundError:
+                cache[prefix] = ""
+                return ""
+            except NotADirectoryError:
+                mode = 0
+            if stat.S_ISLNK(mode):
+                cache[prefix] = (
+                    f"{shown(prefix)} is a symbolic link, and the tool never reads or writes through one"
+                )
+            elif depth < len(parts) and not stat.S_ISDIR(mode):
+                cache[prefix] = f"{shown(prefix)} is not a folder"
+            elif depth == len(parts) and not stat.S_ISREG(mode):
+                cache[prefix] = "it is not a regular file"
+            else:
+                cache[prefix] = ""
+        if cache[prefix]:
+            return cache[prefix]
+    return ""
+
+
+def shown(path: str) -> str:
+    """A path (or any text) safe to print: bytes that are not UTF-8 appear as escapes."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass(frozen=True)
+class TreeScan:
+    """What one run knows of the tracked files that name the registry.
+
+    Found with one `git grep` per run: a rewrite changes digests, never which
+    files name an image.
+    """
+
+    candidates: tuple[str, ...]  # tracked regular files naming the registry: read and rewritten
+    skipped: tuple[tuple[str, str], ...]  # (path, why) tracked files naming it that are never touched
+    hidden: tuple[str, ...]  # outside the sparse checkout, yet naming it in the index
+    tracked: frozenset[str]  # which of WORKSPACE and prod_digests.txt git tracks
+    problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
+
+
+def scan_tree(root: Path, registry: str) -> TreeScan:
+    needle = f"{registry}/"
+    cache: dict[str, str] = {}
+    candidates, skipped = [], []
+    for path in git_lines(root, "grep", "-l", "-z", "-I", "-F", "-e", needle, "--", ok=(0, 1)):
+        problem = path_problem(root, path, cache)
+        if problem:
+            skipped.append((path, problem))
+        else:
+            candidates.append(path)
+    hidden: list[str] = []
+    sparse = {entry[2:] for entry in git_lines(root, "ls-files", "-t", "-z") if entry.startswith("S ")}
+    if sparse:
+        # git grep skips what a sparse checkout hides; read the index instead.
+        named = git_lines(root, "grep", "--cached", "-l", "-z", "-I", "-F", "-e", needle, "--", ok=(0, 1))
+        hidden = [path for path in named if path in sparse]
+    special = (WORKSPACE_PATH, PROD_DIGESTS_PATH)
+    tracked = frozenset(git_lines(root, "ls-files", "-z", "--", *special)) - sparse
+    problems = {}
+    for path in special:
+        problem = path_problem(root, path, cache)
+        if not problem and path not in tracked and (root / path).exists():
+            problem = "git does not track it, and the tool edits tracked files only"
+        if problem:
+            problems[path] = problem
+    return TreeScan(tuple(candidates), tuple(skipped), tuple(hidden), tracked, problems)
 
 
 def unwritable_reason(path: Path) -> str | None:
@@ -903,8 +1130,104 @@ def unwritable_reason(path: Path) -> str | None:
         if path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK):
             return "it is read-only"
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        return f"its folder {path.parent} is not writable"
+        return f"its folder {shown(str(path.parent))} is not writable"
     return None
+
+
+# A temporary file beside its target: a short fixed-length name, so it fits
+# wherever the target's name does, and one the next run can recognise.
+TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
+
+
+def temporary_beside(path: Path) -> Path:
+    return path.with_name(f".manage_images.{os.urandom(6).hex()}.tmp")
+
+
+class RepositoryLock:
+    """The lock every run that changes files holds, in the git directory.
+
+    Like git's `index.lock`, one run at a time; unlike it, the lock is an
+    flock(), which the kernel releases when its holder dies, however it dies,
+    so a killed run never blocks the next. The file names the holder (for the
+    message a second run prints) and the temporary files it is writing, which
+    the next run removes when the holder was killed before it could.
+    """
+
+    def __init__(self, path: Path, descriptor: int, header: str) -> None:
+        self.path = path
+        self._descriptor = descriptor
+        self._header = header
+
+    @classmethod
+    def acquire(cls, root: Path, command: str, console: Console) -> RepositoryLock:
+        (relative,) = capture(
+            ("git", "-C", str(root), "rev-parse", "--git-path", LOCK_NAME)
+        ).stdout.splitlines()
+        path = root / relative
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                holder = _read_lock(descriptor)[0] or "a process that is starting"
+                os.close(descriptor)
+                if isinstance(error, BlockingIOError):
+                    raise ManageImagesError(
+                        f"another manage_images.py run holds the repository lock {path} ({holder}); "
+                        f"wait for it to finish and run again (if no such process runs, delete {path})"
+                    ) from None
+                raise ManageImagesError(f"cannot lock {path}: {error.strerror}") from None
+            try:
+                same = os.fstat(descriptor).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else its holder deleted it as we opened it: take a new one
+                break
+            os.close(descriptor)
+        holder, temporaries = _read_lock(descriptor)
+        if holder:
+            removed = 0
+            for temporary in temporaries:
+                if TEMPORARY_RE.match(temporary.name):
+                    try:
+                        temporary.unlink()
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+            console.line(
+                f"A run that was killed left {path} ({holder}); removed the {removed} temporary "
+                "files it was writing. Its files each hold their old or their new content."
+            )
+        lock = cls(path, descriptor, f"pid {os.getpid()}: {command}\n")
+        lock.record(())
+        return lock
+
+    def record(self, temporaries: Iterable[Path]) -> None:
+        """Notes the temporary files about to be written, before they exist."""
+        text = self._header + "".join(f"{os.fsencode(path).hex()}\n" for path in temporaries)
+        os.ftruncate(self._descriptor, 0)
+        os.pwrite(self._descriptor, text.encode(), 0)
+
+    def release(self) -> None:
+        try:
+            os.unlink(self.path)
+        finally:
+            os.close(self._descriptor)
+
+
+def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
+    """The holder a lock file names, and the temporary files it lists."""
+    data = b""
+    while chunk := os.pread(descriptor, 65536, len(data)):
+        data += chunk
+    header, *rest = data.decode("utf-8", "replace").splitlines() or [""]
+    temporaries = []
+    for line in rest:
+        try:
+            temporaries.append(Path(os.fsdecode(bytes.fromhex(line))))
+        except ValueError:
+            continue
+    return header, temporaries
 
 
 @dataclass(frozen=True)
@@ -927,11 +1250,10 @@ class Edits:
         path = self.root / relative
         return path.read_bytes() if path.is_file() else b""
 
-    def edit(self, relative: str, transform) -> None:
-        if (self.root / relative).is_symlink():
-            return
-        old = self._contents.get(relative, (self.read(relative),))[0]
-        self._contents[relative] = (old, transform(self.read(relative)))
+    def edit(self, relative: str, transform: Callable[[bytes], bytes]) -> None:
+        current = self.read(relative)
+        old = self._contents[relative][0] if relative in self._contents else current
+        self._contents[relative] = (old, transform(current))
 
     def containing(self, text: bytes) -> list[str]:
         """Files with a pending edit whose new content holds `text`."""
@@ -941,31 +1263,62 @@ class Edits:
         return [FileChange(path, old, new) for path, (old, new) in self._contents.items() if old != new]
 
 
-def apply_changes(ctx: Context, changes: Sequence[FileChange]) -> None:
-    """Writes every change atomically, or shows it as a diff in a dry run.
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(descriptor, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+        os.fchmod(stream.fileno(), mode)
 
-    Every file is checked first, so an unwritable one leaves all of them as
-    they were.
+
+def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: RepositoryLock | None) -> None:
+    """Replaces every changed file, or none of them.
+
+    Each new content is first written to a temporary file beside its target
+    (its name recorded in the lock first, so a killed run's leftovers are
+    found); only once all are written are they renamed over their targets.
+    Any failure while writing removes the temporary files and changes nothing.
     """
-    assert ctx.root is not None
+    cache: dict[str, str] = {}
+    for change in changes:
+        problem = path_problem(root, change.path, cache)
+        reason = unwritable_reason(root / change.path) if not problem else None
+        if problem or reason:
+            advice = "fix that" if problem else "make it writable"
+            raise ManageImagesError(
+                f"cannot write {shown(change.path)}: {problem or reason}; {advice} and run again "
+                "(no file was changed for this image)"
+            )
+    umask = os.umask(0)
+    os.umask(umask)
+    staged = [(change, root / change.path, temporary_beside(root / change.path)) for change in changes]
+    if lock is not None:
+        lock.record(temporary for _, _, temporary in staged)
+    try:
+        for change, target, temporary in staged:
+            mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask
+            _write_new(temporary, change.new, mode)
+    except OSError as error:
+        for _, _, temporary in staged:
+            temporary.unlink(missing_ok=True)
+        raise ManageImagesError(
+            f"cannot write {shown(change.path)}: {error.strerror}; no file was changed for this image, "
+            "fix the cause and run again"
+        ) from None
+    for _, target, temporary in staged:
+        os.replace(temporary, target)
+    if lock is not None:
+        lock.record(())
+
+
+def apply_changes(ctx: Context, changes: Sequence[FileChange]) -> None:
+    """Writes every change, all or nothing, or shows it as a diff in a dry run."""
     if ctx.dry_run:
         for change in changes:
             ctx.console.line(unified_diff(change.path, change.old, change.new).rstrip("\n"))
         return
-    for change in changes:
-        reason = unwritable_reason(ctx.root / change.path)
-        if reason:
-            raise ManageImagesError(
-                f"cannot write {change.path}: {reason}; make it writable and run again "
-                "(no file was changed for this image)"
-            )
-    for change in changes:
-        try:
-            write_atomic(ctx.root / change.path, change.new)
-        except OSError as error:
-            raise ManageImagesError(
-                f"cannot write {change.path}: {error.strerror}; make it writable and run again"
-            ) from None
+    write_all_or_nothing(ctx.root, changes, ctx.repo_lock)
 
 
 def repo_digest(ctx: Context, image: str) -> str | None:
@@ -980,7 +1333,16 @@ def repo_digest(ctx: Context, image: str) -> str | None:
     detail = result.stderr.strip() or result.stdout.strip()
     digest = None
     if result.returncode == 0:
-        digest = pick_repo_digest(json.loads(result.stdout or "null") or [], url)
+        try:
+            repo_digests = json.loads(result.stdout or "null") or []
+        except ValueError:
+            repo_digests = None
+        if not isinstance(repo_digests, list) or not all(isinstance(entry, str) for entry in repo_digests):
+            raise ManageImagesError(
+                f"`{format_command(inspect_argv(url, ctx.tag))}` printed {' '.join(detail.split())[:200]!r}, "
+                "not a JSON list of RepoDigests; check the docker client and run again"
+            )
+        digest = pick_repo_digest(repo_digests, url)
         detail = f"RepoDigests {result.stdout.strip()} has no entry for {url}"
     if digest is None:
         if ctx.dry_run:
@@ -992,16 +1354,24 @@ def repo_digest(ctx: Context, image: str) -> str | None:
     return check_digest(digest, f"{url}:{ctx.tag} (from docker image inspect)")
 
 
-def candidate_files(ctx: Context) -> list[str]:
-    """Tracked text files (not symlinks) that mention the registry at all.
+def tree_scan(ctx: Context) -> TreeScan:
+    if ctx.scan is None:
+        ctx.scan = scan_tree(ctx.root, ctx.registry)
+    return ctx.scan
 
-    Found with one `git grep` per run: a rewrite changes digests, never which
-    files name an image, so each image then only reads these few files.
-    """
-    assert ctx.root is not None
-    if ctx.candidates is None:
-        ctx.candidates = files_naming(ctx.root, f"{ctx.registry}/")
-    return ctx.candidates
+
+def update_workspace(ctx: Context, edits: Edits, image: str, digest: str | None) -> None:
+    url = image_url(ctx.registry, image)
+    ctx.say(f"Updating WORKSPACE file for {RBE_IMAGE}", image)
+    problem = tree_scan(ctx).problems.get(WORKSPACE_PATH)
+    if problem or WORKSPACE_PATH not in tree_scan(ctx).tracked:
+        ctx.say(f"Not updating {WORKSPACE_PATH}: {problem or 'git does not track it'}", image)
+        return
+    rules = rules_naming(parse_rbe_rules(edits.read(WORKSPACE_PATH)), url)
+    if not rules:
+        ctx.say(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}", image)
+    elif digest is not None:
+        edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
 
 
 def update_references(ctx: Context, image: str, digest: str | None) -> None:
@@ -1010,24 +1380,18 @@ def update_references(ctx: Context, image: str, digest: str | None) -> None:
     `digest` is None only in a dry run that cannot know it yet: then the files
     are listed but no diff is shown.
     """
-    assert ctx.root is not None
     url = image_url(ctx.registry, image)
     edits = Edits(ctx.root)
     if digest is not None:
         prod_digests = edits.read(PROD_DIGESTS_PATH)
-        if not any(entry.url == url for entry in parse_prod_digests(prod_digests)):
+        if not any(entry.url == url for entry in usable_prod_digests(prod_digests)):
             ctx.say(f"Adding new image {url}@{digest} to {PROD_DIGESTS_PATH}", image)
             edits.edit(PROD_DIGESTS_PATH, lambda data: append_prod_digest(data, url, digest))
     if image == RBE_IMAGE:
-        ctx.say(f"Updating WORKSPACE file for {RBE_IMAGE}", image)
-        rules = [rule for rule in parse_rbe_rules(edits.read(WORKSPACE_PATH)) if rule.names(url)]
-        if not rules:
-            ctx.say(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}", image)
-        elif digest is not None:
-            edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
+        update_workspace(ctx, edits, image, digest)
     ctx.say(f"Updating references to {url}", image)
     needle = f"{url}@sha256:".encode()
-    files = [path for path in candidate_files(ctx) if needle in edits.read(path)]
+    files = [path for path in tree_scan(ctx).candidates if needle in edits.read(path)]
     files += [path for path in edits.containing(needle) if path not in files]
     if not files:
         ctx.say(f"Found no references to {url}", image)
@@ -1052,8 +1416,9 @@ def check_docker(ctx: Context) -> None:
         )
 
 
-def check_gcloud(ctx: Context) -> None:
-    if shutil.which("gcloud", path=(ctx.env or os.environ).get("PATH")) is None:
+def configure_gcloud_auth(ctx: Context) -> None:
+    """Runs `gcloud auth configure-docker` (printed only, in a dry run)."""
+    if not ctx.dry_run and shutil.which("gcloud", path=(ctx.env or os.environ).get("PATH")) is None:
         raise ManageImagesError(
             "gcloud not found. See https://cloud.google.com/sdk/install for installation."
         )
@@ -1184,8 +1549,10 @@ def run_graph(
                     results[image] = ImageResult(
                         image, "done", clock() - started[image], digest, finished=len(results)
                     )
-                except ManageImagesError as error:
+                except Exception as error:  # noqa: BLE001 - any failure fails this image only
                     failed = True
+                    if not isinstance(error, ManageImagesError):
+                        error = ManageImagesError(f"{image}: {unexpected(error)}")
                     results[image] = ImageResult(
                         image, "failed", clock() - started[image], error=error, finished=len(results)
                     )
@@ -1226,28 +1593,36 @@ def check(
     """Reports every disagreement between the graph, the Dockerfiles, the
     references and prod_digests.txt; returns 1 if there was any."""
     findings: list[Finding] = []
+    cache: dict[str, str] = {}
     for image in images:
         path = f"{DOCKER_DIR}/{image}/Dockerfile"
+        problem = path_problem(root, path, cache)
+        if problem:
+            findings.append(Finding(path, 1, f"not checked: {problem}", "unsafe-path"))
+            continue
         data = (root / path).read_bytes() if (root / path).is_file() else None
         findings += dockerfile_findings(image, path, data, graph, registry)
-    prod_path = root / PROD_DIGESTS_PATH
-    if prod_path.is_file():
-        prod_digests, prod_findings = prod_digest_findings(
-            prod_path.read_bytes(), PROD_DIGESTS_PATH, registry, graph
-        )
+    scan = scan_tree(root, registry)
+    findings += [Finding(path, 1, f"not checked: {why}", "unsafe-path") for path, why in scan.skipped]
+    findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
+    prod_digests: dict[str, str] = {}
+    if PROD_DIGESTS_PATH in scan.problems:
+        message = f"cannot be read: {scan.problems[PROD_DIGESTS_PATH]}"
+        findings.append(Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path"))
+    elif (root / PROD_DIGESTS_PATH).is_file():
+        data = (root / PROD_DIGESTS_PATH).read_bytes()
+        prod_digests, prod_findings = prod_digest_findings(data, PROD_DIGESTS_PATH, registry, graph)
         findings += prod_findings
     else:
-        prod_digests = {}
-        findings.append(
-            Finding(
-                PROD_DIGESTS_PATH,
-                1,
-                "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses",
-            )
-        )
-    files = {path: (root / path).read_bytes() for path in files_naming(root, f"{registry}/")}
-    if RBE_IMAGE in images and (root / WORKSPACE_PATH).is_file() and WORKSPACE_PATH not in files:
-        files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
+        message = "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"
+        findings.append(Finding(PROD_DIGESTS_PATH, 1, message, "missing"))
+    files = {path: (root / path).read_bytes() for path in scan.candidates}
+    if RBE_IMAGE in images:
+        if WORKSPACE_PATH in scan.problems:
+            message = f"not checked: {scan.problems[WORKSPACE_PATH]}"
+            findings.append(Finding(WORKSPACE_PATH, 1, message, "unsafe-path"))
+        elif WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in files:
+            files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
     findings += reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
     for finding in findings:
         console.line(str(finding))
@@ -1263,12 +1638,26 @@ def check(
     return 0
 
 
-def prod_digests_for(root: Path, registry: str, images: Sequence[str]) -> dict[str, str]:
-    """The digest prod_digests.txt lists for each image; an error naming the first one missing."""
-    path = root / PROD_DIGESTS_PATH
-    listed = (
-        {entry.url: entry.digest for entry in parse_prod_digests(path.read_bytes())} if path.is_file() else {}
+def sparse_message(registry: str) -> str:
+    return (
+        f"outside the sparse checkout, yet it names {registry}/, so the tool can neither check nor update "
+        "it; widen the checkout (`git sparse-checkout add FOLDER` or `git sparse-checkout disable`)"
     )
+
+
+def read_prod_digests(root: Path, scan: TreeScan) -> list[ProdDigest]:
+    """The entries of prod_digests.txt (none if it is missing); an error if it cannot be used."""
+    if PROD_DIGESTS_PATH in scan.problems:
+        raise ManageImagesError(
+            f"{PROD_DIGESTS_PATH}: {scan.problems[PROD_DIGESTS_PATH]}; fix that and run again"
+        )
+    path = root / PROD_DIGESTS_PATH
+    return usable_prod_digests(path.read_bytes()) if path.is_file() else []
+
+
+def prod_digests_for(root: Path, registry: str, images: Sequence[str], scan: TreeScan) -> dict[str, str]:
+    """The digest prod_digests.txt lists for each image; an error naming the first one missing."""
+    listed = {entry.url: entry.digest for entry in read_prod_digests(root, scan)}
     for image in images:
         if image_url(registry, image) not in listed:
             raise ManageImagesError(
@@ -1278,21 +1667,42 @@ def prod_digests_for(root: Path, registry: str, images: Sequence[str]) -> dict[s
     return {image: listed[image_url(registry, image)] for image in images}
 
 
+def preflight_rewrite(ctx: Context, images: Sequence[str]) -> None:
+    """Everything a reference update needs, checked before the first side effect."""
+    scan = tree_scan(ctx)
+    read_prod_digests(ctx.root, scan)
+    if scan.hidden:
+        more = f" (and {len(scan.hidden) - 1} more)" if len(scan.hidden) > 1 else ""
+        raise ManageImagesError(
+            f"{shown(scan.hidden[0])}{more}: {sparse_message(ctx.registry)}; then run again"
+        )
+    for path, why in scan.skipped:
+        print(f"warning: not updating {shown(path)}: {why}", file=sys.stderr)
+    if RBE_IMAGE in images and WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in scan.problems:
+        rules_naming(
+            parse_rbe_rules((ctx.root / WORKSPACE_PATH).read_bytes()), image_url(ctx.registry, RBE_IMAGE)
+        )
+
+
 def preflight(ctx: Context, images: Sequence[str], steps: Steps) -> None:
     """Checks everything that can be checked before the first side effect."""
-    assert ctx.root is not None or not (steps.build or steps.update_references)
     if steps.build:
+        cache: dict[str, str] = {}
         for image in images:
-            dockerfile = ctx.root / DOCKER_DIR / image / "Dockerfile"
-            if not dockerfile.is_file():
+            dockerfile = f"{DOCKER_DIR}/{image}/Dockerfile"
+            problem = path_problem(ctx.root, dockerfile, cache)
+            if problem:
                 raise ManageImagesError(
-                    f"{DOCKER_DIR}/{image}/Dockerfile not found: the build context of "
+                    f"refusing to build {image}: {problem}; its build context {DOCKER_DIR}/{image} "
+                    "must be a real folder inside the work tree"
+                )
+            if not (ctx.root / dockerfile).is_file():
+                raise ManageImagesError(
+                    f"{dockerfile} not found: the build context of "
                     f"{image} needs one; add it or fix IMAGES_TO_DEPENDENCIES"
                 )
     if steps.update_references:
-        path = ctx.root / PROD_DIGESTS_PATH
-        if path.exists():
-            parse_prod_digests(path.read_bytes())
+        preflight_rewrite(ctx, images)
     if not ctx.dry_run and steps.any():
         check_docker(ctx)
 
@@ -1426,6 +1836,13 @@ def parse_arguments(
             f"--registry {args.registry!r} is not a valid registry: use "
             "HOST[:PORT]/PATH with a lowercase path, e.g. gcr.io/iree-oss"
         )
+    longest = max(graph, key=len)
+    if len(image_url(args.registry, longest)) > MAX_REFERENCE_NAME:
+        parser.error(
+            f"--registry is too long: {image_url(args.registry, longest)!r} has "
+            f"{len(image_url(args.registry, longest))} characters and Docker accepts at most "
+            f"{MAX_REFERENCE_NAME} in a repository name"
+        )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
     step_flags = [
@@ -1454,10 +1871,6 @@ def parse_arguments(
     return args
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; carries the signal number."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     graph = IMAGES_TO_DEPENDENCIES
     try:
@@ -1467,6 +1880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     parser = build_parser(graph)
     args = parse_arguments(parser, argv, graph)
+    args.command_line = " ".join(["manage_images.py", *(sys.argv[1:] if argv is None else argv)])
     ctx = Context(args.registry, args.tag, args.dry_run, Console(sys.stdout), prefix_output=args.jobs > 1)
     try:
         return execute(ctx, args, graph)
@@ -1474,8 +1888,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ManageImagesError as error:
         sys.stdout.flush()
-        print(error, file=sys.stderr)
+        print(shown(str(error)), file=sys.stderr)
         return error.returncode if isinstance(error, CommandError) else 1
+    except Exception as error:  # a bug or an unforeseen OS error: still one line
+        sys.stdout.flush()
+        print(shown(unexpected(error)), file=sys.stderr)
+        return 1
+
+
+def unexpected(error: BaseException) -> str:
+    return (
+        f"unexpected {type(error).__name__}: {error}; nothing more was started. "
+        "Please report this with the command you ran"
+    )
 
 
 def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence[str]]) -> int:
@@ -1484,20 +1909,38 @@ def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence
         ctx.console.line(render_graph(images, graph, args.graph).rstrip("\n"))
         return 0
     steps = Steps(args.pull, args.build, args.push, args.update_references)
-    needs_root = args.check or args.only_references or steps.build or steps.update_references
+    if args.only_references:
+        steps = Steps(update_references=True)
+    needs_root = args.check or steps.build or steps.update_references
     if needs_root or args.repo_root is not None:
         ctx.root = find_repo_root(args.repo_root or Path.cwd())
     if args.check:
         return check(ctx.root, ctx.registry, images, graph, ctx.console)
+    if steps.update_references and not ctx.dry_run:
+        ctx.repo_lock = RepositoryLock.acquire(ctx.root, args.command_line, ctx.console)
+    try:
+        return execute_steps(ctx, args, graph, images, steps)
+    finally:
+        if ctx.repo_lock is not None:
+            ctx.repo_lock.release()
+
+
+def execute_steps(
+    ctx: Context,
+    args: argparse.Namespace,
+    graph: Mapping[str, Sequence[str]],
+    images: list[str],
+    steps: Steps,
+) -> int:
     if args.only_references:
-        digests = prod_digests_for(ctx.root, ctx.registry, images)
-        work = digests.__getitem__
-        steps = Steps(update_references=True)
+        preflight_rewrite(ctx, images)
+        digests = prod_digests_for(ctx.root, ctx.registry, images, tree_scan(ctx))
+        work: Callable[[str], str | None] = digests.__getitem__
         step_names = ["only_references"]
     else:
         preflight(ctx, images, steps)
         if steps.push and is_google_registry(ctx.registry):
-            check_gcloud(ctx)
+            configure_gcloud_auth(ctx)
         work = lambda image: docker_steps(ctx, image, steps)  # noqa: E731
         step_names = steps.names()
     ctx.console.line(f"Also processing dependent images. Will process: {images}")
@@ -1544,7 +1987,7 @@ def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence
         return 128 + interrupted[0]
     failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
     for item in failures[1:]:
-        print(f"{item.image}: {item.error}", file=sys.stderr)
+        print(shown(f"{item.image}: {item.error}"), file=sys.stderr)
     if failures:
         raise failures[0].error
     return 0
