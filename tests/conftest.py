@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import fake_tree
 import manage_images
+from helpers import E2E_REQUIRED, run_tool
 from registry import Registry
-
-TESTS = Path(__file__).resolve().parent
-SCRIPT = TESTS.parent / "build_tools" / "docker" / "manage_images.py"
-# When set (CI always sets CI), a missing engine or registry fails the
-# end-to-end tests instead of skipping them.
-E2E_REQUIRED = bool(os.environ.get("CI") or os.environ.get("MANAGE_IMAGES_E2E"))
+from standin import StandIn
 
 
 def engine_problem() -> str | None:
@@ -55,16 +49,6 @@ def registry(engine, tmp_path_factory) -> Registry:
     server.stop()
 
 
-def run_tool(repo: Path, *args: str, registry: Registry | None = None, env=None, timeout=900):
-    """Runs manage_images.py as a subprocess from `repo`."""
-    argv = [sys.executable, str(SCRIPT)]
-    if registry is not None:
-        argv += ["--registry", registry.url]
-    return subprocess.run(
-        argv + list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.fixture(scope="session")
 def world(registry, tmp_path_factory) -> Path:
     """A repository whose 17 images were built, pushed and pinned by the tool."""
@@ -91,7 +75,16 @@ def git_repo(tmp_path) -> Path:
     """An empty git repository, for tests that need no Docker."""
     root = tmp_path / "repo"
     root.mkdir()
-    fake_tree.git(root, "init", "-q", "-b", "main")
+    fake_tree.git(root, "init", "-q", "--template=", "-b", "main")
     fake_tree.git(root, "config", "user.email", "test@example.com")
     fake_tree.git(root, "config", "user.name", "Test")
     return root
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch) -> StandIn:
+    """A stand-in `docker` and `gcloud` alone on PATH (with git), for tests that need no engine."""
+    fake = StandIn(tmp_path / "standin")
+    for name, value in fake.environ().items():
+        monkeypatch.setenv(name, value)
+    return fake

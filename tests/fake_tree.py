@@ -35,8 +35,15 @@ KOKORO_DIR = "build_tools/kokoro/gcp_ubuntu"
 OTHER_RULE_DIGEST = "sha256:" + "1a8ed713f40267bb51fe17de012fa631a20c52df818ccb317aaed2ee068dfc61"
 
 
+# A user's own git configuration (signed commits, hooks, templates) must not
+# break the fixtures.
+GIT_ISOLATION = ("-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", "-c", "core.hooksPath=/dev/null")
+
+
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(("git", "-C", str(root), *args), check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ("git", *GIT_ISOLATION, "-C", str(root), *args), check=True, capture_output=True, text=True
+    ).stdout
 
 
 def dockerfile(
@@ -110,7 +117,7 @@ def make_tree(
     """Writes the tree into `root` (a new git repository) and commits it."""
     digests = dict(digests or {})
     root.mkdir(parents=True, exist_ok=True)
-    git(root, "init", "-q", "-b", "main")
+    git(root, "init", "-q", "--template=", "-b", "main")
     git(root, "config", "user.email", "test@example.com")
     git(root, "config", "user.name", "Test")
     docker_dir = root / "build_tools" / "docker"
@@ -149,7 +156,9 @@ def tracked_files(root: Path) -> dict[str, bytes]:
 
 
 def clone(source: Path, destination: Path) -> Path:
-    subprocess.run(("git", "clone", "-q", str(source), str(destination)), check=True)
+    subprocess.run(
+        ("git", *GIT_ISOLATION, "clone", "-q", "--template=", str(source), str(destination)), check=True
+    )
     git(destination, "config", "user.email", "test@example.com")
     git(destination, "config", "user.name", "Test")
     return destination

@@ -6,73 +6,26 @@ files themselves, never from what the tool printed.
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import uuid
-from pathlib import Path
 
 import pytest
 
 import fake_tree
 import manage_images
-from conftest import run_tool
+from helpers import (
+    ALL,
+    GRAPH,
+    STEPS,
+    assert_pinned_to_registry,
+    change_stamp,
+    docker,
+    inspect,
+    references,
+    references_in,
+    run_tool,
+    stamp,
+)
 
 pytestmark = pytest.mark.e2e
-
-GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
-ALL = sorted(GRAPH)
-STEPS = ("--build", "--push", "--update_references")
-
-
-def references(repo: Path, registry) -> dict[str, set[str]]:
-    """image -> the digests the tracked files pin it to (WORKSPACE rule included)."""
-    return references_in(fake_tree.tracked_files(repo), registry)
-
-
-def references_in(files: dict[str, bytes], registry) -> dict[str, set[str]]:
-    """image -> the digests `files` (path -> bytes) pin it to (WORKSPACE rule included)."""
-    found: dict[str, set[str]] = {}
-    pattern = re.compile(re.escape(registry.url) + r"/([a-z0-9-]+)@(sha256:[0-9a-f]{64})")
-    for name, data in files.items():
-        text = data.decode("utf-8", "replace")
-        for image, digest in pattern.findall(text):
-            found.setdefault(image, set()).add(digest)
-        if name == "WORKSPACE":
-            rule = re.search(r'rbe_autoconfig\((?:.|\n)*?\n    digest = "(sha256:[0-9a-f]{64})"', text)
-            found.setdefault("rbe-toolchain", set()).add(rule.group(1))
-    return found
-
-
-def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(("docker", *args), capture_output=True, text=True, check=check)
-
-
-def inspect(ref: str) -> dict | None:
-    result = docker("image", "inspect", ref, check=False)
-    return json.loads(result.stdout)[0] if result.returncode == 0 else None
-
-
-def stamp(registry, image: str, digest: str, name: str) -> str:
-    """`/stamp/NAME` inside the image the registry serves under `digest`."""
-    return docker("run", "--rm", f"{registry.url}/{image}@{digest}", "cat", f"/stamp/{name}").stdout
-
-
-def change_stamp(repo: Path, image: str, text: str) -> str:
-    """Commits a new stamp for IMAGE and returns it. A nonce makes the change new
-    to the engine, whose build cache outlives test sessions."""
-    text = f"{text.rstrip()} {uuid.uuid4().hex}\n"
-    (repo / "build_tools" / "docker" / image / "stamp").write_text(text)
-    fake_tree.git(repo, "commit", "-q", "-am", f"Change {image}")
-    return text
-
-
-def assert_pinned_to_registry(repo: Path, registry, images, tag: str = "latest") -> None:
-    found = references(repo, registry)
-    for image in images:
-        served = registry.digest(image, tag)
-        assert served is not None, image
-        assert found[image] == {served}, image
 
 
 def dependents_of(image: str) -> set[str]:

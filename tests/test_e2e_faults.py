@@ -24,9 +24,19 @@ import pytest
 
 import fake_tree
 import manage_images
-from conftest import SCRIPT, run_tool
-from test_e2e import ALL, GRAPH, STEPS, assert_pinned_to_registry, change_stamp, inspect, references
-from test_e2e import stamp as stamp_in
+from helpers import (
+    ALL,
+    GRAPH,
+    SCRIPT,
+    STEPS,
+    Tool,
+    assert_pinned_to_registry,
+    change_stamp,
+    inspect,
+    references,
+    run_tool,
+)
+from helpers import stamp as stamp_in
 
 pytestmark = pytest.mark.e2e
 
@@ -82,29 +92,8 @@ def assert_each_file_old_or_new(repo: Path, old: dict[str, bytes], new: dict[str
     assert all(line.startswith(" M ") for line in status), status
 
 
-def start_tool(repo: Path, registry, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--registry", registry.url, *args],
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 300) -> list[str]:
-    """Reads the tool's output until a line containing `needle` (bounded in time)."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return seen
-    raise AssertionError(f"never saw {needle!r}; output was:\n{''.join(seen)}")
+def start_tool(repo: Path, registry, *args: str) -> Tool:
+    return Tool(repo, "--registry", registry.url, *args)
 
 
 # --- Parallel runs -----------------------------------------------------------
@@ -240,22 +229,23 @@ def uninterrupted(world: Path, tmp_path: Path, edits, registry, *args: str) -> d
 
 
 def test_registry_stopped_in_the_middle_of_a_push(world, registry, tmp_path):
-    # cmake's build takes 2 s, so the registry is down before cmake's push.
-    edits = slow("cmake", 2, f"base registry down {nonce()}\n")
+    # The registry stops while cmake's build sleeps, so it is down for cmake's push.
+    edits = slow("cmake", 10, f"base registry down {nonce()}\n")
     repo = prepare(world, tmp_path, "repo", edits)
     old = fake_tree.tracked_files(repo)
     served = registry.snapshot(ALL, ("latest",))
 
-    process = start_tool(repo, registry, "--images", "all", *STEPS)
+    tool = start_tool(repo, registry, "--images", "all", *STEPS)
     try:
-        wait_for_line(process, "Processing image cmake ")
+        tool.wait_for_line("Processing image cmake ")
+        tool.wait_for_line("RUN sleep 10")
         registry.stop()
-        stdout, stderr = process.communicate(timeout=600)
+        code, stdout, stderr = tool.finish(timeout=600)
     finally:
         if registry.process is None:
             registry.start()
 
-    assert process.returncode == 1, stdout + stderr
+    assert code == 1, stdout + stderr
     assert f"docker push {registry.url}/cmake:latest" in stderr
     assert f"the registry {registry.host} is unreachable" in stderr
     after = registry.snapshot(ALL, ("latest",))
@@ -279,15 +269,16 @@ def test_signal_during_a_build(world, registry, tmp_path, signum):
     old = fake_tree.tracked_files(repo)
     served = registry.snapshot(ALL, ("latest",))
 
-    process = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
-    wait_for_line(process, f"Running: `docker build --tag {registry.url}/cmake:latest")
-    time.sleep(1)
-    started = time.monotonic()
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    tool = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
+    tool.wait_for_line(f"Running: `docker build --tag {registry.url}/cmake:latest")
+    tool.wait_for_line(": RUN sleep 20")
+    tool.wait_for_line("[cmake]  ---> Running in ")  # the 20 s step is under way
+    tool.send_signal(signum)
+    code, stdout, stderr = tool.finish(timeout=120)
 
-    assert process.returncode == 128 + signum, stdout + stderr
-    assert time.monotonic() - started < 15  # the 20 s build was stopped, not waited for
+    assert code == 128 + signum, stdout + stderr
+    # The build was stopped, not waited for: it never finished.
+    assert f"Successfully tagged {registry.url}/cmake:latest" not in stdout
     assert "Summary:" in stdout
     after = registry.snapshot(ALL, ("latest",))
     for image in dependents("cmake"):
@@ -320,12 +311,19 @@ def test_signal_during_reference_rewriting(world, registry, tmp_path, signum):
     repo = prepare(world, tmp_path, "repo", edits)
     old = fake_tree.tracked_files(repo)
 
-    process = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
-    wait_for_line(process, "[base] Updating references in 1003 files")
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=300)
+    tool = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
+    tool.wait_for_line("[base] Updating references in 1003 files")
+    # The signal arrives while base's new files are being staged: a temporary
+    # file beside them is the proof.
+    deadline = time.monotonic() + 120
+    while not any(name.startswith(".manage_images.") for name in os.listdir(repo / "notes")):
+        assert time.monotonic() < deadline and tool.process.poll() is None, "never saw the rewrite under way"
+    tool.send_signal(signum)
+    code, stdout, stderr = tool.finish(timeout=300)
 
-    assert process.returncode == 128 + signum, stdout + stderr
+    assert code == 128 + signum, stdout + stderr
+    assert f"Interrupted by {signal.Signals(signum).name}" in stdout
+    assert not [name for name in os.listdir(repo / "notes") if name.startswith(".manage_images.")]
     new = uninterrupted(world, tmp_path, edits, registry, "--images", "all", *STEPS)
     assert_each_file_old_or_new(repo, old, new)
     rerun = run_tool(repo, "--images", "all", *STEPS, "-j", "2", registry=registry)

@@ -24,12 +24,17 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from conftest import E2E_REQUIRED, SCRIPT
-from test_manage_images import D1, D2, GRAPH, NEW, files, ref, standin, tree, write  # noqa: F401
+from helpers import D1, D2, E2E_REQUIRED, GRAPH, NEW, SCRIPT, files, ref, small_tree, write
 
 RBE_URL = "gcr.io/iree-oss/rbe-toolchain"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 OTHER = "sha256:" + "e" * 64
+
+
+@pytest.fixture
+def tree(git_repo, monkeypatch) -> Path:
+    monkeypatch.chdir(git_repo)
+    return small_tree(git_repo)
 
 
 def all_digests(digest: str = NEW) -> dict[str, list[str]]:
@@ -389,6 +394,7 @@ def small_tmpfs(tree):
 def test_disk_full_while_writing_changes_no_file(tree, standin, small_tmpfs, capsys):
     write(tree, "full/pin.txt", ref("cmake") + b"\n")
     commit(tree, "a pin on the small file system")
+    (tree / ".git" / "info").mkdir(exist_ok=True)
     with open(tree / ".git" / "info" / "exclude", "a") as exclude:
         exclude.write("full/filler\n")
     with open(small_tmpfs / "filler", "wb", buffering=0) as filler:

@@ -6,8 +6,11 @@ test_e2e.py.
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,16 +19,9 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from standin import StandIn
+from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, small_tree, write
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
-REGISTRY = "gcr.io/iree-oss"
-D1 = "sha256:" + "1" * 64
-D2 = "sha256:" + "2" * 64
-D3 = "sha256:" + "a" * 64
-NEW = "sha256:" + "f" * 64
-
-
 # --- The graph ---------------------------------------------------------------
 
 ORDERS = [
@@ -100,10 +96,6 @@ def test_graph_with_an_unknown_dependency_names_it():
 # --- Matching and rewriting ----------------------------------------------------
 
 
-def ref(name: str, digest: str = D1, registry: str = REGISTRY) -> bytes:
-    return f"{registry}/{name}@{digest}".encode()
-
-
 REWRITE_TABLE = [
     # (input, expected) for rewriting `cmake` to NEW.
     (ref("cmake"), ref("cmake", NEW)),
@@ -139,23 +131,6 @@ def test_registry_with_a_port_is_matched_literally():
     assert mi.rewrite_references(data, registry, "base", NEW) == (
         ref("base", NEW, registry) + b" " + ref("base", registry="127.0.0.1:50001/iree-oss")
     )
-
-
-WORKSPACE = (
-    b'load("@bazel_toolchains//rules:rbe_repo.bzl", "rbe_autoconfig")\n\n'
-    b"rbe_autoconfig(\n"
-    b'    name = "rbe_default",\n'
-    b'    base_container_digest = "' + D2.encode() + b'",\n'
-    b'    digest = "' + D1.encode() + b'",  # the toolchain image (not ")")\n'
-    b'    registry = "gcr.io",\n'
-    b'    repository = "iree-oss/rbe-toolchain",\n'
-    b'    env = {"A": "(b"},\n'
-    b")\n\n"
-    b"container_pull(\n"
-    b'    name = "other",\n'
-    b'    digest = "' + D3.encode() + b'",\n'
-    b")\n"
-)
 
 
 def test_workspace_rewrite_touches_only_the_rbe_rule_digest():
@@ -257,53 +232,9 @@ def test_argv_builders():
 
 
 @pytest.fixture
-def standin(tmp_path, monkeypatch) -> StandIn:
-    fake = StandIn(tmp_path / "standin")
-    for name, value in fake.environ().items():
-        monkeypatch.setenv(name, value)
-    return fake
-
-
-def write(root: Path, relative: str, data: bytes, mode: int | None = None) -> Path:
-    path = root / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if mode is not None:
-        path.chmod(mode)
-    return path
-
-
-@pytest.fixture
 def tree(git_repo, monkeypatch) -> Path:
-    """A small tracked tree referring to cmake and cmake-python by digest."""
-    for image in GRAPH:
-        write(git_repo, f"build_tools/docker/{image}/Dockerfile", b"FROM scratch\n")
-    write(
-        git_repo,
-        "build_tools/docker/cmake-python/Dockerfile",
-        b"FROM " + ref("cmake") + b" AS final\r\nRUN true",
-    )
-    write(git_repo, "build_tools/docker/prod_digests.txt", ref("cmake") + b"\n" + ref("cmake-python") + b"\n")
-    write(
-        git_repo,
-        "ci/build.sh",
-        b"docker run \\\n  " + ref("cmake-python") + b" \\\n  " + ref("cmake") + b"\n",
-        0o755,
-    )
-    write(git_repo, "WORKSPACE", WORKSPACE)
-    fake_tree.git(git_repo, "add", "-A")
-    fake_tree.git(git_repo, "commit", "-q", "-m", "tree")
-    write(git_repo, "untracked.txt", ref("cmake") + b"\n")
     monkeypatch.chdir(git_repo)
-    return git_repo
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and ".git" not in p.parts
-    }
+    return small_tree(git_repo)
 
 
 def test_update_references_rewrites_tracked_files_only(tree, standin, capsys):
@@ -365,14 +296,14 @@ def test_a_tracked_symlink_is_not_followed(tree, standin):
     target.write_bytes(ref("util"))
     os.symlink(target, tree / "link.txt")
     fake_tree.git(tree, "add", "link.txt")
-    standin.set(
-        repo_digests={
-            "gcr.io/iree-oss/util:latest": ["gcr.io/iree-oss/util@" + NEW],
-            **{f"gcr.io/iree-oss/{i}:latest": ["gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH},
-        }
-    )
-    mi.main(["--image", "util", "--update_references"])
+    standin.set(repo_digests={f"gcr.io/iree-oss/{i}:latest": [f"gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH})
+    assert mi.main(["--image", "util", "--update_references"]) == 0
     assert target.read_bytes() == ref("util")
+    assert os.readlink(tree / "link.txt") == str(target)
+    # git grep never lists a symlink's target; were it listed, the tool would still refuse it.
+    assert mi.path_problem(tree, "link.txt") == (
+        "link.txt is a symbolic link, and the tool never reads or writes through one"
+    )
 
 
 def test_dry_run_changes_no_file_and_runs_only_read_only_commands(tree, standin, capsys):
@@ -761,24 +692,72 @@ def test_a_file_that_would_not_change_is_not_written(tree, standin):
     assert {name: (tree / name).stat().st_ino for name in files(tree)} == inodes
 
 
+class HandOverStream(io.StringIO):
+    """A stream whose first write waits (bounded) for another thread to write:
+    without the console's lock, that thread's line lands inside this one's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = threading.Event()
+        self.second_wrote = threading.Event()
+
+    def write(self, text: str) -> int:
+        if not self.first.is_set():
+            self.first.set()
+            written = super().write(text)
+            self.second_wrote.wait(timeout=1)
+            return written
+        self.second_wrote.set()
+        return super().write(text)
+
+
 def test_console_writes_whole_lines_from_many_threads():
-    import io
-    import threading
-
-    out = io.StringIO()
+    out = HandOverStream()
     console = mi.Console(out)
+    first = threading.Thread(target=console.line, args=("one\ntwo\nthree", "[a] "))
+    first.start()
+    assert out.first.wait(timeout=5)
+    console.line("other", "[b] ")
+    first.join(timeout=5)
+    assert out.getvalue().splitlines() == ["[a] one", "[a] two", "[a] three", "[b] other"]
 
-    def speak(name):
-        for number in range(200):
-            console.line(f"{name} line {number} " + "x" * 50, f"[{name}] ")
 
-    threads = [threading.Thread(target=speak, args=(f"image{n}",)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1600
-    for line in lines:
-        name = line[1 : line.index("]")]
-        assert line.startswith(f"[{name}] {name} line ") and line.endswith("x" * 50)
+def test_console_may_print_from_a_signal_handler_while_it_prints():
+    # A handler runs in the main thread between two bytecodes, possibly inside
+    # Console.line: the lock must be reentrant or the tool hangs.
+    class Reentrant(io.StringIO):
+        nested = False
+
+        def write(self, text: str) -> int:
+            if not self.nested:
+                self.nested = True
+                console.line("from the handler")
+            return super().write(text)
+
+    out = Reentrant()
+    console = mi.Console(out)
+    thread = threading.Thread(target=console.line, args=("main",), daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "Console.line deadlocked when re-entered"
+    assert out.getvalue() == "from the handler\nmain\n"
+
+
+def test_signal_handlers_are_restored_after_a_run(tree, standin):
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    standin.set(repo_digests={f"gcr.io/iree-oss/{i}:latest": [f"gcr.io/iree-oss/{i}@" + NEW] for i in GRAPH})
+    assert mi.main(["--image", "cmake-python", "--build"]) == 0
+    assert {number: signal.getsignal(number) for number in before} == before
+
+
+def test_a_new_prod_digests_line_is_listed_among_the_files_updated(tree, standin, capsys):
+    fake_tree.git(tree, "rm", "-q", "build_tools/docker/prod_digests.txt")
+    fake_tree.git(tree, "commit", "-q", "-m", "no prod_digests.txt")
+    standin.set(
+        repo_digests={
+            "gcr.io/iree-oss/cmake-python-nvidia:latest": ["gcr.io/iree-oss/cmake-python-nvidia@" + NEW]
+        }
+    )
+    assert mi.main(["--image", "cmake-python-nvidia", "--update_references"]) == 0
+    out = capsys.readouterr().out
+    assert "Updating references in 1 files: ['build_tools/docker/prod_digests.txt']\n" in out

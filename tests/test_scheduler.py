@@ -78,9 +78,42 @@ def test_every_parent_finishes_before_its_child_starts(images, jobs):
 
 
 def test_parallel_jobs_run_independent_branches_together():
-    recorder = Recorder(delay=0.05)
-    run(ALL, recorder, jobs=4)
-    assert recorder.peak == 4
+    # After base and util, cmake and bazel are ready; after cmake, swiftshader
+    # and cmake-python and cmake-android. Four must be able to run at once: each
+    # of the four waits for the others at a barrier, which breaks (failing the
+    # test) if the scheduler never runs four together.
+    barrier = threading.Barrier(4, timeout=10)
+    together = {"swiftshader", "cmake-python", "cmake-android", "bazel-python"}
+    recorder = Recorder()
+
+    def work(image):
+        if image in together:
+            barrier.wait()
+        return recorder.work(image)
+
+    order = mi.ordered_images_to_process(["cmake", "bazel"], GRAPH)
+    results = mi.run_graph(order, GRAPH, 4, False, work, recorder.finish)
+    assert all(item.result == "done" for item in results.values())
+    assert recorder.peak <= 4
+
+
+def test_images_that_finish_together_are_finished_in_the_runs_order(monkeypatch):
+    # Make every wait return only once all running work is over, with the
+    # finished futures in reverse order of submission: the scheduler must
+    # still finish them (rewrite their references) in the run's order.
+    real_wait = mi.concurrent.futures.wait
+
+    def wait_for_all(futures, timeout=None, return_when=None):
+        real_wait(futures, timeout=10, return_when=mi.concurrent.futures.ALL_COMPLETED)
+        return list(reversed(list(futures))), set()
+
+    monkeypatch.setattr(mi.concurrent.futures, "wait", wait_for_all)
+    recorder = Recorder()
+    leaves = ["cmake-android", "cmake-python-nvidia", "bazel-tensorflow-nvidia", "rbe-toolchain"]
+    order = mi.ordered_images_to_process(leaves, GRAPH)
+    assert sorted(order) == sorted(leaves)  # one wave: all four run at once
+    mi.run_graph(order, GRAPH, 8, False, recorder.work, recorder.finish)
+    assert recorder.finished_in_main == order
 
 
 def test_first_failure_stops_new_starts_and_lets_running_ones_finish():

@@ -14,15 +14,15 @@ it, each after all of its parents, running the steps asked for:
 
 Rebuild cmake and every image that depends on it, push them and pin the new
 digests everywhere:
-  python3 build_tools/docker/manage_images.py --image cmake \\
+  python3 build_tools/docker/manage_images.py --image cmake \
       --build --push --update_references
 
 Show what that would do without doing it:
-  python3 build_tools/docker/manage_images.py --image cmake \\
+  python3 build_tools/docker/manage_images.py --image cmake \
       --build --push --update_references --dry-run
 
 Rebuild everything after a change to base, four images at a time:
-  python3 build_tools/docker/manage_images.py --images all \\
+  python3 build_tools/docker/manage_images.py --images all \
       --build --push --update_references -j 4
 
 Check, without Docker, that the graph, the Dockerfiles, the references and
@@ -38,6 +38,7 @@ import argparse
 import ast
 import collections
 import concurrent.futures
+import contextlib
 import difflib
 import fcntl
 import graphlib
@@ -51,9 +52,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, TextIO
+from types import FrameType
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence, TextIO, TypeVar
+
+# ---------------------------------------------------------------------------
+# Constants: where things live, the image graph (data), and the grammars.
 
 DEFAULT_REGISTRY = "gcr.io/iree-oss"
 DEFAULT_TAG = "latest"
@@ -62,6 +67,7 @@ PROD_DIGESTS_PATH = f"{DOCKER_DIR}/prod_digests.txt"
 WORKSPACE_PATH = "WORKSPACE"
 RBE_IMAGE = "rbe-toolchain"
 LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
+COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
 
 # Map from image names to the images they are built from. Keep this in
 # agreement with the Dockerfiles' FROM and COPY --from lines.
@@ -88,6 +94,7 @@ IMAGES_TO_DEPENDENCIES: dict[str, tuple[str, ...]] = {
 # Docker refuses a repository name (registry and path) longer than this.
 MAX_REFERENCE_NAME = 255
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
+HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 # Docker's tag grammar.
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 # A registry host (with an optional port) followed by repository path
@@ -104,6 +111,31 @@ GOOGLE_REGISTRY_RE = re.compile(r"(?:gcr\.io|[a-z0-9.-]+\.gcr\.io|[a-z0-9-]+-doc
 # (`mirror.gcr.io/...`, `x/gcr.io/...`); `//` stays allowed for URLs.
 _REFERENCE_LEFT_BOUNDARY = rb"(?:(?<=//)|(?<![A-Za-z0-9._/-]))"
 _REFERENCE_RIGHT_BOUNDARY = rb"(?![A-Za-z0-9])"
+# One string literal on one line with no prefix: the only kind whose bytes
+# the tool replaces in WORKSPACE (a concatenation or an f-string is not a pin
+# it can own).
+_PLAIN_STRING_RE = re.compile(rb"""(?:"(?:[^"\\\r\n]|\\.)*"|'(?:[^'\\\r\n]|\\.)*')\Z""")
+# Where Python's tokenizer (and so Starlark's grammar as `ast` reads it) ends a line.
+_NEWLINE_RE = re.compile(rb"\r\n|\r|\n")
+# What docker's output says when a push or pull fails, for `diagnose`.
+_UNREACHABLE_RE = re.compile(
+    r"connection refused|no such host|i/o timeout|network is unreachable|"
+    r"server gave HTTP response to HTTPS client|connection reset|broken pipe",
+    re.I,
+)
+_REFUSED_RE = re.compile(
+    r"unauthorized|authentication required|denied|forbidden|no basic auth credentials", re.I
+)
+_NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.I)
+# A temporary file beside its target: a short fixed-length name, so it fits
+# wherever the target's name does, and one the next run can recognise.
+TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------
+# Errors, and the helpers that format what they show.
 
 
 class ManageImagesError(Exception):
@@ -125,6 +157,18 @@ class CommandError(ManageImagesError):
         )
 
 
+class WorkspaceError(ManageImagesError):
+    """WORKSPACE cannot be read exactly; carries the line to report."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        self.path, self.line, self.message = path, line, message
+        super().__init__(f"{path}:{line}: {message}")
+
+
+def format_command(argv: Sequence[str]) -> str:
+    return " ".join(argv)
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -132,8 +176,153 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def shown(text: str) -> str:
+    """`text` safe to print: bytes of a file name that are not UTF-8 appear as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unexpected(error: BaseException) -> str:
+    """The one line for an error the tool did not foresee."""
+    return (
+        f"unexpected {type(error).__name__}: {error}; nothing more was started. "
+        "Please report this with the command you ran"
+    )
+
+
 # ---------------------------------------------------------------------------
-# The graph: validation, closure and order.
+# Records: small frozen values passed between the parts below.
+
+Status = Literal["done", "failed", "skipped", "not started"]
+FindingKind = Literal[
+    "malformed",
+    "ambiguous",
+    "duplicate",
+    "unknown-image",
+    "unlisted",
+    "stale",
+    "workspace",
+    "dockerfile",
+    "unsafe-path",
+    "sparse",
+    "missing",
+]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement `--check` reports, as `path:line: message`."""
+
+    path: str
+    line: int
+    message: str
+    kind: FindingKind = "dockerfile"
+
+    def __str__(self) -> str:
+        return f"{shown(self.path)}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ProdDigest:
+    """A line of prod_digests.txt."""
+
+    line: int
+    url: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class RbeRule:
+    """An `rbe_autoconfig(...)` call in WORKSPACE.
+
+    `url` is `registry/repository` when both are plain string literals, ""
+    when the rule names no registry (Google's default image), None when it
+    cannot be told; `digest_span` is the byte span of the `digest` literal,
+    quotes included; `problem` says why the rule cannot be rewritten exactly.
+    """
+
+    line: int
+    url: str | None
+    digest: str | None
+    digest_line: int
+    digest_span: tuple[int, int] | None
+    problem: str = ""
+    problem_line: int = 0
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """An image a Dockerfile takes from the registry."""
+
+    line: int
+    instruction: str  # FROM, COPY --from or RUN --mount
+    ref: str  # as written
+    image: str
+    digest: str  # what follows `@`, or "" when the parent is not pinned
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The steps asked for, run for each image in this order."""
+
+    pull: bool = False
+    build: bool = False
+    push: bool = False
+    update_references: bool = False
+
+    def any(self) -> bool:
+        return self.pull or self.build or self.push or self.update_references
+
+    def names(self) -> list[str]:
+        return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What happened to one image in a run."""
+
+    image: str
+    result: Status
+    seconds: float = 0.0
+    digest: str | None = None
+    error: ManageImagesError | None = None
+    finished: int = 0  # completion rank, to find the first failure
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str  # relative to the repository root
+    old: bytes
+    new: bytes
+
+
+@dataclass(frozen=True)
+class TreeScan:
+    """What one run knows of the tracked files that name the registry.
+
+    Found once per run: a rewrite changes digests, never which files name an
+    image.
+    """
+
+    candidates: tuple[str, ...]  # tracked regular files naming the registry: read and rewritten
+    skipped: tuple[tuple[str, str], ...]  # (path, why) tracked files naming it that are never touched
+    hidden: tuple[str, ...]  # outside the sparse checkout, yet naming it in the index
+    tracked: frozenset[str]  # which of WORKSPACE and prod_digests.txt git tracks
+    problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run works on, fixed before anything runs."""
+
+    registry: str
+    tag: str
+    dry_run: bool
+    root: Path  # the top of the git work tree, always resolved
+    env: Mapping[str, str] | None = None  # for every command; None: ours
+
+
+# ---------------------------------------------------------------------------
+# The pure core. The graph: validation, closure and order.
 
 
 def validate_graph(graph: Mapping[str, Sequence[str]]) -> None:
@@ -225,6 +414,15 @@ def rewrite_references(data: bytes, registry: str, image: str, digest: str) -> b
     return reference_pattern(registry, image).sub(lambda m: m.group(1) + new_hex, data)
 
 
+def check_digest(digest: str, what: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise ManageImagesError(
+            f"refusing the digest {digest!r} for {what}: expected sha256: and 64 "
+            "lowercase hex digits; no file was changed"
+        )
+    return digest
+
+
 def line_at(data: bytes, offset: int) -> int:
     """The 1-based line number of byte `offset` in `data`."""
     return data.count(b"\n", 0, offset) + 1
@@ -250,45 +448,24 @@ class LineCounter:
         return self._line
 
 
-def check_digest(digest: str, what: str) -> str:
-    if not DIGEST_RE.match(digest):
-        raise ManageImagesError(
-            f"refusing the digest {digest!r} for {what}: expected sha256: and 64 "
-            "lowercase hex digits; no file was changed"
-        )
-    return digest
+def any_reference_pattern(registry: str) -> re.Pattern[bytes]:
+    """`<registry>/NAME@sha256:X` for any NAME and any run of letters and digits X.
 
-
-class WorkspaceError(ManageImagesError):
-    """WORKSPACE cannot be read exactly; carries the line to report."""
-
-    def __init__(self, path: str, line: int, message: str) -> None:
-        self.path, self.line, self.message = path, line, message
-        super().__init__(f"{path}:{line}: {message}")
-
-
-@dataclass(frozen=True)
-class RbeRule:
-    """An `rbe_autoconfig(...)` call in WORKSPACE.
-
-    `url` is `registry/repository` when both are plain string literals, else
-    None; `digest_span` is the byte span of the `digest` literal, quotes
-    included, and `problem` says why the rule cannot be rewritten exactly.
+    An empty X (`@sha256:...`, `@sha256:<digest>`) is a placeholder in prose,
+    not a reference.
     """
+    return re.compile(
+        _REFERENCE_LEFT_BOUNDARY
+        + re.escape(f"{registry}/".encode())
+        + b"("
+        + _PATH_COMPONENT.encode()
+        + b")"
+        + rb"@sha256:([0-9A-Za-z]+)"
+    )
 
-    line: int
-    url: str | None
-    digest: str | None
-    digest_line: int
-    digest_span: tuple[int, int] | None
-    problem: str = ""
-    problem_line: int = 0
 
-
-# One string literal on one line with no prefix: the only kind whose bytes
-# the tool replaces (a concatenation or an f-string is not a pin it can own).
-_PLAIN_STRING_RE = re.compile(rb"""(?:"(?:[^"\\\r\n]|\\.)*"|'(?:[^'\\\r\n]|\\.)*')\Z""")
-_NEWLINE_RE = re.compile(rb"\r\n|\r|\n")
+# ---------------------------------------------------------------------------
+# WORKSPACE, read as Starlark with Python's own parser.
 
 
 def _line_starts(data: bytes) -> list[int]:
@@ -405,22 +582,29 @@ def rewrite_workspace(data: bytes, url: str, digest: str, path: str = WORKSPACE_
     return data, len(rules)
 
 
-@dataclass(frozen=True)
-class Finding:
-    path: str
-    line: int
-    message: str
-    kind: str = "mismatch"
+def workspace_findings(data: bytes, url: str, pinned: str | None, prod_path: str) -> list[Finding]:
+    """What is wrong with the rbe_autoconfig rule that pins `url`."""
+    try:
+        rules = rules_naming(parse_rbe_rules(data), url)
+    except WorkspaceError as error:
+        return [Finding(error.path, error.line, error.message, "workspace")]
+    findings = []
+    for rule in rules:
+        digest = rule.digest or ""
+        if not DIGEST_RE.match(digest):
+            message = f"rbe_autoconfig digest {digest!r} is not a well-formed digest (sha256: and 64 lowercase hex digits)"
+            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "malformed"))
+        elif pinned is None:
+            message = f"rbe_autoconfig pins {url}, which is not listed in {prod_path}"
+            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "unlisted"))
+        elif digest != pinned:
+            message = f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} ({pinned[:19]})"
+            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "stale"))
+    return findings
 
-    def __str__(self) -> str:
-        return f"{shown(self.path)}:{self.line}: {self.message}"
 
-
-@dataclass(frozen=True)
-class ProdDigest:
-    line: int
-    url: str
-    digest: str
+# ---------------------------------------------------------------------------
+# prod_digests.txt: one parser, its findings, and appending a line.
 
 
 def parse_prod_digests(
@@ -477,6 +661,32 @@ def usable_prod_digests(data: bytes, path: str = PROD_DIGESTS_PATH) -> list[Prod
     return entries
 
 
+def prod_digest_findings(
+    data: bytes, path: str, registry: str, graph: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, str], list[Finding]]:
+    """The digest of each image listed in prod_digests.txt, and what is wrong with it.
+
+    An image outside the graph keeps its digest, so references to it are
+    still compared with its line.
+    """
+    entries, findings = parse_prod_digests(data, path, registry)
+    digests: dict[str, str] = {}
+    for entry in entries:
+        name = entry.url[len(registry) + 1 :] if entry.url.startswith(f"{registry}/") else ""
+        if name not in graph:
+            findings.append(
+                Finding(
+                    path,
+                    entry.line,
+                    f"{entry.url} is not an image of the graph under {registry}",
+                    "unknown-image",
+                )
+            )
+        if name:
+            digests[name] = entry.digest
+    return digests, sorted(findings, key=lambda finding: finding.line)
+
+
 def append_prod_digest(data: bytes, url: str, digest: str) -> bytes:
     """`data` with `url@digest` as a new last line, keeping the file's line ends."""
     newline = b"\r\n" if b"\r\n" in data else b"\n"
@@ -485,34 +695,8 @@ def append_prod_digest(data: bytes, url: str, digest: str) -> bytes:
     return data + f"{url}@{digest}".encode() + newline
 
 
-def unified_diff(path: str, old: bytes, new: bytes) -> str:
-    return (
-        "".join(
-            difflib.unified_diff(
-                old.decode("utf-8", "surrogateescape").splitlines(keepends=True),
-                new.decode("utf-8", "surrogateescape").splitlines(keepends=True),
-                fromfile=f"a/{path}",
-                tofile=f"b/{path}",
-            )
-        )
-        .encode("utf-8", "surrogateescape")
-        .decode("utf-8", "replace")
-    )
-
-
 # ---------------------------------------------------------------------------
-# Checks: Dockerfile parents, references and prod_digests.txt against the graph.
-
-
-@dataclass(frozen=True)
-class ParentRef:
-    """An image a Dockerfile takes from the registry."""
-
-    line: int
-    instruction: str  # FROM, COPY --from or RUN --mount
-    ref: str  # as written
-    image: str
-    digest: str  # what follows `@`, or "" when the parent is not pinned
+# Dockerfiles and references against the graph and prod_digests.txt (--check).
 
 
 def dockerfile_instructions(data: bytes) -> list[tuple[int, str]]:
@@ -538,36 +722,37 @@ def dockerfile_instructions(data: bytes) -> list[tuple[int, str]]:
     return instructions
 
 
+def _instruction_sources(keyword: str, words: Sequence[str]) -> list[tuple[str, str]]:
+    """The (instruction, image) pairs an instruction takes from elsewhere."""
+    if keyword == "FROM":
+        arguments = [word for word in words if not word.startswith("--")]
+        return [("FROM", arguments[0])] if arguments else []
+    if keyword in ("COPY", "ADD"):
+        return [("COPY --from", word[len("--from=") :]) for word in words if word.startswith("--from=")]
+    if keyword == "RUN":
+        return [
+            ("RUN --mount", option[len("from=") :])
+            for word in words
+            if word.startswith("--mount=")
+            for option in word[len("--mount=") :].split(",")
+            if option.startswith("from=")
+        ]
+    return []
+
+
 def registry_parents(data: bytes, registry: str) -> list[ParentRef]:
-    """The images a Dockerfile pulls from `registry` (FROM, COPY --from, RUN --mount from=)."""
-    stages: set[str] = set()
+    """The images a Dockerfile pulls from `registry` (FROM, COPY --from, RUN --mount from=).
+
+    A stage name never holds a `/`, so a source under `registry/` is always
+    an image, never an earlier stage.
+    """
     parents: list[ParentRef] = []
-
-    def consider(line: int, instruction: str, source: str) -> None:
-        if source.lower() in stages or source.isdigit() or not source.startswith(f"{registry}/"):
-            return
-        name, _, digest = source[len(registry) + 1 :].partition("@")
-        parents.append(ParentRef(line, instruction, source, name.split(":", 1)[0], digest))
-
     for line, text in dockerfile_instructions(data):
         keyword, *words = text.split()
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            arguments = [word for word in words if not word.startswith("--")]
-            if arguments:
-                consider(line, "FROM", arguments[0])
-            if len(arguments) >= 3 and arguments[1].lower() == "as":
-                stages.add(arguments[2].lower())
-        elif keyword in ("COPY", "ADD"):
-            for word in words:
-                if word.startswith("--from="):
-                    consider(line, "COPY --from", word[len("--from=") :])
-        elif keyword == "RUN":
-            for word in words:
-                if word.startswith("--mount="):
-                    for option in word[len("--mount=") :].split(","):
-                        if option.startswith("from="):
-                            consider(line, "RUN --mount", option[len("from=") :])
+        for instruction, source in _instruction_sources(keyword.upper(), words):
+            if source.startswith(f"{registry}/"):
+                name, _, digest = source[len(registry) + 1 :].partition("@")
+                parents.append(ParentRef(line, instruction, source, name.split(":", 1)[0], digest))
     return parents
 
 
@@ -625,49 +810,6 @@ def dockerfile_findings(
     return findings
 
 
-_ANY_REFERENCE_NAME = rb"([a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)"
-
-
-def any_reference_pattern(registry: str) -> re.Pattern[bytes]:
-    """`<registry>/NAME@sha256:X` for any NAME and any run of letters and digits X.
-
-    An empty X (`@sha256:...`, `@sha256:<digest>`) is a placeholder in prose,
-    not a reference.
-    """
-    return re.compile(
-        _REFERENCE_LEFT_BOUNDARY
-        + re.escape(f"{registry}/".encode())
-        + _ANY_REFERENCE_NAME
-        + rb"@sha256:([0-9A-Za-z]+)"
-    )
-
-
-def prod_digest_findings(
-    data: bytes, path: str, registry: str, graph: Mapping[str, Sequence[str]]
-) -> tuple[dict[str, str], list[Finding]]:
-    """The digest of each image listed in prod_digests.txt, and what is wrong with it.
-
-    An image outside the graph keeps its digest, so references to it are
-    still compared with its line.
-    """
-    entries, findings = parse_prod_digests(data, path, registry)
-    digests: dict[str, str] = {}
-    for entry in entries:
-        name = entry.url[len(registry) + 1 :] if entry.url.startswith(f"{registry}/") else ""
-        if name not in graph:
-            findings.append(
-                Finding(
-                    path,
-                    entry.line,
-                    f"{entry.url} is not an image of the graph under {registry}",
-                    "unknown-image",
-                )
-            )
-        if name:
-            digests[name] = entry.digest
-    return digests, sorted(findings, key=lambda finding: finding.line)
-
-
 def reference_findings(
     files: Mapping[str, bytes],
     registry: str,
@@ -676,7 +818,11 @@ def reference_findings(
     prod_path: str,
     graph: Mapping[str, Sequence[str]],
 ) -> list[Finding]:
-    """References (and the WORKSPACE rule) that disagree with prod_digests.txt."""
+    """References (and the WORKSPACE rule) that disagree with prod_digests.txt.
+
+    With every image selected, references to images outside the graph are
+    compared too, so a stale pin of an image the graph dropped is seen.
+    """
     selected = set(images)
     everything = selected == set(graph)
     findings = []
@@ -688,69 +834,42 @@ def reference_findings(
         lines = LineCounter(data)
         for match in pattern.finditer(data):
             name, hexdigits = match.group(1).decode(), match.group(2).decode()
-            if name not in selected and not (everything and name not in graph):
-                continue
-            line = lines.line_at(match.start())
-            ref = f"{registry}/{name}@sha256:{hexdigits}"
-            outside = "" if name in graph else f" ({name} is not an image of the graph)"
-            if not re.fullmatch("[0-9a-f]{64}", hexdigits):
-                findings.append(
-                    Finding(
-                        path,
-                        line,
-                        f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)",
-                        "malformed",
-                    )
-                )
-            elif name not in prod_digests:
-                findings.append(
-                    Finding(
-                        path,
-                        line,
-                        f"{registry}/{name} is referenced but not listed in {prod_path}",
-                        "unlisted",
-                    )
-                )
-            elif prod_digests[name] != f"sha256:{hexdigits}":
-                findings.append(
-                    Finding(
-                        path,
-                        line,
-                        f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
-                        f"says {prod_digests[name][:19]}{outside}",
-                        "stale",
-                    )
-                )
+            if name in selected or (everything and name not in graph):
+                finding = _reference_finding(registry, name, hexdigits, prod_digests, prod_path, graph)
+                if finding:
+                    findings.append(Finding(path, lines.line_at(match.start()), *finding))
         if path == WORKSPACE_PATH and RBE_IMAGE in selected:
-            findings += workspace_findings(
-                data, image_url(registry, RBE_IMAGE), prod_digests.get(RBE_IMAGE), prod_path
-            )
+            url = image_url(registry, RBE_IMAGE)
+            findings += workspace_findings(data, url, prod_digests.get(RBE_IMAGE), prod_path)
     return findings
 
 
-def workspace_findings(data: bytes, url: str, pinned: str | None, prod_path: str) -> list[Finding]:
-    """What is wrong with the rbe_autoconfig rule that pins `url`."""
-    try:
-        rules = rules_naming(parse_rbe_rules(data), url)
-    except WorkspaceError as error:
-        return [Finding(error.path, error.line, error.message, "workspace")]
-    findings = []
-    for rule in rules:
-        digest = rule.digest or ""
-        if not DIGEST_RE.match(digest):
-            message = f"rbe_autoconfig digest {digest!r} is not a well-formed digest (sha256: and 64 lowercase hex digits)"
-            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "malformed"))
-        elif pinned is None:
-            message = f"rbe_autoconfig pins {url}, which is not listed in {prod_path}"
-            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "unlisted"))
-        elif digest != pinned:
-            message = f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} ({pinned[:19]})"
-            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "stale"))
-    return findings
+def _reference_finding(
+    registry: str,
+    name: str,
+    hexdigits: str,
+    prod_digests: Mapping[str, str],
+    prod_path: str,
+    graph: Mapping[str, Sequence[str]],
+) -> tuple[str, FindingKind] | None:
+    """What is wrong with one reference (message and kind), or None."""
+    if not HEX64_RE.match(hexdigits):
+        ref = f"{registry}/{name}@sha256:{hexdigits}"
+        return f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)", "malformed"
+    if name not in prod_digests:
+        return f"{registry}/{name} is referenced but not listed in {prod_path}", "unlisted"
+    if prod_digests[name] != f"sha256:{hexdigits}":
+        outside = "" if name in graph else f" ({name} is not an image of the graph)"
+        message = (
+            f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
+            f"says {prod_digests[name][:19]}{outside}"
+        )
+        return message, "stale"
+    return None
 
 
 # ---------------------------------------------------------------------------
-# Views of the graph.
+# Views: the graph as text, dot or Mermaid; a file change as a diff.
 
 
 def graph_edges(images: Sequence[str], graph: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
@@ -779,20 +898,25 @@ def render_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt:
         lines = ["graph TD"] + [f"  {image}" for image in alone]
         lines += [f"  {parent} --> {child}" for parent, child in edges]
         return "\n".join(lines) + "\n"
+    return _render_tree(images, edges)
+
+
+def _render_tree(images: Sequence[str], edges: Sequence[tuple[str, str]]) -> str:
+    """Each root, then its children indented below it; an image with two parents is shown once."""
     children: dict[str, list[str]] = {image: [] for image in images}
     for parent, child in edges:
         children[parent].append(child)
     roots = [image for image in images if not any(child == image for _, child in edges)]
     lines: list[str] = []
-    shown: set[str] = set()
+    seen: set[str] = set()
 
     def show(image: str, depth: int) -> None:
         parents = [parent for parent, child in edges if child == image]
         also = f" (from {', '.join(parents)})" if len(parents) > 1 else ""
-        if image in shown:
+        if image in seen:
             lines.append(f"{'  ' * depth}{image}{also} (see above)")
             return
-        shown.add(image)
+        seen.add(image)
         lines.append(f"{'  ' * depth}{image}{also}")
         for child in sorted(children[image]):
             show(child, depth + 1)
@@ -802,12 +926,23 @@ def render_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt:
     return "\n".join(lines) + "\n"
 
 
+def unified_diff(path: str, old: bytes, new: bytes) -> str:
+    return (
+        "".join(
+            difflib.unified_diff(
+                old.decode("utf-8", "surrogateescape").splitlines(keepends=True),
+                new.decode("utf-8", "surrogateescape").splitlines(keepends=True),
+                fromfile=f"a/{path}",
+                tofile=f"b/{path}",
+            )
+        )
+        .encode("utf-8", "surrogateescape")
+        .decode("utf-8", "replace")
+    )
+
+
 # ---------------------------------------------------------------------------
-# Commands: pure argv builders.
-
-
-def format_command(argv: Sequence[str]) -> str:
-    return " ".join(argv)
+# Commands: pure argv builders, and what a failed one's output means.
 
 
 def pull_argv(url: str, tag: str) -> tuple[str, ...]:
@@ -848,17 +983,6 @@ def pick_repo_digest(repo_digests: Sequence[str], url: str) -> str | None:
     return None
 
 
-_UNREACHABLE_RE = re.compile(
-    r"connection refused|no such host|i/o timeout|network is unreachable|"
-    r"server gave HTTP response to HTTPS client|connection reset|broken pipe",
-    re.I,
-)
-_REFUSED_RE = re.compile(
-    r"unauthorized|authentication required|denied|forbidden|no basic auth credentials", re.I
-)
-_NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.I)
-
-
 def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
     """What a failed docker command's last lines of output mean, and what to do."""
     if not argv or argv[0] != "docker":
@@ -879,7 +1003,130 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The thin layer that runs docker and git.
+# The scheduler and the summary.
+
+
+def run_graph(
+    order: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    jobs: int,
+    keep_going: bool,
+    work: Callable[[str], T],
+    finish: Callable[[str, T], str | None],
+    stopped: Callable[[], bool] = lambda: False,
+    on_start: Callable[[str, int], None] = lambda image, number: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, ImageResult]:
+    """Processes `order` so that each image starts once every dependency of it
+    in the run has finished.
+
+    `work(image)` runs in one of `jobs` worker threads (the docker commands);
+    `finish(image, value)` runs here, in the calling thread, with what `work`
+    returned (the reference rewrites), before any dependent starts, so file
+    edits never overlap; it returns the image's digest. Among the ready images
+    the earliest in `order` starts first, so `jobs=1` follows `order` exactly.
+    After the first failure no new image starts unless `keep_going`; then only
+    the dependents of a failed image are skipped. `stopped()` true (an
+    interruption) also starts nothing new. Readiness comes from graphlib's
+    get_ready()/done() protocol: a failed image is never done, so its
+    dependents never become ready.
+    """
+    position = {image: index for index, image in enumerate(order)}
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+        {image: [parent for parent in graph[image] if parent in position] for image in order}
+    )
+    sorter.prepare()
+    ready: list[str] = []
+    results: dict[str, ImageResult] = {}
+    started: dict[str, float] = {}
+    running: dict[concurrent.futures.Future[T], str] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        while True:
+            ready = sorted([*ready, *sorter.get_ready()], key=position.__getitem__)
+            failed = any(item.result == "failed" for item in results.values())
+            while ready and len(running) < jobs and not stopped() and (keep_going or not failed):
+                image = ready.pop(0)
+                started[image] = clock()
+                on_start(image, len(started))
+                running[pool.submit(work, image)] = image
+            if not running:
+                break
+            done, _ = concurrent.futures.wait(
+                running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            # Several may finish at once: take them in the run's order, so the
+            # edits and the output never depend on thread timing.
+            for future in sorted(done, key=lambda future: position[running[future]]):
+                image = running.pop(future)
+                item = _finished(image, future, finish, clock() - started[image], len(results))
+                results[image] = item
+                if item.result == "done":
+                    sorter.done(image)
+    return _with_the_rest(order, graph, results)
+
+
+def _finished(
+    image: str,
+    future: concurrent.futures.Future[T],
+    finish: Callable[[str, T], str | None],
+    seconds: float,
+    rank: int,
+) -> ImageResult:
+    """The result of an image whose work is over: `finish` ran, or something failed."""
+    try:
+        digest = finish(image, future.result())
+    except Exception as error:  # any failure fails this image only
+        if not isinstance(error, ManageImagesError):
+            error = ManageImagesError(f"{image}: {unexpected(error)}")
+        return ImageResult(image, "failed", seconds, error=error, finished=rank)
+    return ImageResult(image, "done", seconds, digest, finished=rank)
+
+
+def _with_the_rest(
+    order: Sequence[str], graph: Mapping[str, Sequence[str]], results: Mapping[str, ImageResult]
+) -> dict[str, ImageResult]:
+    """Every image of `order`, in order: those that never started are skipped
+    (a parent failed or was skipped) or not started."""
+    complete: dict[str, ImageResult] = {}
+    for image in order:
+        if image in results:
+            complete[image] = results[image]
+            continue
+        blocked = any(
+            complete[parent].result in ("failed", "skipped") for parent in graph[image] if parent in complete
+        )
+        complete[image] = ImageResult(image, "skipped" if blocked else "not started")
+    return complete
+
+
+def format_summary(
+    results: Mapping[str, ImageResult], steps: Sequence[str], wall: float, dry_run: bool = False
+) -> str:
+    """One line per image: result, short digest, seconds, steps; then the wall time.
+
+    In a dry run an image that went through is `planned`, never `done`.
+    """
+    width = max([len(image) for image in results] + [5])
+    step_text = ", ".join(steps) or "-"
+    label = {"done": "planned"} if dry_run else {}
+    lines = [
+        "Summary (dry run: nothing was run or changed):" if dry_run else "Summary:",
+        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  steps",
+    ]
+    counts: dict[str, int] = {}
+    for item in results.values():
+        result = label.get(item.result, item.result)
+        counts[result] = counts.get(result, 0) + 1
+        digest = item.digest[:19] if item.digest else "-"
+        seconds = f"{item.seconds:7.1f}s" if item.result in ("done", "failed") else "       -"
+        lines.append(f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  {step_text}")
+    tally = ", ".join(f"{count} {result}" for result, count in counts.items())
+    lines.append(f"Total wall time: {wall:.1f}s ({tally})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Side effects: running commands, reading git, locking, writing files.
 
 
 class Console:
@@ -897,38 +1144,6 @@ class Console:
             self._out.flush()
 
 
-@dataclass
-class Context:
-    """Everything a run needs, passed explicitly."""
-
-    registry: str
-    tag: str
-    dry_run: bool
-    console: Console
-    root: Path | None = None
-    env: Mapping[str, str] | None = None
-    prefix_output: bool = False
-    processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    stopping: bool = False
-    scan: TreeScan | None = None  # see tree_scan
-    repo_lock: RepositoryLock | None = None  # held by runs that change files
-
-    def say(self, text: str, image: str = "") -> None:
-        """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
-        self.console.line(text, f"[{image}] " if self.prefix_output and image else "")
-
-    def stop_processes(self) -> None:
-        """Terminates every running command; no new one starts after this."""
-        with self.lock:
-            self.stopping = True
-            for process in self.processes:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-
-
 def _missing_tool(name: str) -> ManageImagesError:
     hints = {
         "docker": "install Docker (https://docs.docker.com/engine/install/) and try again",
@@ -937,49 +1152,75 @@ def _missing_tool(name: str) -> ManageImagesError:
     return ManageImagesError(f"`{name}` not found on PATH: {hints.get(name, 'install it')}")
 
 
-def run(ctx: Context, argv: Sequence[str], image: str = "", interactive: bool = False) -> None:
-    """Runs a side-effecting command, streaming its merged output line by line.
+class Runner:
+    """Runs the side-effecting commands of a run and prints its lines.
 
-    In a dry run the command is only printed. Each command gets a session of
-    its own, so a Ctrl-C reaches this tool alone, which then stops it; an
-    `interactive` one (gcloud may ask a question) keeps the terminal instead.
+    It holds the console, the running child processes and the stop flag. In a
+    dry run a command is only printed.
     """
-    ctx.say(f"Running: `{format_command(argv)}`", image)
-    if ctx.dry_run:
-        return
-    with ctx.lock:
-        if ctx.stopping:
-            raise ManageImagesError(f"interrupted before running `{format_command(argv)}`")
+
+    def __init__(self, settings: Settings, console: Console, prefix_output: bool = False) -> None:
+        self.settings = settings
+        self.console = console
+        self.prefix_output = prefix_output
+        self.stopping = False
+        self._processes: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def say(self, text: str, image: str = "") -> None:
+        """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
+        self.console.line(text, f"[{image}] " if self.prefix_output and image else "")
+
+    def stop(self) -> None:
+        """Terminates every running command; no new one starts after this."""
+        with self._lock:
+            self.stopping = True
+            for process in self._processes:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def run(self, argv: Sequence[str], image: str = "", interactive: bool = False) -> None:
+        """Runs a side-effecting command, streaming its merged output line by line.
+
+        Each command gets a session of its own, so a Ctrl-C reaches this tool
+        alone, which then stops it; an `interactive` one (gcloud may ask a
+        question) keeps the terminal instead.
+        """
+        self.say(f"Running: `{format_command(argv)}`", image)
+        if self.settings.dry_run:
+            return
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"interrupted before running `{format_command(argv)}`")
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    cwd=self.settings.root,
+                    env=self.settings.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=None if interactive else subprocess.DEVNULL,
+                    start_new_session=not interactive,
+                )
+            except FileNotFoundError:
+                raise _missing_tool(argv[0]) from None
+            if not interactive:  # it shares our process group: never killpg it
+                self._processes.add(process)
+        tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
-            process = subprocess.Popen(
-                argv,
-                cwd=ctx.root,
-                env=ctx.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=None if interactive else subprocess.DEVNULL,
-                start_new_session=not interactive,
-            )
-        except FileNotFoundError:
-            raise _missing_tool(argv[0]) from None
-        if not interactive:  # it shares our process group: never killpg it
-            ctx.processes.add(process)
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    try:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            tail.append(line)
-            ctx.say(line, image)
-        returncode = process.wait()
-    finally:
-        with ctx.lock:
-            ctx.processes.discard(process)
-    if returncode != 0:
-        raise CommandError(argv, returncode, diagnose(argv, tail, ctx.registry))
-
-
-COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
+            assert process.stdout is not None  # stdout=PIPE
+            for raw in process.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                tail.append(line)
+                self.say(line, image)
+            returncode = process.wait()
+        finally:
+            with self._lock:
+                self._processes.discard(process)
+        if returncode != 0:
+            raise CommandError(argv, returncode, diagnose(argv, tail, self.settings.registry))
 
 
 def capture_bytes(
@@ -1072,26 +1313,6 @@ def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None)
     return ""
 
 
-def shown(path: str) -> str:
-    """A path (or any text) safe to print: bytes that are not UTF-8 appear as escapes."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-@dataclass(frozen=True)
-class TreeScan:
-    """What one run knows of the tracked files that name the registry.
-
-    Found with one `git grep` per run: a rewrite changes digests, never which
-    files name an image.
-    """
-
-    candidates: tuple[str, ...]  # tracked regular files naming the registry: read and rewritten
-    skipped: tuple[tuple[str, str], ...]  # (path, why) tracked files naming it that are never touched
-    hidden: tuple[str, ...]  # outside the sparse checkout, yet naming it in the index
-    tracked: frozenset[str]  # which of WORKSPACE and prod_digests.txt git tracks
-    problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
-
-
 def scan_tree(root: Path, registry: str) -> TreeScan:
     needle = f"{registry}/"
     cache: dict[str, str] = {}
@@ -1132,11 +1353,6 @@ def unwritable_reason(path: Path) -> str | None:
     if not os.access(path.parent, os.W_OK | os.X_OK):
         return f"its folder {shown(str(path.parent))} is not writable"
     return None
-
-
-# A temporary file beside its target: a short fixed-length name, so it fits
-# wherever the target's name does, and one the next run can recognise.
-TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
 
 
 def temporary_beside(path: Path) -> Path:
@@ -1230,13 +1446,6 @@ def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
     return header, temporaries
 
 
-@dataclass(frozen=True)
-class FileChange:
-    path: str  # relative to the repository root
-    old: bytes
-    new: bytes
-
-
 class Edits:
     """File changes gathered for one image, applied together once all are known."""
 
@@ -1312,22 +1521,41 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
         lock.record(())
 
 
-def apply_changes(ctx: Context, changes: Sequence[FileChange]) -> None:
-    """Writes every change, all or nothing, or shows it as a diff in a dry run."""
-    if ctx.dry_run:
-        for change in changes:
-            ctx.console.line(unified_diff(change.path, change.old, change.new).rstrip("\n"))
-        return
-    write_all_or_nothing(ctx.root, changes, ctx.repo_lock)
+# ---------------------------------------------------------------------------
+# The steps of one image: docker commands, its digest, its reference rewrite.
 
 
-def repo_digest(ctx: Context, image: str) -> str | None:
-    """The registry digest of REGISTRY/IMAGE:TAG, or None if docker has none."""
-    url = image_url(ctx.registry, image)
+def check_docker(settings: Settings) -> None:
+    """Fails early, with a clear message, when docker or its engine is missing."""
+    if shutil.which("docker", path=(settings.env or os.environ).get("PATH")) is None:
+        raise _missing_tool("docker")
+    result = capture(("docker", "version", "--format", "{{.Server.Version}}"), settings.root, settings.env)
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())
+        raise ManageImagesError(
+            "cannot reach the Docker engine: start it (e.g. `sudo systemctl start "
+            f"docker`) or point DOCKER_HOST at one; docker said: {said}"
+        )
+
+
+def configure_gcloud_auth(runner: Runner) -> None:
+    """Runs `gcloud auth configure-docker` (printed only, in a dry run)."""
+    settings = runner.settings
+    if not settings.dry_run and shutil.which("gcloud", path=(settings.env or os.environ).get("PATH")) is None:
+        raise ManageImagesError(
+            "gcloud not found. See https://cloud.google.com/sdk/install for installation."
+        )
+    runner.run(gcloud_argv(settings.registry), interactive=True)
+
+
+def repo_digest(settings: Settings, image: str) -> str | None:
+    """The registry digest of REGISTRY/IMAGE:TAG, or None in a dry run if docker has none."""
+    url = image_url(settings.registry, image)
+    argv = inspect_argv(url, settings.tag)
     try:
-        result = capture(inspect_argv(url, ctx.tag), ctx.root, ctx.env)
+        result = capture(argv, settings.root, settings.env)
     except ManageImagesError:
-        if ctx.dry_run:
+        if settings.dry_run:
             return None
         raise
     detail = result.stderr.strip() or result.stdout.strip()
@@ -1339,133 +1567,45 @@ def repo_digest(ctx: Context, image: str) -> str | None:
             repo_digests = None
         if not isinstance(repo_digests, list) or not all(isinstance(entry, str) for entry in repo_digests):
             raise ManageImagesError(
-                f"`{format_command(inspect_argv(url, ctx.tag))}` printed {' '.join(detail.split())[:200]!r}, "
+                f"`{format_command(argv)}` printed {' '.join(detail.split())[:200]!r}, "
                 "not a JSON list of RepoDigests; check the docker client and run again"
             )
         digest = pick_repo_digest(repo_digests, url)
         detail = f"RepoDigests {result.stdout.strip()} has no entry for {url}"
     if digest is None:
-        if ctx.dry_run:
+        if settings.dry_run:
             return None
         raise ManageImagesError(
-            f"Computing the repository digest for {url}:{ctx.tag} failed. "
-            f"Has it been pushed to {ctx.registry}? docker said: {' '.join(detail.split())}"
+            f"Computing the repository digest for {url}:{settings.tag} failed. "
+            f"Has it been pushed to {settings.registry}? docker said: {' '.join(detail.split())}"
         )
-    return check_digest(digest, f"{url}:{ctx.tag} (from docker image inspect)")
+    return check_digest(digest, f"{url}:{settings.tag} (from docker image inspect)")
 
 
-def tree_scan(ctx: Context) -> TreeScan:
-    if ctx.scan is None:
-        ctx.scan = scan_tree(ctx.root, ctx.registry)
-    return ctx.scan
-
-
-def update_workspace(ctx: Context, edits: Edits, image: str, digest: str | None) -> None:
-    url = image_url(ctx.registry, image)
-    ctx.say(f"Updating WORKSPACE file for {RBE_IMAGE}", image)
-    problem = tree_scan(ctx).problems.get(WORKSPACE_PATH)
-    if problem or WORKSPACE_PATH not in tree_scan(ctx).tracked:
-        ctx.say(f"Not updating {WORKSPACE_PATH}: {problem or 'git does not track it'}", image)
-        return
-    rules = rules_naming(parse_rbe_rules(edits.read(WORKSPACE_PATH)), url)
-    if not rules:
-        ctx.say(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}", image)
-    elif digest is not None:
-        edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
-
-
-def update_references(ctx: Context, image: str, digest: str | None) -> None:
-    """Points every reference to IMAGE in the tracked files at `digest`.
-
-    `digest` is None only in a dry run that cannot know it yet: then the files
-    are listed but no diff is shown.
-    """
-    url = image_url(ctx.registry, image)
-    edits = Edits(ctx.root)
-    if digest is not None:
-        prod_digests = edits.read(PROD_DIGESTS_PATH)
-        if not any(entry.url == url for entry in usable_prod_digests(prod_digests)):
-            ctx.say(f"Adding new image {url}@{digest} to {PROD_DIGESTS_PATH}", image)
-            edits.edit(PROD_DIGESTS_PATH, lambda data: append_prod_digest(data, url, digest))
-    if image == RBE_IMAGE:
-        update_workspace(ctx, edits, image, digest)
-    ctx.say(f"Updating references to {url}", image)
-    needle = f"{url}@sha256:".encode()
-    files = [path for path in tree_scan(ctx).candidates if needle in edits.read(path)]
-    files += [path for path in edits.containing(needle) if path not in files]
-    if not files:
-        ctx.say(f"Found no references to {url}", image)
-    else:
-        ctx.say(f"Updating references in {len(files)} files: {files}", image)
-        if digest is not None:
-            for path in files:
-                edits.edit(path, lambda data: rewrite_references(data, ctx.registry, image, digest))
-    apply_changes(ctx, edits.changes())
-
-
-def check_docker(ctx: Context) -> None:
-    """Fails early, with a clear message, when docker or its engine is missing."""
-    if shutil.which("docker", path=(ctx.env or os.environ).get("PATH")) is None:
-        raise _missing_tool("docker")
-    result = capture(("docker", "version", "--format", "{{.Server.Version}}"), ctx.root, ctx.env)
-    if result.returncode != 0:
-        said = " ".join((result.stderr or result.stdout).split())
-        raise ManageImagesError(
-            "cannot reach the Docker engine: start it (e.g. `sudo systemctl start "
-            f"docker`) or point DOCKER_HOST at one; docker said: {said}"
-        )
-
-
-def configure_gcloud_auth(ctx: Context) -> None:
-    """Runs `gcloud auth configure-docker` (printed only, in a dry run)."""
-    if not ctx.dry_run and shutil.which("gcloud", path=(ctx.env or os.environ).get("PATH")) is None:
-        raise ManageImagesError(
-            "gcloud not found. See https://cloud.google.com/sdk/install for installation."
-        )
-    run(ctx, gcloud_argv(ctx.registry), interactive=True)
-
-
-# ---------------------------------------------------------------------------
-# Actions.
-
-
-@dataclass(frozen=True)
-class Steps:
-    pull: bool = False
-    build: bool = False
-    push: bool = False
-    update_references: bool = False
-
-    def any(self) -> bool:
-        return self.pull or self.build or self.push or self.update_references
-
-    def names(self) -> list[str]:
-        return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
-
-
-def docker_steps(ctx: Context, image: str, steps: Steps) -> str | None:
+def docker_steps(runner: Runner, image: str, steps: Steps) -> str | None:
     """Pull, build and push one image; returns its repository digest when
     references are to be updated and the digest can be known."""
-    url = image_url(ctx.registry, image)
+    settings = runner.settings
+    url = image_url(settings.registry, image)
     if steps.pull:
-        run(ctx, pull_argv(url, ctx.tag), image)
+        runner.run(pull_argv(url, settings.tag), image)
     if steps.build:
-        run(ctx, build_argv(url, ctx.tag, f"{DOCKER_DIR}/{image}"), image)
+        runner.run(build_argv(url, settings.tag, f"{DOCKER_DIR}/{image}"), image)
     if steps.push:
-        run(ctx, push_argv(url, ctx.tag), image)
+        runner.run(push_argv(url, settings.tag), image)
     if not steps.update_references:
         return None
-    if ctx.dry_run and (steps.build or steps.push):
-        ctx.say(
-            f"Dry run: the digest of {url}:{ctx.tag} is only known after it is "
+    if settings.dry_run and (steps.build or steps.push):
+        runner.say(
+            f"Dry run: the digest of {url}:{settings.tag} is only known after it is "
             "built and pushed; listing the files that would be updated",
             image,
         )
         return None
-    digest = repo_digest(ctx, image)
+    digest = repo_digest(settings, image)
     if digest is None:
-        ctx.say(
-            f"Dry run: {url}:{ctx.tag} has no repository digest on this machine "
+        runner.say(
+            f"Dry run: {url}:{settings.tag} has no repository digest on this machine "
             "(not pushed or pulled yet), so the new digest is unknown; listing "
             "the files that would be updated",
             image,
@@ -1473,118 +1613,282 @@ def docker_steps(ctx: Context, image: str, steps: Steps) -> str | None:
     return digest
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    image: str
-    result: str  # done, failed, skipped (a dependency failed), not started
-    seconds: float = 0.0
-    digest: str | None = None
-    error: ManageImagesError | None = None
-    finished: int = 0  # completion rank, to find the first failure
+def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence[FileChange]) -> None:
+    """Writes every change, all or nothing, or shows it as a diff in a dry run."""
+    if runner.settings.dry_run:
+        for change in changes:
+            runner.console.line(unified_diff(change.path, change.old, change.new).rstrip("\n"))
+        return
+    write_all_or_nothing(runner.settings.root, changes, lock)
 
 
-def run_graph(
-    order: Sequence[str],
-    graph: Mapping[str, Sequence[str]],
-    jobs: int,
-    keep_going: bool,
-    work,
-    finish,
-    stopped=lambda: False,
-    on_start=lambda image, number: None,
-    clock=None,
-) -> dict[str, ImageResult]:
-    """Processes `order` so that each image starts once every dependency of it
-    in the run has finished.
+def update_workspace(runner: Runner, scan: TreeScan, edits: Edits, image: str, digest: str | None) -> None:
+    """Adds to `edits` the new digest of the rbe_autoconfig rule that pins IMAGE."""
+    url = image_url(runner.settings.registry, image)
+    runner.say(f"Updating WORKSPACE file for {RBE_IMAGE}", image)
+    if WORKSPACE_PATH in scan.problems or WORKSPACE_PATH not in scan.tracked:
+        runner.say(
+            f"Not updating {WORKSPACE_PATH}: {scan.problems.get(WORKSPACE_PATH, 'git does not track it')}",
+            image,
+        )
+        return
+    rules = rules_naming(parse_rbe_rules(edits.read(WORKSPACE_PATH)), url)
+    if not rules:
+        runner.say(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}", image)
+    elif digest is not None:
+        edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
 
-    `work(image)` runs in one of `jobs` worker threads (the docker commands);
-    `finish(image, value)` runs here, in the calling thread, with what `work`
-    returned (the reference rewrites), before any dependent starts, so file
-    edits never overlap. Among the ready images the earliest in `order` starts
-    first, so `jobs=1` follows `order` exactly. After the first failure no new
-    image starts unless `keep_going`; then only the dependents of a failed
-    image are skipped. `stopped()` true (an interruption) also starts nothing new.
+
+def update_references(
+    runner: Runner, scan: TreeScan, lock: RepositoryLock | None, image: str, digest: str | None
+) -> None:
+    """Points every reference to IMAGE in the tracked files at `digest`.
+
+    `digest` is None only in a dry run that cannot know it yet: then the files
+    are listed but no diff is shown.
     """
-    clock = clock or time.monotonic
-    in_run = set(order)
-    parents = {image: [parent for parent in graph[image] if parent in in_run] for image in order}
-    results: dict[str, ImageResult] = {}
-    started: dict[str, float] = {}
-    running: dict[concurrent.futures.Future, str] = {}
-    failed = False
+    registry = runner.settings.registry
+    url = image_url(registry, image)
+    edits = Edits(runner.settings.root)
+    if digest is not None:
+        prod_digests = edits.read(PROD_DIGESTS_PATH)
+        if not any(entry.url == url for entry in usable_prod_digests(prod_digests)):
+            runner.say(f"Adding new image {url}@{digest} to {PROD_DIGESTS_PATH}", image)
+            edits.edit(PROD_DIGESTS_PATH, lambda data: append_prod_digest(data, url, digest))
+    if image == RBE_IMAGE:
+        update_workspace(runner, scan, edits, image, digest)
+    runner.say(f"Updating references to {url}", image)
+    needle = f"{url}@sha256:".encode()
+    files = [path for path in scan.candidates if needle in edits.read(path)]
+    # A file this image's own edits made name it (a new prod_digests.txt).
+    files += [path for path in edits.containing(needle) if path not in files]
+    if not files:
+        runner.say(f"Found no references to {url}", image)
+    else:
+        runner.say(f"Updating references in {len(files)} files: {files}", image)
+        if digest is not None:
+            for path in files:
+                edits.edit(path, lambda data: rewrite_references(data, registry, image, digest))
+    apply_changes(runner, lock, edits.changes())
 
-    def blocked(image: str) -> bool:
-        return any(
-            results.get(parent, ImageResult(parent, "")).result in ("failed", "skipped")
-            for parent in parents[image]
+
+# ---------------------------------------------------------------------------
+# Checks before the first side effect.
+
+
+def sparse_message(registry: str) -> str:
+    return (
+        f"outside the sparse checkout, yet it names {registry}/, so the tool can neither check nor update "
+        "it; widen the checkout (`git sparse-checkout add FOLDER` or `git sparse-checkout disable`)"
+    )
+
+
+def read_prod_digests(root: Path, scan: TreeScan) -> list[ProdDigest]:
+    """The entries of prod_digests.txt (none if it is missing); an error if it cannot be used."""
+    if PROD_DIGESTS_PATH in scan.problems:
+        raise ManageImagesError(
+            f"{PROD_DIGESTS_PATH}: {scan.problems[PROD_DIGESTS_PATH]}; fix that and run again"
+        )
+    path = root / PROD_DIGESTS_PATH
+    return usable_prod_digests(path.read_bytes()) if path.is_file() else []
+
+
+def prod_digests_for(root: Path, registry: str, images: Sequence[str], scan: TreeScan) -> dict[str, str]:
+    """The digest prod_digests.txt lists for each image; an error naming the first one missing."""
+    listed = {entry.url: entry.digest for entry in read_prod_digests(root, scan)}
+    for image in images:
+        if image_url(registry, image) not in listed:
+            raise ManageImagesError(
+                f"cannot update the references to {image}: {PROD_DIGESTS_PATH} has no line for "
+                f"{image_url(registry, image)}; push it with --update_references first or add the line"
+            )
+    return {image: listed[image_url(registry, image)] for image in images}
+
+
+def preflight_rewrite(settings: Settings, images: Sequence[str]) -> TreeScan:
+    """Everything a reference update needs, checked before the first side effect."""
+    scan = scan_tree(settings.root, settings.registry)
+    read_prod_digests(settings.root, scan)
+    if scan.hidden:
+        more = f" (and {len(scan.hidden) - 1} more)" if len(scan.hidden) > 1 else ""
+        raise ManageImagesError(
+            f"{shown(scan.hidden[0])}{more}: {sparse_message(settings.registry)}; then run again"
+        )
+    for path, why in scan.skipped:
+        print(f"warning: not updating {shown(path)}: {why}", file=sys.stderr)
+    if RBE_IMAGE in images and WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in scan.problems:
+        data = (settings.root / WORKSPACE_PATH).read_bytes()
+        rules_naming(parse_rbe_rules(data), image_url(settings.registry, RBE_IMAGE))
+    return scan
+
+
+def preflight_build(settings: Settings, images: Sequence[str]) -> None:
+    """Every build context is a real folder inside the work tree, with a Dockerfile."""
+    cache: dict[str, str] = {}
+    for image in images:
+        dockerfile = f"{DOCKER_DIR}/{image}/Dockerfile"
+        problem = path_problem(settings.root, dockerfile, cache)
+        if problem:
+            raise ManageImagesError(
+                f"refusing to build {image}: {problem}; its build context {DOCKER_DIR}/{image} "
+                "must be a real folder inside the work tree"
+            )
+        if not (settings.root / dockerfile).is_file():
+            raise ManageImagesError(
+                f"{dockerfile} not found: the build context of "
+                f"{image} needs one; add it or fix IMAGES_TO_DEPENDENCIES"
+            )
+
+
+# ---------------------------------------------------------------------------
+# The modes, one function each, and what they share.
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many images run at a time, and whether a failure stops new starts."""
+
+    jobs: int = 1
+    keep_going: bool = False
+
+
+@contextlib.contextmanager
+def repository_lock(runner: Runner, command: str, needed: bool = True) -> Iterator[RepositoryLock | None]:
+    """Holds the repository lock for a run that changes files (none in a dry run)."""
+    if not needed or runner.settings.dry_run:
+        yield None
+        return
+    lock = RepositoryLock.acquire(runner.settings.root, command, runner.console)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def stopped_by_signals(runner: Runner) -> Iterator[list[int]]:
+    """Within it, SIGINT and SIGTERM stop the running commands and start nothing
+    new; yields the list of signals received. The previous handlers come back
+    on the way out."""
+    received: list[int] = []
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        if not received:
+            runner.console.line(
+                f"Interrupted by {signal.Signals(number).name}: stopping the running commands"
+            )
+        received.append(number)
+        runner.stop()
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            handlers[number] = signal.signal(number, on_signal)
+    try:
+        yield received
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+def process_images(
+    runner: Runner,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    schedule: Schedule,
+    work: Callable[[str], str | None],
+    finish: Callable[[str, str | None], str | None],
+    step_names: Sequence[str],
+) -> int:
+    """Runs the images through the scheduler, prints the summary, returns the exit code."""
+    start = time.monotonic()
+    with stopped_by_signals(runner) as received:
+        results = run_graph(
+            images,
+            graph,
+            schedule.jobs,
+            schedule.keep_going,
+            work,
+            finish,
+            stopped=lambda: bool(received),
+            on_start=lambda image, number: runner.say(
+                f"Processing image {image} [{number}/{len(images)}]", image
+            ),
+        )
+    runner.console.line(
+        format_summary(results, step_names, time.monotonic() - start, runner.settings.dry_run)
+    )
+    if received:
+        return 128 + received[0]
+    failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
+    for item in failures[1:]:
+        print(shown(f"{item.image}: {item.error}"), file=sys.stderr)
+    if failures and failures[0].error:
+        raise failures[0].error
+    return 0
+
+
+def run_steps(
+    runner: Runner,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    steps: Steps,
+    schedule: Schedule,
+    command: str,
+) -> int:
+    """--pull, --build, --push and --update_references, for each image in order."""
+    with repository_lock(runner, command, needed=steps.update_references) as lock:
+        if steps.build:
+            preflight_build(runner.settings, images)
+        scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
+        if not runner.settings.dry_run and steps.any():
+            check_docker(runner.settings)
+        if steps.push and is_google_registry(runner.settings.registry):
+            configure_gcloud_auth(runner)
+        runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
+        if not steps.any():
+            runner.console.line(
+                "No step requested (--pull, --build, --push, --update_references): nothing done."
+            )
+            return 0
+
+        def finish(image: str, digest: str | None) -> str | None:
+            if scan is not None:
+                update_references(runner, scan, lock, image, digest)
+            return digest
+
+        def work(image: str) -> str | None:
+            return docker_steps(runner, image, steps)
+
+        return process_images(runner, images, graph, schedule, work, finish, steps.names())
+
+
+def only_references(
+    runner: Runner,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    schedule: Schedule,
+    command: str,
+) -> int:
+    """--only_references: every reference to each image from prod_digests.txt, no Docker."""
+    with repository_lock(runner, command) as lock:
+        scan = preflight_rewrite(runner.settings, images)
+        digests = prod_digests_for(runner.settings.root, runner.settings.registry, images, scan)
+        runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
+
+        def finish(image: str, digest: str | None) -> str | None:
+            update_references(runner, scan, lock, image, digest)
+            return digest
+
+        return process_images(
+            runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"]
         )
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        while True:
-            accepting = not stopped() and (keep_going or not failed)
-            for image in order:
-                if image in results or image in started:
-                    continue
-                if blocked(image):
-                    results[image] = ImageResult(image, "skipped")
-                    continue
-                if not accepting or len(running) >= jobs:
-                    continue
-                if all(
-                    results.get(parent, ImageResult(parent, "")).result == "done" for parent in parents[image]
-                ):
-                    started[image] = clock()
-                    on_start(image, len(started))
-                    running[pool.submit(work, image)] = image
-            if not running:
-                break
-            done, _ = concurrent.futures.wait(
-                running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in sorted(done, key=lambda future: order.index(running[future])):
-                image = running.pop(future)
-                try:
-                    value = future.result()
-                    digest = finish(image, value)
-                    results[image] = ImageResult(
-                        image, "done", clock() - started[image], digest, finished=len(results)
-                    )
-                except Exception as error:  # noqa: BLE001 - any failure fails this image only
-                    failed = True
-                    if not isinstance(error, ManageImagesError):
-                        error = ManageImagesError(f"{image}: {unexpected(error)}")
-                    results[image] = ImageResult(
-                        image, "failed", clock() - started[image], error=error, finished=len(results)
-                    )
-    for image in order:
-        results.setdefault(image, ImageResult(image, "skipped" if blocked(image) else "not started"))
-    return {image: results[image] for image in order}
 
-
-def format_summary(
-    results: Mapping[str, ImageResult], steps: Sequence[str], wall: float, dry_run: bool = False
-) -> str:
-    """One line per image: result, short digest, seconds, steps; then the wall time.
-
-    In a dry run an image that went through is `planned`, never `done`.
-    """
-    width = max([len(image) for image in results] + [5])
-    step_text = ", ".join(steps) or "-"
-    label = {"done": "planned"} if dry_run else {}
-    lines = [
-        "Summary (dry run: nothing was run or changed):" if dry_run else "Summary:",
-        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  steps",
-    ]
-    counts: dict[str, int] = {}
-    for item in results.values():
-        result = label.get(item.result, item.result)
-        counts[result] = counts.get(result, 0) + 1
-        digest = item.digest[:19] if item.digest else "-"
-        seconds = f"{item.seconds:7.1f}s" if item.result in ("done", "failed") else "       -"
-        lines.append(f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  {step_text}")
-    tally = ", ".join(f"{count} {result}" for result, count in counts.items())
-    lines.append(f"Total wall time: {wall:.1f}s ({tally})")
-    return "\n".join(lines)
+def show_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt: str, console: Console) -> int:
+    """--graph: the graph of the images that would be processed."""
+    console.line(render_graph(images, graph, fmt).rstrip("\n"))
+    return 0
 
 
 def check(
@@ -1638,77 +1942,8 @@ def check(
     return 0
 
 
-def sparse_message(registry: str) -> str:
-    return (
-        f"outside the sparse checkout, yet it names {registry}/, so the tool can neither check nor update "
-        "it; widen the checkout (`git sparse-checkout add FOLDER` or `git sparse-checkout disable`)"
-    )
-
-
-def read_prod_digests(root: Path, scan: TreeScan) -> list[ProdDigest]:
-    """The entries of prod_digests.txt (none if it is missing); an error if it cannot be used."""
-    if PROD_DIGESTS_PATH in scan.problems:
-        raise ManageImagesError(
-            f"{PROD_DIGESTS_PATH}: {scan.problems[PROD_DIGESTS_PATH]}; fix that and run again"
-        )
-    path = root / PROD_DIGESTS_PATH
-    return usable_prod_digests(path.read_bytes()) if path.is_file() else []
-
-
-def prod_digests_for(root: Path, registry: str, images: Sequence[str], scan: TreeScan) -> dict[str, str]:
-    """The digest prod_digests.txt lists for each image; an error naming the first one missing."""
-    listed = {entry.url: entry.digest for entry in read_prod_digests(root, scan)}
-    for image in images:
-        if image_url(registry, image) not in listed:
-            raise ManageImagesError(
-                f"cannot update the references to {image}: {PROD_DIGESTS_PATH} has no line for "
-                f"{image_url(registry, image)}; push it with --update_references first or add the line"
-            )
-    return {image: listed[image_url(registry, image)] for image in images}
-
-
-def preflight_rewrite(ctx: Context, images: Sequence[str]) -> None:
-    """Everything a reference update needs, checked before the first side effect."""
-    scan = tree_scan(ctx)
-    read_prod_digests(ctx.root, scan)
-    if scan.hidden:
-        more = f" (and {len(scan.hidden) - 1} more)" if len(scan.hidden) > 1 else ""
-        raise ManageImagesError(
-            f"{shown(scan.hidden[0])}{more}: {sparse_message(ctx.registry)}; then run again"
-        )
-    for path, why in scan.skipped:
-        print(f"warning: not updating {shown(path)}: {why}", file=sys.stderr)
-    if RBE_IMAGE in images and WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in scan.problems:
-        rules_naming(
-            parse_rbe_rules((ctx.root / WORKSPACE_PATH).read_bytes()), image_url(ctx.registry, RBE_IMAGE)
-        )
-
-
-def preflight(ctx: Context, images: Sequence[str], steps: Steps) -> None:
-    """Checks everything that can be checked before the first side effect."""
-    if steps.build:
-        cache: dict[str, str] = {}
-        for image in images:
-            dockerfile = f"{DOCKER_DIR}/{image}/Dockerfile"
-            problem = path_problem(ctx.root, dockerfile, cache)
-            if problem:
-                raise ManageImagesError(
-                    f"refusing to build {image}: {problem}; its build context {DOCKER_DIR}/{image} "
-                    "must be a real folder inside the work tree"
-                )
-            if not (ctx.root / dockerfile).is_file():
-                raise ManageImagesError(
-                    f"{dockerfile} not found: the build context of "
-                    f"{image} needs one; add it or fix IMAGES_TO_DEPENDENCIES"
-                )
-    if steps.update_references:
-        preflight_rewrite(ctx, images)
-    if not ctx.dry_run and steps.any():
-        check_docker(ctx)
-
-
 # ---------------------------------------------------------------------------
-# Command line.
+# The command line: the parser, main() and the dispatch to a mode.
 
 
 def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) -> argparse.ArgumentParser:
@@ -1735,7 +1970,13 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         help="Tag of the images. Defaults to `latest` (good for testing a change "
         "in a PR). Use `prod` to update the images that CI preloads.",
     )
-    steps = parser.add_argument_group("steps (run for each image, in this order)")
+    _add_step_arguments(parser.add_argument_group("steps (run for each image, in this order)"))
+    _add_mode_arguments(parser.add_argument_group("other modes (instead of the steps)"))
+    _add_run_arguments(parser)
+    return parser
+
+
+def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
     steps.add_argument("--pull", action="store_true", help="Pull REGISTRY/NAME:TAG.")
     steps.add_argument(
         "--build",
@@ -1756,7 +1997,9 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         "image's repository digest (and, for rbe-toolchain, the rbe_autoconfig "
         "rule in WORKSPACE); add the image to prod_digests.txt if missing.",
     )
-    modes = parser.add_argument_group("other modes (instead of the steps)")
+
+
+def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
     modes.add_argument(
         "--only_references",
         "--only-references",
@@ -1779,6 +2022,9 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         help="Print the graph of the images that would be processed, as an "
         "indented tree (text, the default), Graphviz (dot) or Mermaid, and exit.",
     )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         "-j",
@@ -1814,7 +2060,6 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         type=Path,
         help="The repository to work on. Defaults to the git work tree holding the current directory.",
     )
-    return parser
 
 
 def parse_arguments(
@@ -1825,36 +2070,38 @@ def parse_arguments(
         if image != "all" and image not in graph:
             parser.error(f"Expected --image to be one of:\n  {images_help(graph)}\nbut got `{image}`.")
     args.images = expand_selection(args.images, graph)
+    args.registry = args.registry.removesuffix("/")
+    _check_values(parser, args, graph)
+    _check_modes(parser, args)
+    return args
+
+
+def _check_values(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, graph: Mapping[str, Sequence[str]]
+) -> None:
     if not TAG_RE.match(args.tag):
         parser.error(
             f"--tag {args.tag!r} is not a valid Docker tag: use up to 128 letters, "
             "digits, `_`, `.` and `-`, not starting with `.` or `-`"
         )
-    args.registry = args.registry.removesuffix("/")
     if not REGISTRY_RE.match(args.registry):
         parser.error(
             f"--registry {args.registry!r} is not a valid registry: use "
             "HOST[:PORT]/PATH with a lowercase path, e.g. gcr.io/iree-oss"
         )
-    longest = max(graph, key=len)
-    if len(image_url(args.registry, longest)) > MAX_REFERENCE_NAME:
+    longest = image_url(args.registry, max(graph, key=len))
+    if len(longest) > MAX_REFERENCE_NAME:
         parser.error(
-            f"--registry is too long: {image_url(args.registry, longest)!r} has "
-            f"{len(image_url(args.registry, longest))} characters and Docker accepts at most "
-            f"{MAX_REFERENCE_NAME} in a repository name"
+            f"--registry is too long: {longest!r} has {len(longest)} characters and Docker "
+            f"accepts at most {MAX_REFERENCE_NAME} in a repository name"
         )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
-    step_flags = [
-        flag
-        for flag, on in (
-            ("--pull", args.pull),
-            ("--build", args.build),
-            ("--push", args.push),
-            ("--update_references", args.update_references),
-        )
-        if on
-    ]
+
+
+def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    steps = Steps(args.pull, args.build, args.push, args.update_references)
+    step_flags = [f"--{name}" for name in steps.names()]
     modes = [
         flag
         for flag, on in (
@@ -1868,7 +2115,35 @@ def parse_arguments(
         parser.error(
             f"{' and '.join(modes + step_flags)} cannot be combined: {modes[0]} is a mode of its own"
         )
-    return args
+
+
+def resolve_root(repo_root: Path | None, needed: bool) -> Path:
+    """The work tree to use: an error if one is needed and there is none."""
+    start = repo_root or Path.cwd()
+    if needed or repo_root is not None:
+        return find_repo_root(start)
+    try:
+        return find_repo_root(start)
+    except ManageImagesError:  # --pull and --push alone need no repository
+        return start
+
+
+def dispatch(args: argparse.Namespace, graph: Mapping[str, Sequence[str]], command: str) -> int:
+    """Runs the mode the arguments ask for."""
+    images = ordered_images_to_process(args.images, graph)
+    console = Console(sys.stdout)
+    if args.graph:
+        return show_graph(images, graph, args.graph, console)
+    steps = Steps(args.pull, args.build, args.push, args.update_references)
+    needed = args.check or args.only_references or steps.build or steps.update_references
+    settings = Settings(args.registry, args.tag, args.dry_run, resolve_root(args.repo_root, needed))
+    if args.check:
+        return check(settings.root, settings.registry, images, graph, console)
+    runner = Runner(settings, console, prefix_output=args.jobs > 1)
+    schedule = Schedule(args.jobs, args.keep_going)
+    if args.only_references:
+        return only_references(runner, images, graph, schedule, command)
+    return run_steps(runner, images, graph, steps, schedule, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1878,119 +2153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManageImagesError as error:
         print(error, file=sys.stderr)
         return 1
-    parser = build_parser(graph)
-    args = parse_arguments(parser, argv, graph)
-    args.command_line = " ".join(["manage_images.py", *(sys.argv[1:] if argv is None else argv)])
-    ctx = Context(args.registry, args.tag, args.dry_run, Console(sys.stdout), prefix_output=args.jobs > 1)
+    args = parse_arguments(build_parser(graph), argv, graph)
+    command = " ".join(["manage_images.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return execute(ctx, args, graph)
+        return dispatch(args, graph, command)
     except KeyboardInterrupt:
         return 130
     except ManageImagesError as error:
         sys.stdout.flush()
         print(shown(str(error)), file=sys.stderr)
         return error.returncode if isinstance(error, CommandError) else 1
-    except Exception as error:  # a bug or an unforeseen OS error: still one line
+    except Exception as error:  # a bug or an unforeseen OS error: still one line, never a traceback
         sys.stdout.flush()
         print(shown(unexpected(error)), file=sys.stderr)
         return 1
-
-
-def unexpected(error: BaseException) -> str:
-    return (
-        f"unexpected {type(error).__name__}: {error}; nothing more was started. "
-        "Please report this with the command you ran"
-    )
-
-
-def execute(ctx: Context, args: argparse.Namespace, graph: Mapping[str, Sequence[str]]) -> int:
-    images = ordered_images_to_process(args.images, graph)
-    if args.graph:
-        ctx.console.line(render_graph(images, graph, args.graph).rstrip("\n"))
-        return 0
-    steps = Steps(args.pull, args.build, args.push, args.update_references)
-    if args.only_references:
-        steps = Steps(update_references=True)
-    needs_root = args.check or steps.build or steps.update_references
-    if needs_root or args.repo_root is not None:
-        ctx.root = find_repo_root(args.repo_root or Path.cwd())
-    if args.check:
-        return check(ctx.root, ctx.registry, images, graph, ctx.console)
-    if steps.update_references and not ctx.dry_run:
-        ctx.repo_lock = RepositoryLock.acquire(ctx.root, args.command_line, ctx.console)
-    try:
-        return execute_steps(ctx, args, graph, images, steps)
-    finally:
-        if ctx.repo_lock is not None:
-            ctx.repo_lock.release()
-
-
-def execute_steps(
-    ctx: Context,
-    args: argparse.Namespace,
-    graph: Mapping[str, Sequence[str]],
-    images: list[str],
-    steps: Steps,
-) -> int:
-    if args.only_references:
-        preflight_rewrite(ctx, images)
-        digests = prod_digests_for(ctx.root, ctx.registry, images, tree_scan(ctx))
-        work: Callable[[str], str | None] = digests.__getitem__
-        step_names = ["only_references"]
-    else:
-        preflight(ctx, images, steps)
-        if steps.push and is_google_registry(ctx.registry):
-            configure_gcloud_auth(ctx)
-        work = lambda image: docker_steps(ctx, image, steps)  # noqa: E731
-        step_names = steps.names()
-    ctx.console.line(f"Also processing dependent images. Will process: {images}")
-    if not steps.any():
-        ctx.console.line("No step requested (--pull, --build, --push, --update_references): nothing done.")
-        return 0
-
-    def finish(image: str, digest: str | None) -> str | None:
-        if steps.update_references:
-            update_references(ctx, image, digest)
-        return digest
-
-    interrupted: list[int] = []
-
-    def on_signal(number: int, frame) -> None:
-        if not interrupted:
-            ctx.console.line(f"Interrupted by {signal.Signals(number).name}: stopping the running commands")
-        interrupted.append(number)
-        ctx.stop_processes()
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in (signal.SIGINT, signal.SIGTERM):
-            handlers[number] = signal.signal(number, on_signal)
-    start = time.monotonic()
-    try:
-        results = run_graph(
-            images,
-            graph,
-            args.jobs,
-            args.keep_going,
-            work,
-            finish,
-            stopped=lambda: bool(interrupted),
-            on_start=lambda image, number: ctx.say(
-                f"Processing image {image} [{number}/{len(images)}]", image
-            ),
-        )
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
-    ctx.console.line(format_summary(results, step_names, time.monotonic() - start, ctx.dry_run))
-    if interrupted:
-        return 128 + interrupted[0]
-    failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
-    for item in failures[1:]:
-        print(shown(f"{item.image}: {item.error}"), file=sys.stderr)
-    if failures:
-        raise failures[0].error
-    return 0
 
 
 if __name__ == "__main__":

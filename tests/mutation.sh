@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Mutation testing of manage_images.py's pure core with mutmut 3 (slow: not
+# part of .ci/run). See tests/MUTATION.md for the score and the survivors.
+#
+#   python3 -m pip install -e '.[test,mutation]'
+#   bash tests/mutation.sh [SCRATCH_DIR]
+#
+# mutmut 3 wants the module importable under the name its path gives, so the
+# run happens in a scratch copy: src/manage_images.py and the in-process tests.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-$(mktemp -d /tmp/manage-images-mutation.XXXXXX)}
+python=${PYTHON:-$here/.venv/bin/python}
+mkdir -p "$work/src" "$work/tests"
+cp "$here/build_tools/docker/manage_images.py" "$work/src/"
+for file in conftest.py helpers.py fake_tree.py standin.py registry.py \
+            test_manage_images.py test_scheduler.py test_check.py test_guarantees.py; do
+  cp "$here/tests/$file" "$work/tests/"
+done
+cat > "$work/pyproject.toml" <<'TOML'
+[tool.pytest.ini_options]
+pythonpath = ["src", "tests"]
+testpaths = ["tests"]
+addopts = "-p no:cacheprovider -m 'not e2e'"
+markers = ["e2e: end-to-end"]
+
+[tool.mutmut]
+source_paths = ["src"]
+tests_dir = ["tests"]
+TOML
+cd "$work"
+# The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler.
+core=(
+  validate_graph dependents_map ordered_images_to_process expand_selection
+  reference_pattern rewrite_references check_digest line_at 'LineCounter' any_reference_pattern
+  _line_starts _literal_span _rbe_rule parse_rbe_rules rules_naming rewrite_workspace workspace_findings
+  parse_prod_digests usable_prod_digests prod_digest_findings append_prod_digest
+  'Edits' run_graph _finished _with_the_rest
+)
+patterns=()
+for name in "${core[@]}"; do
+  case "$name" in
+    [A-Z]*) patterns+=("manage_images.xǁ${name}ǁ*") ;;
+    *) patterns+=("manage_images.x_${name}__mutmut_*") ;;
+  esac
+done
+MANAGE_IMAGES_SCRIPT="$work/src/manage_images.py" "$python" -m mutmut run "${patterns[@]}" || true
+"$python" -m mutmut results --all true > results.txt || "$python" -m mutmut results > results.txt
+"$python" - "${core[@]}" <<'PY'
+import re, sys
+core = sys.argv[1:]
+counts = {}
+survivors = []
+for line in open("results.txt"):
+    match = re.match(r"\s*(manage_images\.\S+): (.+)", line)
+    if not match:
+        continue
+    name, status = match.groups()
+    if not any(f"x_{c}__mutmut_" in name or f"xǁ{c}ǁ" in name for c in core):
+        continue
+    counts[status] = counts.get(status, 0) + 1
+    if status == "survived":
+        survivors.append(name)
+total = sum(counts.values())
+killed = counts.get("killed", 0) + counts.get("timeout", 0)
+print(f"mutants: {total}, {counts}")
+print(f"score: {killed}/{total} = {100 * killed / max(total, 1):.1f}% killed")
+print("survivors:", *survivors, sep="\n  ")
+PY
+echo "scratch: $work (mutmut show NAME there shows a mutant)"
