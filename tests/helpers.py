@@ -24,7 +24,9 @@ ALL = sorted(GRAPH)
 STEPS = ("--build", "--push", "--update_references")
 TESTS = Path(__file__).resolve().parent
 # tests/mutation.sh runs the tests on a scratch copy of the module.
-SCRIPT = Path(os.environ.get("MANAGE_IMAGES_SCRIPT", TESTS.parent / "build_tools" / "docker" / "manage_images.py"))
+SCRIPT = Path(
+    os.environ.get("MANAGE_IMAGES_SCRIPT", TESTS.parent / "build_tools" / "docker" / "manage_images.py")
+)
 # When set (CI always sets CI), a missing engine or registry fails the
 # end-to-end tests instead of skipping them.
 E2E_REQUIRED = bool(os.environ.get("CI") or os.environ.get("MANAGE_IMAGES_E2E"))

@@ -4,6 +4,7 @@ It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
   {"fail": {"build": 7}, "signal": {"build": 9},
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
+   "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."},
    "server_down": false}
 Only the unit tests use it; the end-to-end tests use the real engine.
 """
@@ -36,7 +37,15 @@ if argv[0] == "docker" and argv[1:3] == ["image", "inspect"]:
     if ref not in config.get("repo_digests", {{}}):
         print(f"Error: No such image: {{ref}}", file=sys.stderr)
         sys.exit(1)
-    print(json.dumps(config["repo_digests"][ref]))
+    value = config["repo_digests"][ref]
+    print(value if argv[argv.index("--format") + 1] == "{{{{.Id}}}}" else json.dumps(value))
+    sys.exit(0)
+if argv[0] == "docker" and argv[1:3] == ["manifest", "inspect"]:
+    ref = argv[-1]
+    if ref not in config.get("manifests", {{}}):
+        print(f"no such manifest: {{ref}}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({{"Ref": ref, "Descriptor": {{"digest": config["manifests"][ref]}}}}))
     sys.exit(0)
 step = argv[1] if len(argv) > 1 else argv[0]
 if step in config.get("signal", {{}}):

@@ -9,11 +9,9 @@ job with the same result as an uninterrupted run.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -148,49 +146,6 @@ def test_keep_going_lets_independent_branches_finish(world, registry, tmp_path):
             assert found[image] == {after[(image, "latest")]}, image
     for image in dependents("base") - blocked:
         assert after[(image, "latest")] != served[(image, "latest")], image
-
-
-@pytest.fixture
-def second_engine():
-    """Another dockerd with its own data, exec root, pid file and socket.
-
-    It shares docker0 and leaves iptables alone: `--bridge=none` would make it
-    delete docker0 and break the first engine's RUN steps.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="mi-engine-", dir="/tmp"))
-    socket = folder / "docker.sock"
-    log = open(folder / "dockerd.log", "wb")
-    process = subprocess.Popen(
-        (
-            "dockerd",
-            "--data-root",
-            str(folder / "data"),
-            "--exec-root",
-            str(folder / "exec"),
-            "--pidfile",
-            str(folder / "docker.pid"),
-            "--host",
-            f"unix://{socket}",
-            "--iptables=false",
-            "--ip-masq=false",
-        ),
-        stdout=log,
-        stderr=log,
-    )
-    env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
-    for _ in range(120):
-        if subprocess.run(("docker", "info"), env=env, capture_output=True).returncode == 0:
-            break
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    else:
-        process.terminate()
-        raise RuntimeError(f"the second dockerd did not start; see {folder / 'dockerd.log'}")
-    yield env
-    process.terminate()
-    process.wait(timeout=60)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_docker_host_sends_the_work_to_another_engine(repo, registry, second_engine):

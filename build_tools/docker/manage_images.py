@@ -42,6 +42,7 @@ import contextlib
 import difflib
 import fcntl
 import graphlib
+import ipaddress
 import json
 import os
 import re
@@ -205,6 +206,8 @@ FindingKind = Literal[
     "unsafe-path",
     "sparse",
     "missing",
+    "not-served",
+    "drift",
 ]
 
 
@@ -268,6 +271,8 @@ class Steps:
     build: bool = False
     push: bool = False
     update_references: bool = False
+    cache_from_pinned: bool = False  # --build with --cache-from the pinned image
+    verify_pinned: bool = False  # --build, then compare with the pinned image
 
     def any(self) -> bool:
         return self.pull or self.build or self.push or self.update_references
@@ -949,8 +954,53 @@ def pull_argv(url: str, tag: str) -> tuple[str, ...]:
     return ("docker", "pull", f"{url}:{tag}")
 
 
-def build_argv(url: str, tag: str, context: str) -> tuple[str, ...]:
-    return ("docker", "build", "--tag", f"{url}:{tag}", context)
+def pull_digest_argv(url: str, digest: str) -> tuple[str, ...]:
+    return ("docker", "pull", f"{url}@{digest}")
+
+
+def build_argv(url: str, tag: str, context: str, cache_from: str | None = None) -> tuple[str, ...]:
+    cache = ("--cache-from", cache_from) if cache_from else ()
+    return ("docker", "build", "--tag", f"{url}:{tag}", *cache, context)
+
+
+def tag_argv(source: str, target: str) -> tuple[str, ...]:
+    return ("docker", "tag", source, target)
+
+
+def image_id_argv(ref: str) -> tuple[str, ...]:
+    return ("docker", "image", "inspect", "--format", "{{.Id}}", ref)
+
+
+def manifest_argv(ref: str, registry: str) -> tuple[str, ...]:
+    """Asks the registry, through docker's own credentials, what it serves for `ref`.
+
+    The engine talks plain HTTP to a registry on the loopback interface; the
+    CLI's manifest command must be told so with --insecure.
+    """
+    insecure = ("--insecure",) if is_loopback_registry(registry) else ()
+    return ("docker", "manifest", "inspect", "--verbose", *insecure, ref)
+
+
+def is_loopback_registry(registry: str) -> bool:
+    host = registry.split("/", 1)[0]
+    name = host[1 : host.find("]")] if host.startswith("[") else host.split(":", 1)[0]
+    try:
+        return name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def manifest_digest(output: str, ref: str) -> str:
+    """The digest in `docker manifest inspect --verbose` output for one image manifest."""
+    try:
+        document = json.loads(output)
+        digest = document["Descriptor"]["digest"]
+    except (ValueError, TypeError, KeyError):
+        raise ManageImagesError(
+            f"cannot read the digest of {ref} from `docker manifest inspect`: expected one image "
+            "manifest (a manifest list is not supported)"
+        ) from None
+    return check_digest(str(digest), ref)
 
 
 def push_argv(url: str, tag: str) -> tuple[str, ...]:
@@ -1100,18 +1150,25 @@ def _with_the_rest(
 
 
 def format_summary(
-    results: Mapping[str, ImageResult], steps: Sequence[str], wall: float, dry_run: bool = False
+    results: Mapping[str, ImageResult],
+    steps: Sequence[str],
+    wall: float,
+    dry_run: bool = False,
+    notes: Mapping[str, str] | None = None,
 ) -> str:
-    """One line per image: result, short digest, seconds, steps; then the wall time.
+    """One line per image: result, short digest, seconds, steps (and a note,
+    such as `reproduced`, when any image has one); then the wall time.
 
     In a dry run an image that went through is `planned`, never `done`.
     """
+    notes = notes or {}
     width = max([len(image) for image in results] + [5])
     step_text = ", ".join(steps) or "-"
     label = {"done": "planned"} if dry_run else {}
     lines = [
         "Summary (dry run: nothing was run or changed):" if dry_run else "Summary:",
-        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  steps",
+        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  steps"
+        + (f"{' ' * max(0, len(step_text) - 5)}  note" if notes else ""),
     ]
     counts: dict[str, int] = {}
     for item in results.values():
@@ -1119,7 +1176,8 @@ def format_summary(
         counts[result] = counts.get(result, 0) + 1
         digest = item.digest[:19] if item.digest else "-"
         seconds = f"{item.seconds:7.1f}s" if item.result in ("done", "failed") else "       -"
-        lines.append(f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  {step_text}")
+        note = f"  {notes[item.image]}" if item.image in notes else ""
+        lines.append(f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  {step_text}{note}")
     tally = ", ".join(f"{count} {result}" for result, count in counts.items())
     lines.append(f"Total wall time: {wall:.1f}s ({tally})")
     return "\n".join(lines)
@@ -1164,12 +1222,17 @@ class Runner:
         self.console = console
         self.prefix_output = prefix_output
         self.stopping = False
+        self.notes: dict[str, str] = {}  # image -> what the summary notes about it
         self._processes: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
         self.console.line(text, f"[{image}] " if self.prefix_output and image else "")
+
+    def note(self, image: str, text: str) -> None:
+        """Adds `text` to the image's note in the summary (each image is one thread's)."""
+        self.notes[image] = f"{self.notes[image]}; {text}" if image in self.notes else text
 
     def stop(self) -> None:
         """Terminates every running command; no new one starts after this."""
@@ -1582,15 +1645,90 @@ def repo_digest(settings: Settings, image: str) -> str | None:
     return check_digest(digest, f"{url}:{settings.tag} (from docker image inspect)")
 
 
-def docker_steps(runner: Runner, image: str, steps: Steps) -> str | None:
+def registry_digest(settings: Settings, ref: str) -> str | None:
+    """The digest the registry serves for `ref` (by tag or by digest), or None if it serves nothing."""
+    argv = manifest_argv(ref, settings.registry)
+    result = capture(argv, settings.root, settings.env)
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())
+        if "no such manifest" in said.lower() or "manifest unknown" in said.lower():
+            return None
+        raise ManageImagesError(f"`{format_command(argv)}` failed: {said}; check the registry and run again")
+    return manifest_digest(result.stdout, ref)
+
+
+def local_image_id(settings: Settings, ref: str) -> str | None:
+    """The ID of the local image `ref`, or None if the engine has none."""
+    result = capture(image_id_argv(ref), settings.root, settings.env)
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def pull_pinned(runner: Runner, image: str, pinned: str | None) -> str | None:
+    """Pulls the image the tree pins, for --cache-from; its reference, or None
+    (with a line and a note saying why) when there is none to pull."""
+    url = image_url(runner.settings.registry, image)
+    if pinned is None:
+        runner.say(
+            f"No cache for {image}: {PROD_DIGESTS_PATH} does not pin it; building without --cache-from", image
+        )
+        runner.note(image, "not pinned: built without cache")
+        return None
+    try:
+        runner.run(pull_digest_argv(url, pinned), image)
+    except CommandError:
+        runner.say(
+            f"No cache for {image}: the registry does not serve {url}@{pinned}; building without --cache-from",
+            image,
+        )
+        runner.note(image, "pinned image not served: built without cache")
+        return None
+    return f"{url}@{pinned}"
+
+
+def verify_built(runner: Runner, image: str, pinned: str | None) -> None:
+    """Compares the image just built with the one the tree pins; fails, before any push, if they differ."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if settings.dry_run:
+        runner.say(f"Dry run: would compare {url}:{settings.tag} with the pinned {url}@{pinned}", image)
+        return
+    if pinned is None:
+        runner.note(image, "not pinned")
+        raise ManageImagesError(
+            f"{image} has no line in {PROD_DIGESTS_PATH}, so --verify_pinned has nothing to compare it with; "
+            "pin it first (--build --push --update_references)"
+        )
+    built = local_image_id(settings, f"{url}:{settings.tag}")
+    expected = local_image_id(settings, f"{url}@{pinned}")
+    if expected is None:
+        runner.run(pull_digest_argv(url, pinned), image)
+        expected = local_image_id(settings, f"{url}@{pinned}")
+    if built is not None and built == expected:
+        runner.say(f"Reproduced the pinned image {url}@{pinned} (image {built[:19]})", image)
+        runner.note(image, "reproduced")
+        return
+    runner.note(image, "differs")
+    raise ManageImagesError(
+        f"{image} differs from the image the tree pins: built {str(built)[:19]}, pinned {url}@{pinned[:19]} "
+        f"is {str(expected)[:19]}. Its Dockerfile or a parent changed since it was pinned: rebuild, push "
+        "and re-pin it (--build --push --update_references), or find out why; nothing was pushed"
+    )
+
+
+def docker_steps(runner: Runner, image: str, steps: Steps, pins: Mapping[str, str]) -> str | None:
     """Pull, build and push one image; returns its repository digest when
-    references are to be updated and the digest can be known."""
+    references are to be updated and the digest can be known. `pins` holds
+    the digest prod_digests.txt gives each image (for --cache_from_pinned and
+    --verify_pinned)."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     if steps.pull:
         runner.run(pull_argv(url, settings.tag), image)
     if steps.build:
-        runner.run(build_argv(url, settings.tag, f"{DOCKER_DIR}/{image}"), image)
+        cache_from = pull_pinned(runner, image, pins.get(image)) if steps.cache_from_pinned else None
+        runner.run(build_argv(url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from), image)
+        if steps.verify_pinned:
+            verify_built(runner, image, pins.get(image))
     if steps.push:
         runner.run(push_argv(url, settings.tag), image)
     if not steps.update_references:
@@ -1693,13 +1831,15 @@ def read_prod_digests(root: Path, scan: TreeScan) -> list[ProdDigest]:
     return usable_prod_digests(path.read_bytes()) if path.is_file() else []
 
 
-def prod_digests_for(root: Path, registry: str, images: Sequence[str], scan: TreeScan) -> dict[str, str]:
+def prod_digests_for(
+    root: Path, registry: str, images: Sequence[str], scan: TreeScan, action: str = "update the references to"
+) -> dict[str, str]:
     """The digest prod_digests.txt lists for each image; an error naming the first one missing."""
     listed = {entry.url: entry.digest for entry in read_prod_digests(root, scan)}
     for image in images:
         if image_url(registry, image) not in listed:
             raise ManageImagesError(
-                f"cannot update the references to {image}: {PROD_DIGESTS_PATH} has no line for "
+                f"cannot {action} {image}: {PROD_DIGESTS_PATH} has no line for "
                 f"{image_url(registry, image)}; push it with --update_references first or add the line"
             )
     return {image: listed[image_url(registry, image)] for image in images}
@@ -1815,9 +1955,8 @@ def process_images(
                 f"Processing image {image} [{number}/{len(images)}]", image
             ),
         )
-    runner.console.line(
-        format_summary(results, step_names, time.monotonic() - start, runner.settings.dry_run)
-    )
+    wall = time.monotonic() - start
+    runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
     if received:
         return 128 + received[0]
     failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
@@ -1841,6 +1980,15 @@ def run_steps(
         if steps.build:
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
+        pins: dict[str, str] = {}
+        if steps.cache_from_pinned or steps.verify_pinned:
+            entries = read_prod_digests(
+                runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
+            )
+            prefix = f"{runner.settings.registry}/"
+            pins = {
+                entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)
+            }
         if not runner.settings.dry_run and steps.any():
             check_docker(runner.settings)
         if steps.push and is_google_registry(runner.settings.registry):
@@ -1858,7 +2006,7 @@ def run_steps(
             return digest
 
         def work(image: str) -> str | None:
-            return docker_steps(runner, image, steps)
+            return docker_steps(runner, image, steps, pins)
 
         return process_images(runner, images, graph, schedule, work, finish, steps.names())
 
@@ -1883,6 +2031,86 @@ def only_references(
         return process_images(
             runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"]
         )
+
+
+def verify_registry(settings: Settings, images: Sequence[str], console: Console) -> int:
+    """--verify_pinned alone: does the registry serve each pinned digest, and TAG as it?"""
+    entries = {
+        entry.url: entry
+        for entry in read_prod_digests(settings.root, scan_tree(settings.root, settings.registry))
+    }
+    findings = []
+    for image in images:
+        url = image_url(settings.registry, image)
+        entry = entries.get(url)
+        if entry is None:
+            findings.append(
+                Finding(PROD_DIGESTS_PATH, 1, f"{url} has no line, so there is no pin to verify", "unlisted")
+            )
+            continue
+        findings += registry_findings(settings, image, entry)
+    for finding in findings:
+        console.line(str(finding))
+    noun = "image" if len(images) == 1 else "images"
+    if findings:
+        console.line(
+            f"Verified {len(images)} {noun} in {settings.registry}: {len(findings)} problem{'s' if len(findings) != 1 else ''} found."
+        )
+        return 1
+    console.line(
+        f"Verified {len(images)} {noun}: {settings.registry} serves every pinned digest, and :{settings.tag} as it."
+    )
+    return 0
+
+
+def registry_findings(settings: Settings, image: str, entry: ProdDigest) -> list[Finding]:
+    """Where the registry drifted from one pin: the digest is not served, or TAG names another."""
+    url = image_url(settings.registry, image)
+    findings = []
+    if registry_digest(settings, f"{url}@{entry.digest}") is None:
+        message = (
+            f"{url}@{entry.digest[:19]} is pinned, but the registry does not serve it (never pushed, or "
+            f"deleted); push it with manage_images.py --image {image} --build --push --update_references"
+        )
+        findings.append(Finding(PROD_DIGESTS_PATH, entry.line, message, "not-served"))
+    served = registry_digest(settings, f"{url}:{settings.tag}")
+    if served != entry.digest:
+        now = f"is {served[:19]}" if served else "does not exist"
+        message = (
+            f"{url}:{settings.tag} {now}, not the pinned {entry.digest[:19]}; "
+            f"run manage_images.py --image {image} --promote --tag {settings.tag}"
+        )
+        findings.append(Finding(PROD_DIGESTS_PATH, entry.line, message, "drift"))
+    return findings
+
+
+def promote(
+    runner: Runner, images: Sequence[str], graph: Mapping[str, Sequence[str]], schedule: Schedule
+) -> int:
+    """--promote: publish each pinned image under TAG, by digest; no build, no file change."""
+    settings = runner.settings
+    scan = scan_tree(settings.root, settings.registry)
+    pins = prod_digests_for(settings.root, settings.registry, images, scan, action="promote")
+    if not settings.dry_run:
+        check_docker(settings)
+    if is_google_registry(settings.registry):
+        configure_gcloud_auth(runner)
+    runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
+
+    def work(image: str) -> str:
+        url = image_url(settings.registry, image)
+        pinned = pins[image]
+        runner.run(pull_digest_argv(url, pinned), image)
+        runner.run(tag_argv(f"{url}@{pinned}", f"{url}:{settings.tag}"), image)
+        runner.run(push_argv(url, settings.tag), image)
+        if not settings.dry_run and registry_digest(settings, f"{url}:{settings.tag}") != pinned:
+            raise ManageImagesError(
+                f"after the push, {url}:{settings.tag} is not {pinned}; the registry rewrote the manifest "
+                "or another push raced this one: run --verify_pinned to see what it serves"
+            )
+        return pinned
+
+    return process_images(runner, images, graph, schedule, work, lambda image, digest: digest, ["promote"])
 
 
 def show_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt: str, console: Console) -> int:
@@ -1990,6 +2218,21 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "*-docker.pkg.dev) this runs `gcloud auth configure-docker` first.",
     )
     steps.add_argument(
+        "--cache_from_pinned",
+        "--cache-from-pinned",
+        action="store_true",
+        help="With --build: pull the image prod_digests.txt pins (REGISTRY/NAME@DIGEST) and build with "
+        "--cache-from it, so a machine that never built the images reproduces their digests.",
+    )
+    steps.add_argument(
+        "--verify_pinned",
+        "--verify-pinned",
+        action="store_true",
+        help="With --build: after each build, compare the image with the one prod_digests.txt pins and "
+        "fail, before any push, if they differ. Alone: check that the registry serves every pinned "
+        "digest and that REGISTRY/NAME:TAG is it; exit 1 on any drift.",
+    )
+    steps.add_argument(
         "--update_references",
         "--update-references",
         action="store_true",
@@ -2006,6 +2249,12 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="Point every reference to each image at its digest in "
         "build_tools/docker/prod_digests.txt. Needs no Docker.",
+    )
+    modes.add_argument(
+        "--promote",
+        action="store_true",
+        help="Publish each image's pinned digest (from prod_digests.txt) under --tag: docker pull by "
+        "digest, docker tag, docker push, then confirm the registry serves that digest under the tag.",
     )
     modes.add_argument(
         "--check",
@@ -2102,10 +2351,21 @@ def _check_values(
 def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     steps = Steps(args.pull, args.build, args.push, args.update_references)
     step_flags = [f"--{name}" for name in steps.names()]
+    for flag, on in (
+        ("--cache_from_pinned", args.cache_from_pinned),
+        ("--verify_pinned", args.verify_pinned),
+    ):
+        if on and step_flags and not args.build:
+            parser.error(f"{flag} goes with --build (or, for --verify_pinned, with no step at all)")
+    if args.cache_from_pinned and not args.build:
+        parser.error("--cache_from_pinned goes with --build: it changes how images are built")
+    if args.verify_pinned and not step_flags:
+        step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
     modes = [
         flag
         for flag, on in (
             ("--only_references", args.only_references),
+            ("--promote", args.promote),
             ("--check", args.check),
             ("--graph", args.graph is not None),
         )
@@ -2134,13 +2394,20 @@ def dispatch(args: argparse.Namespace, graph: Mapping[str, Sequence[str]], comma
     console = Console(sys.stdout)
     if args.graph:
         return show_graph(images, graph, args.graph, console)
-    steps = Steps(args.pull, args.build, args.push, args.update_references)
-    needed = args.check or args.only_references or steps.build or steps.update_references
+    steps = Steps(
+        args.pull, args.build, args.push, args.update_references, args.cache_from_pinned, args.verify_pinned
+    )
+    needed = args.check or args.only_references or args.promote or args.verify_pinned or steps.build
+    needed = needed or steps.update_references
     settings = Settings(args.registry, args.tag, args.dry_run, resolve_root(args.repo_root, needed))
     if args.check:
         return check(settings.root, settings.registry, images, graph, console)
+    if args.verify_pinned and not steps.any():
+        return verify_registry(settings, images, console)
     runner = Runner(settings, console, prefix_output=args.jobs > 1)
     schedule = Schedule(args.jobs, args.keep_going)
+    if args.promote:
+        return promote(runner, images, graph, schedule)
     if args.only_references:
         return only_references(runner, images, graph, schedule, command)
     return run_steps(runner, images, graph, steps, schedule, command)
