@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 import fake_tree
 import manage_images
-from helpers import E2E_REQUIRED, run_tool
+from helpers import E2E_REQUIRED, fresh_engine, run_tool
 from registry import Registry
 from standin import StandIn
 
@@ -95,42 +92,6 @@ def standin(tmp_path, monkeypatch) -> StandIn:
 
 @pytest.fixture
 def second_engine(engine):
-    """Another dockerd with its own data, exec root, pid file and socket.
-
-    It shares docker0 and leaves iptables alone: `--bridge=none` would make it
-    delete docker0 and break the first engine's RUN steps.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="mi-engine-", dir="/tmp"))
-    socket = folder / "docker.sock"
-    log = open(folder / "dockerd.log", "wb")
-    process = subprocess.Popen(
-        (
-            "dockerd",
-            "--data-root",
-            str(folder / "data"),
-            "--exec-root",
-            str(folder / "exec"),
-            "--pidfile",
-            str(folder / "docker.pid"),
-            "--host",
-            f"unix://{socket}",
-            "--iptables=false",
-            "--ip-masq=false",
-        ),
-        stdout=log,
-        stderr=log,
-    )
-    env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
-    for _ in range(120):
-        if subprocess.run(("docker", "info"), env=env, capture_output=True).returncode == 0:
-            break
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    else:
-        process.terminate()
-        raise RuntimeError(f"the second dockerd did not start; see {folder / 'dockerd.log'}")
-    yield env
-    process.terminate()
-    process.wait(timeout=60)
-    shutil.rmtree(folder, ignore_errors=True)
+    """Another, empty dockerd; yields the environment that points docker at it."""
+    with fresh_engine() as env:
+        yield env

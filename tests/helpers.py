@@ -4,16 +4,20 @@ the files hold. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import fake_tree
 import manage_images
@@ -40,6 +44,49 @@ def run_tool(repo: Path, *args: str, registry: Registry | None = None, env=None,
     return subprocess.run(
         argv + list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@contextlib.contextmanager
+def fresh_engine() -> Iterator[dict[str, str]]:
+    """Another dockerd with its own data, exec root, pid file and socket, and
+    nothing in it; yields the environment that points docker at it.
+
+    It shares docker0 and leaves iptables alone: `--bridge=none` would make it
+    delete docker0 and break the first engine's RUN steps.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="mi-engine-", dir="/tmp"))
+    socket = folder / "docker.sock"
+    log = open(folder / "dockerd.log", "wb")
+    process = subprocess.Popen(
+        (
+            "dockerd",
+            "--data-root",
+            str(folder / "data"),
+            "--exec-root",
+            str(folder / "exec"),
+            "--pidfile",
+            str(folder / "docker.pid"),
+            "--host",
+            f"unix://{socket}",
+            "--iptables=false",
+            "--ip-masq=false",
+        ),
+        stdout=log,
+        stderr=log,
+    )
+    env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(("docker", "info"), env=env, capture_output=True).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the second dockerd did not start; see {folder / 'dockerd.log'}")
+            time.sleep(0.5)
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Tool:

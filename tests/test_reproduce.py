@@ -159,7 +159,7 @@ def test_verify_pinned_alone_reports_each_drift_at_its_prod_digests_line(tree, s
     assert mi.main(["--image", "cmake-python", "--image", "cmake", "--verify_pinned", "--tag", "prod"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert (
-        "build_tools/docker/prod_digests.txt:2: gcr.io/iree-oss/cmake-python@sha256:111111111111 is pinned, but the "
+        f"build_tools/docker/prod_digests.txt:2: {PYTHON}@sha256:{'1' * 12} is pinned, but the "
         "registry does not serve it (never pushed, or deleted); push it with manage_images.py --image cmake-python "
         "--build --push --update_references"
     ) in out

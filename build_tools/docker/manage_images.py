@@ -61,6 +61,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence, Tex
 # ---------------------------------------------------------------------------
 # Constants: where things live, the image graph (data), and the grammars.
 
+__version__ = "0.2.0"
 DEFAULT_REGISTRY = "gcr.io/iree-oss"
 DEFAULT_TAG = "latest"
 DOCKER_DIR = "build_tools/docker"
@@ -140,7 +141,15 @@ T = TypeVar("T")
 
 
 class ManageImagesError(Exception):
-    """A failure the user can act on; `main` prints it as one line."""
+    """A failure the user can act on; `main` prints it as one line and exits with `returncode`."""
+
+    returncode = 1
+
+
+class UsageError(ManageImagesError):
+    """Bad input found after parsing (a revision git does not know): exit 2, as argparse's errors."""
+
+    returncode = 2
 
 
 class CommandError(ManageImagesError):
@@ -208,6 +217,7 @@ FindingKind = Literal[
     "missing",
     "not-served",
     "drift",
+    "not-re-pinned",
 ]
 
 
@@ -702,6 +712,35 @@ def append_prod_digest(data: bytes, url: str, digest: str) -> bytes:
 
 # ---------------------------------------------------------------------------
 # Dockerfiles and references against the graph and prod_digests.txt (--check).
+
+
+def images_in_paths(paths: Iterable[str], graph: Mapping[str, Sequence[str]]) -> list[str]:
+    """The images whose build context `build_tools/docker/NAME/` holds one of `paths`."""
+    prefix = f"{DOCKER_DIR}/"
+    names = {
+        path[len(prefix) :].split("/", 1)[0]
+        for path in paths
+        if path.startswith(prefix) and "/" in path[len(prefix) :]
+    }
+    return sorted(name for name in names if name in graph)
+
+
+def repin_findings(
+    changed: Iterable[str], pinned: Mapping[str, str], pinned_at_ref: Mapping[str, str], ref: str
+) -> list[Finding]:
+    """An image whose build context changed since `ref` must be pinned anew:
+    its prod_digests.txt line must differ from the one at `ref`."""
+    findings = []
+    for image in changed:
+        advice = f"run manage_images.py --image {image} --build --push --update_references"
+        path = f"{DOCKER_DIR}/{image}/Dockerfile"
+        if image not in pinned:
+            message = f"{image} changed since {ref} but has no line in {PROD_DIGESTS_PATH}; {advice}"
+            findings.append(Finding(path, 1, message, "not-re-pinned"))
+        elif pinned[image] == pinned_at_ref.get(image):
+            message = f"{image} changed since {ref} but is still pinned to {pinned[image]}; {advice}"
+            findings.append(Finding(path, 1, message, "not-re-pinned"))
+    return findings
 
 
 def dockerfile_instructions(data: bytes) -> list[tuple[int, str]]:
@@ -1217,12 +1256,16 @@ class Runner:
     dry run a command is only printed.
     """
 
-    def __init__(self, settings: Settings, console: Console, prefix_output: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, console: Console, report: Report, prefix_output: bool = False
+    ) -> None:
         self.settings = settings
         self.console = console
+        self.report = report
         self.prefix_output = prefix_output
         self.stopping = False
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
+        self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
         self._processes: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
 
@@ -1340,6 +1383,31 @@ def git_lines(root: Path, *args: str, ok: tuple[int, ...] = (0,)) -> list[str]:
             f"`git {format_command(argv[3:])}` failed in {shown(str(root))}: {said}; fix the cause and run again"
         )
     return [os.fsdecode(path) for path in result.stdout.split(b"\0") if path]
+
+
+def changed_images(root: Path, ref: str, graph: Mapping[str, Sequence[str]]) -> list[str]:
+    """The images whose build context differs between `ref` and the work tree:
+    committed or not, added, deleted or renamed files, untracked ones included.
+    A fixed number of git calls, whatever the number of images."""
+    verified = capture(("git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
+    if verified.returncode != 0:
+        raise UsageError(
+            f"--changed_since: git knows no revision {ref!r} in {shown(str(root))}; fetch it or fix the name"
+        )
+    folder = f"{DOCKER_DIR}/"
+    paths = git_lines(root, "diff", "--name-only", "--no-renames", "-z", ref, "--", folder)
+    paths += git_lines(root, "ls-files", "--others", "--exclude-standard", "-z", "--", folder)
+    return images_in_paths(paths, graph)
+
+
+def prod_digests_at(root: Path, ref: str, registry: str) -> dict[str, str]:
+    """image -> digest, as prod_digests.txt said at `ref` (empty if it had none)."""
+    result = capture_bytes(("git", "-C", str(root), "show", f"{ref}:{PROD_DIGESTS_PATH}"))
+    if result.returncode != 0:
+        return {}
+    entries, _ = parse_prod_digests(result.stdout, PROD_DIGESTS_PATH, registry)
+    prefix = f"{registry}/"
+    return {entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)}
 
 
 def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None) -> str:
@@ -1807,7 +1875,9 @@ def update_references(
         if digest is not None:
             for path in files:
                 edits.edit(path, lambda data: rewrite_references(data, registry, image, digest))
-    apply_changes(runner, lock, edits.changes())
+    changes = edits.changes()
+    apply_changes(runner, lock, changes)
+    runner.changed_files[image] = [change.path for change in changes]
 
 
 # ---------------------------------------------------------------------------
@@ -1884,6 +1954,86 @@ def preflight_build(settings: Settings, images: Sequence[str]) -> None:
 # The modes, one function each, and what they share.
 
 
+class Report:
+    """What a run did, gathered as it goes and written by --json at the end.
+
+    The keys are stable: see README.md, "JSON report".
+    """
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.started = time.monotonic()
+        self.head: dict[str, object] = {
+            "schema": 1,
+            "tool": "manage_images.py",
+            "version": __version__,
+            "command": list(command),
+            "mode": None,
+            "registry": None,
+            "tag": None,
+            "steps": [],
+            "dry_run": False,
+            "changed_since": None,
+        }
+        self.images: list[dict[str, object]] = []
+        self.findings: list[Finding] = []
+        self.error: str | None = None
+
+    def add_results(self, results: Mapping[str, ImageResult], runner: Runner, old: Mapping[str, str]) -> None:
+        for item in results.values():
+            error = item.error
+            self.images.append(
+                {
+                    "name": item.image,
+                    "result": "planned" if runner.settings.dry_run and item.result == "done" else item.result,
+                    "digest": {"old": old.get(item.image), "new": item.digest},
+                    "seconds": round(item.seconds, 3),
+                    "files": runner.changed_files.get(item.image, []),
+                    "note": runner.notes.get(item.image, ""),
+                    "exit_code": error.returncode if error else None,
+                    "error": str(error) if error else None,
+                }
+            )
+
+    def document(self, exit_code: int) -> dict[str, object]:
+        return {
+            **self.head,
+            "images": self.images,
+            "findings": [
+                {"path": finding.path, "line": finding.line, "kind": finding.kind, "message": finding.message}
+                for finding in self.findings
+            ],
+            "wall_seconds": round(time.monotonic() - self.started, 3),
+            "exit_code": exit_code,
+            "error": self.error,
+        }
+
+
+def write_report(destination: str, document: Mapping[str, object]) -> None:
+    """Writes the --json document to a file (whole, by rename) or to standard output (`-`)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if destination == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(destination)
+    temporary = temporary_beside(path)
+    try:
+        _write_new(temporary, text.encode(), 0o644)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ManageImagesError(f"cannot write the JSON report {destination}: {error.strerror}") from None
+
+
+def pinned_now(settings: Settings) -> dict[str, str]:
+    """image -> digest in prod_digests.txt, for the report; {} when it cannot be read."""
+    if path_problem(settings.root, PROD_DIGESTS_PATH) or not (settings.root / PROD_DIGESTS_PATH).is_file():
+        return {}
+    entries, _ = parse_prod_digests((settings.root / PROD_DIGESTS_PATH).read_bytes())
+    prefix = f"{settings.registry}/"
+    return {entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How many images run at a time, and whether a failure stops new starts."""
@@ -1941,6 +2091,7 @@ def process_images(
     step_names: Sequence[str],
 ) -> int:
     """Runs the images through the scheduler, prints the summary, returns the exit code."""
+    old = pinned_now(runner.settings)
     start = time.monotonic()
     with stopped_by_signals(runner) as received:
         results = run_graph(
@@ -1957,6 +2108,7 @@ def process_images(
         )
     wall = time.monotonic() - start
     runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
+    runner.report.add_results(results, runner, old)
     if received:
         return 128 + received[0]
     failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
@@ -2033,7 +2185,7 @@ def only_references(
         )
 
 
-def verify_registry(settings: Settings, images: Sequence[str], console: Console) -> int:
+def verify_registry(settings: Settings, images: Sequence[str], console: Console, report: Report) -> int:
     """--verify_pinned alone: does the registry serve each pinned digest, and TAG as it?"""
     entries = {
         entry.url: entry
@@ -2049,6 +2201,7 @@ def verify_registry(settings: Settings, images: Sequence[str], console: Console)
             )
             continue
         findings += registry_findings(settings, image, entry)
+    report.findings = findings
     for finding in findings:
         console.line(str(finding))
     noun = "image" if len(images) == 1 else "images"
@@ -2119,35 +2272,32 @@ def show_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt: s
     return 0
 
 
+@dataclass(frozen=True)
+class Presubmit:
+    """--changed_since: the revision, and the images whose build context changed since it."""
+
+    ref: str
+    changed: tuple[str, ...]
+
+
 def check(
-    root: Path, registry: str, images: Sequence[str], graph: Mapping[str, Sequence[str]], console: Console
+    root: Path,
+    registry: str,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    console: Console,
+    presubmit: Presubmit | None = None,
+    report: Report | None = None,
 ) -> int:
     """Reports every disagreement between the graph, the Dockerfiles, the
-    references and prod_digests.txt; returns 1 if there was any."""
-    findings: list[Finding] = []
-    cache: dict[str, str] = {}
-    for image in images:
-        path = f"{DOCKER_DIR}/{image}/Dockerfile"
-        problem = path_problem(root, path, cache)
-        if problem:
-            findings.append(Finding(path, 1, f"not checked: {problem}", "unsafe-path"))
-            continue
-        data = (root / path).read_bytes() if (root / path).is_file() else None
-        findings += dockerfile_findings(image, path, data, graph, registry)
+    references and prod_digests.txt (and, with --changed_since, every changed
+    image that was not pinned anew); returns 1 if there was any."""
+    findings = dockerfile_check(root, registry, images, graph)
     scan = scan_tree(root, registry)
     findings += [Finding(path, 1, f"not checked: {why}", "unsafe-path") for path, why in scan.skipped]
     findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
-    prod_digests: dict[str, str] = {}
-    if PROD_DIGESTS_PATH in scan.problems:
-        message = f"cannot be read: {scan.problems[PROD_DIGESTS_PATH]}"
-        findings.append(Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path"))
-    elif (root / PROD_DIGESTS_PATH).is_file():
-        data = (root / PROD_DIGESTS_PATH).read_bytes()
-        prod_digests, prod_findings = prod_digest_findings(data, PROD_DIGESTS_PATH, registry, graph)
-        findings += prod_findings
-    else:
-        message = "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"
-        findings.append(Finding(PROD_DIGESTS_PATH, 1, message, "missing"))
+    prod_digests, prod_findings = prod_digests_check(root, registry, graph, scan)
+    findings += prod_findings
     files = {path: (root / path).read_bytes() for path in scan.candidates}
     if RBE_IMAGE in images:
         if WORKSPACE_PATH in scan.problems:
@@ -2156,6 +2306,12 @@ def check(
         elif WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in files:
             files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
     findings += reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
+    if presubmit is not None:
+        at_ref = prod_digests_at(root, presubmit.ref, registry)
+        changed = [image for image in presubmit.changed if image in images]
+        findings += repin_findings(changed, prod_digests, at_ref, presubmit.ref)
+    if report is not None:
+        report.findings = findings
     for finding in findings:
         console.line(str(finding))
     noun = "image" if len(images) == 1 else "images"
@@ -2168,6 +2324,36 @@ def check(
         f"Checked {len(images)} {noun}: the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
     )
     return 0
+
+
+def dockerfile_check(
+    root: Path, registry: str, images: Sequence[str], graph: Mapping[str, Sequence[str]]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    cache: dict[str, str] = {}
+    for image in images:
+        path = f"{DOCKER_DIR}/{image}/Dockerfile"
+        problem = path_problem(root, path, cache)
+        if problem:
+            findings.append(Finding(path, 1, f"not checked: {problem}", "unsafe-path"))
+            continue
+        data = (root / path).read_bytes() if (root / path).is_file() else None
+        findings += dockerfile_findings(image, path, data, graph, registry)
+    return findings
+
+
+def prod_digests_check(
+    root: Path, registry: str, graph: Mapping[str, Sequence[str]], scan: TreeScan
+) -> tuple[dict[str, str], list[Finding]]:
+    """The digests prod_digests.txt pins, and what is wrong with it (missing, unreadable, bad lines)."""
+    if PROD_DIGESTS_PATH in scan.problems:
+        message = f"cannot be read: {scan.problems[PROD_DIGESTS_PATH]}"
+        return {}, [Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path")]
+    if not (root / PROD_DIGESTS_PATH).is_file():
+        message = "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"
+        return {}, [Finding(PROD_DIGESTS_PATH, 1, message, "missing")]
+    data = (root / PROD_DIGESTS_PATH).read_bytes()
+    return prod_digest_findings(data, PROD_DIGESTS_PATH, registry, graph)
 
 
 # ---------------------------------------------------------------------------
@@ -2187,7 +2373,6 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
         "--images",
         "--image",
         type=str,
-        required=True,
         action="append",
         metavar="NAME",
         help=f"Name of the image to process: {images_help(graph)}. Repeatable.",
@@ -2304,6 +2489,20 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Registry and path the images live under. Defaults to {DEFAULT_REGISTRY}.",
     )
     parser.add_argument(
+        "--changed_since",
+        "--changed-since",
+        metavar="REF",
+        help="Also select every image whose build context build_tools/docker/NAME/ differs between the git "
+        "revision REF and the work tree. With --check, also report each such image whose line in "
+        "prod_digests.txt is the same as at REF (edited but never re-pinned).",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="At the end of the run, write a JSON report of what happened to FILE (`-`: standard output, "
+        "and the human lines go to standard error).",
+    )
+    parser.add_argument(
         "--repo_root",
         "--repo-root",
         type=Path,
@@ -2315,6 +2514,9 @@ def parse_arguments(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, graph: Mapping[str, Sequence[str]]
 ) -> argparse.Namespace:
     args = parser.parse_args(argv)
+    if not args.images and args.changed_since is None:
+        parser.error("the following arguments are required: --images/--image")
+    args.images = args.images or []
     for image in args.images:
         if image != "all" and image not in graph:
             parser.error(f"Expected --image to be one of:\n  {images_help(graph)}\nbut got `{image}`.")
@@ -2388,23 +2590,60 @@ def resolve_root(repo_root: Path | None, needed: bool) -> Path:
         return start
 
 
-def dispatch(args: argparse.Namespace, graph: Mapping[str, Sequence[str]], command: str) -> int:
+def mode_of(args: argparse.Namespace, steps: Steps) -> str:
+    for mode in ("graph", "check", "promote", "only_references"):
+        if getattr(args, mode):
+            return mode
+    return "verify_pinned" if args.verify_pinned and not steps.any() else "steps"
+
+
+def select_images(
+    args: argparse.Namespace, graph: Mapping[str, Sequence[str]]
+) -> tuple[list[str], Presubmit | None, Path | None]:
+    """The images named, plus those changed since --changed_since (whose work tree it resolves)."""
+    selection = list(args.images)
+    if args.changed_since is None:
+        return selection, None, None
+    root = resolve_root(args.repo_root, True)
+    changed = changed_images(root, args.changed_since, graph)
+    selection += [image for image in changed if image not in selection]
+    return selection, Presubmit(args.changed_since, tuple(changed)), root
+
+
+def dispatch(
+    args: argparse.Namespace,
+    graph: Mapping[str, Sequence[str]],
+    command: str,
+    report: Report,
+    console: Console,
+) -> int:
     """Runs the mode the arguments ask for."""
-    images = ordered_images_to_process(args.images, graph)
-    console = Console(sys.stdout)
-    if args.graph:
-        return show_graph(images, graph, args.graph, console)
     steps = Steps(
         args.pull, args.build, args.push, args.update_references, args.cache_from_pinned, args.verify_pinned
     )
+    report.head.update(
+        mode=mode_of(args, steps),
+        registry=args.registry,
+        tag=args.tag,
+        steps=["only_references"] if args.only_references else ["promote"] if args.promote else steps.names(),
+        dry_run=args.dry_run,
+        changed_since=args.changed_since,
+    )
+    selection, presubmit, root = select_images(args, graph)
+    if not selection:
+        console.line(f"No image changed since {args.changed_since}")
+        return 0
+    images = ordered_images_to_process(selection, graph)
+    if args.graph:
+        return show_graph(images, graph, args.graph, console)
     needed = args.check or args.only_references or args.promote or args.verify_pinned or steps.build
-    needed = needed or steps.update_references
-    settings = Settings(args.registry, args.tag, args.dry_run, resolve_root(args.repo_root, needed))
+    root = root or resolve_root(args.repo_root, needed or steps.update_references)
+    settings = Settings(args.registry, args.tag, args.dry_run, root)
     if args.check:
-        return check(settings.root, settings.registry, images, graph, console)
+        return check(settings.root, settings.registry, images, graph, console, presubmit, report)
     if args.verify_pinned and not steps.any():
-        return verify_registry(settings, images, console)
-    runner = Runner(settings, console, prefix_output=args.jobs > 1)
+        return verify_registry(settings, images, console, report)
+    runner = Runner(settings, console, report, prefix_output=args.jobs > 1)
     schedule = Schedule(args.jobs, args.keep_going)
     if args.promote:
         return promote(runner, images, graph, schedule)
@@ -2421,19 +2660,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 1
     args = parse_arguments(build_parser(graph), argv, graph)
-    command = " ".join(["manage_images.py", *(sys.argv[1:] if argv is None else argv)])
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    report = Report(arguments)
+    # With --json -, standard output carries the document alone.
+    console = Console(sys.stderr if args.json == "-" else sys.stdout)
     try:
-        return dispatch(args, graph, command)
+        code = dispatch(args, graph, " ".join(["manage_images.py", *arguments]), report, console)
     except KeyboardInterrupt:
-        return 130
-    except ManageImagesError as error:
+        code = 130
+    except Exception as error:  # a bug or an unforeseen OS error too: one line, never a traceback
         sys.stdout.flush()
-        print(shown(str(error)), file=sys.stderr)
-        return error.returncode if isinstance(error, CommandError) else 1
-    except Exception as error:  # a bug or an unforeseen OS error: still one line, never a traceback
-        sys.stdout.flush()
-        print(shown(unexpected(error)), file=sys.stderr)
-        return 1
+        message = str(error) if isinstance(error, ManageImagesError) else unexpected(error)
+        if isinstance(error, UsageError):
+            message = f"manage_images.py: error: {message}"
+        print(shown(message), file=sys.stderr)
+        report.error = message
+        code = error.returncode if isinstance(error, ManageImagesError) else 1
+    if args.json:
+        try:
+            write_report(args.json, report.document(code))
+        except ManageImagesError as error:
+            print(shown(str(error)), file=sys.stderr)
+            return code or 1
+    return code
 
 
 if __name__ == "__main__":

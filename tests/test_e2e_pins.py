@@ -1,6 +1,7 @@
 """End-to-end: reproduce the pinned digests on a machine that never built
-them (--cache_from_pinned), verify them (--verify_pinned), and publish them
-by digest (--promote), against real engines and the test registry.
+them (--cache_from_pinned), verify them (--verify_pinned), publish them by
+digest (--promote), and rebuild what a change touched (--changed_since),
+against real engines and the test registry.
 
 Results come from the registry's HTTP API, the engines' image stores and git,
 never from what the tool printed.
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import fake_tree
-from helpers import ALL, change_stamp, docker, run_tool
+import manage_images
+from helpers import ALL, GRAPH, change_stamp, docker, run_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +145,20 @@ def test_promote_publishes_every_pin_and_verify_pinned_watches_the_tag(repo, reg
     assert [line for line in drifted.stdout.splitlines() if ": " in line and "prod_digests.txt:" in line] == [
         line for line in drifted.stdout.splitlines() if "/util:prod" in line
     ]
+
+
+def test_presubmit_rebuilds_exactly_what_a_change_touched(repo, registry):
+    image = "cmake-python-vulkan"
+    touched = set(manage_images.ordered_images_to_process([image], GRAPH))
+    before = registry.snapshot(ALL, ("latest",))
+    change_stamp(repo, image, "presubmit\n")
+
+    result = run_tool(
+        repo, "--changed_since", "HEAD~1", "--build", "--push", "--update_references", registry=registry
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = registry.snapshot(ALL, ("latest",))
+    assert {name for (name, _), digest in after.items() if digest != before[(name, "latest")]} == touched
+    check = run_tool(repo, "--check", "--images", "all", "--changed_since", "HEAD~1", registry=registry)
+    assert check.returncode == 0, check.stdout + check.stderr

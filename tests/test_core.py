@@ -1,0 +1,218 @@
+"""Tables for the pure core's edges: WORKSPACE as Starlark, prod_digests.txt,
+line counting. Written against the survivors of mutation testing
+(tests/MUTATION.md): each case pins a behaviour a mutant changed unseen."""
+
+from __future__ import annotations
+
+import pytest
+
+import manage_images as mi
+from helpers import D1, D2, GRAPH, NEW
+
+URL = "gcr.io/iree-oss/rbe-toolchain"
+OUR_RULE = b'rbe_autoconfig(name = "ours", digest = "%s", registry = "gcr.io", repository = "iree-oss/rbe-toolchain")\n'
+
+
+def ours(digest: bytes = D1.encode()) -> bytes:
+    return OUR_RULE % digest
+
+
+# --- Line numbers ------------------------------------------------------------------
+
+
+def test_line_counter_counts_on_and_back():
+    data = b"\nab\ncd\n\nef"
+    counter = mi.LineCounter(data)
+    assert counter.line_at(1) == 2
+    assert counter.line_at(4) == 3  # counted on from offset 1
+    assert counter.line_at(4) == 3
+    assert counter.line_at(1) == 2  # backwards: counted again from the start
+    assert counter.line_at(8) == 5
+    assert [mi.LineCounter(data).line_at(offset) for offset in range(len(data))] == [
+        mi.line_at(data, offset) for offset in range(len(data))
+    ]
+
+
+# --- WORKSPACE -----------------------------------------------------------------------
+
+
+def test_a_rule_on_the_first_line_is_found_exactly():
+    assert mi.rewrite_workspace(ours(), URL, NEW) == (ours(NEW.encode()), 1)
+
+
+def test_two_rules_with_short_placeholders_are_both_rewritten():
+    data = ours(b"sha256:TODO") + b"\n" + ours(b"x")
+    assert mi.rewrite_workspace(data, URL, NEW) == (ours(NEW.encode()) + b"\n" + ours(NEW.encode()), 2)
+
+
+def test_parse_rbe_rules_fields():
+    data = (
+        b'x = 1\nrbe_autoconfig(\n    name = "a",\n    digest = "%s",\n    registry = "gcr.io",\n    repository = "r",\n)\n'
+        % D1.encode()
+    )
+    (rule,) = mi.parse_rbe_rules(data)
+    digest_begin = data.index(b'"sha256')
+    assert rule == mi.RbeRule(
+        line=2,
+        url="gcr.io/r",
+        digest=D1,
+        digest_line=4,
+        digest_span=(digest_begin, digest_begin + 73),
+        problem="",
+        problem_line=0,
+    )
+
+
+def test_a_rule_without_digest_names_its_call_line():
+    (rule,) = mi.parse_rbe_rules(
+        b'\n\nrbe_autoconfig(registry = "gcr.io", repository = "iree-oss/rbe-toolchain")\n'
+    )
+    assert (rule.digest_line, rule.problem_line, rule.url) == (3, 3, URL)
+    assert rule.problem == 'rbe_autoconfig has no `digest = "sha256:..."`; add one so the tool can pin it'
+    with pytest.raises(mi.WorkspaceError, match=r"^WORKSPACE:3: rbe_autoconfig has no `digest"):
+        mi.rewrite_workspace(
+            b'\n\nrbe_autoconfig(registry = "gcr.io", repository = "iree-oss/rbe-toolchain")\n', URL, NEW
+        )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        b'rbe_autoconfig(name = "google")\n',  # Google's default image, no digest of ours
+        b'rbe_autoconfig(name = "half", registry = "gcr.io")\n',
+        b'rbe_autoconfig(name = "half", repository = "iree-oss/rbe-toolchain")\n',
+    ],
+)
+def test_a_rule_that_names_no_registry_of_ours_is_never_an_error(other):
+    data = other + ours()
+    assert mi.rewrite_workspace(data, URL, NEW) == (other + ours(NEW.encode()), 1)
+    assert mi.workspace_findings(data, URL, D1, "prod.txt") == []
+
+
+def test_a_rule_with_kwargs_is_an_error():
+    data = b"ARGS = {}\n" + OUR_RULE.replace(b'name = "ours"', b"**ARGS") % D1.encode()
+    (rule,) = mi.parse_rbe_rules(data)
+    assert (rule.problem, rule.problem_line) == (
+        "rbe_autoconfig takes **kwargs, so its fields cannot be read exactly",
+        2,
+    )
+    with pytest.raises(mi.WorkspaceError, match=r"^WORKSPACE:2: rbe_autoconfig takes \*\*kwargs"):
+        mi.rewrite_workspace(data, URL, NEW)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"x = 1\n# caf\xe9\n" + ours(), "WORKSPACE:2: is not UTF-8, so it cannot be parsed"),
+        (
+            ours() + b"x = (\n",
+            "WORKSPACE:2: does not parse as Starlark ('(' was never closed); fix the syntax",
+        ),
+        (
+            ours() + b"x = 1\x00\n",
+            "WORKSPACE:1: does not parse as Starlark (source code string cannot contain null bytes); fix the syntax",
+        ),
+    ],
+)
+def test_a_workspace_that_cannot_be_read_exactly_is_an_error(data, message):
+    with pytest.raises(mi.WorkspaceError) as error:
+        mi.rewrite_workspace(data, URL, NEW)
+    assert str(error.value) == message
+    assert mi.workspace_findings(data, URL, D1, "prod.txt") == [
+        mi.Finding("WORKSPACE", int(message.split(":")[1]), message.split(": ", 1)[1], "workspace")
+    ]
+
+
+def test_errors_name_the_path_they_were_given():
+    with pytest.raises(mi.WorkspaceError, match=r"^sub/WORKSPACE:1: does not parse"):
+        mi.rewrite_workspace(b"x = (\n", URL, NEW, path="sub/WORKSPACE")
+    with pytest.raises(mi.WorkspaceError, match=r"^sub/WORKSPACE:1: rbe_autoconfig `digest` is not"):
+        mi.rewrite_workspace(OUR_RULE.replace(b'"%s"', b"D"), URL, NEW, path="sub/WORKSPACE")
+
+
+def test_rewrite_workspace_refuses_a_malformed_digest_naming_the_image():
+    with pytest.raises(mi.ManageImagesError, match=f"refusing the digest 'sha256:abc' for {URL}:"):
+        mi.rewrite_workspace(ours(), URL, "sha256:abc")
+
+
+def test_workspace_findings_name_kind_line_and_message():
+    data = b"\n" + ours(b"sha256:TODO")
+    assert mi.workspace_findings(data, URL, D1, "prod.txt") == [
+        mi.Finding(
+            "WORKSPACE",
+            2,
+            "rbe_autoconfig digest 'sha256:TODO' is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+            "malformed",
+        )
+    ]
+    assert mi.workspace_findings(ours(), URL, None, "prod.txt") == [
+        mi.Finding("WORKSPACE", 1, f"rbe_autoconfig pins {URL}, which is not listed in prod.txt", "unlisted")
+    ]
+    assert mi.workspace_findings(ours(), URL, D2, "prod.txt") == [
+        mi.Finding(
+            "WORKSPACE", 1, f"rbe_autoconfig digest {D1[:19]} differs from prod.txt ({D2[:19]})", "stale"
+        )
+    ]
+    assert mi.workspace_findings(ours(), URL, D1, "prod.txt") == []
+
+
+# --- prod_digests.txt --------------------------------------------------------------
+
+
+def line(name: str, digest: str = D1) -> bytes:
+    return f"gcr.io/iree-oss/{name}@{digest}\n".encode()
+
+
+def test_parse_prod_digests_entries_and_findings():
+    data = (
+        line("base")
+        + b"\xff@garbage\n"
+        + b"@"
+        + D1.encode()
+        + b"\n"
+        + b"x@y@"
+        + D1.encode()
+        + b"\n"
+        + line("util")
+        + line("base")
+        + line("base", D2)
+    )
+    entries, findings = mi.parse_prod_digests(data, "prod.txt")
+    assert entries == [
+        mi.ProdDigest(1, "gcr.io/iree-oss/base", D1),
+        mi.ProdDigest(5, "gcr.io/iree-oss/util", D1),
+    ]
+    expected = "expected REGISTRY/NAME@sha256:<64 lowercase hex>"
+    assert findings == [
+        mi.Finding("prod.txt", 2, f"malformed line '\ufffd@garbage': {expected}", "malformed"),
+        mi.Finding("prod.txt", 3, f"malformed line '@{D1}': {expected}", "malformed"),
+        mi.Finding("prod.txt", 4, f"malformed line 'x@y@{D1}': {expected}", "malformed"),
+        mi.Finding("prod.txt", 6, "duplicate line for gcr.io/iree-oss/base (first on line 1)", "duplicate"),
+        mi.Finding(
+            "prod.txt",
+            7,
+            "gcr.io/iree-oss/base is listed again with another digest than on prod.txt:1, so its pin is "
+            "ambiguous; keep the right line only",
+            "ambiguous",
+        ),
+    ]
+
+
+def test_prod_digest_findings_keep_out_of_graph_digests_and_other_registries_apart():
+    data = line("base") + line("gone", D2) + b"gcr.io/iree-osx/cmake@" + NEW.encode() + b"\n"
+    digests, findings = mi.prod_digest_findings(data, "prod.txt", "gcr.io/iree-oss", GRAPH)
+    assert digests == {"base": D1, "gone": D2}
+    assert findings == [
+        mi.Finding(
+            "prod.txt",
+            2,
+            "gcr.io/iree-oss/gone is not an image of the graph under gcr.io/iree-oss",
+            "unknown-image",
+        ),
+        mi.Finding(
+            "prod.txt",
+            3,
+            "gcr.io/iree-osx/cmake is not an image of the graph under gcr.io/iree-oss",
+            "unknown-image",
+        ),
+    ]
