@@ -26,6 +26,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def served_digest(host: str, repository: str, tag: str) -> str | None:
+    """The manifest digest a registry at `host` serves for repository:tag (HEAD request)."""
+    request = urllib.request.Request(
+        f"http://{host}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": MANIFEST_ACCEPT},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.headers["Docker-Content-Digest"]
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+
+
 class Registry:
     """A private `docker-registry` on 127.0.0.1, queried through its HTTP API."""
 
@@ -79,18 +95,7 @@ class Registry:
 
     def digest(self, image: str, tag: str) -> str | None:
         """The manifest digest the registry serves for image:tag (HEAD request)."""
-        request = urllib.request.Request(
-            f"http://{self.host}/v2/iree-oss/{image}/manifests/{tag}",
-            method="HEAD",
-            headers={"Accept": MANIFEST_ACCEPT},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                return answer.headers["Docker-Content-Digest"]
-        except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return None
-            raise
+        return served_digest(self.host, f"iree-oss/{image}", tag)
 
     def snapshot(self, images, tags=("latest", "prod")) -> dict[tuple[str, str], str | None]:
         return {(image, tag): self.digest(image, tag) for image in images for tag in tags}

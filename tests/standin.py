@@ -30,16 +30,21 @@ if argv[0] == "docker" and argv[1] == "version":
     print("20.10.24")
     sys.exit(0)
 if argv[0] == "docker" and argv[1:3] == ["image", "inspect"]:
-    ref = argv[-1]
-    if ref in config.get("inspect_raw", {{}}):
-        print(config["inspect_raw"][ref])
-        sys.exit(0)
-    if ref not in config.get("repo_digests", {{}}):
-        print(f"Error: No such image: {{ref}}", file=sys.stderr)
-        sys.exit(1)
-    value = config["repo_digests"][ref]
-    print(value if argv[argv.index("--format") + 1] == "{{{{.Id}}}}" else json.dumps(value))
-    sys.exit(0)
+    form = argv[argv.index("--format") + 1]
+    code = 0
+    for ref in argv[argv.index("--format") + 2:]:
+        if ref in config.get("inspect_raw", {{}}):
+            print(config["inspect_raw"][ref])
+        elif ref not in config.get("repo_digests", {{}}):
+            print(f"Error: No such image: {{ref}}", file=sys.stderr)
+            code = 1
+        elif form == "{{{{.Id}}}}":
+            print(config["repo_digests"][ref])
+        elif form.startswith("{{{{json .RepoTags}}}}"):
+            print(json.dumps([ref]), json.dumps(config["repo_digests"][ref]))
+        else:
+            print(json.dumps(config["repo_digests"][ref]))
+    sys.exit(code)
 if argv[0] == "docker" and argv[1:3] == ["manifest", "inspect"]:
     ref = argv[-1]
     if ref not in config.get("manifests", {{}}):

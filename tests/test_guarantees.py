@@ -656,3 +656,19 @@ def test_an_unexpected_exception_in_main_is_one_line(tree, standin, capsys, monk
     assert mi.main(["--check", "--image", "cmake"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("unexpected OSError: [Errno 5] Input/output error")
+
+
+@pytest.mark.parametrize("changed_since_read", [False, True])
+def test_a_big_file_is_written_byte_exact_even_if_it_changed_since_it_was_read(tmp_path, changed_since_read):
+    # Big files are copied by the kernel and patched where they differ; the
+    # copy is read back, and written whole if the file was not what was read.
+    old = (b"x" * 1000 + b"\n") * 3000  # 3 MB
+    new = bytearray(old)
+    new[5:10] = b"yyyyy"
+    new[2_000_000:2_000_005] = b"zzzzz"
+    target = tmp_path / "big.txt"
+    target.write_bytes(old[:-1] + b"!" if changed_since_read else old)
+    temporary = tmp_path / ".manage_images.0123456789ab.tmp"
+    mi._write_new(temporary, bytes(new), 0o640, target, old)
+    assert temporary.read_bytes() == bytes(new)
+    assert temporary.stat().st_mode & 0o777 == 0o640

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 
@@ -101,13 +102,13 @@ def test_images_that_finish_together_are_finished_in_the_runs_order(monkeypatch)
     # Make every wait return only once all running work is over, with the
     # finished futures in reverse order of submission: the scheduler must
     # still finish them (rewrite their references) in the run's order.
-    real_wait = mi.concurrent.futures.wait
+    real_wait = concurrent.futures.wait
 
     def wait_for_all(futures, timeout=None, return_when=None):
-        real_wait(futures, timeout=10, return_when=mi.concurrent.futures.ALL_COMPLETED)
+        real_wait(futures, timeout=10, return_when=concurrent.futures.ALL_COMPLETED)
         return list(reversed(list(futures))), set()
 
-    monkeypatch.setattr(mi.concurrent.futures, "wait", wait_for_all)
+    monkeypatch.setattr(concurrent.futures, "wait", wait_for_all)
     recorder = Recorder()
     leaves = ["cmake-android", "cmake-python-nvidia", "bazel-tensorflow-nvidia", "rbe-toolchain"]
     order = mi.ordered_images_to_process(leaves, GRAPH)

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Benchmark: large repositories and large files, against one `git grep`.
+
+The floor for finding references is one full pass of
+`git grep -c -I -F gcr.io/iree-oss/` over the tracked files (it reads every
+file to its end); everything above it is the tool's overhead. The fixtures
+are made once (deterministic seed) under --cache and reused:
+
+- `100k`: a copy of this repository's tree plus 100,000 generated ~2 KB
+  source files, 1% of them holding three references (some stale);
+- `1k`: the same with 1,000 files;
+- `200mb`: a copy of the tree plus one 200 MB tracked text file with a
+  reference every 64 KB (3,200 references, half of them stale).
+
+Each case runs alternately with its baseline, several times, in one run;
+the table gives the ratio of the medians and, for the 200 MB rewrite, the
+peak memory (maximum resident set) against the file's size. Files the tool
+changes are restored (`git checkout`) between runs, outside the timing.
+Exits 1 if a goal is missed.
+
+Usage: python3 benchmarks/bench_scale.py [--repeat N] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
+REGISTRY = "gcr.io/iree-oss"
+SEED = 20261129
+GIT = ("git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run((*GIT, "-C", str(repo), *args), check=True, capture_output=True, text=True).stdout
+
+
+def prod_digests() -> dict[str, str]:
+    lines = (ROOT / "build_tools" / "docker" / "prod_digests.txt").read_text().splitlines()
+    return {url.rsplit("/", 1)[1]: digest for url, _, digest in (line.partition("@") for line in lines)}
+
+
+def copy_tree(destination: Path) -> None:
+    """This repository's committed tree, as a new git repository."""
+    destination.mkdir(parents=True)
+    archive = subprocess.run(
+        ("git", "-C", str(ROOT), "archive", "HEAD"), check=True, capture_output=True
+    ).stdout
+    subprocess.run(("tar", "-x", "-C", str(destination)), input=archive, check=True)
+    git(destination, "init", "-q", "--template=", "-b", "main")
+    git(destination, "config", "user.email", "bench@example.com")
+    git(destination, "config", "user.name", "Bench")
+
+
+def make_files(repo: Path, count: int) -> None:
+    """`count` ~2 KB source files; 1% hold three references, a third of those stale."""
+    rng = random.Random(SEED)
+    pins = prod_digests()
+    images = sorted(pins)
+    filler = "".join(rng.choice("abcdefghij klmnop\n") for _ in range(1900))
+    for number in range(count):
+        folder = repo / "src" / f"{number // 1000:03}"
+        folder.mkdir(parents=True, exist_ok=True)
+        text = f"// file {number}\n" + filler
+        if number % 100 == 0:
+            for slot in range(3):
+                image = images[(number + slot) % len(images)]
+                digest = pins[image] if (number + slot) % 3 else "sha256:" + f"{rng.getrandbits(256):064x}"
+                text += f"image = {REGISTRY}/{image}@{digest}\n"
+        (folder / f"f{number}.cc").write_text(text)
+
+
+def make_big_file(repo: Path, size: int = 200 * 1024 * 1024, every: int = 64 * 1024) -> None:
+    """One tracked text file of `size` bytes with a reference every `every` bytes, half stale."""
+    rng = random.Random(SEED)
+    pins = prod_digests()
+    images = sorted(pins)
+    block = ("x" * 99 + "\n") * (every // 100)
+    with open(repo / "big.txt", "w") as out:
+        for number in range(size // every):
+            image = images[number % len(images)]
+            digest = pins[image] if number % 2 else "sha256:" + f"{rng.getrandbits(256):064x}"
+            reference = f"{REGISTRY}/{image}@{digest}\n"
+            out.write(reference + block[: every - len(reference)])
+
+
+def fixture(cache: Path, name: str) -> Path:
+    repo = cache / name
+    if (repo / ".made").exists():
+        return repo
+    shutil.rmtree(repo, ignore_errors=True)
+    print(f"making the {name} fixture in {repo} (once)", file=sys.stderr)
+    copy_tree(repo)
+    if name == "100k":
+        make_files(repo, 100_000)
+    elif name == "1k":
+        make_files(repo, 1_000)
+    else:
+        make_big_file(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"{name} fixture")
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "exclude").write_text(".made\n")
+    (repo / ".made").write_text("")
+    return repo
+
+
+def timed(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0, 1)) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (KiB) of one command."""
+    started = time.monotonic()
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], cwd=cwd, capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    if result.returncode not in ok:
+        sys.exit(f"benchmark command failed ({result.returncode}): {' '.join(argv)}\n{result.stderr[-2000:]}")
+    return elapsed, int(result.stderr.strip().splitlines()[-1])
+
+
+def tool(*args: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), *args]
+
+
+GREP = ["git", "grep", "-c", "-I", "-F", f"{REGISTRY}/"]
+
+
+def compare(
+    repo: Path, argv: list[str], baseline: list[list[str]], repeat: int, reset: bool
+) -> dict[str, float]:
+    """Runs `argv` and the baseline commands alternately; medians and the tool's peak memory."""
+    ours, theirs, memory = [], [], []
+    for _ in range(repeat):
+        seconds, peak = timed(argv, repo)
+        ours.append(seconds)
+        memory.append(peak)
+        if reset:
+            git(repo, "checkout", "-q", "--", ".")
+        theirs.append(sum(timed(command, repo)[0] for command in baseline))
+    return {"tool": statistics.median(ours), "base": statistics.median(theirs), "memory_kib": max(memory)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each case (default 5)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/manage-images-bench-scale"))
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    big, many, few = fixture(args.cache, "200mb"), fixture(args.cache, "100k"), fixture(args.cache, "1k")
+    size_kib = (big / "big.txt").stat().st_size // 1024
+    copy = ["cp", "big.txt", "/tmp/manage-images-bench-copy.txt"]
+    rows: list[tuple[str, dict[str, float], float | None, str]] = []  # (case, result, goal, against)
+    repeat = args.repeat
+    for repo, label in ((many, "100k files"), (big, "200 MB file")):
+        result = compare(repo, tool("--check", "--images", "all"), [GREP], repeat, reset=False)
+        rows.append((f"{label}, --check --images all", result, 1.2 if repo == many else 3.0, "git grep"))
+        baseline = [GREP] if repo == many else [GREP, copy]
+        result = compare(repo, tool("--only_references", "--images", "all"), baseline, repeat, reset=True)
+        against = "git grep" if repo == many else "git grep + cp of the file"
+        rows.append(
+            (f"{label}, --only_references --images all", result, 1.5 if repo == many else 3.0, against)
+        )
+        if repo == big:
+            memory = {"tool": result["memory_kib"], "base": size_kib, "memory_kib": result["memory_kib"]}
+            rows.append((f"{label}, --only_references, peak memory", memory, 2.5, "the file's size"))
+    for repo, label, goal in ((many, "100k files", 1.5), (few, "1k files", 5.0)):
+        argv = tool("--images", "all", "-n", "--update_references")
+        rows.append(
+            (
+                f"{label}, --images all -n --update_references",
+                compare(repo, argv, [GREP], repeat, False),
+                goal,
+                "git grep",
+            )
+        )
+    started = [sys.executable, "-c", "pass"]
+    for args_ in (["--help"], ["--graph", "--images", "all"]):
+        result = compare(few, tool(*args_), [started], repeat * 4, reset=False)
+        rows.append((f"`{' '.join(args_)}`", result, 1.6, "python3 -c pass"))
+    # The floor under both: Python compiles a script run as __main__ from
+    # source every time (no .pyc), and this one is a single large module.
+    compile_only = [sys.executable, "-c", f"compile(open({str(SCRIPT)!r}).read(), 'm', 'exec')"]
+    result = compare(few, compile_only, [started], repeat * 4, reset=False)
+    rows.append(("(reference) compiling manage_images.py alone", result, None, "python3 -c pass"))
+    os.unlink("/tmp/manage-images-bench-copy.txt")
+    version = subprocess.run(("git", "--version"), capture_output=True, text=True).stdout.strip()
+    print(
+        f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, {version}"
+    )
+    print(f"Medians of {repeat} alternated runs ({repeat * 4} for start-up); fixtures under {args.cache}\n")
+    print("| case | tool | baseline | ratio | goal | against |")
+    print("|---|---:|---:|---:|---:|---|")
+    missed = 0
+    for case, result, goal, against in rows:
+        ratio = result["tool"] / result["base"]
+        missed += goal is not None and ratio > goal
+        if "memory" in case:
+            values = f"{result['tool'] / 1024:.0f} MiB | {result['base'] / 1024:.0f} MiB"
+        else:
+            values = f"{result['tool']:.3f} s | {result['base']:.3f} s"
+        print(f"| {case} | {values} | {ratio:.2f}x | {'-' if goal is None else f'<= {goal}x'} | {against} |")
+    goals = sum(goal is not None for _, _, goal, _ in rows)
+    print(f"\n{goals - missed} of {goals} goals met")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Try manage_images.py's main job for real on this machine, with no account:
+# build, push and re-pin a family of images across a repository.
+#
+#   sudo bash examples/try-locally.sh
+#
+# It provisions a Docker engine if none runs (tests/provision-docker.sh),
+# starts a private registry on 127.0.0.1:${MANAGE_IMAGES_TRY_PORT:-5000} if
+# none answers there, and lays out a scratch repository under
+# ${MANAGE_IMAGES_TRY_DIR:-/tmp/manage-images-try} whose 17 images are tiny
+# busybox images with the real graph. There it edits base and runs
+#   manage_images.py --image base --build --push --update_references -j 4
+# then shows the plan, the summary, `git diff --stat`, a Dockerfile's FROM
+# line before and after, and `--check` passing. It never touches this
+# repository or your docker config (DOCKER_CONFIG points into the scratch
+# folder). Safe to run again.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+port=${MANAGE_IMAGES_TRY_PORT:-5000}
+state=${MANAGE_IMAGES_TRY_DIR:-/tmp/manage-images-try}
+registry="127.0.0.1:$port/iree-oss"
+python=${PYTHON:-python3}
+export DOCKER_CONFIG="$state/docker-config"  # never ~/.docker/config.json
+mkdir -p "$DOCKER_CONFIG"
+
+step() { printf '\n==> %s\n' "$*"; }
+answers() { "$python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://127.0.0.1:$port/v2/" 2>/dev/null; }
+
+step "A Docker engine"
+bash "$here/tests/provision-docker.sh"
+
+step "A private registry on 127.0.0.1:$port"
+started_registry=""
+if answers; then
+  echo "a registry already answers there: using it"
+else
+  mkdir -p "$state/registry"
+  cat >"$state/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $state/registry/data
+http:
+  addr: 127.0.0.1:$port
+YAML
+  nohup docker-registry serve "$state/registry/config.yml" >"$state/registry/log" 2>&1 </dev/null &
+  echo $! >"$state/registry/pid"
+  started_registry=$(cat "$state/registry/pid")
+  for _ in $(seq 1 50); do answers && break; sleep 0.2; done
+  answers || { echo "the registry did not start; see $state/registry/log" >&2; exit 1; }
+  echo "started docker-registry (pid $started_registry), storing under $state/registry/data"
+fi
+
+step "A scratch repository: 17 tiny busybox images with the real graph"
+repo="$state/repo"
+rm -rf "$repo"
+"$python" - "$here" "$repo" "$registry" <<'PY'
+import sys
+from pathlib import Path
+
+here, repo, registry = sys.argv[1:]
+sys.path[:0] = [f"{here}/tests", f"{here}/build_tools/docker"]
+import fake_tree
+import manage_images
+
+fake_tree.make_tree(Path(repo), registry, manage_images.IMAGES_TO_DEPENDENCIES)
+PY
+cp "$here/build_tools/docker/manage_images.py" "$repo/build_tools/docker/"
+cd "$repo"
+git add build_tools/docker/manage_images.py
+git -c commit.gpgsign=false commit -qm "Add manage_images.py"
+tool() { "$python" build_tools/docker/manage_images.py --registry "$registry" "$@"; }
+echo "$repo: $(git ls-files | wc -l) tracked files. Building, pushing and pinning all 17 images once..."
+tool --images all --build --push --update_references -j 4 >"$state/bootstrap.log" 2>&1 ||
+  { tail -n 30 "$state/bootstrap.log" >&2; exit 1; }
+git -c commit.gpgsign=false commit -qam "Pin the images"
+echo "done; the tree pins every image by digest (log: $state/bootstrap.log)"
+
+step "Edit a file in base's build context"
+echo "base, edited at $(date -u +%FT%TZ)" >build_tools/docker/base/stamp
+git -c commit.gpgsign=false commit -qam "Edit base"
+before=$(grep -m1 '^FROM' build_tools/docker/cmake/Dockerfile)
+
+step "The plan: base and every image built on it, parents first"
+tool --image base --graph
+
+step "The main job: manage_images.py --image base --build --push --update_references -j 4 --registry $registry"
+tool --image base --build --push --update_references -j 4 >"$state/run.log" 2>&1 ||
+  { tail -n 30 "$state/run.log" >&2; exit 1; }
+sed -n '/^Summary:/,$p' "$state/run.log"
+echo "(the full output, with every docker command: $state/run.log)"
+
+step "git diff --stat: the new digests, pinned across the tree"
+git diff --stat
+
+step "build_tools/docker/cmake/Dockerfile, before and after"
+echo "before: $before"
+echo "after:  $(grep -m1 '^FROM' build_tools/docker/cmake/Dockerfile)"
+
+step "manage_images.py --check --images all"
+tool --check --images all
+
+step "Done. To remove what this started:"
+if [ -n "$started_registry" ]; then
+  echo "  kill $started_registry                  # the registry on 127.0.0.1:$port"
+else
+  echo "  (the registry on 127.0.0.1:$port was already running; it was left alone)"
+fi
+echo "  rm -rf $state             # the scratch repository, registry data and docker config"
+echo "  docker image ls '127.0.0.1:$port/iree-oss/*'   # the images it built; remove them with docker image rm"
