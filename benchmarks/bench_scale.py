@@ -170,6 +170,9 @@ def main() -> int:
         if repo == big:
             memory = {"tool": result["memory_kib"], "base": size_kib, "memory_kib": result["memory_kib"]}
             rows.append((f"{label}, --only_references, peak memory", memory, 2.5, "the file's size"))
+    check = tool("--check", "--images", "all")
+    result = compare(many, [*check, "--changed_since", "HEAD"], [check], repeat, reset=False)
+    rows.append(("100k files, --check --images all --changed_since HEAD", result, 1.3, "--check alone"))
     for repo, label, goal in ((many, "100k files", 1.5), (few, "1k files", 5.0)):
         argv = tool("--images", "all", "-n", "--update_references")
         rows.append(

@@ -106,8 +106,10 @@ tool --check --images all
 step "Done. To remove what this started:"
 if [ -n "$started_registry" ]; then
   echo "  kill $started_registry                  # the registry on 127.0.0.1:$port"
+elif [ -f "$state/registry/pid" ] && kill -0 "$(cat "$state/registry/pid")" 2>/dev/null; then
+  echo "  kill $(cat "$state/registry/pid")                  # the registry an earlier run started on 127.0.0.1:$port"
 else
-  echo "  (the registry on 127.0.0.1:$port was already running; it was left alone)"
+  echo "  (the registry on 127.0.0.1:$port was not started by this script; it was left alone)"
 fi
 echo "  rm -rf $state             # the scratch repository, registry data and docker config"
 echo "  docker image ls '127.0.0.1:$port/iree-oss/*'   # the images it built; remove them with docker image rm"

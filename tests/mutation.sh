@@ -14,7 +14,8 @@ python=${PYTHON:-$here/.venv/bin/python}
 mkdir -p "$work/src" "$work/tests"
 cp "$here/build_tools/docker/manage_images.py" "$work/src/"
 for file in conftest.py helpers.py fake_tree.py standin.py registry.py \
-            test_manage_images.py test_scheduler.py test_check.py test_guarantees.py; do
+            test_manage_images.py test_scheduler.py test_check.py test_guarantees.py \
+            test_core.py test_cost.py test_presubmit.py test_reproduce.py; do
   cp "$here/tests/$file" "$work/tests/"
 done
 cat > "$work/pyproject.toml" <<'TOML'
@@ -32,7 +33,8 @@ cd "$work"
 # The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler.
 core=(
   validate_graph dependents_map ordered_images_to_process expand_selection
-  reference_pattern rewrite_references check_digest line_at 'LineCounter' any_reference_pattern
+  reference_scanner find_references names_referenced rewrite_references rewrite_many 'Reference'
+  check_digest line_at 'LineCounter'
   _line_starts _literal_span _rbe_rule parse_rbe_rules rules_naming rewrite_workspace workspace_findings
   parse_prod_digests usable_prod_digests prod_digest_findings append_prod_digest
   'Edits' run_graph _finished _with_the_rest

@@ -216,3 +216,124 @@ def test_prod_digest_findings_keep_out_of_graph_digests_and_other_registries_apa
             "unknown-image",
         ),
     ]
+
+
+# --- More edges, from the second mutation run ----------------------------------------
+
+
+def test_an_unknown_dependency_error_lists_every_unknown_one():
+    with pytest.raises(
+        mi.ManageImagesError, match="^IMAGES_TO_DEPENDENCIES: a depends on x, y, which is not"
+    ):
+        mi.validate_graph({"a": ("x", "y")})
+
+
+def test_names_referenced_skips_a_registry_that_names_no_digest():
+    data = (
+        b"see gcr.io/iree-oss/ for images; gcr.io/iree-oss/cmake@sha256:x and xgcr.io/iree-oss/util@sha256:"
+    )
+    assert mi.names_referenced(data, "gcr.io/iree-oss") == {"cmake", "util"}
+
+
+def test_digest_errors_say_what_was_refused():
+    message = (
+        "refusing the digest 'sha256:abc' for gcr.io/iree-oss/cmake: expected sha256: and 64 lowercase hex "
+        "digits; no file was changed"
+    )
+    with pytest.raises(mi.ManageImagesError) as error:
+        mi.rewrite_many(b"", "gcr.io/iree-oss", {"cmake": "sha256:abc"})
+    assert str(error.value) == message
+
+
+def test_rewrite_many_rewrites_several_images_in_one_pass():
+    data = (
+        b"gcr.io/iree-oss/a@"
+        + D1.encode()
+        + b" gcr.io/iree-oss/b@"
+        + D1.encode()
+        + b" gcr.io/iree-oss/c@"
+        + D1.encode()
+    )
+    assert mi.rewrite_many(data, "gcr.io/iree-oss", {"a": NEW, "c": D2}) == data.replace(
+        b"a@" + D1.encode(), b"a@" + NEW.encode()
+    ).replace(b"c@" + D1.encode(), b"c@" + D2.encode())
+
+
+def test_the_scheduler_reports_each_start_and_times_each_image_with_its_clock():
+    ticks = iter(range(100))
+    starts = []
+    results = mi.run_graph(
+        ["a", "b"],
+        {"a": (), "b": ("a",)},
+        1,
+        False,
+        lambda image: image,
+        lambda image, value: None,
+        on_start=lambda image, number: starts.append((image, number)),
+        clock=lambda: float(next(ticks)),
+    )
+    assert starts == [("a", 1), ("b", 2)]
+    assert [results[image].seconds for image in "ab"] == [1.0, 1.0]
+    assert [results[image].finished for image in "ab"] == [0, 1]
+
+
+def test_failures_are_ranked_in_the_order_they_finished():
+    def work(image: str) -> None:
+        raise mi.ManageImagesError(image)
+
+    results = mi.run_graph(
+        ["a", "b", "c"], {"a": (), "b": (), "c": ()}, 1, True, work, lambda image, value: None
+    )
+    assert [(results[image].result, results[image].finished) for image in "abc"] == [
+        ("failed", 0),
+        ("failed", 1),
+        ("failed", 2),
+    ]
+    assert all(results[image].seconds >= 0 for image in "abc")
+
+
+def test_an_image_starts_as_soon_as_its_parents_finish_not_when_the_whole_wave_does():
+    import threading
+
+    c_started = threading.Event()
+
+    def work(image: str) -> str:
+        if image == "c":
+            c_started.set()
+        if image == "a" and not c_started.wait(timeout=10):  # a waits for c, which needs b only
+            raise mi.ManageImagesError("c never started while a ran")
+        return image
+
+    results = mi.run_graph(
+        ["a", "b", "c"], {"a": (), "b": (), "c": ("b",)}, 2, False, work, lambda image, value: value
+    )
+    assert [results[image].result for image in "abc"] == ["done", "done", "done"]
+
+
+def test_layered_edits_read_through_merge_into_and_list_their_parent():
+    class Files:
+        scan = None
+
+        def read(self, relative: str) -> bytes:
+            return b"disk:" + relative.encode()
+
+    files = Files()
+    run = mi.Edits(files)  # type: ignore[arg-type]
+    run.edit("x", lambda data: data + b"+run")
+    child = mi.Edits(files, parent=run)  # type: ignore[arg-type]
+    assert child.read("x") == b"disk:x+run"
+    child.edit("x", lambda data: data + b"+child")
+    child.edit("y", lambda data: data + b"+child")
+    assert child.containing(b"+run") == ["x"]
+    run.edit("z", lambda data: b"z+run")
+    assert child.containing(b"run") == ["x", "z"]
+    assert child.changes() == [
+        mi.FileChange("x", b"disk:x+run", b"disk:x+run+child"),
+        mi.FileChange("y", b"disk:y", b"disk:y+child"),
+    ]
+    child.merge()
+    assert run.changes() == [
+        mi.FileChange("x", b"disk:x", b"disk:x+run+child"),
+        mi.FileChange("z", b"disk:z", b"z+run"),
+        mi.FileChange("y", b"disk:y", b"disk:y+child"),
+    ]

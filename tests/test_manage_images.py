@@ -22,6 +22,7 @@ import manage_images as mi
 from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, small_tree, write
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
+README = (Path(__file__).parent.parent / "README.md").read_text()
 # --- The graph ---------------------------------------------------------------
 
 ORDERS = [
@@ -661,8 +662,18 @@ def test_help_documents_every_flag_and_alias(capsys):
         "--keep_going",
         "--keep-going",
         "-k",
+        "--cache_from_pinned",
+        "--cache-from-pinned",
+        "--verify_pinned",
+        "--verify-pinned",
+        "--promote",
+        "--changed_since",
+        "--changed-since",
+        "--json",
+        "--repo-root",
     ):
         assert f"{flag} " in text or f"{flag}," in text or f"{flag}\n" in text, flag
+        assert f"`{flag}" in README or f" {flag} " in README, f"{flag} is not in README.md"
 
 
 def test_jobs_must_be_positive(capsys):

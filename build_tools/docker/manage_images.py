@@ -26,8 +26,19 @@ Rebuild everything after a change to base, four images at a time:
       --build --push --update_references -j 4
 
 Check, without Docker, that the graph, the Dockerfiles, the references and
-prod_digests.txt agree (for CI):
-  python3 build_tools/docker/manage_images.py --check --images all
+prod_digests.txt agree, and that every image a change touched was re-pinned
+(for CI, with a JSON report):
+  python3 build_tools/docker/manage_images.py --check --images all \
+      --changed_since origin/main --json report.json
+
+Publish the pinned images under `prod`, by digest, and check the registry:
+  python3 build_tools/docker/manage_images.py --images all --promote --tag prod
+  python3 build_tools/docker/manage_images.py --images all --verify_pinned --tag prod
+
+Rebuild on a machine that never built the images and prove every pinned
+digest comes out the same:
+  python3 build_tools/docker/manage_images.py --images all --build \
+      --cache_from_pinned --verify_pinned
 
 See README.md for the workflows.
 """
@@ -325,6 +336,35 @@ class TreeScan:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """`REGISTRY/NAME@sha256:X` in a file: where X starts, NAME, and X (any run of letters and digits)."""
+
+    start: int  # of the whole reference
+    hex_start: int
+    name: str
+    hexdigits: bytes
+
+    def well_formed(self) -> bool:
+        return bool(HEX64_BYTES_RE.match(self.hexdigits))
+
+
+@dataclass(frozen=True)
+class Presubmit:
+    """--changed_since: the revision, and the images whose build context changed since it."""
+
+    ref: str
+    changed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many images run at a time, and whether a failure stops new starts."""
+
+    jobs: int = 1
+    keep_going: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a run works on, fixed before anything runs."""
 
@@ -408,19 +448,6 @@ def images_help(graph: Mapping[str, Sequence[str]]) -> str:
 
 def image_url(registry: str, image: str) -> str:
     return f"{registry}/{image}"
-
-
-@dataclass(frozen=True)
-class Reference:
-    """`REGISTRY/NAME@sha256:X` in a file: where X starts, NAME, and X (any run of letters and digits)."""
-
-    start: int  # of the whole reference
-    hex_start: int
-    name: str
-    hexdigits: bytes
-
-    def well_formed(self) -> bool:
-        return bool(HEX64_BYTES_RE.match(self.hexdigits))
 
 
 def reference_scanner(registry: str) -> re.Pattern[bytes]:
@@ -2341,14 +2368,6 @@ def pinned_now(settings: Settings) -> dict[str, str]:
     return {entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)}
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """How many images run at a time, and whether a failure stops new starts."""
-
-    jobs: int = 1
-    keep_going: bool = False
-
-
 @contextlib.contextmanager
 def repository_lock(runner: Runner, command: str, needed: bool = True) -> Iterator[RepositoryLock | None]:
     """Holds the repository lock for a run that changes files (none in a dry run)."""
@@ -2619,14 +2638,6 @@ def show_graph(images: Sequence[str], graph: Mapping[str, Sequence[str]], fmt: s
     """--graph: the graph of the images that would be processed."""
     console.line(render_graph(images, graph, fmt).rstrip("\n"))
     return 0
-
-
-@dataclass(frozen=True)
-class Presubmit:
-    """--changed_since: the revision, and the images whose build context changed since it."""
-
-    ref: str
-    changed: tuple[str, ...]
 
 
 def check(
