@@ -13,6 +13,7 @@ work=${1:-$(mktemp -d /tmp/manage-images-mutation.XXXXXX)}
 python=${PYTHON:-$here/.venv/bin/python}
 mkdir -p "$work/src" "$work/tests"
 cp "$here/build_tools/docker/manage_images.py" "$work/src/"
+cp "$here/README.md" "$work/"
 for file in conftest.py helpers.py fake_tree.py standin.py registry.py \
             test_manage_images.py test_scheduler.py test_check.py test_guarantees.py \
             test_core.py test_cost.py test_presubmit.py test_reproduce.py; do
@@ -27,7 +28,8 @@ markers = ["e2e: end-to-end"]
 
 [tool.mutmut]
 source_paths = ["src"]
-tests_dir = ["tests"]
+pytest_add_cli_args_test_selection = ["tests"]
+also_copy = ["README.md"]
 TOML
 cd "$work"
 # The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler.
@@ -68,5 +70,7 @@ killed = counts.get("killed", 0) + counts.get("timeout", 0)
 print(f"mutants: {total}, {counts}")
 print(f"score: {killed}/{total} = {100 * killed / max(total, 1):.1f}% killed")
 print("survivors:", *survivors, sep="\n  ")
+if killed + len(survivors) == 0:
+    sys.exit("no mutant was checked: see the errors above")
 PY
 echo "scratch: $work (mutmut show NAME there shows a mutant)"
