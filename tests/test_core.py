@@ -262,19 +262,25 @@ def test_rewrite_many_rewrites_several_images_in_one_pass():
 def test_the_scheduler_reports_each_start_and_times_each_image_with_its_clock():
     ticks = iter(range(100))
     starts = []
+
+    def work(image: str) -> str:
+        if image == "c":
+            raise mi.ManageImagesError("c failed")
+        return image
+
     results = mi.run_graph(
-        ["a", "b"],
-        {"a": (), "b": ("a",)},
+        ["a", "b", "c"],
+        {"a": (), "b": ("a",), "c": ("b",)},
         1,
         False,
-        lambda image: image,
+        work,
         lambda image, value: None,
         on_start=lambda image, number: starts.append((image, number)),
         clock=lambda: float(next(ticks)),
     )
-    assert starts == [("a", 1), ("b", 2)]
-    assert [results[image].seconds for image in "ab"] == [1.0, 1.0]
-    assert [results[image].finished for image in "ab"] == [0, 1]
+    assert starts == [("a", 1), ("b", 2), ("c", 3)]
+    assert [results[image].seconds for image in "abc"] == [1.0, 1.0, 1.0]  # failed ones are timed too
+    assert [results[image].finished for image in "abc"] == [0, 1, 2]
 
 
 def test_failures_are_ranked_in_the_order_they_finished():
@@ -337,3 +343,18 @@ def test_layered_edits_read_through_merge_into_and_list_their_parent():
         mi.FileChange("z", b"disk:z", b"z+run"),
         mi.FileChange("y", b"disk:y", b"disk:y+child"),
     ]
+
+
+def test_a_digest_split_over_lines_is_refused_even_when_its_columns_line_up():
+    # The implicit concatenation's last column on line 2 equals the first
+    # literal's last column on line 1: only the line check tells them apart.
+    first = '    digest = ("sha256:11"'
+    second = " " * (len(first) - 4) + '"22"),'
+    data = (
+        "rbe_autoconfig(\n" + first + "\n" + second + "\n" + '    registry = "gcr.io",\n'
+        '    repository = "iree-oss/rbe-toolchain",\n)\n'
+    ).encode()
+    with pytest.raises(
+        mi.WorkspaceError, match="^WORKSPACE:2: rbe_autoconfig `digest` is not a plain string literal"
+    ):
+        mi.rewrite_workspace(data, URL, NEW)
