@@ -753,6 +753,12 @@ def parse_prod_digests(
     return entries, findings
 
 
+def pins_by_name(entries: Iterable[ProdDigest], registry: str) -> dict[str, str]:
+    """image -> digest, for the entries under `registry`."""
+    prefix = f"{registry}/"
+    return {entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)}
+
+
 def usable_prod_digests(data: bytes, path: str = PROD_DIGESTS_PATH) -> list[ProdDigest]:
     """The entries of prod_digests.txt; ManageImagesError for a malformed or ambiguous line."""
     entries, findings = parse_prod_digests(data, path)
@@ -1531,9 +1537,7 @@ def prod_digests_at(root: Path, ref: str, registry: str) -> dict[str, str]:
     result = capture_bytes(("git", "-C", str(root), "show", f"{ref}:{PROD_DIGESTS_PATH}"))
     if result.returncode != 0:
         return {}
-    entries, _ = parse_prod_digests(result.stdout, PROD_DIGESTS_PATH, registry)
-    prefix = f"{registry}/"
-    return {entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)}
+    return pins_by_name(parse_prod_digests(result.stdout, PROD_DIGESTS_PATH, registry)[0], registry)
 
 
 def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None) -> str:
@@ -2364,8 +2368,7 @@ def pinned_now(settings: Settings) -> dict[str, str]:
     if path_problem(settings.root, PROD_DIGESTS_PATH) or not (settings.root / PROD_DIGESTS_PATH).is_file():
         return {}
     entries, _ = parse_prod_digests((settings.root / PROD_DIGESTS_PATH).read_bytes())
-    prefix = f"{settings.registry}/"
-    return {entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)}
+    return pins_by_name(entries, settings.registry)
 
 
 @contextlib.contextmanager
@@ -2473,10 +2476,7 @@ def run_steps(
             entries = read_prod_digests(
                 runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
             )
-            prefix = f"{runner.settings.registry}/"
-            pins = {
-                entry.url[len(prefix) :]: entry.digest for entry in entries if entry.url.startswith(prefix)
-            }
+            pins = pins_by_name(entries, runner.settings.registry)
         if not runner.settings.dry_run and steps.any():
             check_docker(runner.settings)
         if steps.push and is_google_registry(runner.settings.registry):
@@ -2570,18 +2570,10 @@ def verify_registry(settings: Settings, images: Sequence[str], console: Console,
             continue
         findings += registry_findings(settings, image, entry)
     report.findings = findings
-    for finding in findings:
-        console.line(str(finding))
-    noun = "image" if len(images) == 1 else "images"
-    if findings:
-        console.line(
-            f"Verified {len(images)} {noun} in {settings.registry}: {len(findings)} problem{'s' if len(findings) != 1 else ''} found."
-        )
-        return 1
-    console.line(
-        f"Verified {len(images)} {noun}: {settings.registry} serves every pinned digest, and :{settings.tag} as it."
+    agree = f"{settings.registry} serves every pinned digest, and :{settings.tag} as it."
+    return print_findings(
+        console, findings, f"Verified {len(images)}", images, f" in {settings.registry}", agree
     )
-    return 0
 
 
 def registry_findings(settings: Settings, image: str, entry: ProdDigest) -> list[Finding]:
@@ -2672,17 +2664,23 @@ def check(
         findings += repin_findings(changed, prod_digests, at_ref, presubmit.ref)
     if report is not None:
         report.findings = findings
+    agree = f"the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
+    return print_findings(console, findings, f"Checked {len(images)}", images, "", agree)
+
+
+def print_findings(
+    console: Console, findings: Sequence[Finding], what: str, images: Sequence[str], where: str, agree: str
+) -> int:
+    """Prints each finding, then one summary line (`WHAT images[WHERE]: N problems found.`
+    or `WHAT images: AGREE`); returns 1 if there was any finding."""
     for finding in findings:
         console.line(str(finding))
     noun = "image" if len(images) == 1 else "images"
     if findings:
-        console.line(
-            f"Checked {len(images)} {noun}: {len(findings)} problem{'s' if len(findings) != 1 else ''} found."
-        )
+        plural = "s" if len(findings) != 1 else ""
+        console.line(f"{what} {noun}{where}: {len(findings)} problem{plural} found.")
         return 1
-    console.line(
-        f"Checked {len(images)} {noun}: the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
-    )
+    console.line(f"{what} {noun}: {agree}")
     return 0
 
 
