@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT / "build_tools" / "docker"), str(ROOT / "tests")]
 
 import fake_tree  # noqa: E402
 import manage_images  # noqa: E402
-from helpers import fresh_engine  # noqa: E402
+from helpers import fresh_engine, image_id, pins, pull  # noqa: E402
 from registry import Registry  # noqa: E402
 
 SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
@@ -58,26 +58,13 @@ def tool(repo: Path, registry: Registry, env: dict[str, str] | None, *args: str,
     return run([sys.executable, str(SCRIPT), "--registry", registry.url, *args], repo, env, check)
 
 
-def pins(repo: Path, registry: Registry) -> dict[str, str]:
-    prefix = f"{registry.url}/"
-    lines = (repo / "build_tools" / "docker" / "prod_digests.txt").read_text().splitlines()
-    return {url[len(prefix) :]: digest for url, _, digest in (line.partition("@") for line in lines)}
-
-
-def image_id(ref: str, env: dict[str, str]) -> str | None:
-    result = subprocess.run(
-        ("docker", "image", "inspect", "--format", "{{.Id}}", ref), env=env, capture_output=True, text=True
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def reproduced(registry: Registry, pinned: dict[str, str], env: dict[str, str]) -> int:
     """How many images built as REGISTRY/NAME:prod have the pinned image's ID."""
     count = 0
     for image, digest in pinned.items():
         ref = f"{registry.url}/{image}@{digest}"
         if image_id(ref, env) is None:
-            subprocess.run(("docker", "pull", "-q", ref), env=env, capture_output=True, check=True)
+            pull(ref, env)
         count += image_id(f"{registry.url}/{image}:prod", env) == image_id(ref, env)
     return count
 

@@ -10,7 +10,7 @@ import pytest
 
 import fake_tree
 import manage_images
-from helpers import E2E_REQUIRED, fresh_engine, run_tool
+from helpers import E2E_REQUIRED, fresh_engine, run_tool, small_tree
 from registry import Registry
 from standin import StandIn
 
@@ -79,6 +79,14 @@ def git_repo(tmp_path) -> Path:
     fake_tree.git(root, "config", "user.email", "test@example.com")
     fake_tree.git(root, "config", "user.name", "Test")
     return root
+
+
+@pytest.fixture
+def tree(git_repo, monkeypatch) -> Path:
+    """A small tracked tree referring to cmake and cmake-python by digest, as the
+    current directory. test_check.py has a `tree` of its own: the 17-image world."""
+    monkeypatch.chdir(git_repo)
+    return small_tree(git_repo)
 
 
 @pytest.fixture

@@ -210,6 +210,11 @@ def small_tree(git_repo: Path) -> Path:
     return git_repo
 
 
+def all_digests(digest: str = NEW, registry: str = REGISTRY) -> dict[str, list[str]]:
+    """The stand-in docker's RepoDigests: every image's :latest pushed as `digest`."""
+    return {f"{registry}/{image}:latest": [f"{registry}/{image}@{digest}"] for image in GRAPH}
+
+
 def files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
@@ -219,6 +224,25 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 # --- What the registry, the engine and the files hold (end-to-end) ------------
+
+
+def pins(repo: Path, registry: Registry) -> dict[str, str]:
+    """image -> the digest prod_digests.txt pins it to."""
+    prefix = f"{registry.url}/"
+    lines = (repo / "build_tools" / "docker" / "prod_digests.txt").read_text().splitlines()
+    return {url[len(prefix) :]: digest for url, _, digest in (line.partition("@") for line in lines)}
+
+
+def image_id(ref: str, env: dict[str, str] | None = None) -> str | None:
+    """The ID of a local image on the engine `env` points at, or None."""
+    result = subprocess.run(
+        ("docker", "image", "inspect", "--format", "{{.Id}}", ref), env=env, capture_output=True, text=True
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def pull(ref: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run(("docker", "pull", "-q", ref), env=env, capture_output=True, check=True)
 
 
 def references(repo: Path, registry) -> dict[str, set[str]]:

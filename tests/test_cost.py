@@ -13,7 +13,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import GRAPH, NEW
+from helpers import GRAPH, NEW, all_digests
 
 REGISTRY = "gcr.io/iree-oss"
 P = fake_tree.PLACEHOLDER
@@ -50,10 +50,6 @@ def counted(monkeypatch) -> dict[str, list]:
     monkeypatch.setattr(mi, "read_file", counting_read)
     monkeypatch.setattr(mi, "capture_bytes", counting_capture)
     return seen
-
-
-def all_digests() -> dict[str, list[str]]:
-    return {f"{REGISTRY}/{image}:latest": [f"{REGISTRY}/{image}@{NEW}"] for image in GRAPH}
 
 
 @pytest.mark.parametrize("mode", [["--update_references"], ["--only_references"]])

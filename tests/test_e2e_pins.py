@@ -9,56 +9,25 @@ never from what the tool printed.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 
 import pytest
 
 import fake_tree
 import manage_images
-from helpers import ALL, GRAPH, change_stamp, docker, run_tool
+from helpers import ALL, GRAPH, change_stamp, docker, image_id, pins, pull, run_tool
 
 pytestmark = pytest.mark.e2e
 
 REPRODUCE = ("--cache_from_pinned", "--verify_pinned")
-
-
-def pins(repo: Path, registry) -> dict[str, str]:
-    """image -> the digest prod_digests.txt pins it to."""
-    prefix = f"{registry.url}/"
-    lines = (repo / "build_tools" / "docker" / "prod_digests.txt").read_text().splitlines()
-    return {url[len(prefix) :]: digest for url, _, digest in (line.partition("@") for line in lines)}
-
-
-def image_id(ref: str, env: dict[str, str] | None = None) -> str | None:
-    result = subprocess.run(
-        ("docker", "image", "inspect", "--format", "{{.Id}}", ref), env=env, capture_output=True, text=True
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def pull(ref: str, env: dict[str, str] | None = None) -> None:
-    subprocess.run(("docker", "pull", "-q", ref), env=env, capture_output=True, check=True)
+# The prod flow on a machine that never built the images, as the original ran it.
+PROD_FLOW = ("--images", "all", "--tag", "prod", "--build", "--update_references", "-j", "4")
 
 
 def test_a_cold_engine_reproduces_every_pinned_digest(repo, registry, second_engine):
     pinned = pins(repo, registry)
     assert image_id(f"{registry.url}/base@{pinned['base']}", second_engine) is None  # it never saw them
 
-    result = run_tool(
-        repo,
-        "--images",
-        "all",
-        "--tag",
-        "prod",
-        "--build",
-        "--update_references",
-        *REPRODUCE,
-        "-j",
-        "4",
-        registry=registry,
-        env=second_engine,
-    )
+    result = run_tool(repo, *PROD_FLOW, *REPRODUCE, registry=registry, env=second_engine)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert fake_tree.git(repo, "status", "--porcelain") == ""
@@ -73,19 +42,7 @@ def test_a_cold_engine_reproduces_every_pinned_digest(repo, registry, second_eng
 def test_a_cold_engine_without_cache_from_pinned_cannot_reproduce(repo, registry, second_engine):
     # The original's prod flow on a machine that never built the images.
     pinned = pins(repo, registry)
-    result = run_tool(
-        repo,
-        "--images",
-        "all",
-        "--tag",
-        "prod",
-        "--build",
-        "--update_references",
-        "-j",
-        "4",
-        registry=registry,
-        env=second_engine,
-    )
+    result = run_tool(repo, *PROD_FLOW, registry=registry, env=second_engine)
 
     changed = fake_tree.git(repo, "status", "--porcelain")
     assert result.returncode != 0 or changed, result.stdout + result.stderr

@@ -24,21 +24,11 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, D2, E2E_REQUIRED, GRAPH, NEW, SCRIPT, files, ref, small_tree, write
+from helpers import D1, D2, E2E_REQUIRED, NEW, SCRIPT, all_digests, files, ref, write
 
 RBE_URL = "gcr.io/iree-oss/rbe-toolchain"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 OTHER = "sha256:" + "e" * 64
-
-
-@pytest.fixture
-def tree(git_repo, monkeypatch) -> Path:
-    monkeypatch.chdir(git_repo)
-    return small_tree(git_repo)
-
-
-def all_digests(digest: str = NEW) -> dict[str, list[str]]:
-    return {f"gcr.io/iree-oss/{image}:latest": [f"gcr.io/iree-oss/{image}@{digest}"] for image in GRAPH}
 
 
 def commit(root: Path, message: str = "change") -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, small_tree, write
+from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, write
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
 # --- The graph ---------------------------------------------------------------
@@ -229,12 +229,6 @@ def test_argv_builders():
 
 
 # --- main() on temporary repositories ----------------------------------------
-
-
-@pytest.fixture
-def tree(git_repo, monkeypatch) -> Path:
-    monkeypatch.chdir(git_repo)
-    return small_tree(git_repo)
 
 
 def test_update_references_rewrites_tracked_files_only(tree, standin, capsys):

@@ -11,7 +11,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, GRAPH, NEW, small_tree
+from helpers import D1, GRAPH, NEW, all_digests
 
 REGISTRY = "gcr.io/iree-oss"
 P = fake_tree.PLACEHOLDER
@@ -171,33 +171,19 @@ def test_check_is_quiet_when_the_pin_moved_too_and_names_dependents_left_behind(
 # --- --json ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def tree(git_repo, monkeypatch) -> Path:
-    monkeypatch.chdir(git_repo)
-    return small_tree(git_repo)
-
-
-def digests_for_all(digest: str = NEW) -> dict[str, list[str]]:
-    return {f"{REGISTRY}/{image}:latest": [f"{REGISTRY}/{image}@{digest}"] for image in GRAPH}
-
-
 def test_json_of_a_successful_run(tree, standin, tmp_path):
-    standin.set(repo_digests=digests_for_all())
+    standin.set(repo_digests=all_digests())
     report = tmp_path / "report.json"
-    assert (
-        mi.main(
-            [
-                "--image",
-                "cmake-python-nvidia",
-                "--image",
-                "cmake-python",
-                "--update_references",
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    argv = [
+        "--image",
+        "cmake-python-nvidia",
+        "--image",
+        "cmake-python",
+        "--update_references",
+        "--json",
+        str(report),
+    ]
+    assert mi.main(argv) == 0
     document = json.loads(report.read_text())
     assert {
         key: document[key]
@@ -212,15 +198,7 @@ def test_json_of_a_successful_run(tree, standin, tmp_path):
         "steps": ["update_references"],
         "dry_run": False,
     }
-    assert document["command"] == [
-        "--image",
-        "cmake-python-nvidia",
-        "--image",
-        "cmake-python",
-        "--update_references",
-        "--json",
-        str(report),
-    ]
+    assert document["command"] == argv
     names = [image["name"] for image in document["images"]]
     assert names == closure("cmake-python-nvidia", "cmake-python")
     first = document["images"][0]
@@ -251,7 +229,7 @@ def test_json_of_a_failing_build(tree, standin, tmp_path):
 
 
 def test_json_of_a_dry_run_on_standard_output(tree, standin, capsys):
-    standin.set(repo_digests=digests_for_all())
+    standin.set(repo_digests=all_digests())
     assert mi.main(["--image", "cmake-python-nvidia", "--update_references", "-n", "--json", "-"]) == 0
     out, err = capsys.readouterr()
     document = json.loads(out)  # standard output holds the document alone

@@ -4,22 +4,15 @@ registry are in test_e2e_reproduce.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 import manage_images as mi
-from helpers import D1, GRAPH, NEW, files, small_tree
+from helpers import D1, GRAPH, NEW, files
 
 CMAKE = "gcr.io/iree-oss/cmake"
 PYTHON = "gcr.io/iree-oss/cmake-python"
 OTHER = "sha256:" + "c" * 64
-
-
-@pytest.fixture
-def tree(git_repo, monkeypatch) -> Path:
-    monkeypatch.chdir(git_repo)
-    return small_tree(git_repo)
 
 
 def docker_commands(standin) -> list[list[str]]:
