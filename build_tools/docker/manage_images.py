@@ -52,17 +52,25 @@ import fcntl
 import graphlib
 import os
 import re
-import shutil
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TextIO, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Iterable,
+    Iterator,
+    Literal,
+    Mapping,
+    NamedTuple,
+    Sequence,
+    TextIO,
+    TypeVar,
+)
 
 # ---------------------------------------------------------------------------
 # Constants: where things live, the image graph (data), and the grammars.
@@ -144,6 +152,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:  # imported where used, so --help and --graph start fast
     import ast
     import concurrent.futures
+    import subprocess
 
 
 # ---------------------------------------------------------------------------
@@ -231,8 +240,7 @@ FindingKind = Literal[
 ]
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One disagreement `--check` reports, as `path:line: message`."""
 
     path: str
@@ -244,8 +252,7 @@ class Finding:
         return f"{shown(self.path)}:{self.line}: {self.message}"
 
 
-@dataclass(frozen=True)
-class ProdDigest:
+class ProdDigest(NamedTuple):
     """A line of prod_digests.txt."""
 
     line: int
@@ -253,8 +260,7 @@ class ProdDigest:
     digest: str
 
 
-@dataclass(frozen=True)
-class RbeRule:
+class RbeRule(NamedTuple):
     """An `rbe_autoconfig(...)` call in WORKSPACE.
 
     `url` is `registry/repository` when both are plain string literals, ""
@@ -272,8 +278,7 @@ class RbeRule:
     problem_line: int = 0
 
 
-@dataclass(frozen=True)
-class ParentRef:
+class ParentRef(NamedTuple):
     """An image a Dockerfile takes from the registry."""
 
     line: int
@@ -283,8 +288,7 @@ class ParentRef:
     digest: str  # what follows `@`, or "" when the parent is not pinned
 
 
-@dataclass(frozen=True)
-class Steps:
+class Steps(NamedTuple):
     """The steps asked for, run for each image in this order."""
 
     pull: bool = False
@@ -301,8 +305,7 @@ class Steps:
         return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
 
 
-@dataclass(frozen=True)
-class ImageResult:
+class ImageResult(NamedTuple):
     """What happened to one image in a run."""
 
     image: str
@@ -313,15 +316,13 @@ class ImageResult:
     finished: int = 0  # completion rank, to find the first failure
 
 
-@dataclass(frozen=True)
-class FileChange:
+class FileChange(NamedTuple):
     path: str  # relative to the repository root
     old: bytes
     new: bytes
 
 
-@dataclass(frozen=True)
-class TreeScan:
+class TreeScan(NamedTuple):
     """What one run knows of the tracked files that name the registry.
 
     Found once per run: a rewrite changes digests, never which files name an
@@ -335,8 +336,7 @@ class TreeScan:
     problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """`REGISTRY/NAME@sha256:X` in a file: where X starts, NAME, and X (any run of letters and digits)."""
 
     start: int  # of the whole reference
@@ -348,24 +348,21 @@ class Reference:
         return bool(HEX64_BYTES_RE.match(self.hexdigits))
 
 
-@dataclass(frozen=True)
-class Presubmit:
+class Presubmit(NamedTuple):
     """--changed_since: the revision, and the images whose build context changed since it."""
 
     ref: str
     changed: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Schedule:
+class Schedule(NamedTuple):
     """How many images run at a time, and whether a failure stops new starts."""
 
     jobs: int = 1
     keep_going: bool = False
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """What a run works on, fixed before anything runs."""
 
     registry: str
@@ -1424,6 +1421,8 @@ class Runner:
         self.say(f"Running: `{format_command(argv)}`", image)
         if self.settings.dry_run:
             return
+        import subprocess
+
         with self._lock:
             if self.stopping:
                 raise ManageImagesError(f"interrupted before running `{format_command(argv)}`")
@@ -1460,6 +1459,8 @@ def capture_bytes(
     argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """Runs a read-only command (also in a dry run) and returns its output as bytes."""
+    import subprocess
+
     try:
         return subprocess.run(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=COMMAND_TIMEOUT
@@ -1477,6 +1478,8 @@ def capture(
     argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Runs a read-only command (also in a dry run) and returns its output as text."""
+    import subprocess
+
     result = capture_bytes(argv, cwd, env)
     return subprocess.CompletedProcess(
         result.args,
@@ -1957,6 +1960,8 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
 
 def check_docker(settings: Settings) -> None:
     """Fails early, with a clear message, when docker or its engine is missing."""
+    import shutil
+
     if shutil.which("docker", path=(settings.env or os.environ).get("PATH")) is None:
         raise _missing_tool("docker")
     result = capture(("docker", "version", "--format", "{{.Server.Version}}"), settings.root, settings.env)
@@ -1970,6 +1975,8 @@ def check_docker(settings: Settings) -> None:
 
 def configure_gcloud_auth(runner: Runner) -> None:
     """Runs `gcloud auth configure-docker` (printed only, in a dry run)."""
+    import shutil
+
     settings = runner.settings
     if not settings.dry_run and shutil.which("gcloud", path=(settings.env or os.environ).get("PATH")) is None:
         raise ManageImagesError(
