@@ -334,14 +334,14 @@ def test_layered_edits_read_through_merge_into_and_list_their_parent():
     run.edit("z", lambda data: b"z+run")
     assert child.containing(b"run") == ["x", "z"]
     assert child.changes() == [
-        mi.FileChange("x", b"disk:x+run", b"disk:x+run+child"),
-        mi.FileChange("y", b"disk:y", b"disk:y+child"),
+        mi.FileChange.whole("x", b"disk:x+run", b"disk:x+run+child"),
+        mi.FileChange.whole("y", b"disk:y", b"disk:y+child"),
     ]
     child.merge()
     assert run.changes() == [
-        mi.FileChange("x", b"disk:x", b"disk:x+run+child"),
-        mi.FileChange("z", b"disk:z", b"z+run"),
-        mi.FileChange("y", b"disk:y", b"disk:y+child"),
+        mi.FileChange.whole("x", b"disk:x", b"disk:x+run+child"),
+        mi.FileChange.whole("z", b"disk:z", b"z+run"),
+        mi.FileChange.whole("y", b"disk:y", b"disk:y+child"),
     ]
 
 
@@ -358,3 +358,15 @@ def test_a_digest_split_over_lines_is_refused_even_when_its_columns_line_up():
         mi.WorkspaceError, match="^WORKSPACE:2: rbe_autoconfig `digest` is not a plain string literal"
     ):
         mi.rewrite_workspace(data, URL, NEW)
+
+
+def test_new_blocks_join_to_the_new_content_whatever_the_block_boundaries():
+    old = bytes(range(256)) * 4
+    splices = ((0, 3, b"abc"), (62, 66, b"WXYZ"), (66, 66, b""), (500, 700, b"-" * 200), (1021, 1024, b"end"))
+    change = mi.FileChange("f", old, splices)
+    assert change.patchable()
+    for size in (1, 7, 64, 100, 1024, 4096):
+        blocks = list(mi.new_blocks(change, size))
+        assert [offset for offset, _ in blocks] == list(range(0, len(old), size))
+        assert b"".join(blocks_ for _, blocks_ in blocks) == change.new()
+    assert change.new()[62:66] == b"WXYZ" and change.new()[-3:] == b"end" and len(change.new()) == len(old)

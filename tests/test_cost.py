@@ -103,3 +103,36 @@ def test_line_numbers_of_many_findings_cost_one_pass_over_the_file():
     assert len(findings) == 5000
     assert [finding.line for finding in findings[:3]] == [1, 3, 5]
     assert CountingBytes.scanned <= len(data)
+
+
+@pytest.mark.parametrize("mode", [["--update_references"], ["--only_references"]])
+def test_a_big_file_is_copied_and_patched_never_built_whole_in_memory(world, standin, monkeypatch, mode):
+    standin.set(repo_digests=all_digests())
+    prod = world / "build_tools/docker/prod_digests.txt"
+    prod.write_text(prod.read_text().replace(P, NEW))
+    filler = (b"x" * 999 + b"\n") * 31
+    old = b"".join(f"{REGISTRY}/{image}@{P}\n".encode() + filler for image in GRAPH) * 3
+    assert len(old) >= mi.BIG_FILE
+    (world / "big.txt").write_bytes(old)
+    fake_tree.git(world, "add", "big.txt")
+    fake_tree.git(world, "commit", "-q", "-m", "a big file")
+    built, patched = [], []
+    apply_splices, copy_and_patch = mi.apply_splices, mi._copy_and_patch
+
+    def counting_apply(data, splices):
+        result = apply_splices(data, splices)
+        if len(result) >= mi.BIG_FILE:
+            built.append(len(result))
+        return result
+
+    def counting_copy(descriptor, base, change):
+        patched.append(copy_and_patch(descriptor, base, change))
+        return patched[-1]
+
+    monkeypatch.setattr(mi, "apply_splices", counting_apply)
+    monkeypatch.setattr(mi, "_copy_and_patch", counting_copy)
+    assert mi.main(["--images", "all", *mode]) == 0
+    assert (world / "big.txt").read_bytes() == old.replace(P.encode(), NEW.encode())
+    expected_builds = 17 if mode == ["--update_references"] else 0  # each image's run reads the last one's
+    assert patched == [True] * (17 if mode == ["--update_references"] else 1)
+    assert len(built) == expected_builds

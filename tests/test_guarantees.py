@@ -659,6 +659,11 @@ def test_a_big_file_is_written_byte_exact_even_if_it_changed_since_it_was_read(t
     target = tmp_path / "big.txt"
     target.write_bytes(old[:-1] + b"!" if changed_since_read else old)
     temporary = tmp_path / ".manage_images.0123456789ab.tmp"
-    mi._write_new(temporary, bytes(new), 0o640, target, old)
+    mi._write_new(
+        temporary,
+        mi.FileChange("big.txt", old, ((5, 10, b"yyyyy"), (2_000_000, 2_000_005, b"zzzzz"))),
+        0o640,
+        target,
+    )
     assert temporary.read_bytes() == bytes(new)
     assert temporary.stat().st_mode & 0o777 == 0o640

@@ -145,6 +145,8 @@ _REFUSED_RE = re.compile(
 _NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.I)
 # A temporary file beside its target: a short fixed-length name, so it fits
 # wherever the target's name does, and one the next run can recognise.
+BIG_FILE = 1 << 20  # bytes; a smaller file is written from memory, whatever changed
+BLOCK = 1 << 16  # bytes; the unit a big file is patched and read back in
 TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
 
 T = TypeVar("T")
@@ -316,10 +318,35 @@ class ImageResult(NamedTuple):
     finished: int = 0  # completion rank, to find the first failure
 
 
+Splice = tuple[int, int, bytes]  # (start, end, piece): old[start:end] becomes piece
+
+
 class FileChange(NamedTuple):
+    """A file's new content: its old bytes with `splices` put in.
+
+    A digest rewrite puts 64 new hex digits in place of 64 old ones, so a big
+    file's new content never has to be built in memory: it is copied and
+    patched (see `patchable`). Other edits are one splice of the whole file.
+    """
+
     path: str  # relative to the repository root
     old: bytes
-    new: bytes
+    splices: tuple[Splice, ...]  # sorted, not overlapping
+
+    @classmethod
+    def whole(cls, path: str, old: bytes, new: bytes) -> FileChange:
+        """The change that puts `new` in place of all of `old`."""
+        return cls(path, old, ((0, len(old), new),))
+
+    def new(self) -> bytes:
+        return apply_splices(self.old, self.splices)
+
+    def changed(self) -> bool:
+        return any(piece != _slice(self.old, start, end) for start, end, piece in self.splices)
+
+    def patchable(self) -> bool:
+        """True if every splice is small and keeps its length (so every byte keeps its offset)."""
+        return all(end - start == len(piece) <= BLOCK for start, end, piece in self.splices)
 
 
 class TreeScan(NamedTuple):
@@ -501,27 +528,71 @@ def rewrite_references(data: bytes, registry: str, image: str, digest: str) -> b
 
 
 def rewrite_many(data: bytes, registry: str, digests: Mapping[str, str]) -> bytes:
-    """Points every well-formed reference to each image of `digests` at its digest, in one pass.
+    """Points every well-formed reference to each image of `digests` at its digest, in one pass."""
+    return apply_splices(data, reference_splices(data, registry, digest_hexes(registry, digests)))
 
-    A digest is always 64 hex digits, so every other byte keeps its offset:
-    the new bytes are joined from views of the old ones, one copy in all.
-    """
-    new_hexes = {
+
+def digest_hexes(registry: str, digests: Mapping[str, str]) -> dict[str, bytes]:
+    """image -> the 64 hex digits of its digest, each checked first."""
+    return {
         image: check_digest(digest, image_url(registry, image))[len("sha256:") :].encode()
         for image, digest in digests.items()
     }
+
+
+def reference_splices(data: bytes, registry: str, hexes: Mapping[str, bytes]) -> list[Splice]:
+    """The splices that point every well-formed reference to an image of
+    `hexes` at its digits; none for a reference that already holds them."""
+    return [
+        (reference.hex_start, reference.hex_start + len(reference.hexdigits), hexes[reference.name])
+        for reference in find_references(data, registry)
+        if reference.name in hexes
+        and reference.well_formed()
+        and reference.hexdigits != hexes[reference.name]
+    ]
+
+
+def apply_splices(data: bytes, splices: Sequence[Splice]) -> bytes:
+    """`data` with each (start, end, piece) of `splices` (sorted, not overlapping) in place of data[start:end].
+
+    The new bytes are joined from views of the old ones: one copy in all.
+    """
+    if not splices:
+        return data
+    if len(splices) == 1 and splices[0][:2] == (0, len(data)):
+        return splices[0][2]
     view = memoryview(data)
     pieces: list[bytes | memoryview] = []
     done = 0
-    for reference in find_references(data, registry):
-        new_hex = new_hexes.get(reference.name)
-        if new_hex is not None and reference.well_formed() and reference.hexdigits != new_hex:
-            pieces += [view[done : reference.hex_start], new_hex]
-            done = reference.hex_start + len(new_hex)
-    if not pieces:
-        return data
+    for start, end, piece in splices:
+        pieces += [view[done:start], piece]
+        done = end
     pieces.append(view[done:])
     return b"".join(pieces)
+
+
+def _slice(data: bytes, start: int, end: int) -> bytes:
+    """data[start:end], without a copy when that is all of it."""
+    return data if (start, end) == (0, len(data)) else data[start:end]
+
+
+def new_blocks(change: FileChange, size: int) -> Iterator[tuple[int, bytes | bytearray]]:
+    """Every `size`-byte block of a patchable change's new content, in order,
+    as (offset, bytes): built from the old bytes one block at a time."""
+    old, splices, index = change.old, change.splices, 0
+    for offset in range(0, len(old), size):
+        end = min(offset + size, len(old))
+        block: bytes | bytearray = old[offset:end]
+        if index < len(splices) and splices[index][0] < end:
+            block = bytearray(block)
+            while index < len(splices) and splices[index][0] < end:
+                start, stop, piece = splices[index]
+                low, high = max(start, offset), min(stop, end)
+                block[low - offset : high - offset] = piece[low - start : high - start]
+                if stop > end:  # it goes on in the next block
+                    break
+                index += 1
+        yield offset, block
 
 
 def check_digest(digest: str, what: str) -> str:
@@ -1800,56 +1871,62 @@ class Edits:
     def __init__(self, files: TrackedFiles, parent: Edits | None = None) -> None:
         self.files = files
         self.parent = parent
-        self._contents: dict[str, tuple[bytes, bytes]] = {}
+        self._changes: dict[str, FileChange] = {}
 
     def read(self, relative: str) -> bytes:
-        if relative in self._contents:
-            return self._contents[relative][1]
+        if relative in self._changes:
+            return self._changes[relative].new()
         return self.parent.read(relative) if self.parent else self.files.read(relative)
 
     def edit(self, relative: str, transform: Callable[[bytes], bytes]) -> None:
         current = self.read(relative)
-        old = self._contents[relative][0] if relative in self._contents else current
-        self._contents[relative] = (old, transform(current))
+        old = self._changes[relative].old if relative in self._changes else current
+        self._changes[relative] = FileChange.whole(relative, old, transform(current))
+
+    def patch(self, relative: str, splices: Sequence[Splice]) -> None:
+        """Puts `splices` (offsets into the file as this Edits reads it) in the file."""
+        if relative in self._changes:  # seldom (prod_digests.txt): on top of the pending content
+            self.edit(relative, lambda data: apply_splices(data, splices))
+        else:
+            self._changes[relative] = FileChange(relative, self.read(relative), tuple(splices))
 
     def containing(self, text: bytes) -> list[str]:
         """Files with a pending edit whose new content holds `text`."""
-        own = [path for path, (_, new) in self._contents.items() if text in new]
+        own = [path for path, change in self._changes.items() if text in change.new()]
         inherited = self.parent.containing(text) if self.parent else []
         return own + [path for path in inherited if path not in own]
 
     def changes(self) -> list[FileChange]:
-        return [FileChange(path, old, new) for path, (old, new) in self._contents.items() if old != new]
+        return [change for change in self._changes.values() if change.changed()]
 
     def merge(self) -> None:
         """Hands every pending change to the parent."""
         assert self.parent is not None
-        for path, (old, new) in self._contents.items():
-            first = self.parent._contents[path][0] if path in self.parent._contents else old
-            self.parent._contents[path] = (first, new)
+        for path, change in self._changes.items():
+            if path in self.parent._changes:
+                change = FileChange.whole(path, self.parent._changes[path].old, change.new())
+            self.parent._changes[path] = change
 
 
-BIG_FILE = 1 << 20  # bytes; a smaller file is written from memory, whatever changed
-BLOCK = 1 << 16
+def _write_new(path: Path, change: FileChange, mode: int, base: Path | None = None) -> None:
+    """Creates `path` holding exactly the change's new content, with `mode`, on disk (fsync).
 
-
-def _write_new(path: Path, data: bytes, mode: int, base: Path | None = None, base_data: bytes = b"") -> None:
-    """Creates `path` holding exactly `data`, with `mode`, on disk (fsync).
-
-    A big file whose new content has the length of `base_data` (a digest
-    rewrite never changes a length) is copied from `base` by the kernel
-    (copy_file_range, as cp does) and only its changed blocks are written;
-    reading the copy back must then give `data`, or it is written whole.
+    A big file whose change is patchable (a digest rewrite) is copied from
+    `base` by the kernel (copy_file_range, as cp does) and its splices are
+    written over the copy; reading the copy back must then give the new
+    content, or it is written whole. Its new content is never built whole.
     """
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         patched = (
             base is not None
-            and len(data) == len(base_data) >= BIG_FILE
-            and _copy_and_patch(descriptor, base, base_data, data)
+            and len(change.old) >= BIG_FILE
+            and change.patchable()
+            and _copy_and_patch(descriptor, base, change)
         )
         if not patched:
             os.ftruncate(descriptor, 0)
+            data = change.new()
             view, written = memoryview(data), 0
             while written < len(view):
                 written += os.write(descriptor, view[written : written + (1 << 24)])
@@ -1859,27 +1936,24 @@ def _write_new(path: Path, data: bytes, mode: int, base: Path | None = None, bas
         os.close(descriptor)
 
 
-def _copy_and_patch(descriptor: int, base: Path, old: bytes, new: bytes) -> bool:
-    """Copies `base` into `descriptor` in the kernel and writes the blocks where
-    `new` differs from `old`; True if the result then reads back as `new`."""
+def _copy_and_patch(descriptor: int, base: Path, change: FileChange) -> bool:
+    """Copies `base` into `descriptor` in the kernel and writes the change's
+    splices over it; True if the result then reads back as the new content."""
+    size = len(change.old)
     try:
         with open(base, "rb") as source:
             copied = 0
-            while copied < len(new):
-                count = os.copy_file_range(source.fileno(), descriptor, len(new) - copied, copied, copied)
+            while copied < size:
+                count = os.copy_file_range(source.fileno(), descriptor, size - copied, copied, copied)
                 if count == 0:
                     return False
                 copied += count
     except OSError:  # no copy_file_range here, or across file systems: write it whole
         return False
-    for offset in range(0, len(new), BLOCK):
-        if old[offset : offset + BLOCK] != new[offset : offset + BLOCK]:
-            os.pwrite(descriptor, new[offset : offset + BLOCK], offset)
-    # `base` may have changed since it was read: the copy must be exactly `new`.
-    return all(
-        os.pread(descriptor, BLOCK, offset) == new[offset : offset + BLOCK]
-        for offset in range(0, len(new), BLOCK)
-    )
+    for start, _, piece in change.splices:
+        os.pwrite(descriptor, piece, start)
+    # `base` may have changed since it was read: the copy must be exactly the new content.
+    return all(os.pread(descriptor, BLOCK, offset) == block for offset, block in new_blocks(change, BLOCK))
 
 
 def _stage_all(
@@ -1893,7 +1967,7 @@ def _stage_all(
         change, target, temporary = item
         try:
             mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask
-            _write_new(temporary, change.new, mode, target, change.old)
+            _write_new(temporary, change, mode, target)
         except OSError as error:
             return error
         return None
@@ -2153,7 +2227,7 @@ def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence
     """Writes every change, all or nothing, or shows it as a diff in a dry run."""
     if runner.settings.dry_run:
         for change in changes:
-            runner.console.line(unified_diff(change.path, change.old, change.new).rstrip("\n"))
+            runner.console.line(unified_diff(change.path, change.old, change.new()).rstrip("\n"))
         return
     write_all_or_nothing(runner.settings.root, changes, lock)
 
@@ -2186,7 +2260,7 @@ def update_references(
     apply_changes(runner, lock, changes)
     if not runner.settings.dry_run:
         for change in changes:
-            files.written(change.path, change.new)
+            files.written(change.path, change.new())
     runner.changed_files[image] = [change.path for change in changes]
 
 
@@ -2219,8 +2293,9 @@ def plan_references(
     else:
         runner.say(f"Updating references in {len(files)} files: {files}", image)
         if digest is not None and rewrite_files:
+            hexes = digest_hexes(registry, {image: digest})
             for path in files:
-                edits.edit(path, lambda data: rewrite_references(data, registry, image, digest))
+                edits.patch(path, reference_splices(edits.read(path), registry, hexes))
 
 
 # ---------------------------------------------------------------------------
@@ -2363,7 +2438,7 @@ def write_report(destination: str, document: Mapping[str, object]) -> None:
     path = Path(destination)
     temporary = temporary_beside(path)
     try:
-        _write_new(temporary, text.encode(), 0o644)
+        _write_new(temporary, FileChange.whole(destination, b"", text.encode()), 0o644)
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
@@ -2551,8 +2626,9 @@ def only_references(
             return digest
 
         def write(results: Mapping[str, ImageResult]) -> None:
+            hexes = digest_hexes(registry, done)
             for path in dict.fromkeys(path for image in done for path in files.naming(image)):
-                run_edits.edit(path, lambda data: rewrite_many(data, registry, done))
+                run_edits.patch(path, reference_splices(run_edits.read(path), registry, hexes))
             apply_changes(runner, lock, run_edits.changes())
 
         return process_images(
