@@ -76,6 +76,16 @@ def test_a_dry_run_runs_one_git_grep_and_one_docker_image_inspect(world, standin
     assert len(inspects) == 1 and len(inspects[0]) == 5 + 17  # docker image inspect --format F, 17 refs
 
 
+def test_the_list_of_every_tracked_file_is_asked_for_only_when_the_index_can_hide_one(world, counted):
+    # A version 2 index can mark no file skip-worktree: no `git ls-files -t`,
+    # which lists all of them. Once one is marked, git moves the index to 3.
+    assert mi.main(["--check", "--images", "all"]) == 0
+    assert not [argv for argv in counted["commands"] if "-t" in argv]
+    fake_tree.git(world, "update-index", "--skip-worktree", "notes/0.txt")
+    assert mi.main(["--check", "--images", "all"]) == 1  # notes/0.txt is now hidden from git grep
+    assert len([argv for argv in counted["commands"] if "-t" in argv]) == 1
+
+
 def test_a_real_run_inspects_each_image_after_its_push(world, standin):
     standin.set(repo_digests=all_digests())
     assert mi.main(["--images", "all", "--push", "--update_references"]) == 0

@@ -459,6 +459,20 @@ def test_a_sparse_checkout_hiding_a_reference_is_a_check_finding(tree, capsys):
     )
 
 
+@pytest.mark.parametrize("index_version", ["3", "4"])
+def test_a_file_marked_skip_worktree_by_hand_is_a_check_finding(tree, capsys, index_version):
+    # Not a sparse checkout: one file marked by `git update-index`, in an
+    # index of version 3 (git's own upgrade) or 4 (index.version=4).
+    fake_tree.git(tree, "update-index", "--index-version", index_version)
+    fake_tree.git(tree, "update-index", "--skip-worktree", "ci/build.sh")
+    (tree / "ci" / "build.sh").unlink()
+    assert (tree / ".git" / "index").read_bytes()[:8] == b"DIRC\0\0\0" + bytes([int(index_version)])
+    assert mi.main(["--check", "--image", "cmake"]) == 1
+    assert (
+        "ci/build.sh:1: outside the sparse checkout, yet it names gcr.io/iree-oss/" in capsys.readouterr().out
+    )
+
+
 def test_a_git_grep_error_is_not_ignored(tree, standin, capsys):
     write(tree, "sub/pin.txt", ref("cmake") + b"\n")
     commit(tree)

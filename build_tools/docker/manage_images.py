@@ -1671,15 +1671,30 @@ def in_parallel(*calls: Callable[[], T]) -> list[T]:
     return results  # type: ignore[return-value]  # every call returned
 
 
+def index_may_hide(root: Path) -> bool:
+    """False when git's index can mark no file skip-worktree (outside a sparse
+    checkout): that mark needs index version 3 or 4, to which git moves the
+    index when it first marks one. The usual version 2 index then spares a
+    `git ls-files -t` that lists every tracked file."""
+    if "GIT_DIR" in os.environ or "GIT_INDEX_FILE" in os.environ:
+        return True
+    try:
+        with open(root / ".git" / "index", "rb") as index:
+            header = index.read(8)
+    except OSError:  # .git is a file (a worktree, a submodule), or no index yet: ask git
+        return True
+    return header != b"DIRC\0\0\0\2"
+
+
 def scan_tree(root: Path, registry: str) -> TreeScan:
     needle = f"{registry}/"
     special = (WORKSPACE_PATH, PROD_DIGESTS_PATH)
-    # Three independent git calls at once: the grep reads every file, the
-    # others only the index.
+    # Independent git calls at once: the grep reads every file, the others
+    # only the index.
     named, sparse_list, tracked_list = in_parallel(
         lambda: git_lines(root, "grep", "-l", "-z", "-I", "-F", "-e", needle, "--", ok=(0, 1)),
         # Filtered as bytes: decoding 100,000 names to keep none costs more than the git call.
-        lambda: git_lines(root, "ls-files", "-t", "-z", prefix=b"S "),
+        lambda: git_lines(root, "ls-files", "-t", "-z", prefix=b"S ") if index_may_hide(root) else [],
         lambda: git_lines(root, "ls-files", "-z", "--", *special),
     )
     cache: dict[str, str] = {}
