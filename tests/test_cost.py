@@ -86,6 +86,14 @@ def test_the_list_of_every_tracked_file_is_asked_for_only_when_the_index_can_hid
     assert len([argv for argv in counted["commands"] if "-t" in argv]) == 1
 
 
+def test_a_split_index_is_always_listed(world, counted):
+    # Its entries are partly in a shared index file with a version of its own.
+    fake_tree.git(world, "update-index", "--split-index")
+    assert (world / ".git" / "index").read_bytes()[:8] == b"DIRC\0\0\0\2"
+    assert mi.main(["--check", "--images", "all"]) == 0
+    assert len([argv for argv in counted["commands"] if "-t" in argv]) == 1
+
+
 def test_a_real_run_inspects_each_image_after_its_push(world, standin):
     standin.set(repo_digests=all_digests())
     assert mi.main(["--images", "all", "--push", "--update_references"]) == 0

@@ -1675,15 +1675,18 @@ def index_may_hide(root: Path) -> bool:
     """False when git's index can mark no file skip-worktree (outside a sparse
     checkout): that mark needs index version 3 or 4, to which git moves the
     index when it first marks one. The usual version 2 index then spares a
-    `git ls-files -t` that lists every tracked file."""
+    `git ls-files -t` that lists every tracked file. A split index (its
+    entries partly in a shared file of their own version) is always asked."""
     if "GIT_DIR" in os.environ or "GIT_INDEX_FILE" in os.environ:
         return True
+    git_dir = root / ".git"
     try:
-        with open(root / ".git" / "index", "rb") as index:
+        with open(git_dir / "index", "rb") as index:
             header = index.read(8)
+        split = any(name.startswith("sharedindex.") for name in os.listdir(git_dir))
     except OSError:  # .git is a file (a worktree, a submodule), or no index yet: ask git
         return True
-    return header != b"DIRC\0\0\0\2"
+    return split or header != b"DIRC\0\0\0\2"
 
 
 def scan_tree(root: Path, registry: str) -> TreeScan:
