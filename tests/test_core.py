@@ -370,3 +370,41 @@ def test_new_blocks_join_to_the_new_content_whatever_the_block_boundaries():
         assert [offset for offset, _ in blocks] == list(range(0, len(old), size))
         assert b"".join(blocks_ for _, blocks_ in blocks) == change.new()
     assert change.new()[62:66] == b"WXYZ" and change.new()[-3:] == b"end" and len(change.new()) == len(old)
+
+
+def test_a_file_change_is_changed_only_where_a_splice_holds_other_bytes():
+    old = b"abcdef"
+    assert not mi.FileChange("f", old, ((1, 3, b"bc"), (4, 6, b"ef"))).changed()
+    assert mi.FileChange("f", old, ((1, 3, b"bc"), (4, 6, b"eX"))).changed()
+    assert not mi.FileChange.whole("f", old, b"abcdef").changed()
+    assert mi.FileChange.whole("f", old, b"abcdeX").changed()
+
+
+def test_only_small_same_length_splices_are_patched_in_place():
+    old = b"x" * (3 * mi.BLOCK)
+    assert mi.FileChange("f", old, ((0, mi.BLOCK, b"y" * mi.BLOCK),)).patchable()
+    assert not mi.FileChange("f", old, ((0, mi.BLOCK + 1, b"y" * (mi.BLOCK + 1)),)).patchable()
+    assert not mi.FileChange("f", old, ((5, 6, b"yy"),)).patchable()
+    assert not mi.FileChange.whole("f", old, b"y" * len(old)).patchable()
+
+
+def test_applying_no_splice_or_one_of_the_whole_copies_nothing():
+    data, new = b"old bytes" * 10, b"new bytes" * 10
+    assert mi.apply_splices(data, ()) is data
+    assert mi.apply_splices(data, ((0, len(data), new),)) is new
+    assert mi.apply_splices(data, ((0, 3, b"NEW"), (4, 9, b"BYTES"))) == b"NEW BYTES" + data[9:]
+
+
+def test_a_patch_on_top_of_a_pending_edit_applies_to_the_edited_bytes():
+    class Files:
+        scan = None
+
+        def read(self, relative: str) -> bytes:
+            return b"0123456789"
+
+    edits = mi.Edits(Files())  # type: ignore[arg-type]
+    edits.patch("f", [(0, 2, b"ab")])
+    assert edits.read("f") == b"ab23456789"
+    edits.edit("f", lambda data: data + b"+")
+    edits.patch("f", [(4, 6, b"ef")])
+    assert edits.changes() == [mi.FileChange.whole("f", b"0123456789", b"ab23ef6789+")]
