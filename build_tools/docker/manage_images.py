@@ -1648,27 +1648,35 @@ def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None)
     return ""
 
 
-def in_parallel(*calls: Callable[[], T]) -> list[T]:
-    """Runs each call in a thread of its own (they wait on child processes);
-    their results in order, or the first call's error."""
-    results: list[T | None] = [None] * len(calls)
-    errors: list[BaseException | None] = [None] * len(calls)
+def in_background(call: Callable[[], T]) -> Callable[[], T]:
+    """Starts `call` in a thread of its own (it waits on child processes) and
+    returns the function that waits for it: its result, or its error raised."""
+    outcome: list[T] = []
+    errors: list[BaseException] = []
 
-    def run(index: int) -> None:
+    def run() -> None:
         try:
-            results[index] = calls[index]()
-        except BaseException as error:  # handed to the caller below
-            errors[index] = error
+            outcome.append(call())
+        except BaseException as error:  # raised by whoever waits
+            errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def wait() -> T:
         thread.join()
-    for error in errors:
-        if error is not None:
-            raise error
-    return results  # type: ignore[return-value]  # every call returned
+        if errors:
+            raise errors[0]
+        return outcome[0]
+
+    return wait
+
+
+def in_parallel(*calls: Callable[[], T]) -> list[T]:
+    """Runs each call in a thread of its own; their results in order, or the
+    first call's error (a later call is then left to finish on its own)."""
+    waits = [in_background(call) for call in calls]
+    return [wait() for wait in waits]
 
 
 def index_may_hide(root: Path) -> bool:
@@ -2568,6 +2576,8 @@ def run_steps(
 ) -> int:
     """--pull, --build, --push and --update_references, for each image in order."""
     with repository_lock(runner, command, needed=steps.update_references) as lock:
+        # A dry run asks docker for every digest while git greps the tree.
+        prefetched = in_background(lambda: prefetched_digests(runner, images, steps))
         if steps.build:
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
@@ -2589,7 +2599,7 @@ def run_steps(
             return 0
 
         files = TrackedFiles(runner.settings.root, scan, runner.settings.registry) if scan else None
-        known = prefetched_digests(runner, images, steps)
+        known = prefetched()
 
         def finish(image: str, digest: str | None) -> str | None:
             if files is not None:
@@ -2745,8 +2755,9 @@ def check(
     """Reports every disagreement between the graph, the Dockerfiles, the
     references and prod_digests.txt (and, with --changed_since, every changed
     image that was not pinned anew); returns 1 if there was any."""
+    scanned = in_background(lambda: scan_tree(root, registry))  # git grep reads every file meanwhile
     findings = dockerfile_check(root, registry, images, graph)
-    scan = scan_tree(root, registry)
+    scan = scanned()
     findings += [Finding(path, 1, f"not checked: {why}", "unsafe-path") for path, why in scan.skipped]
     findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
     prod_digests, prod_findings = prod_digests_check(root, registry, graph, scan)
