@@ -157,6 +157,12 @@ D3 = "sha256:" + "a" * 64
 NEW = "sha256:" + "f" * 64
 
 
+def rewrite(data: bytes, registry: str, digests: dict[str, str]) -> bytes:
+    """`data` as the tool rewrites it to point each image of `digests` at its digest."""
+    hexes = manage_images.digest_hexes(registry, digests)
+    return manage_images.apply_splices(data, manage_images.reference_splices(data, registry, hexes))
+
+
 def ref(name: str, digest: str = D1, registry: str = REGISTRY) -> bytes:
     return f"{registry}/{name}@{digest}".encode()
 

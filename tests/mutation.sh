@@ -35,7 +35,7 @@ cd "$work"
 # The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler.
 core=(
   validate_graph dependents_map ordered_images_to_process expand_selection
-  reference_scanner find_references names_referenced rewrite_references rewrite_many 'Reference'
+  reference_scanner find_references names_referenced 'Reference'
   digest_hexes reference_splices apply_splices _slice new_blocks 'FileChange'
   check_digest line_at 'LineCounter'
   _line_starts _literal_span _rbe_rule parse_rbe_rules rules_naming rewrite_workspace workspace_findings

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import manage_images as mi
-from helpers import D1, D2, GRAPH, NEW
+from helpers import D1, D2, GRAPH, NEW, rewrite
 
 URL = "gcr.io/iree-oss/rbe-toolchain"
 OUR_RULE = b'rbe_autoconfig(name = "ours", digest = "%s", registry = "gcr.io", repository = "iree-oss/rbe-toolchain")\n'
@@ -241,11 +241,11 @@ def test_digest_errors_say_what_was_refused():
         "digits; no file was changed"
     )
     with pytest.raises(mi.ManageImagesError) as error:
-        mi.rewrite_many(b"", "gcr.io/iree-oss", {"cmake": "sha256:abc"})
+        rewrite(b"", "gcr.io/iree-oss", {"cmake": "sha256:abc"})
     assert str(error.value) == message
 
 
-def test_rewrite_many_rewrites_several_images_in_one_pass():
+def test_references_to_several_images_are_rewritten_in_one_pass():
     data = (
         b"gcr.io/iree-oss/a@"
         + D1.encode()
@@ -254,7 +254,7 @@ def test_rewrite_many_rewrites_several_images_in_one_pass():
         + b" gcr.io/iree-oss/c@"
         + D1.encode()
     )
-    assert mi.rewrite_many(data, "gcr.io/iree-oss", {"a": NEW, "c": D2}) == data.replace(
+    assert rewrite(data, "gcr.io/iree-oss", {"a": NEW, "c": D2}) == data.replace(
         b"a@" + D1.encode(), b"a@" + NEW.encode()
     ).replace(b"c@" + D1.encode(), b"c@" + D2.encode())
 

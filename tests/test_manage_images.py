@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, write
+from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, rewrite, write
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
 # --- The graph ---------------------------------------------------------------
@@ -117,18 +117,18 @@ REWRITE_TABLE = [
 
 @pytest.mark.parametrize(("data", "expected"), REWRITE_TABLE)
 def test_rewrite_references(data, expected):
-    assert mi.rewrite_references(data, REGISTRY, "cmake", NEW) == expected
+    assert rewrite(data, REGISTRY, {"cmake": NEW}) == expected
 
 
 def test_rewrite_refuses_a_malformed_digest():
     with pytest.raises(mi.ManageImagesError, match="refusing the digest"):
-        mi.rewrite_references(ref("cmake"), REGISTRY, "cmake", "sha256:abc")
+        rewrite(ref("cmake"), REGISTRY, {"cmake": "sha256:abc"})
 
 
 def test_registry_with_a_port_is_matched_literally():
     registry = "127.0.0.1:5000/iree-oss"
     data = ref("base", registry=registry) + b" " + ref("base", registry="127.0.0.1:50001/iree-oss")
-    assert mi.rewrite_references(data, registry, "base", NEW) == (
+    assert rewrite(data, registry, {"base": NEW}) == (
         ref("base", NEW, registry) + b" " + ref("base", registry="127.0.0.1:50001/iree-oss")
     )
 
@@ -585,7 +585,7 @@ def documents(draw):
 @given(documents())
 def test_rewrite_changes_exactly_the_references_of_one_image(document):
     data, expected = document
-    assert mi.rewrite_references(data, REGISTRY, "cmake", NEW) == expected
+    assert rewrite(data, REGISTRY, {"cmake": NEW}) == expected
 
 
 @pytest.mark.parametrize(

@@ -522,16 +522,6 @@ def names_referenced(data: bytes, registry: str) -> set[str]:
     return names
 
 
-def rewrite_references(data: bytes, registry: str, image: str, digest: str) -> bytes:
-    """Points every well-formed reference to `image` in `data` at `digest`."""
-    return rewrite_many(data, registry, {image: digest})
-
-
-def rewrite_many(data: bytes, registry: str, digests: Mapping[str, str]) -> bytes:
-    """Points every well-formed reference to each image of `digests` at its digest, in one pass."""
-    return apply_splices(data, reference_splices(data, registry, digest_hexes(registry, digests)))
-
-
 def digest_hexes(registry: str, digests: Mapping[str, str]) -> dict[str, bytes]:
     """image -> the 64 hex digits of its digest, each checked first."""
     return {
