@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 import fake_tree
 import manage_images
 from registry import Registry
@@ -155,6 +157,14 @@ D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 D3 = "sha256:" + "a" * 64
 NEW = "sha256:" + "f" * 64
+
+
+def usage_error(argv: list[str], capsys) -> str:
+    """What `main(argv)` prints on stderr, having stopped it as a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exit_:
+        manage_images.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
 
 
 def rewrite(data: bytes, registry: str, digests: dict[str, str]) -> bytes:

@@ -6,6 +6,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
+from helpers import usage_error
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
 REGISTRY = "gcr.io/iree-oss"
@@ -220,10 +221,9 @@ def test_graph_mermaid_with_a_lone_image(capsys):
 
 
 def test_graph_cannot_be_combined_with_steps(capsys):
-    with pytest.raises(SystemExit) as exit:
-        mi.main(["--graph", "--image", "util", "--build"])
-    assert exit.value.code == 2
-    assert "--graph and --build cannot be combined" in capsys.readouterr().err
+    assert "--graph and --build cannot be combined" in usage_error(
+        ["--graph", "--image", "util", "--build"], capsys
+    )
 
 
 # --- --only_references --------------------------------------------------------

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, rewrite, write
+from helpers import D1, D2, D3, NEW, REGISTRY, WORKSPACE, files, ref, rewrite, usage_error, write
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
 # --- The graph ---------------------------------------------------------------
@@ -419,10 +419,7 @@ def test_no_step_prints_the_plan_and_runs_nothing(tree, standin, capsys):
 
 
 def test_unknown_image_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exit:
-        mi.main(["--image", "cmak"])
-    assert exit.value.code == 2
-    err = capsys.readouterr().err
+    err = usage_error(["--image", "cmak"], capsys)
     assert err.endswith(
         "error: Expected --image to be one of:\n"
         f"  {', '.join(f'`{name}`' for name in sorted(GRAPH))} or `all`\n"
@@ -431,10 +428,7 @@ def test_unknown_image_is_a_usage_error(capsys):
 
 
 def test_missing_image_is_argparse_required_error(capsys):
-    with pytest.raises(SystemExit) as exit:
-        mi.main(["--build"])
-    assert exit.value.code == 2
-    assert "error: the following arguments are required: --images/--image" in capsys.readouterr().err
+    assert "error: the following arguments are required: --images/--image" in usage_error(["--build"], capsys)
 
 
 @pytest.mark.parametrize(
@@ -449,10 +443,7 @@ def test_missing_image_is_argparse_required_error(capsys):
     ],
 )
 def test_bad_tag_or_registry_is_a_usage_error(args, message, capsys):
-    with pytest.raises(SystemExit) as exit:
-        mi.main(["--image", "util", *args])
-    assert exit.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(["--image", "util", *args], capsys)
 
 
 def test_outside_a_git_work_tree(tmp_path, standin, monkeypatch, capsys):
@@ -671,10 +662,9 @@ def test_help_documents_every_flag_and_alias(capsys):
 
 
 def test_jobs_must_be_positive(capsys):
-    with pytest.raises(SystemExit) as exit:
-        mi.main(["--image", "util", "--build", "-j", "0"])
-    assert exit.value.code == 2
-    assert "--jobs must be at least 1, not 0" in capsys.readouterr().err
+    assert "--jobs must be at least 1, not 0" in usage_error(
+        ["--image", "util", "--build", "-j", "0"], capsys
+    )
 
 
 def test_binary_files_are_skipped(tree, standin):

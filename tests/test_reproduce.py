@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import manage_images as mi
-from helpers import D1, GRAPH, NEW, files
+from helpers import D1, GRAPH, NEW, files, usage_error
 
 CMAKE = "gcr.io/iree-oss/cmake"
 PYTHON = "gcr.io/iree-oss/cmake-python"
@@ -199,10 +199,7 @@ def test_verify_pinned_alone_passes_when_the_registry_agrees(tree, standin, caps
     ],
 )
 def test_reproducibility_flags_misused_are_usage_errors(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        mi.main(["--image", "cmake", *args])
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(["--image", "cmake", *args], capsys)
 
 
 def test_loopback_registries_are_asked_over_plain_http():
