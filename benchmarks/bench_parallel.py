@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT / "build_tools" / "docker"), str(ROOT / "tests")]
 
 import fake_tree  # noqa: E402
 import manage_images  # noqa: E402
-from registry import Registry  # noqa: E402
+from registry import Registry, running  # noqa: E402
 
 SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
 GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
@@ -106,10 +106,7 @@ def main() -> int:
     order = manage_images.ordered_images_to_process(sorted(GRAPH), GRAPH)
     with tempfile.TemporaryDirectory(prefix="mi-bench-") as folder:
         folder = Path(folder)
-        (folder / "registry").mkdir()
-        registry = Registry(folder / "registry")
-        registry.start()
-        try:
+        with running(folder / "registry") as registry:
             world = fake_tree.make_tree(folder / "world", registry.url, GRAPH, sleep=args.seconds)
             tool(world, registry, "--images", "all", *STEPS, "-j", "8")
             fake_tree.git(world, "commit", "-q", "-am", "bootstrap")
@@ -136,8 +133,6 @@ def main() -> int:
                     run()
             if fake_tree.git(world, "status", "--porcelain"):
                 sys.exit("the nothing-changed run changed files: the benchmark tree is inconsistent")
-        finally:
-            registry.stop()
 
     engine = subprocess.run(
         ("docker", "version", "--format", "{{.Server.Version}}"), capture_output=True, text=True

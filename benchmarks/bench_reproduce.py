@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT / "build_tools" / "docker"), str(ROOT / "tests")]
 import fake_tree  # noqa: E402
 import manage_images  # noqa: E402
 from helpers import fresh_engine, image_id, pins, pull  # noqa: E402
-from registry import Registry  # noqa: E402
+from registry import Registry, running  # noqa: E402
 
 SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
 GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
@@ -107,10 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-reproduce-") as scratch:
         folder = Path(scratch)
-        (folder / "registry").mkdir()
-        registry = Registry(folder / "registry")
-        registry.start()
-        try:
+        with running(folder / "registry") as registry:
             repo = fake_tree.make_tree(folder / "repo", registry.url, GRAPH, sleep=args.seconds)
             tool(
                 repo, registry, None, "--images", "all", "--build", "--push", "--update_references", "-j", "4"
@@ -121,8 +118,6 @@ def main() -> int:
                 name: scenario(name, repo, registry, pinned, args.repeat)
                 for name in ("pull", "original", "cache_from_pinned -j 1", "cache_from_pinned -j 4")
             }
-        finally:
-            registry.stop()
     pull = rows["pull"][0]
     version = subprocess.run(
         ("docker", "version", "--format", "{{.Server.Version}}"), capture_output=True, text=True

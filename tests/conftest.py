@@ -11,7 +11,7 @@ import pytest
 import fake_tree
 import manage_images
 from helpers import E2E_REQUIRED, fresh_engine, run_tool, small_tree
-from registry import Registry
+from registry import Registry, running
 from standin import StandIn
 
 
@@ -43,10 +43,8 @@ def engine() -> None:
 
 @pytest.fixture(scope="session")
 def registry(engine, tmp_path_factory) -> Registry:
-    server = Registry(tmp_path_factory.mktemp("registry"))
-    server.start()
-    yield server
-    server.stop()
+    with running(tmp_path_factory.mktemp("registry")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 MANIFEST_ACCEPT = ", ".join(
     (
@@ -99,3 +101,15 @@ class Registry:
 
     def snapshot(self, images, tags=("latest", "prod")) -> dict[tuple[str, str], str | None]:
         return {(image, tag): self.digest(image, tag) for image in images for tag in tags}
+
+
+@contextlib.contextmanager
+def running(folder: Path) -> Iterator[Registry]:
+    """A registry serving from `folder` (made if missing) for the time of the `with` block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = Registry(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
