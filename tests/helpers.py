@@ -170,7 +170,8 @@ def usage_error(argv: list[str], capsys) -> str:
 def rewrite(data: bytes, registry: str, digests: dict[str, str]) -> bytes:
     """`data` as the tool rewrites it to point each image of `digests` at its digest."""
     hexes = manage_images.digest_hexes(registry, digests)
-    return manage_images.apply_splices(data, manage_images.reference_splices(data, registry, hexes))
+    references = manage_images.find_references(data, registry)
+    return manage_images.apply_splices(data, manage_images.reference_splices(references, hexes))
 
 
 def ref(name: str, digest: str = D1, registry: str = REGISTRY) -> bytes:

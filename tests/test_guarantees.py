@@ -124,6 +124,22 @@ def test_workspace_rule_for_another_image_is_never_rewritten():
     assert mi.rewrite_workspace(data, RBE_URL, NEW) == (data, 0)
 
 
+@pytest.mark.parametrize("mode", [["--update_references"], ["--only_references"]])
+def test_workspace_placeholder_and_a_reference_after_it_are_both_rewritten(tree, standin, mode):
+    # Filling in the placeholder makes the file longer: the reference below it
+    # must be found in the new content, not at its old offset.
+    data = rbe_workspace(b'digest = "sha256:TODO",') + b"# was " + ref("rbe-toolchain", D1) + b"\n"
+    (tree / "WORKSPACE").write_bytes(data)
+    prod = tree / "build_tools/docker/prod_digests.txt"
+    prod.write_bytes(prod.read_bytes() + ref("rbe-toolchain", NEW) + b"\n")
+    commit(tree)
+    standin.set(repo_digests=all_digests())
+    assert mi.main(["--image", "rbe-toolchain", *mode]) == 0
+    assert (tree / "WORKSPACE").read_bytes() == data.replace(b"sha256:TODO", NEW.encode()).replace(
+        D1.encode(), NEW.encode()
+    )
+
+
 def test_workspace_placeholder_is_a_check_finding(tree, capsys):
     (tree / "WORKSPACE").write_bytes(rbe_workspace(b'digest = "sha256:TODO",', before=b"# rbe_autoconfig(\n"))
     commit(tree)

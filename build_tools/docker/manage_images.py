@@ -530,12 +530,12 @@ def digest_hexes(registry: str, digests: Mapping[str, str]) -> dict[str, bytes]:
     }
 
 
-def reference_splices(data: bytes, registry: str, hexes: Mapping[str, bytes]) -> list[Splice]:
-    """The splices that point every well-formed reference to an image of
-    `hexes` at its digits; none for a reference that already holds them."""
+def reference_splices(references: Iterable[Reference], hexes: Mapping[str, bytes]) -> list[Splice]:
+    """The splices that point each well-formed one of `references` to an image
+    of `hexes` at its digits; none for a reference that already holds them."""
     return [
         (reference.hex_start, reference.hex_start + len(reference.hexdigits), hexes[reference.name])
-        for reference in find_references(data, registry)
+        for reference in references
         if reference.name in hexes
         and reference.well_formed()
         and reference.hexdigits != hexes[reference.name]
@@ -1899,6 +1899,12 @@ class Edits:
         old = self._changes[relative].old if relative in self._changes else current
         self._changes[relative] = FileChange.whole(relative, old, transform(current))
 
+    def references(self, relative: str) -> list[Reference]:
+        """The references in the file as this Edits reads it; those on disk are found once per run."""
+        if relative in self._changes:
+            return list(find_references(self.read(relative), self.files.registry))
+        return self.parent.references(relative) if self.parent else self.files.references(relative)
+
     def patch(self, relative: str, splices: Sequence[Splice]) -> None:
         """Puts `splices` (offsets into the file as this Edits reads it) in the file."""
         if relative in self._changes:  # seldom (prod_digests.txt): on top of the pending content
@@ -2311,7 +2317,7 @@ def plan_references(
         if digest is not None and rewrite_files:
             hexes = digest_hexes(registry, {image: digest})
             for path in files:
-                edits.patch(path, reference_splices(edits.read(path), registry, hexes))
+                edits.patch(path, reference_splices(edits.references(path), hexes))
 
 
 # ---------------------------------------------------------------------------
@@ -2627,15 +2633,8 @@ def only_references(
             assert digest is not None  # from prod_digests.txt
             edits = Edits(files, parent=run_edits)
             plan_references(runner, edits, image, digest, rewrite_files=False)
-            new_hex = digest[len("sha256:") :].encode()
-            stale = [
-                path
-                for path in files.naming(image)
-                if any(
-                    ref.name == image and ref.well_formed() and ref.hexdigits != new_hex
-                    for ref in files.references(path)
-                )
-            ]
+            hexes = digest_hexes(registry, {image: digest})
+            stale = [path for path in files.naming(image) if reference_splices(files.references(path), hexes)]
             runner.changed_files[image] = list(
                 dict.fromkeys([change.path for change in edits.changes()] + stale)
             )
@@ -2646,7 +2645,7 @@ def only_references(
         def write(results: Mapping[str, ImageResult]) -> None:
             hexes = digest_hexes(registry, done)
             for path in dict.fromkeys(path for image in done for path in files.naming(image)):
-                run_edits.patch(path, reference_splices(run_edits.read(path), registry, hexes))
+                run_edits.patch(path, reference_splices(run_edits.references(path), hexes))
             apply_changes(runner, lock, run_edits.changes())
 
         return process_images(
