@@ -408,3 +408,26 @@ def test_a_patch_on_top_of_a_pending_edit_applies_to_the_edited_bytes():
     edits.edit("f", lambda data: data + b"+")
     edits.patch("f", [(4, 6, b"ef")])
     assert edits.changes() == [mi.FileChange.whole("f", b"0123456789", b"ab23ef6789+")]
+
+
+def test_layered_edits_find_references_in_what_they_read():
+    registry = "gcr.io/iree-oss"
+    on_disk = f"{registry}/a@{D1}\n".encode()
+
+    class Files:
+        scan = None
+
+        def __init__(self) -> None:
+            self.registry = registry
+
+        def read(self, relative: str) -> bytes:
+            return on_disk
+
+        def references(self, relative: str) -> list:
+            return list(mi.find_references(on_disk, registry))
+
+    run = mi.Edits(Files())  # type: ignore[arg-type]
+    run.edit("f", lambda data: b"# moved\n" + data.replace(b"/a@", b"/b@"))
+    child = mi.Edits(Files(), parent=run)  # type: ignore[arg-type]
+    assert [(ref.name, ref.hex_start) for ref in child.references("f")] == [("b", 8 + len(registry) + 10)]
+    assert [(ref.name, ref.hex_start) for ref in child.references("g")] == [("a", len(registry) + 10)]
