@@ -74,7 +74,7 @@ def docker_env(tmp_path, monkeypatch) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def registry(engine, tmp_path_factory) -> Registry:
-    with running(tmp_path_factory.mktemp("registry")) as server:
+    with running(tmp_path_factory.mktemp("registry"), access_log=True) as server:
         yield server
 
 

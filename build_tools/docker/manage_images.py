@@ -2668,10 +2668,10 @@ def _retryable(reason: object) -> bool:
     """A dropped or timed-out connection is tried again; a refused one, an unknown host or a
     TLS failure is not."""
     import http.client
+    import socket
 
-    return isinstance(
-        reason, (ConnectionResetError, ConnectionAbortedError, TimeoutError, http.client.IncompleteRead)
-    )
+    dropped = (ConnectionResetError, ConnectionAbortedError, TimeoutError, socket.timeout)
+    return isinstance(reason, (*dropped, http.client.IncompleteRead))
 
 
 def _lower(headers: email.message.Message) -> dict[str, str]:
