@@ -89,10 +89,14 @@ def tree(git_repo, monkeypatch) -> Path:
 
 @pytest.fixture
 def standin(tmp_path, monkeypatch) -> StandIn:
-    """A stand-in `docker` and `gcloud` alone on PATH (with git), for tests that need no engine."""
+    """A stand-in `docker` and `gcloud` alone on PATH (with git), and a stand-in registry, for tests
+    that need no engine."""
     fake = StandIn(tmp_path / "standin")
     for name, value in fake.environ().items():
         monkeypatch.setenv(name, value)
+    # The engine side's questions to the registry (what a push or pin serves)
+    # are answered from the same configuration.
+    monkeypatch.setattr(manage_images.Runner, "registry", lambda runner: fake.registry)
     return fake
 
 
