@@ -42,8 +42,39 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="session")
+def registry_binary() -> None:
+    """Debian's `docker-registry`, for the tests that need a registry but no engine."""
+    if shutil.which("docker-registry") is not None:
+        return
+    if E2E_REQUIRED:
+        pytest.fail("`docker-registry` is not installed; run tests/provision-docker.sh first")
+    pytest.skip("`docker-registry` is not installed; run tests/provision-docker.sh")
+
+
+@pytest.fixture(scope="session")
+def plain_registry(registry_binary, tmp_path_factory) -> Registry:
+    """A plain-HTTP registry on loopback, with its access log on; no engine involved."""
+    with running(tmp_path_factory.mktemp("plain-registry"), access_log=True) as server:
+        yield server
+
+
+@pytest.fixture
+def docker_env(tmp_path, monkeypatch) -> dict[str, Path]:
+    """An environment of its own for the registry client: an empty DOCKER_CONFIG and HOME,
+    a certs.d folder (MANAGE_IMAGES_CERTS_D), and a DOCKER_HOST nothing answers."""
+    paths = {name: tmp_path / name for name in ("home", "docker-config", "certs.d")}
+    for path in paths.values():
+        path.mkdir()
+    monkeypatch.setenv("HOME", str(paths["home"]))
+    monkeypatch.setenv("DOCKER_CONFIG", str(paths["docker-config"]))
+    monkeypatch.setenv(manage_images.CERTS_D_ENV, str(paths["certs.d"]))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    return paths
+
+
+@pytest.fixture(scope="session")
 def registry(engine, tmp_path_factory) -> Registry:
-    with running(tmp_path_factory.mktemp("registry")) as server:
+    with running(tmp_path_factory.mktemp("registry"), access_log=True) as server:
         yield server
 
 

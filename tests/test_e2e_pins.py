@@ -9,6 +9,7 @@ never from what the tool printed.
 
 from __future__ import annotations
 
+import os
 
 import pytest
 
@@ -76,13 +77,22 @@ def test_an_edited_image_that_was_not_re_pinned_is_caught_before_its_push(repo, 
     assert registry.digest(image, "latest") == served
 
 
-def test_promote_publishes_every_pin_and_verify_pinned_watches_the_tag(repo, registry):
+def test_promote_publishes_every_pin_and_verify_pinned_watches_the_tag(repo, registry, tmp_path):
     pinned = pins(repo, registry)
+    before = registry.log_size()
 
-    result = run_tool(repo, "--images", "all", "--promote", "--tag", "prod", "-j", "4", registry=registry)
+    # No engine: promotion is manifest requests to the registry, nothing else.
+    no_engine = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'nothing.sock'}"}
+    result = run_tool(
+        repo, "--images", "all", "--promote", "--tag", "prod", "-j", "4", registry=registry, env=no_engine
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
+    requests = registry.requests(before)
     assert {image: registry.digest(image, "prod") for image in ALL} == {image: pinned[image] for image in ALL}
+    assert [request for request in requests if "/blobs/" in request[1]] == []
+    manifest_requests = sorted(method for method, path, _, _ in requests if "/manifests/" in path)
+    assert manifest_requests == sorted(["GET", "PUT"] * len(ALL))
     assert fake_tree.git(repo, "status", "--porcelain") == ""
     verified = run_tool(repo, "--images", "all", "--verify_pinned", "--tag", "prod", registry=registry)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -49,6 +49,7 @@ import argparse
 import collections
 import contextlib
 import fcntl
+import functools
 import graphlib
 import os
 import re
@@ -61,6 +62,7 @@ from pathlib import Path
 from types import FrameType
 from typing import (
     TYPE_CHECKING,
+    IO,
     Callable,
     Iterable,
     Iterator,
@@ -160,13 +162,36 @@ GO_BOOLS = {
 }
 # The docker CLI that runs `docker build` through buildx when the plugin is there.
 BUILDX_DEFAULT_SINCE = 23
+# The registry's HTTP API: every manifest media type (indexes first), and how
+# the client waits and retries.
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_MEDIA_TYPES = frozenset(MANIFEST_MEDIA_TYPES[:2])
+REGISTRY_TIMEOUT = 30  # seconds, to connect and for each read of one request
+REGISTRY_ATTEMPTS = 4  # in all, for a request answered 429 or 5xx or whose connection dropped
+RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
+RETRY_AFTER_MAX = 30.0  # seconds; a longer Retry-After is cut to this
+# docker's per-registry TLS folders (HOST[:PORT]/ca.crt); the variable points elsewhere (tests).
+CERTS_D = "/etc/docker/certs.d"
+CERTS_D_ENV = "MANAGE_IMAGES_CERTS_D"
+DOCKER_HUB_CREDENTIALS = "https://index.docker.io/v1/"  # Docker Hub's key in config.json
+CLIENT_ID = "manage_images.py"  # the OAuth2 client_id of the refresh-token grant
+USER_AGENT = f"manage_images.py/{__version__}"
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:  # imported where used, so --help and --graph start fast
     import ast
     import concurrent.futures
+    import email.message
+    import http.client
     import subprocess
+    import urllib.error
+    import urllib.request
 
 
 # ---------------------------------------------------------------------------
@@ -1396,16 +1421,6 @@ def image_json_argv(ref: str) -> tuple[str, ...]:
     return ("docker", "image", "inspect", "--format", "{{json .}}", ref)
 
 
-def manifest_argv(ref: str, registry: str) -> tuple[str, ...]:
-    """Asks the registry, through docker's own credentials, what it serves for `ref`.
-
-    The engine talks plain HTTP to a registry on the loopback interface; the
-    CLI's manifest command must be told so with --insecure.
-    """
-    insecure = ("--insecure",) if is_loopback_registry(registry) else ()
-    return ("docker", "manifest", "inspect", "--verbose", *insecure, ref)
-
-
 def is_loopback_registry(registry: str) -> bool:
     import ipaddress
 
@@ -1415,21 +1430,6 @@ def is_loopback_registry(registry: str) -> bool:
         return name == "localhost" or ipaddress.ip_address(name).is_loopback
     except ValueError:  # a host name
         return False
-
-
-def manifest_digest(output: str, ref: str) -> str:
-    """The digest in `docker manifest inspect --verbose` output for one image manifest."""
-    import json
-
-    try:
-        document = json.loads(output)
-        digest = document["Descriptor"]["digest"]
-    except (ValueError, TypeError, KeyError):
-        raise ManageImagesError(
-            f"cannot read the digest of {ref} from `docker manifest inspect`: expected one image "
-            "manifest (a manifest list is not supported)"
-        ) from None
-    return check_digest(str(digest), ref)
 
 
 def push_argv(url: str, tag: str) -> tuple[str, ...]:
@@ -2299,6 +2299,678 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
 
 
 # ---------------------------------------------------------------------------
+# The registry's HTTP API (the OCI distribution spec): credentials as docker
+# finds them, its auth flows, and manifests read and written byte for byte.
+
+
+class RegistryError(ManageImagesError):
+    """A registry request failed: one line saying what, which registry, and what to do."""
+
+
+class Manifest(NamedTuple):
+    """A manifest exactly as the registry serves it."""
+
+    media_type: str  # the Content-Type the registry answered
+    data: bytes  # the exact bytes
+    digest: str  # "sha256:<hex>" of data
+
+
+class Credentials(NamedTuple):
+    """What docker would send to one registry; never printed (the repr hides the secrets)."""
+
+    username: str
+    password: str
+    identity_token: str  # an OAuth2 refresh token (docker login's `identitytoken`)
+    source: str  # where they came from, for messages: a config file or a helper
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, source={self.source!r})"
+
+
+class Answer(NamedTuple):
+    """One HTTP answer: its status, headers and body."""
+
+    status: int
+    headers: Mapping[str, str]  # names in lower case
+    body: bytes
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(registry host, repository) of an image URL, split the way docker splits a name:
+    the first component is a host only if it has a `.` or a `:` or is `localhost`."""
+    first, slash, rest = url.partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        first, rest = "docker.io", url
+    if first in ("docker.io", "index.docker.io"):
+        return "docker.io", rest if "/" in rest else f"library/{rest}"
+    return first, rest
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """(image URL, tag or digest) of `URL@DIGEST` or `URL:TAG`."""
+    url, at, digest = ref.partition("@")
+    if at:
+        return url, digest
+    head, colon, tag = ref.rpartition(":")
+    if colon and "/" not in tag:
+        return head, tag
+    return ref, DEFAULT_TAG
+
+
+def api_host(host: str) -> str:
+    """Where the API of the registry `host` is served (Docker Hub's is not at docker.io)."""
+    return "registry-1.docker.io" if host == "docker.io" else host
+
+
+def credentials_key(host: str) -> str:
+    """The key docker files the credentials of `host` under (config.json, credential helpers)."""
+    return DOCKER_HUB_CREDENTIALS if host == "docker.io" else host
+
+
+def hostname_of(key: str) -> str:
+    """An `auths` key as docker compares it: scheme and path dropped (`https://h:5000/v1/` -> `h:5000`)."""
+    return key.split("://", 1)[-1].split("/", 1)[0]
+
+
+def login_hint(host: str) -> str:
+    if is_google_registry(host):
+        return "run `gcloud auth configure-docker` (and `gcloud auth login`)"
+    return "run `docker login`" if host == "docker.io" else f"run `docker login {host}`"
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """The scheme (lower case) and parameters of a `WWW-Authenticate` header."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        name.lower(): quoted if quoted or not bare else bare
+        for name, quoted, bare in re.findall(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))', rest)
+    }
+    return scheme.lower(), params
+
+
+def docker_config_path(env: Mapping[str, str]) -> Path:
+    """docker's config.json: in $DOCKER_CONFIG, else in ~/.docker."""
+    folder = env.get("DOCKER_CONFIG") or str(Path(env.get("HOME") or Path.home()) / ".docker")
+    return Path(folder) / "config.json"
+
+
+def auths_credentials(auths: object, host: str, source: str) -> Credentials | None:
+    """The credentials of an `auths` entry for `host` (base64 `auth`, `identitytoken`), or None."""
+    import base64
+    import binascii
+
+    if not isinstance(auths, dict):
+        return None
+    wanted = hostname_of(credentials_key(host))
+    for key, entry in auths.items():
+        if not isinstance(key, str) or hostname_of(key) != wanted or not isinstance(entry, dict):
+            continue
+        username, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        if entry.get("auth"):
+            try:
+                decoded = base64.b64decode(str(entry["auth"]), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            username, colon, password = decoded.partition(":")
+            if not colon:
+                raise RegistryError(
+                    f"{source}: the `auth` of {key} is not base64 of user:password; {login_hint(host)} again"
+                )
+        token = str(entry.get("identitytoken") or "")
+        if username or password or token:
+            return Credentials(username, password, token, source)
+    return None
+
+
+def helper_credentials(output: bytes, helper: str) -> Credentials:
+    """The answer of `docker-credential-NAME get` (`{"Username": ..., "Secret": ...}`)."""
+    import json
+
+    try:
+        answer = json.loads(output)
+        username, secret = str(answer["Username"]), str(answer["Secret"])
+    except (ValueError, TypeError, KeyError):
+        raise RegistryError(
+            f"`{helper} get` did not answer the credential helper protocol (JSON with Username and "
+            "Secret); check the helper"
+        ) from None
+    if username == "<token>":  # docker's marker for an identity token
+        return Credentials("", "", secret, helper)
+    return Credentials(username, secret, "", helper)
+
+
+def retry_delay(retry_after: str | None, attempt: int) -> float:
+    """Seconds to wait before attempt `attempt + 1`: the registry's Retry-After (seconds or an
+    HTTP date), else an exponential back-off; never more than RETRY_AFTER_MAX."""
+    if retry_after:
+        try:
+            return min(max(float(retry_after), 0.0), RETRY_AFTER_MAX)
+        except ValueError:
+            import email.utils
+
+            try:
+                when = email.utils.parsedate_to_datetime(retry_after).timestamp()
+            except (TypeError, ValueError):
+                pass
+            else:
+                return min(max(when - time.time(), 0.0), RETRY_AFTER_MAX)
+    return min(0.5 * 2.0 ** (attempt - 1), RETRY_AFTER_MAX)
+
+
+def pick_platform(index: object, platform: str, what: str) -> str:
+    """The digest of the image manifest for `platform` (`os/arch[/variant]`) in an index."""
+    wanted = platform.split("/")
+    entries = index.get("manifests") if isinstance(index, dict) else None
+    found = []
+    for entry in entries if isinstance(entries, list) else []:
+        described = entry.get("platform") if isinstance(entry, dict) else None
+        if not isinstance(described, dict):
+            continue
+        offered = [str(described.get(key) or "") for key in ("os", "architecture", "variant")]
+        found.append("/".join(filter(None, offered)))
+        if offered[:2] == wanted[:2] and (len(wanted) < 3 or offered[2] in ("", wanted[2])):
+            return check_digest(str(entry.get("digest")), what)
+    raise RegistryError(
+        f"{what} is an index without a {platform} image (it has: {', '.join(found) or 'none'})"
+    )
+
+
+def body_digest(data: bytes) -> str:
+    import hashlib
+
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def registry_said(answer: Answer) -> str:
+    """The registry's own words about a failed request (the spec's `errors` list), shortened."""
+    import json
+
+    try:
+        errors = json.loads(answer.body)["errors"]
+        said = "; ".join(f"{error.get('code', '')}: {error.get('message', '')}" for error in errors[:2])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        said = ""
+    return " ".join(said.split())[:200]
+
+
+class RegistryClient:
+    """Speaks the registry HTTP API as docker does: credentials from docker's config, the
+    Basic and Bearer token flows, TLS with certs.d, plain HTTP only on loopback, retries.
+
+    Thread-safe: images promoted in parallel share one client (and its tokens).
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = dict(env)
+        self._config_path = docker_config_path(self._env)
+        self._certs_d = Path(self._env.get(CERTS_D_ENV) or CERTS_D)
+        self._lock = threading.RLock()
+        self._config: dict[str, object] | None = None
+        self._credentials: dict[str, Credentials | None] = {}
+        self._bases: dict[str, str] = {}  # host -> "https://host" or, on loopback, "http://host"
+        self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
+        self._authorizations: dict[tuple[str, str], str] = {}  # (host, scope) -> Authorization
+        self._openers: dict[str, urllib.request.OpenerDirector] = {}
+
+    # --- the public operations ----------------------------------------------
+
+    def served_digest(self, url: str, reference: str) -> str | None:
+        """The digest the registry serves for `reference` (a tag or a digest): one HEAD; None on 404."""
+        host, repository = split_url(url)
+        answer = self._call("HEAD", host, repository, f"manifests/{reference}", "pull")
+        if answer.status == 404:
+            return None
+        self._expect(answer, (200,), host, f"HEAD of {url}{_separator(reference)}{reference}")
+        digest = answer.headers.get("docker-content-digest")
+        if digest is None:  # the header is optional in the spec: hash the bytes instead
+            return self.get_manifest(url, reference).digest
+        return check_digest(
+            digest, f"{url}{_separator(reference)}{reference} (Docker-Content-Digest of {host})"
+        )
+
+    def get_manifest(self, url: str, reference: str) -> Manifest:
+        """The manifest `reference` names, of any media type; for a digest, its sha256 is checked."""
+        host, repository = split_url(url)
+        name = f"{url}{_separator(reference)}{reference}"
+        answer = self._call("GET", host, repository, f"manifests/{reference}", "pull")
+        if answer.status == 404:
+            raise RegistryError(
+                f"{host} does not serve {name} (HTTP 404{': ' + registry_said(answer) if registry_said(answer) else ''}); "
+                "check the pin, or push the image first"
+            )
+        self._expect(answer, (200,), host, f"GET of {name}")
+        digest = body_digest(answer.body)
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(
+                f"{host} answered {name} with bytes whose sha256 is {digest}: the registry or something "
+                "between it and this machine changed the manifest; nothing was written"
+            )
+        media_type = answer.headers.get("content-type", "").split(";", 1)[0].strip()
+        return Manifest(media_type or _declared_media_type(answer.body), answer.body, digest)
+
+    def put_manifest(self, url: str, tag: str, manifest: Manifest) -> str:
+        """Stores `manifest` (the same bytes, the same media type) under `tag`; returns the
+        digest the registry answers (Docker-Content-Digest)."""
+        host, repository = split_url(url)
+        answer = self._call(
+            "PUT", host, repository, f"manifests/{tag}", "pull,push", manifest.data, manifest.media_type
+        )
+        self._expect(answer, (200, 201, 202), host, f"PUT of {url}:{tag}")
+        digest = answer.headers.get("docker-content-digest")
+        if digest is None:
+            return self.served_digest(url, tag) or "none"
+        return check_digest(digest, f"{url}:{tag} (Docker-Content-Digest of {host})")
+
+    def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
+        """The config digest and bytes of the image `reference` names for `platform`,
+        through the index or manifest list when it is one."""
+        manifest = self.get_manifest(url, reference)
+        name = f"{url}{_separator(reference)}{reference}"
+        document = _json_object(manifest.data, name)
+        if manifest.media_type in INDEX_MEDIA_TYPES or "manifests" in document:
+            name = f"{url}@{pick_platform(document, platform, name)}"
+            manifest = self.get_manifest(*split_reference(name))
+            document = _json_object(manifest.data, name)
+        config = document.get("config")
+        digest = check_digest(
+            str(config.get("digest") if isinstance(config, dict) else ""), f"the config of {name}"
+        )
+        host, repository = split_url(url)
+        answer = self._call("GET", host, repository, f"blobs/{digest}", "pull")
+        self._expect(answer, (200,), host, f"GET of the config {digest} of {name}")
+        if body_digest(answer.body) != digest:
+            raise RegistryError(f"{host} answered the config {digest} of {name} with other bytes")
+        return digest, answer.body
+
+    # --- requests, authentication and transport ---------------------------
+
+    def _call(
+        self,
+        method: str,
+        host: str,
+        repository: str,
+        path: str,
+        actions: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Answer:
+        """One API request, authenticated as the registry asks; a refusal after auth is an error."""
+        scope = f"repository:{repository}:{actions}"
+        base = self._base(host)
+        headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES), "User-Agent": USER_AGENT}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        url = f"{base}/v2/{repository}/{path}"
+        authorization = self._authorization(host, scope)
+        answer = self._send(method, url, host, headers, body, authorization)
+        if answer.status == 401:
+            with self._lock:
+                self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
+                self._authorizations.pop((host, scope), None)
+            authorization = self._authorization(host, scope, required=True)
+            answer = self._send(method, url, host, headers, body, authorization)
+        if answer.status in (401, 403):
+            raise self._refused(host, answer, f"{method} {repository}/{path}")
+        return answer
+
+    def _expect(self, answer: Answer, statuses: tuple[int, ...], host: str, what: str) -> None:
+        if answer.status not in statuses:
+            said = registry_said(answer)
+            raise RegistryError(
+                f"the {what} failed: {host} answered HTTP {answer.status}{': ' + said if said else ''}; "
+                "check the registry and run again"
+            )
+
+    def _refused(self, host: str, answer: Answer, what: str) -> RegistryError:
+        credentials = self._credentials_for(host)
+        used = f"with the credentials from {credentials.source}" if credentials else "without credentials"
+        return RegistryError(
+            f"the registry {host} refused {what} (HTTP {answer.status}, {used}): "
+            f"{login_hint(host)} with an account that may do this, then run again"
+        )
+
+    def _base(self, host: str) -> str:
+        """`https://HOST`, or `http://HOST` for a loopback registry that does not speak TLS.
+        The first call pings /v2/ as docker does, which also gives the auth challenge."""
+        with self._lock:
+            if host in self._bases:
+                return self._bases[host]
+            import ssl
+
+            base = f"https://{api_host(host)}"
+            try:
+                answer = self._send("GET", f"{base}/v2/", host, {"User-Agent": USER_AGENT}, None, None)
+            except _TransportError as error:
+                reason = error.reason
+                plain = isinstance(reason, ssl.SSLError) and not isinstance(
+                    reason, ssl.SSLCertVerificationError
+                )
+                if not (is_loopback_registry(host) and (plain or isinstance(reason, ConnectionResetError))):
+                    raise RegistryError(self._transport_message(host, reason)) from None
+                base = f"http://{host}"
+                answer = self._send("GET", f"{base}/v2/", host, {"User-Agent": USER_AGENT}, None, None)
+            if answer.status == 401:
+                self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
+            self._bases[host] = base
+            return base
+
+    def _authorization(self, host: str, scope: str, required: bool = False) -> str | None:
+        """The Authorization header for `scope` on `host`, per its challenge (cached per scope)."""
+        with self._lock:
+            if (host, scope) in self._authorizations:
+                return self._authorizations[(host, scope)]
+            if host not in self._challenges:
+                return None
+            scheme, params = self._challenges[host]
+            credentials = self._credentials_for(host)
+            if scheme == "basic":
+                if credentials is None or not (credentials.username or credentials.password):
+                    if not required:
+                        return None
+                    raise RegistryError(
+                        f"the registry {host} asks for a user and password and {self._config_path} has none "
+                        f"for it: {login_hint(host)}, then run again"
+                    )
+                import base64
+
+                pair = f"{credentials.username}:{credentials.password}".encode()
+                value = f"Basic {base64.b64encode(pair).decode()}"
+            elif scheme == "bearer" and params.get("realm"):
+                value = f"Bearer {self._token(host, params, scope, credentials)}"
+            else:
+                raise RegistryError(
+                    f"the registry {host} asks for `{scheme}` authentication, which this tool does not speak; "
+                    "use a registry with Basic or Bearer token auth"
+                )
+            self._authorizations[(host, scope)] = value
+            return value
+
+    def _token(
+        self, host: str, params: Mapping[str, str], scope: str, credentials: Credentials | None
+    ) -> str:
+        """A Bearer token from the challenge's realm: the refresh-token grant for an identity
+        token, else a GET with Basic credentials (or none), as docker asks."""
+        import base64
+        import json
+        import urllib.parse
+
+        realm = params["realm"]
+        realm_host = urllib.parse.urlsplit(realm).netloc
+        if not realm.startswith("https://") and not (
+            realm.startswith("http://") and is_loopback_registry(realm_host)
+        ):
+            raise RegistryError(
+                f"the registry {host} sends credentials to the token server {realm}, which is not HTTPS; refusing"
+            )
+        form = {"service": params.get("service", ""), "scope": scope}
+        headers: dict[str, str] = {"User-Agent": USER_AGENT}
+        authorization = None
+        if credentials is not None and credentials.identity_token:
+            form.update(
+                grant_type="refresh_token", refresh_token=credentials.identity_token, client_id=CLIENT_ID
+            )
+            body: bytes | None = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            method, url = "POST", realm
+        else:
+            body = None
+            method = "GET"
+            url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(form)}"
+            if credentials is not None and (credentials.username or credentials.password):
+                pair = f"{credentials.username}:{credentials.password}".encode()
+                authorization = f"Basic {base64.b64encode(pair).decode()}"
+        answer = self._send(method, url, host, headers, body, authorization)
+        if answer.status in (401, 403):
+            raise self._refused(host, answer, f"a token for {scope} from {realm}")
+        self._expect(answer, (200,), host, f"token request to {realm}")
+        try:
+            document = json.loads(answer.body)
+            token = document.get("token") or document.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"the token server {realm} of {host} answered no token; check the registry")
+        return token
+
+    def _credentials_for(self, host: str) -> Credentials | None:
+        """The credentials docker would use for `host`: its credential helper (credHelpers, then
+        credsStore), else the `auths` entry; None means anonymous."""
+        with self._lock:
+            if host not in self._credentials:
+                self._credentials[host] = self._find_credentials(host)
+            return self._credentials[host]
+
+    def _find_credentials(self, host: str) -> Credentials | None:
+        import json
+
+        if self._config is None:
+            try:
+                loaded = json.loads(self._config_path.read_bytes())
+            except FileNotFoundError:
+                loaded = {}
+            except (OSError, ValueError) as error:
+                raise RegistryError(
+                    f"cannot read {self._config_path}: {getattr(error, 'strerror', None) or error}; "
+                    "fix it or point DOCKER_CONFIG elsewhere"
+                ) from None
+            self._config = loaded if isinstance(loaded, dict) else {}
+        helpers = self._config.get("credHelpers")
+        helper = helpers.get(credentials_key(host)) if isinstance(helpers, dict) else None
+        helper = helper or self._config.get("credsStore")
+        if isinstance(helper, str) and helper:
+            return self._ask_helper(f"docker-credential-{helper}", host)
+        return auths_credentials(self._config.get("auths"), host, str(self._config_path))
+
+    def _ask_helper(self, helper: str, host: str) -> Credentials | None:
+        """`docker-credential-NAME get`, given the server on stdin; None when it has nothing for it."""
+        import subprocess
+
+        try:
+            result = subprocess.run(
+                (helper, "get"),
+                input=credentials_key(host).encode(),
+                capture_output=True,
+                env=self._env,
+                timeout=COMMAND_TIMEOUT,
+            )
+        except FileNotFoundError:
+            raise RegistryError(
+                f"{helper}, the credential helper {self._config_path} names for {host}, is not on PATH: "
+                "install it or fix that file"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise RegistryError(f"`{helper} get` did not answer within {COMMAND_TIMEOUT} s") from None
+        if result.returncode != 0:
+            said = (result.stdout + result.stderr).decode("utf-8", "replace")
+            if "credentials not found" in said.lower():
+                return None
+            first = " ".join(result.stderr.decode("utf-8", "replace").split())[:200]
+            raise RegistryError(
+                f"`{helper} get` failed with exit code {result.returncode} for {host}"
+                f"{': ' + first if first else ''}; {login_hint(host)} or fix the helper"
+            )
+        return helper_credentials(result.stdout, helper)
+
+    def _opener(self, host: str) -> urllib.request.OpenerDirector:
+        """An opener trusting the system's CAs plus certs.d/HOST (docker's per-registry
+        folder: *.crt are CAs, a *.cert with its *.key is a client certificate)."""
+        import ssl
+        import urllib.request
+
+        with self._lock:
+            if host in self._openers:
+                return self._openers[host]
+            context = ssl.create_default_context()
+            folder = self._certs_d / host
+            try:
+                for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    if path.suffix == ".crt":
+                        context.load_verify_locations(cafile=str(path))
+                    elif path.suffix == ".cert":
+                        context.load_cert_chain(str(path), str(path.with_suffix(".key")))
+            except (OSError, ssl.SSLError) as error:
+                raise RegistryError(
+                    f"cannot load the certificates in {folder}: {error}; fix them (docker reads the same folder)"
+                ) from None
+            opener = urllib.request.build_opener(
+                urllib.request.HTTPSHandler(context=context), _redirect_handler()
+            )
+            self._openers[host] = opener
+            return opener
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        host: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        authorization: str | None,
+    ) -> Answer:
+        """Sends one request, again after a 429, a 5xx or a dropped connection (at most
+        REGISTRY_ATTEMPTS in all, waiting as Retry-After says); follows redirects."""
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        opener = self._opener(host)
+        attempt = 0
+        while True:
+            attempt += 1
+            request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
+            if authorization is not None:
+                # Not copied to a redirect's request by urllib: the handler below decides.
+                request.add_unredirected_header("Authorization", authorization)
+            try:
+                with opener.open(request, timeout=REGISTRY_TIMEOUT) as response:
+                    answer = Answer(response.status, _lower(response.headers), response.read())
+            except urllib.error.HTTPError as error:
+                answer = Answer(error.code, _lower(error.headers), _read_quietly(error))
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                reason = error.reason if isinstance(error, urllib.error.URLError) else error
+                if attempt < REGISTRY_ATTEMPTS and _retryable(reason):
+                    time.sleep(retry_delay(None, attempt))
+                    continue
+                raise _TransportError(reason) from None
+            if answer.status in RETRY_STATUSES and attempt < REGISTRY_ATTEMPTS:
+                time.sleep(retry_delay(answer.headers.get("retry-after"), attempt))
+                continue
+            return answer
+
+    def _transport_message(self, host: str, reason: object) -> str:
+        import ssl
+
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (
+                f"cannot verify the TLS certificate of {host}: {reason.verify_message}; if your own CA "
+                f"signed it, put the CA in {self._certs_d / host / 'ca.crt'} (as for docker) and run again"
+            )
+        if isinstance(reason, ssl.SSLError):
+            return f"TLS with {host} failed: {reason.reason or reason}; check the registry's HTTPS set-up"
+        detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        return f"cannot reach the registry {host}: {detail}; check that it is up and that --registry is right"
+
+
+class _TransportError(Exception):
+    """No HTTP answer at all (refused, reset, timed out, TLS); carries the reason."""
+
+    def __init__(self, reason: object) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+def _redirect_handler() -> urllib.request.HTTPRedirectHandler:
+    """Follows redirects (blob and manifest reads), sending the Authorization header on
+    only to the same host: a blob store elsewhere gets its own signed URL, never our token."""
+    import urllib.parse
+    import urllib.request
+
+    class SameHostAuthorization(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: http.client.HTTPMessage,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            authorization = req.unredirected_hdrs.get("Authorization")
+            same = urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
+            if new is not None and authorization and same:
+                new.add_unredirected_header("Authorization", authorization)
+            return new
+
+    return SameHostAuthorization()
+
+
+def _read_quietly(error: urllib.error.HTTPError) -> bytes:
+    try:
+        return error.read()
+    except OSError:
+        return b""
+
+
+def _retryable(reason: object) -> bool:
+    """A dropped or timed-out connection is tried again; a refused one, an unknown host or a
+    TLS failure is not."""
+    import http.client
+    import socket
+
+    dropped = (ConnectionResetError, ConnectionAbortedError, TimeoutError, socket.timeout)
+    return isinstance(reason, (*dropped, http.client.IncompleteRead))
+
+
+def _lower(headers: email.message.Message) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def _separator(reference: str) -> str:
+    return "@" if reference.startswith("sha256:") else ":"
+
+
+def _declared_media_type(data: bytes) -> str:
+    import json
+
+    try:
+        declared = json.loads(data).get("mediaType")
+    except (ValueError, AttributeError):
+        declared = None
+    return str(declared) if declared else "application/vnd.oci.image.manifest.v1+json"
+
+
+def _json_object(data: bytes, what: str) -> dict[str, object]:
+    import json
+
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise RegistryError(f"the manifest of {what} is not a JSON object; check what was pushed")
+    return document
+
+
+def registry_client(settings: Settings) -> RegistryClient:
+    """The run's registry client, with credentials as docker finds them for the run's
+    environment (one per environment and config.json, so tokens are reused)."""
+    env = os.environ if settings.env is None else settings.env
+    path = docker_config_path(env)
+    try:
+        found = path.stat()
+        stamp = (found.st_mtime_ns, found.st_size, found.st_ino)
+    except OSError:
+        stamp = (0, -1, 0)
+    return _registry_client(tuple(sorted(env.items())), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _registry_client(environ: tuple[tuple[str, str], ...], stamp: tuple[int, int, int]) -> RegistryClient:
+    return RegistryClient(dict(environ))
+
+
+# ---------------------------------------------------------------------------
 # The steps of one image: docker commands, its digest, its reference rewrite.
 
 
@@ -2348,15 +3020,37 @@ def configure_gcloud_auth(runner: Runner) -> None:
 
 
 def registry_digest(settings: Settings, ref: str) -> str | None:
-    """The digest the registry serves for `ref` (by tag or by digest), or None if it serves nothing."""
-    argv = manifest_argv(ref, settings.registry)
-    result = capture(argv, settings.root, settings.env)
-    if result.returncode != 0:
-        said = " ".join((result.stderr or result.stdout).split())
-        if "no such manifest" in said.lower() or "manifest unknown" in said.lower():
-            return None
-        raise ManageImagesError(f"`{format_command(argv)}` failed: {said}; check the registry and run again")
-    return manifest_digest(result.stdout, ref)
+    """The digest the registry serves for `ref` (by tag or by digest), or None if it serves
+    nothing: one HEAD through the registry API, no engine needed."""
+    return registry_client(settings).served_digest(*split_reference(ref))
+
+
+def promote_image(runner: Runner, image: str, pinned: str) -> str:
+    """Publishes the pinned manifest under TAG through the registry API: a GET by digest,
+    a PUT of the same bytes with the same media type under the tag, and the digest the
+    registry answers checked. No engine; no layer moves; an index stays an index."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    host, repository = split_url(url)
+    manifests = f"{api_host(host)}/v2/{repository}/manifests"
+    runner.say(f"Running: `GET {manifests}/{pinned}`", image)
+    if settings.dry_run:
+        runner.say(f"Running: `PUT {manifests}/{settings.tag}` (the same bytes and media type)", image)
+        return pinned
+    client = registry_client(settings)
+    manifest = client.get_manifest(url, pinned)
+    runner.say(
+        f"Running: `PUT {manifests}/{settings.tag}` ({manifest.media_type}, {len(manifest.data)} bytes)",
+        image,
+    )
+    answered = client.put_manifest(url, settings.tag, manifest)
+    if answered != pinned:
+        raise RegistryError(
+            f"{host} answered the PUT of {url}:{settings.tag} with the digest {answered}, not the pinned "
+            f"{pinned}; it rewrote the manifest: run --verify_pinned to see what it serves"
+        )
+    runner.say(f"{url}:{settings.tag} is {pinned} ({host} confirmed)", image)
+    return pinned
 
 
 def local_image(settings: Settings, engine: Engine | None, ref: str, metadata: str = "") -> LocalImage | None:
@@ -3135,24 +3829,12 @@ def promote(
     settings = runner.settings
     scan = scan_tree(settings.root, settings.registry)
     pins = prod_digests_for(settings.root, settings.registry, images, scan, action="promote")
-    if not settings.dry_run:
-        check_docker(settings)
     if is_google_registry(settings.registry):
         configure_gcloud_auth(runner)
     runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
 
     def work(image: str) -> str:
-        url = image_url(settings.registry, image)
-        pinned = pins[image]
-        runner.run(pull_digest_argv(url, pinned), image)
-        runner.run(tag_argv(f"{url}@{pinned}", f"{url}:{settings.tag}"), image)
-        runner.run(push_argv(url, settings.tag), image)
-        if not settings.dry_run and registry_digest(settings, f"{url}:{settings.tag}") != pinned:
-            raise ManageImagesError(
-                f"after the push, {url}:{settings.tag} is not {pinned}; the registry rewrote the manifest "
-                "or another push raced this one: run --verify_pinned to see what it serves"
-            )
-        return pinned
+        return promote_image(runner, image, pins[image])
 
     return process_images(runner, images, graph, schedule, work, lambda image, digest: digest, ["promote"])
 
