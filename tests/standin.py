@@ -168,7 +168,9 @@ class StandInRegistry:
 
         self.calls.append(("GET", url, reference))
         data = json.dumps({"reference": reference}).encode()
-        return manage_images.Manifest("application/vnd.oci.image.index.v1+json", data, "sha256:" + "e" * 64)
+        return manage_images.Manifest(
+            "application/vnd.oci.image.manifest.v1+json", data, "sha256:" + "e" * 64
+        )
 
     def put_manifest(self, url: str, tag: str, manifest) -> str:
         self.calls.append(("PUT", url, tag))

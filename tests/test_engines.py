@@ -25,7 +25,12 @@ def version(client: str) -> str:
 
 def info(driver: str = "overlay2", status=OVERLAY, plugins=()) -> str:
     return json.dumps(
-        {"ServerVersion": "26.1.5", "Driver": driver, "DriverStatus": status, "ClientInfo": {"Plugins": plugins}}
+        {
+            "ServerVersion": "26.1.5",
+            "Driver": driver,
+            "DriverStatus": status,
+            "ClientInfo": {"Plugins": plugins},
+        }
     )
 
 
@@ -43,7 +48,14 @@ def info(driver: str = "overlay2", status=OVERLAY, plugins=()) -> str:
         ("26.1.5+dfsg1", info(plugins=BUILDX), "false", "classic", "overlay2", ""),
         ("28.2.2", info(), None, "classic", "overlay2", ""),
         # A plugin docker reports as broken is not usable.
-        ("26.1.5", info(plugins=[{**BUILDX[0], "Err": "exec format error"}]), None, "classic", "overlay2", ""),
+        (
+            "26.1.5",
+            info(plugins=[{**BUILDX[0], "Err": "exec format error"}]),
+            None,
+            "classic",
+            "overlay2",
+            "",
+        ),
     ],
 )
 def test_the_engine_is_told_by_docker_version_and_info(client, facts, buildkit, builder, store, buildx):
@@ -53,7 +65,9 @@ def test_the_engine_is_told_by_docker_version_and_info(client, facts, buildkit, 
 
 
 def test_buildkit_asked_for_without_buildx_or_as_no_boolean_is_one_clear_line():
-    with pytest.raises(mi.ManageImagesError, match="DOCKER_BUILDKIT is set but docker finds no usable buildx"):
+    with pytest.raises(
+        mi.ManageImagesError, match="DOCKER_BUILDKIT is set but docker finds no usable buildx"
+    ):
         mi.engine_from(version("26.1.5"), info(), "1")
     with pytest.raises(mi.ManageImagesError, match=r"DOCKER_BUILDKIT='yes' is not a boolean"):
         mi.engine_from(version("20.10.24"), info(), "yes")
@@ -136,14 +150,23 @@ INSPECT = {
     "Created": "2026-12-01T22:16:25.831544856Z",
     "Author": "",
     # docker shows every field of the runtime config, the unset ones empty.
-    "Config": {"Hostname": "", "Tty": False, "Env": ["PATH=/bin"], "Cmd": None, "WorkingDir": "/", "Labels": None},
+    "Config": {
+        "Hostname": "",
+        "Tty": False,
+        "Env": ["PATH=/bin"],
+        "Cmd": None,
+        "WorkingDir": "/",
+        "Labels": None,
+    },
     "RootFS": {"Type": "layers", "Layers": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]},
 }
 
 
 def test_same_config_leaves_out_buildkits_cache_record_key_order_and_white_space():
     one = json.dumps({**CONFIG, mi.CACHE_RECORD_KEY: "W3sib25lIl0="}).encode()
-    other = json.dumps({mi.CACHE_RECORD_KEY: "W3sidHdvIl0=", **dict(reversed(CONFIG.items()))}, indent=2).encode()
+    other = json.dumps(
+        {mi.CACHE_RECORD_KEY: "W3sidHdvIl0=", **dict(reversed(CONFIG.items()))}, indent=2
+    ).encode()
     assert mi.same_config(one, other)
     assert mi.same_config(json.dumps(CONFIG).encode(), one)
     # Anything else is content: a layer, the runtime config, the history.
@@ -160,7 +183,9 @@ def test_the_view_of_a_local_image_is_the_view_of_its_config():
     assert mi.config_view(CONFIG)["platform"] == "linux/amd64"
     for key, value in (("Created", "2026-12-02T00:00:00Z"), ("Architecture", "arm64")):
         assert mi.inspect_view({**INSPECT, key: value}) != mi.config_view(CONFIG), key
-    assert mi.inspect_view({**INSPECT, "Config": {**INSPECT["Config"], "Cmd": ["sh"]}}) != mi.config_view(CONFIG)
+    assert mi.inspect_view({**INSPECT, "Config": {**INSPECT["Config"], "Cmd": ["sh"]}}) != mi.config_view(
+        CONFIG
+    )
 
 
 def local(config_digest: str | None, image_id: str = "sha256:" + "c" * 64) -> mi.LocalImage:
@@ -189,7 +214,9 @@ def test_a_dry_run_shows_the_engine_and_the_buildkit_argv_it_would_run(tree, sta
     standin.set(engine={"client": "26.1.5", "server": "26.1.5", "store": "containerd", "buildx": "0.13.1"})
     assert mi.main(["--image", "cmake-python", "--build", "--push", "--cache_from_pinned", "-n"]) == 0
     out = capsys.readouterr().out
-    assert "Engine: Docker 26.1.5 (client 26.1.5), BuildKit (buildx 0.13.1), the containerd image store\n" in out
+    assert (
+        "Engine: Docker 26.1.5 (client 26.1.5), BuildKit (buildx 0.13.1), the containerd image store\n" in out
+    )
     build = next(line for line in out.splitlines() if line.startswith("Running: `docker build"))
     assert f"--cache-from type=registry,ref={PYTHON}:sha256-{'1' * 64}.cache" in build
     assert f"--cache-to type=registry,ref={PYTHON}:latest.cache,mode=max" in build
@@ -252,5 +279,7 @@ def test_a_push_is_pinned_as_the_registry_serves_it(tree, standin):
     assert mi.main(["--image", "cmake", "--push", "--update_references"]) == 0
     pushed = standin.registry.served_digest(URL, "latest")
     assert pushed is not None and pushed != D1
-    assert (tree / "build_tools/docker/prod_digests.txt").read_bytes().startswith(f"{URL}@{pushed}\n".encode())
+    assert (
+        (tree / "build_tools/docker/prod_digests.txt").read_bytes().startswith(f"{URL}@{pushed}\n".encode())
+    )
     assert ("HEAD", URL, "latest") in standin.registry.calls

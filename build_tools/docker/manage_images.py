@@ -438,6 +438,7 @@ class Engine(NamedTuple):
     builder: Literal["classic", "buildkit"]
     store: str  # "containerd" (the containerd image store) or the graph driver, e.g. "overlay2"
     buildx: str = ""  # the buildx plugin's version when `docker build` runs through it
+    platform: str = "linux/amd64"  # what it builds for (os/architecture)
 
     def describe(self) -> str:
         if self.builder == "classic":
@@ -1305,7 +1306,10 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
     import json
 
     try:
-        client = str(json.loads(version)["Client"]["Version"])
+        versions = json.loads(version)
+        client = str(versions["Client"]["Version"])
+        server_facts = versions.get("Server") or {}
+        platform = _platform(server_facts.get("Os") or "linux", server_facts.get("Arch") or "amd64", "")
         facts = json.loads(info)
         server = str(facts.get("ServerVersion") or "")
         status = facts.get("DriverStatus") or []
@@ -1326,15 +1330,15 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
     wanted = go_bool(buildkit, "DOCKER_BUILDKIT") if buildkit else None
     major = re.match(r"\d+", client)
     if not major or int(major.group()) < BUILDX_DEFAULT_SINCE:
-        return Engine(client, server, "buildkit" if wanted else "classic", store)
+        return Engine(client, server, "buildkit" if wanted else "classic", store, platform=platform)
     if wanted is False or (not buildx and wanted is None):
-        return Engine(client, server, "classic", store)
+        return Engine(client, server, "classic", store, platform=platform)
     if not buildx:
         raise ManageImagesError(
             "DOCKER_BUILDKIT is set but docker finds no usable buildx plugin: install docker-buildx "
             "(or put it in $DOCKER_CONFIG/cli-plugins/), or unset DOCKER_BUILDKIT"
         )
-    return Engine(client, server, "buildkit", store, buildx)
+    return Engine(client, server, "buildkit", store, buildx, platform)
 
 
 def _nonzero(config: object) -> dict[str, object]:
@@ -3119,12 +3123,16 @@ def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, 
         except CommandError:
             return _no_cache(runner, image, pinned)
         return (f"{url}@{pinned}",)
-    registry_cache = f"type=registry,ref={url}:{pinned_cache_tag(pinned)}"
     if settings.dry_run:
-        return (registry_cache if engine.containerd() else f"{url}@{pinned}",)
+        return (
+            f"type=registry,ref={url}:{pinned_cache_tag(pinned)}"
+            if engine.containerd()
+            else f"{url}@{pinned}",
+        )
     client = runner.registry()
-    if engine.containerd() and client.served_digest(url, pinned_cache_tag(pinned)) is not None:
-        return (registry_cache,)
+    cache_tag = registry_cache_beside(client, url, pinned, engine.platform) if engine.containerd() else ""
+    if cache_tag:
+        return (f"type=registry,ref={url}:{cache_tag}",)
     if client.served_digest(url, pinned) is None:
         return _no_cache(runner, image, pinned)
     if engine.containerd():
@@ -3134,6 +3142,29 @@ def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, 
             image,
         )
     return (f"{url}@{pinned}",)
+
+
+def registry_cache_beside(client: RegistryClient, url: str, pinned: str, platform: str) -> str:
+    """The tag of the registry cache kept beside the pin (or, when the pin is an index,
+    beside its image for `platform`), or "" when there is none."""
+    if client.served_digest(url, pinned_cache_tag(pinned)) is not None:
+        return pinned_cache_tag(pinned)
+    if client.served_digest(url, pinned) is None:
+        return ""
+    for digest in platform_manifest(client, url, pinned, platform):
+        if client.served_digest(url, pinned_cache_tag(digest)) is not None:
+            return pinned_cache_tag(digest)
+    return ""
+
+
+def platform_manifest(client: RegistryClient, url: str, digest: str, platform: str) -> tuple[str, ...]:
+    """The digest of the image manifest for `platform` when URL@DIGEST is an index, else ()."""
+    import json
+
+    manifest = client.get_manifest(url, digest)
+    if manifest.media_type not in INDEX_MEDIA_TYPES:
+        return ()
+    return (pick_platform(json.loads(manifest.data), platform, f"{url}@{digest}"),)
 
 
 def _no_cache(runner: Runner, image: str, pinned: str) -> tuple[str, ...]:
