@@ -292,8 +292,15 @@ class Proxy:
         upstream: str,
         fault: Callable[[str, str, int], tuple[int, dict[str, str], bytes] | None] | None = None,
         tamper: Callable[[str, bytes], bytes] | None = None,
+        answer_headers: Callable[[str, str, dict[str, str]], dict[str, str]] | None = None,
+        context: ssl.SSLContext | None = None,
+        authorization: str | None = None,
     ) -> None:
+        """`answer_headers` may change the headers of a forwarded answer; `context`
+        verifies an HTTPS upstream; `authorization` replaces the client's own."""
         self.upstream, self.fault, self.tamper = upstream, fault, tamper
+        self.answer_headers, self.context, self.authorization = answer_headers, context, authorization
+        self.authorizations: list[tuple[str, str | None]] = []  # (path, the client's Authorization)
         self.seen: list[tuple[str, str, int, int]] = []
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -328,6 +335,8 @@ class Proxy:
             attempt = self._counts[(method, path)] = self._counts.get((method, path), 0) + 1
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else None
+        with self._lock:
+            self.authorizations.append((path, handler.headers.get("Authorization")))
         injected = self.fault(method, path, attempt) if self.fault else None
         if injected is not None:
             status, headers, data = injected
@@ -337,10 +346,13 @@ class Proxy:
             headers_out = {
                 k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")
             }
+            if self.authorization is not None:
+                headers_out["Authorization"] = self.authorization
             request = urllib.request.Request(
                 self.upstream + path, data=body, method=method, headers=headers_out
             )
-            opener = urllib.request.build_opener(_NoRedirects())
+            https = urllib.request.HTTPSHandler(context=self.context)
+            opener = urllib.request.build_opener(https, _NoRedirects())
             try:
                 with opener.open(request, timeout=30) as answer:
                     status, headers, data = answer.status, dict(answer.headers), answer.read()
@@ -348,6 +360,8 @@ class Proxy:
                 status, headers, data = error.code, dict(error.headers), error.read()
             if self.tamper is not None and method == "GET":
                 data = self.tamper(path, data)
+            if self.answer_headers is not None:
+                headers = self.answer_headers(method, path, headers)
         with self._lock:
             self.seen.append((method, path, status, 0 if method == "HEAD" else len(data)))
         handler.send_response(status)

@@ -195,9 +195,17 @@ classic() {
   private classic bookworm '{}' 0 docker.io
 }
 
-# The system's engine, registry and busybox; its docker.io also brings the
-# containerd, runc and tini every private engine runs on.
-bash "$here/provision-docker.sh"
+# The system's engine, registry and busybox, and the containerd, runc and
+# tini every private engine runs on (Debian 12's and 13's serve both).
+env -u DOCKER_HOST -u DOCKER_CONTEXT bash "$here/provision-docker.sh"
+needed=()
+for package in containerd runc tini; do
+  dpkg -s "$package" >/dev/null 2>&1 || needed+=("$package")
+done
+if [ ${#needed[@]} -gt 0 ]; then
+  say "installing ${needed[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${needed[@]}"
+fi
 mkdir -p "$cache" "$state" "$run"
 # One provisioning at a time: two CI runs on one machine share the engines.
 exec 9>"$state/.lock"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import time
 import uuid
 
@@ -420,3 +421,58 @@ def test_a_manifest_changed_on_the_way_is_refused_and_nothing_is_written(
         f"{proxy.host} answered {proxy.host}/iree-oss/{LEAF}@{digest} with bytes whose sha256 is "
     )
     assert upstream.digest(LEAF, "tampered") is None
+
+
+def test_a_registry_that_answers_another_digest_for_the_put_fails_the_promotion(
+    upstream, docker_env, tmp_path, monkeypatch, capsys
+):
+    digest = upstream.push_image(LEAF, None, layers=[uuid.uuid4().bytes])
+    other = "sha256:" + "d" * 64
+
+    def answer_headers(method, path, headers):
+        return {**headers, "Docker-Content-Digest": other} if method == "PUT" else headers
+
+    proxy = Proxy(f"http://{upstream.host}", answer_headers=answer_headers).start()
+    try:
+        root = fake_tree.make_tree(tmp_path / "repo", f"{proxy.host}/iree-oss", GRAPH, {LEAF: digest})
+        monkeypatch.chdir(root)
+        code = mi.main(
+            ["--registry", f"{proxy.host}/iree-oss", "--image", LEAF, "--promote", "--tag", "other"]
+        )
+    finally:
+        proxy.stop()
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"{proxy.host} answered the PUT of {proxy.host}/iree-oss/{LEAF}:other with the digest {other}, not the "
+        f"pinned {digest}; it rewrote the manifest: run --verify_pinned to see what it serves\n"
+    )
+
+
+def test_a_redirect_keeps_the_credentials_on_the_same_host_and_drops_them_elsewhere(
+    basic_registry, authority, docker_env
+):
+    digest = basic_registry.push_image("moved", "v1", label=uuid.uuid4().hex)
+    context = ssl.create_default_context(cafile=str(authority.path))
+    upstream = f"https://{basic_registry.host}"
+    # A "blob store" on another host: it records what the client sends and reaches
+    # the registry with credentials of its own, as a signed URL would.
+    store = Proxy(upstream, context=context, authorization=basic("alice", PASSWORD)).start()
+
+    def fault(method, path, attempt):
+        if method == "GET" and "/manifests/" in path and "hop" not in path:
+            return 307, {"Location": f"{path}?hop=same-host"}, b""
+        if method == "GET" and "hop=same-host" in path:
+            return 307, {"Location": f"http://{store.host}{path.split('?')[0]}"}, b""
+        return None
+
+    front = Proxy(upstream, fault=fault, context=context).start()
+    try:
+        write_config(docker_env, {"auths": {front.host: auth_entry("alice", PASSWORD)}})
+        manifest = mi.RegistryClient(dict(os.environ)).get_manifest(f"{front.host}/iree-oss/moved", digest)
+    finally:
+        front.stop()
+        store.stop()
+    assert manifest.digest == digest
+    redirected = [(path, authorization) for path, authorization in front.authorizations if "hop=" in path]
+    assert redirected == [(f"/v2/iree-oss/moved/manifests/{digest}?hop=same-host", basic("alice", PASSWORD))]
+    assert store.authorizations == [(f"/v2/iree-oss/moved/manifests/{digest}", None)]

@@ -2538,8 +2538,9 @@ class RegistryClient:
         name = f"{url}{_separator(reference)}{reference}"
         answer = self._call("GET", host, repository, f"manifests/{reference}", "pull")
         if answer.status == 404:
+            said = registry_said(answer)
             raise RegistryError(
-                f"{host} does not serve {name} (HTTP 404{': ' + registry_said(answer) if registry_said(answer) else ''}); "
+                f"{host} does not serve {name} (HTTP 404{': ' + said if said else ''}); "
                 "check the pin, or push the image first"
             )
         self._expect(answer, (200,), host, f"GET of {name}")
@@ -2700,11 +2701,11 @@ class RegistryClient:
 
         realm = params["realm"]
         realm_host = urllib.parse.urlsplit(realm).netloc
-        if not realm.startswith("https://") and not (
-            realm.startswith("http://") and is_loopback_registry(realm_host)
-        ):
+        plain = not realm.startswith("https://") and not is_loopback_registry(realm_host)
+        if plain and credentials is not None:
             raise RegistryError(
-                f"the registry {host} sends credentials to the token server {realm}, which is not HTTPS; refusing"
+                f"refusing to send the credentials for {host} to its token server {realm}: it is not HTTPS "
+                "and not on loopback"
             )
         form = {"service": params.get("service", ""), "scope": scope}
         headers: dict[str, str] = {"User-Agent": USER_AGENT}
