@@ -191,7 +191,7 @@ class Registry:
         assert status == 200, (status, body)
         return headers["Content-Type"], body
 
-    def config(self, image: str, reference: str, platform: str = "linux/amd64") -> dict:
+    def image_config(self, image: str, reference: str, platform: str = "linux/amd64") -> dict:
         """The image config the registry serves for `reference`, through an index for `platform`."""
         media_type, data = self.manifest(image, reference)
         document = json.loads(data)

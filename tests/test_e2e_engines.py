@@ -45,7 +45,7 @@ def assert_every_reference_is_served(repo, registry) -> None:
 def assert_holds_the_pins_content(registry, image: str, pinned: str, ref: str, env=None) -> None:
     """The local image `ref` has the layers, runtime config and creation time of the config
     the registry serves for the pin."""
-    built, config = local(ref, env), registry.config(image, pinned)
+    built, config = local(ref, env), registry.image_config(image, pinned)
     assert built["RootFS"]["Layers"] == config["rootfs"]["diff_ids"], image
     assert built["Created"] == config["created"], image
     assert {key: value for key, value in built["Config"].items() if value} == {
