@@ -3280,7 +3280,8 @@ def pin_digest(runner: Runner, image: str, pinned: str | None, pushed: str | Non
     local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if pushed is not None:
         if pinned is not None and client.served_digest(url, pinned) is not None:
-            platform = local.platform if local is not None else "linux/amd64"
+            engine = runner.engine
+            platform = local.platform if local else engine.platform if engine else "linux/amd64"
             identity = registry_identity(client, url, pinned, pushed, platform)
             runner.identities[image] = identity
             if identity != "differs" and pinned != pushed:
@@ -4010,15 +4011,17 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--cache_from_pinned",
         "--cache-from-pinned",
         action="store_true",
-        help="With --build: pull the image prod_digests.txt pins (REGISTRY/NAME@DIGEST) and build with "
-        "--cache-from it, so a machine that never built the images reproduces their digests.",
+        help="With --build: build from the cache of the image prod_digests.txt pins (REGISTRY/NAME@DIGEST), "
+        "so a machine that never built the images reproduces their content: the classic builder pulls it "
+        "for --cache-from; BuildKit reads its inline cache, or the registry cache kept beside it, from the "
+        "registry.",
     )
     steps.add_argument(
         "--verify_pinned",
         "--verify-pinned",
         action="store_true",
-        help="With --build: after each build, compare the image with the one prod_digests.txt pins and "
-        "fail, before any push, if they differ. Alone: check that the registry serves every pinned "
+        help="With --build: after each build, compare the image's content with the config the registry "
+        "serves for its pin and fail, before any push, if they differ. Alone: check that the registry serves every pinned "
         "digest and that REGISTRY/NAME:TAG is it; exit 1 on any drift.",
     )
     steps.add_argument(
@@ -4031,9 +4034,10 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--update_references",
         "--update-references",
         action="store_true",
-        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at the "
-        "image's repository digest (and, for rbe-toolchain, the rbe_autoconfig "
-        "rule in WORKSPACE); add the image to prod_digests.txt if missing.",
+        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at a digest the registry "
+        "serves for the image: its push's, or its pin's when the content is the same (and, for "
+        "rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to prod_digests.txt if "
+        "missing.",
     )
 
 
