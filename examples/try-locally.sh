@@ -4,8 +4,13 @@
 #
 #   sudo bash examples/try-locally.sh
 #
-# It provisions a Docker engine if none runs (tests/provision-docker.sh),
-# starts a private registry on 127.0.0.1:${MANAGE_IMAGES_TRY_PORT:-5000} if
+# It uses the Docker engine it finds: the one MANAGE_IMAGES_ENGINE names
+# (classic, buildkit or containerd, as tests/provision-engines.sh provisions
+# them), else the one DOCKER_HOST or the default socket answers on; only when
+# none answers does it provision one (tests/provision-docker.sh). It says which
+# engine it used: its version, its builder (classic or BuildKit) and its image
+# store (a graph driver such as overlay2, or containerd). It starts a private
+# registry on 127.0.0.1:${MANAGE_IMAGES_TRY_PORT:-5000} if
 # none answers there, and lays out a scratch repository under
 # ${MANAGE_IMAGES_TRY_DIR:-/tmp/manage-images-try} whose 17 images are tiny
 # busybox images with the real graph. There it edits base and runs
@@ -13,7 +18,7 @@
 # then shows the plan, the summary, `git diff --stat`, a Dockerfile's FROM
 # line before and after, and `--check` passing. It never touches this
 # repository or your docker config (DOCKER_CONFIG points into the scratch
-# folder). Safe to run again.
+# folder, with your buildx plugin linked in). Safe to run again.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,14 +26,52 @@ port=${MANAGE_IMAGES_TRY_PORT:-5000}
 state=${MANAGE_IMAGES_TRY_DIR:-/tmp/manage-images-try}
 registry="127.0.0.1:$port/iree-oss"
 python=${PYTHON:-python3}
+engines=${MANAGE_IMAGES_ENGINES_DIR:-/var/lib/manage-images-engines}
+if [ -n "${MANAGE_IMAGES_ENGINE:-}" ]; then
+  [ -f "$engines/$MANAGE_IMAGES_ENGINE/engine.env" ] || {
+    echo "no $engines/$MANAGE_IMAGES_ENGINE/engine.env; run: sudo bash tests/provision-engines.sh $MANAGE_IMAGES_ENGINE" >&2
+    exit 1
+  }
+  set -a
+  # shellcheck disable=SC1090
+  . "$engines/$MANAGE_IMAGES_ENGINE/engine.env"
+  set +a
+fi
+# The buildx plugin of the docker config in use, before DOCKER_CONFIG moves.
+buildx="${DOCKER_CONFIG:-${HOME:-/root}/.docker}/cli-plugins/docker-buildx"
 export DOCKER_CONFIG="$state/docker-config"  # never ~/.docker/config.json
-mkdir -p "$DOCKER_CONFIG"
+mkdir -p "$DOCKER_CONFIG/cli-plugins"
+if [ -x "$buildx" ]; then
+  ln -sfn "$(readlink -f "$buildx")" "$DOCKER_CONFIG/cli-plugins/docker-buildx"
+else
+  rm -f "$DOCKER_CONFIG/cli-plugins/docker-buildx"
+fi
 
 step() { printf '\n==> %s\n' "$*"; }
 answers() { "$python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://127.0.0.1:$port/v2/" 2>/dev/null; }
 
 step "A Docker engine"
-bash "$here/tests/provision-docker.sh"
+if docker info >/dev/null 2>&1; then
+  echo "an engine answers at ${DOCKER_HOST:-the default socket}: using it"
+else
+  bash "$here/tests/provision-docker.sh"
+fi
+command -v docker-registry >/dev/null && [ -x /bin/busybox ] || bash "$here/tests/provision-docker.sh"
+server=$(docker version --format '{{.Server.Version}}')
+client=$(docker version --format '{{.Client.Version}}')
+if [ "${DOCKER_BUILDKIT:-}" = 0 ]; then
+  builder="classic (DOCKER_BUILDKIT=0)"
+elif docker buildx version >/dev/null 2>&1 && { [ "${client%%.*}" -ge 23 ] || [ "${DOCKER_BUILDKIT:-}" = 1 ]; }; then
+  builder="BuildKit ($(docker buildx version | awk '{print "buildx " $2}'))"
+else
+  builder="classic (no buildx plugin)"
+fi
+if docker info --format '{{json .DriverStatus}}' | grep io.containerd.snapshotter.v1 >/dev/null; then
+  store="containerd ($(docker info --format '{{.Driver}}') snapshotter)"
+else
+  store="$(docker info --format '{{.Driver}}') (graph driver)"
+fi
+echo "Engine: Docker $server (client $client) at ${DOCKER_HOST:-the default socket}; builder: $builder; image store: $store"
 
 step "A private registry on 127.0.0.1:$port"
 started_registry=""
@@ -112,4 +155,4 @@ else
   echo "  (the registry on 127.0.0.1:$port was not started by this script; it was left alone)"
 fi
 echo "  rm -rf $state             # the scratch repository, registry data and docker config"
-echo "  docker image ls '127.0.0.1:$port/iree-oss/*'   # the images it built; remove them with docker image rm"
+echo "  ${DOCKER_HOST:+DOCKER_HOST=$DOCKER_HOST }docker image ls '127.0.0.1:$port/iree-oss/*'   # the images it built; remove them with docker image rm"

@@ -2,21 +2,73 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import fake_tree
 import manage_images
-from helpers import E2E_REQUIRED, fresh_engine, run_tool, small_tree
+from helpers import (
+    E2E_REQUIRED,
+    ENGINES,
+    engine_environ,
+    engine_file,
+    engine_kind,
+    fresh_engine,
+    run_tool,
+    small_tree,
+)
 from registry import Registry, running
 from standin import StandIn
+
+# MANAGE_IMAGES_ENGINE=classic|buildkit|containerd: the engine of the matrix
+# every docker command of this session talks to (unset: whatever engine the
+# environment points at). Why it cannot be used, if it cannot.
+ENGINE = os.environ.get("MANAGE_IMAGES_ENGINE") or None
+ENGINE_PROBLEM: str | None = None
+
+
+def pytest_configure(config) -> None:
+    """Points this process's environment, and so every subprocess, at the
+    session's engine, with a DOCKER_CONFIG of its own: tests never read or
+    write ~/.docker, and the buildx plugin the engine needs is in it."""
+    global ENGINE_PROBLEM
+    docker_config = Path(tempfile.mkdtemp(prefix="mi-docker-config-"))
+    if ENGINE is not None and ENGINE not in ENGINES:
+        raise pytest.UsageError(f"MANAGE_IMAGES_ENGINE={ENGINE}: use one of {', '.join(ENGINES)}")
+    if ENGINE is not None and not engine_file(ENGINE).is_file():
+        ENGINE_PROBLEM = f"{engine_file(ENGINE)} is missing (run tests/provision-engines.sh {ENGINE})"
+        os.environ["DOCKER_CONFIG"] = str(docker_config)
+        return
+    os.environ.update(engine_environ(ENGINE, docker_config))
+
+
+def pytest_report_header(config) -> str:
+    if shutil.which("docker") is None:
+        return "engine: no docker client"
+    version, driver, store, builder = engine_kind()
+    return (
+        f"engine: {ENGINE or 'from the environment'}: Docker {version}, {builder} builder, "
+        f"{driver} ({store} image store), at {os.environ.get('DOCKER_HOST', 'the default socket')}"
+    )
+
+
+# What each engine of the matrix must be: (image store, builder starts with).
+EXPECTED = {
+    "classic": ("graph driver", "classic"),
+    "buildkit": ("graph driver", "BuildKit"),
+    "containerd": ("containerd", "BuildKit"),
+}
 
 
 def engine_problem() -> str | None:
     """Why the end-to-end tests cannot run here, or None."""
+    if ENGINE_PROBLEM is not None:
+        return ENGINE_PROBLEM
     for tool in ("docker", "docker-registry", "git"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
@@ -25,6 +77,14 @@ def engine_problem() -> str | None:
     info = subprocess.run(("docker", "info"), capture_output=True, text=True)
     if info.returncode != 0:
         return "the Docker engine is not running"
+    if ENGINE is not None:
+        _, _, store, builder = engine_kind()
+        if (store, builder.split()[0]) != EXPECTED[ENGINE]:
+            want_store, want_builder = EXPECTED[ENGINE]
+            return (
+                f"the {ENGINE} engine has a {store} image store and the {builder} builder, "
+                f"not a {want_store} image store and the {want_builder} builder"
+            )
     return None
 
 
@@ -36,9 +96,9 @@ def engine() -> None:
     if E2E_REQUIRED:
         pytest.fail(
             f"end-to-end tests are required here (CI or MANAGE_IMAGES_E2E is set) but {problem}; "
-            "run tests/provision-docker.sh first"
+            "run tests/provision-engines.sh first"
         )
-    pytest.skip(f"{problem}; run tests/provision-docker.sh to run the end-to-end tests")
+    pytest.skip(f"{problem}; run tests/provision-engines.sh to run the end-to-end tests")
 
 
 @pytest.fixture(scope="session")
@@ -120,10 +180,14 @@ def tree(git_repo, monkeypatch) -> Path:
 
 @pytest.fixture
 def standin(tmp_path, monkeypatch) -> StandIn:
-    """A stand-in `docker` and `gcloud` alone on PATH (with git), for tests that need no engine."""
+    """A stand-in `docker` and `gcloud` alone on PATH (with git), and a stand-in registry, for tests
+    that need no engine."""
     fake = StandIn(tmp_path / "standin")
     for name, value in fake.environ().items():
         monkeypatch.setenv(name, value)
+    # The engine side's questions to the registry (what a push or pin serves)
+    # are answered from the same configuration.
+    monkeypatch.setattr(manage_images.Runner, "registry", lambda runner: fake.registry)
     return fake
 
 

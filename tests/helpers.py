@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pytest
 
@@ -38,6 +38,81 @@ SCRIPT = Path(
 E2E_REQUIRED = bool(os.environ.get("CI") or os.environ.get("MANAGE_IMAGES_E2E"))
 
 
+# --- The engine the tests run on ----------------------------------------------
+# tests/provision-engines.sh provisions the three engines of the matrix and
+# describes each in ENGINES_DIR/NAME/engine.env; MANAGE_IMAGES_ENGINE=NAME
+# runs the tests on one of them (conftest.py applies it to this process's
+# environment, so every docker the tests and the tool run talk to it).
+
+ENGINES = ("classic", "buildkit", "containerd")
+ENGINES_DIR = Path(os.environ.get("MANAGE_IMAGES_ENGINES_DIR", "/var/lib/manage-images-engines"))
+CONTAINERD_STORE = "io.containerd.snapshotter.v1"
+
+
+def engine_file(name: str) -> Path:
+    return ENGINES_DIR / name / "engine.env"
+
+
+def engine_variables(name: str) -> dict[str, str]:
+    """The variables of NAME's engine file: KEY=VALUE lines, `$PATH` in a value
+    standing for the caller's PATH (the file is also sourced by shell scripts)."""
+    variables = {}
+    for line in engine_file(name).read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            variables[key] = value
+    return variables
+
+
+def engine_environ(
+    name: str | None, docker_config: Path, base: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """`base` pointed at engine NAME (None: the engine `base` already points
+    at), with DOCKER_CONFIG isolated in `docker_config` and holding the buildx
+    plugin the engine's client should see (none for the classic engine)."""
+    env = dict(base)
+    if name is None:
+        # No engine file: the plugin of the caller's own docker config, if any.
+        own = Path(base.get("DOCKER_CONFIG") or Path(base.get("HOME", "/root")) / ".docker")
+        buildx = own / "cli-plugins" / "docker-buildx"
+        plugin = str(buildx) if buildx.exists() else ""
+    else:
+        variables = engine_variables(name)
+        path = variables.pop("PATH", "$PATH").replace("$PATH", base.get("PATH", os.defpath))
+        env.update(variables, PATH=path)
+        plugin = variables.get("MANAGE_IMAGES_ENGINE_BUILDX", "")
+    plugins = docker_config / "cli-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    if plugin and not (plugins / "docker-buildx").exists():
+        (plugins / "docker-buildx").symlink_to(plugin)
+    env["DOCKER_CONFIG"] = str(docker_config)
+    return env
+
+
+def engine_kind(env: Mapping[str, str] | None = None) -> tuple[str, str, str, str]:
+    """(server version, storage driver, image store, builder) of the engine `env` points at."""
+    info = subprocess.run(
+        ("docker", "info", "--format", "{{json .}}"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if info.returncode != 0:
+        return ("no engine", info.stderr.strip(), "", "")
+    data = json.loads(info.stdout)
+    store = (
+        "containerd"
+        if ["driver-type", CONTAINERD_STORE] in (data.get("DriverStatus") or [])
+        else "graph driver"
+    )
+    plugins = (data.get("ClientInfo") or {}).get("Plugins") or []
+    buildx = next((plugin.get("Version", "") for plugin in plugins if plugin.get("Name") == "buildx"), None)
+    buildkit = (env if env is not None else os.environ).get("DOCKER_BUILDKIT")
+    builder = "BuildKit (buildx " + str(buildx) + ")" if buildx and buildkit != "0" else "classic"
+    return (data.get("ServerVersion", "?"), data.get("Driver", "?"), store, builder)
+
+
 def run_tool(repo: Path, *args: str, registry: Registry | None = None, env=None, timeout=900):
     """Runs manage_images.py as a subprocess from `repo`."""
     argv = [sys.executable, str(SCRIPT)]
@@ -49,19 +124,27 @@ def run_tool(repo: Path, *args: str, registry: Registry | None = None, env=None,
 
 
 @contextlib.contextmanager
-def fresh_engine() -> Iterator[dict[str, str]]:
-    """Another dockerd with its own data, exec root, pid file and socket, and
-    nothing in it; yields the environment that points docker at it.
+def fresh_engine(environ: Mapping[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """Another dockerd of the same kind as the one `environ` (default: this
+    process's environment) points at, with its own data, exec root, pid file
+    and socket, and nothing in it; yields the environment that points docker
+    at it.
 
-    It shares docker0 and leaves iptables alone: `--bridge=none` would make it
-    delete docker0 and break the first engine's RUN steps.
+    Same kind: the same dockerd binary and daemon configuration (so the same
+    image store), the same client and DOCKER_CONFIG (so the same buildx), as
+    the engine file of MANAGE_IMAGES_ENGINE says; checked against `docker
+    info` of both. It shares docker0 and leaves iptables alone: `--bridge=none`
+    would make it delete docker0 and break the first engine's RUN steps.
     """
+    base = dict(os.environ if environ is None else environ)
     folder = Path(tempfile.mkdtemp(prefix="mi-engine-", dir="/tmp"))
     socket = folder / "docker.sock"
     log = open(folder / "dockerd.log", "wb")
+    config = base.get("MANAGE_IMAGES_ENGINE_DAEMON_JSON")
     process = subprocess.Popen(
         (
-            "dockerd",
+            base.get("MANAGE_IMAGES_ENGINE_DOCKERD") or "dockerd",
+            *(("--config-file", config) if config else ()),
             "--data-root",
             str(folder / "data"),
             "--exec-root",
@@ -75,14 +158,17 @@ def fresh_engine() -> Iterator[dict[str, str]]:
         ),
         stdout=log,
         stderr=log,
+        env=base,
     )
-    env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
+    env = {**base, "DOCKER_HOST": f"unix://{socket}"}
     try:
         deadline = time.monotonic() + 60
         while subprocess.run(("docker", "info"), env=env, capture_output=True).returncode != 0:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the second dockerd did not start; see {folder / 'dockerd.log'}")
             time.sleep(0.5)
+        if engine_kind(env) != engine_kind(base):
+            raise RuntimeError(f"the second dockerd is {engine_kind(env)}, not {engine_kind(base)}")
         yield env
     finally:
         process.terminate()

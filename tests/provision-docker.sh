@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provision a Docker engine for the end-to-end tests (Debian, as root).
 #
-# Installs Debian's docker.io (the engine), docker-registry (a real registry,
+# Installs Debian's docker.io (the engine; not when another engine answers or
+# another dockerd is installed), docker-registry (a real registry,
 # started per test session by the test fixtures) and busybox-static (the
 # tiny root filesystem the test images are built from) when they are missing,
 # then starts dockerd in the background unless an engine already answers, and
@@ -14,6 +15,9 @@ missing=()
 for package in docker.io docker-registry busybox-static; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
+if [ "${missing[0]:-}" = docker.io ] && { command -v dockerd >/dev/null || docker info >/dev/null 2>&1; }; then
+  missing=("${missing[@]:1}")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "provision-docker: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

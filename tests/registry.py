@@ -197,6 +197,27 @@ class Registry:
         assert status == 200, (status, body)
         return headers["Content-Type"], body
 
+    def image_config(self, image: str, reference: str, platform: str = "linux/amd64") -> dict:
+        """The image config the registry serves for `reference`, through an index for `platform`."""
+        media_type, data = self.manifest(image, reference)
+        document = json.loads(data)
+        if "manifests" in document:
+            wanted = platform.split("/")
+            entry = next(
+                entry
+                for entry in document["manifests"]
+                if [entry.get("platform", {}).get(key) for key in ("os", "architecture")] == wanted[:2]
+            )
+            media_type, data = self.manifest(image, entry["digest"])
+            document = json.loads(data)
+        status, _, body = self.request(
+            "GET",
+            f"/v2/iree-oss/{image}/blobs/{document['config']['digest']}",
+            scope=f"repository:iree-oss/{image}:pull",
+        )
+        assert status == 200, status
+        return json.loads(body)
+
     def snapshot(self, images, tags=("latest", "prod")) -> dict[tuple[str, str], str | None]:
         return {(image, tag): self.digest(image, tag) for image in images for tag in tags}
 

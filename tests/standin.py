@@ -4,13 +4,23 @@ It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
   {"fail": {"build": 7}, "signal": {"build": 9},
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
-   "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."},
-   "server_down": false}
+   "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."}, "contents": {"sha256:...": "LAYER"},
+   "local_content": {"REF:TAG": "LAYER"},  (REF:TAG pushed is served as the sha256 of its name)
+   "server_down": false,
+   "engine": {"client": "26.1.5", "store": "containerd", "buildx": "0.13.1"}}
 Only the unit tests use it; the end-to-end tests use the real engine.
+
+`StandInRegistry` answers, for the same tests, what the registry client
+would: REPO:TAG and REPO@DIGEST are served as `repo_digests` and `manifests`
+say, and the image served as a digest holds one layer, its `contents` entry
+(by default the digest itself). A local image holds its `local_content`
+(by default its first repo digest's), so a local image and a served one are
+the same image exactly when they hold the same layer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,11 +33,25 @@ argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
 with open(os.environ["STANDIN_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\\n")
 config = json.load(open(os.environ["STANDIN_CONFIG"]))
-if argv[0] == "docker" and argv[1] == "version":
+{helpers}
+engine = {{"client": "20.10.24", "server": "20.10.24", "store": "overlay2", "buildx": None, **config.get("engine", {{}})}}
+if argv[0] == "docker" and argv[1] in ("version", "info"):
     if config.get("server_down"):
         print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?", file=sys.stderr)
         sys.exit(1)
-    print("20.10.24")
+    if "{{{{json .}}}}" not in argv:
+        print(engine["server"])
+    elif argv[1] == "version":
+        print(json.dumps({{"Client": {{"Version": engine["client"]}}, "Server": {{"Version": engine["server"]}}}}))
+    else:
+        containerd = engine["store"] == "containerd"
+        plugins = [{{"Name": "buildx", "Version": engine["buildx"]}}] if engine["buildx"] else []
+        print(json.dumps({{
+            "ServerVersion": engine["server"],
+            "Driver": "overlayfs" if containerd else engine["store"],
+            "DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]] if containerd else [["Backing Filesystem", "extfs"]],
+            "ClientInfo": {{"Plugins": plugins}},
+        }}))
     sys.exit(0)
 if argv[0] == "docker" and argv[1:3] == ["image", "inspect"]:
     form = argv[argv.index("--format") + 1]
@@ -38,8 +62,11 @@ if argv[0] == "docker" and argv[1:3] == ["image", "inspect"]:
         elif ref not in config.get("repo_digests", {{}}):
             print(f"Error: No such image: {{ref}}", file=sys.stderr)
             code = 1
-        elif form == "{{{{.Id}}}}":
-            print(config["repo_digests"][ref])
+        elif form == "{{{{json .}}}}":
+            digests = config["repo_digests"][ref]
+            own = [entry for entry in digests if entry.partition("@")[0] == ref.rpartition(":")[0]] or digests
+            content = config.get("local_content", {{}}).get(ref) or (own[0].partition("@")[2] if own else ref)
+            print(json.dumps(inspected(content, digests)))
         elif form.startswith("{{{{json .RepoTags}}}}"):
             print(json.dumps([ref]), json.dumps(config["repo_digests"][ref]))
         else:
@@ -62,6 +89,99 @@ sys.exit(code)
 """
 
 
+# Shared by the stand-in docker (a script) and StandInRegistry: one image config per content.
+HELPERS = """
+import hashlib
+
+
+def config_bytes(content):
+    return json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [content]}},
+        sort_keys=True,
+    ).encode()
+
+
+def config_digest(content):
+    return "sha256:" + hashlib.sha256(config_bytes(content)).hexdigest()
+
+
+def inspected(content, digests):
+    return {
+        "Id": config_digest(content), "RepoDigests": digests, "Os": "linux", "Architecture": "amd64",
+        "RootFS": {"Type": "layers", "Layers": [content]}, "Config": {"Env": None},
+    }
+"""
+_shared: dict = {"json": json}
+exec(HELPERS, _shared)
+
+
+TESTS = Path(__file__).resolve().parent
+SCRIPT_DIR = TESTS.parent / "build_tools" / "docker"
+# manage_images.py as a process of its own whose registry questions StandInRegistry answers.
+LAUNCHER = (
+    "import os, sys, pathlib, standin, manage_images as mi; "
+    "fake = standin.StandInRegistry(pathlib.Path(os.environ['STANDIN_CONFIG'])); "
+    "mi.Runner.registry = lambda runner: fake; "
+    "raise SystemExit(mi.main())"
+)
+
+
+def script_argv(*args: str) -> list[str]:
+    """The argv that runs manage_images.py ARGS with the stand-in registry (PYTHONPATH from `environ`)."""
+    return [sys.executable, "-c", LAUNCHER, *args]
+
+
+class StandInRegistry:
+    """What the registry client answers in the unit tests, from the stand-in's configuration."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.calls: list[tuple[str, ...]] = []
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.config_path.read_text())
+
+    def _served(self) -> dict[str, str]:
+        served = dict(self.config.get("manifests", {}))
+        for ref, entries in self.config.get("repo_digests", {}).items():
+            repository = ref.rpartition(":")[0]
+            for entry in entries:
+                url, _, digest = entry.partition("@")
+                served.setdefault(entry, digest)
+                if url == repository:
+                    served.setdefault(ref, digest)
+        log = self.config_path.parent / "commands.jsonl"
+        for line in log.read_text().splitlines() if log.exists() else ():
+            argv = json.loads(line)
+            if argv[:2] == ["docker", "push"]:  # what was pushed is served, as a digest of its name
+                served.setdefault(argv[2], "sha256:" + hashlib.sha256(argv[2].encode()).hexdigest())
+        return served
+
+    def served_digest(self, url: str, reference: str) -> str | None:
+        self.calls.append(("HEAD", url, reference))
+        separator = "@" if reference.startswith("sha256:") else ":"
+        return self._served().get(f"{url}{separator}{reference}")
+
+    def get_manifest(self, url: str, reference: str):
+        import manage_images
+
+        self.calls.append(("GET", url, reference))
+        data = json.dumps({"reference": reference}).encode()
+        return manage_images.Manifest(
+            "application/vnd.oci.image.manifest.v1+json", data, "sha256:" + "e" * 64
+        )
+
+    def put_manifest(self, url: str, tag: str, manifest) -> str:
+        self.calls.append(("PUT", url, tag))
+        return manifest.digest
+
+    def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
+        self.calls.append(("CONFIG", url, reference))
+        content = self.config.get("contents", {}).get(reference, reference)
+        return _shared["config_digest"](content), _shared["config_bytes"](content)
+
+
 class StandIn:
     def __init__(self, folder: Path) -> None:
         self.bin = folder / "bin"
@@ -74,10 +194,11 @@ class StandIn:
         self.log = folder / "commands.jsonl"
         self.config_path = folder / "config.json"
         self.config: dict = {}
+        self.registry = StandInRegistry(self.config_path)
         self.save()
         for name in ("docker", "gcloud"):
             path = self.bin / name
-            path.write_text(STANDIN.format(python=sys.executable))
+            path.write_text(STANDIN.format(python=sys.executable, helpers=HELPERS))
             path.chmod(0o755)
 
     def save(self) -> None:
@@ -95,6 +216,7 @@ class StandIn:
             "PATH": f"{self.bin}{os.pathsep}{self.tools}",
             "STANDIN_LOG": str(self.log),
             "STANDIN_CONFIG": str(self.config_path),
+            "PYTHONPATH": os.pathsep.join((str(TESTS), str(SCRIPT_DIR))),
         }
 
     def commands(self) -> list[list[str]]:

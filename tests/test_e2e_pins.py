@@ -24,24 +24,9 @@ REPRODUCE = ("--cache_from_pinned", "--verify_pinned")
 PROD_FLOW = ("--images", "all", "--tag", "prod", "--build", "--update_references", "-j", "4")
 
 
-def test_a_cold_engine_reproduces_every_pinned_digest(repo, registry, second_engine):
-    pinned = pins(repo, registry)
-    assert image_id(f"{registry.url}/base@{pinned['base']}", second_engine) is None  # it never saw them
-
-    result = run_tool(repo, *PROD_FLOW, *REPRODUCE, registry=registry, env=second_engine)
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert fake_tree.git(repo, "status", "--porcelain") == ""
-    for image in ALL:
-        built = image_id(f"{registry.url}/{image}:prod", second_engine)
-        assert built is not None and built == image_id(
-            f"{registry.url}/{image}@{pinned[image]}", second_engine
-        ), image
-    assert result.stdout.count("  reproduced") == 17
-
-
 def test_a_cold_engine_without_cache_from_pinned_cannot_reproduce(repo, registry, second_engine):
-    # The original's prod flow on a machine that never built the images.
+    # The original's prod flow on a machine that never built the images (with it:
+    # test_e2e_engines.py, on every engine).
     pinned = pins(repo, registry)
     result = run_tool(repo, *PROD_FLOW, registry=registry, env=second_engine)
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import fake_tree
 import manage_images as mi
 from helpers import D1, D2, E2E_REQUIRED, NEW, SCRIPT, all_digests, files, ref, usage_error, write
+from standin import script_argv
 
 RBE_URL = "gcr.io/iree-oss/rbe-toolchain"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -37,8 +38,10 @@ def commit(root: Path, message: str = "change") -> None:
 
 
 def run_script(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    # With the stand-in docker, the stand-in registry answers too.
+    argv = script_argv(*args) if env and "STANDIN_CONFIG" in env else [sys.executable, str(SCRIPT), *args]
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        argv,
         cwd=root,
         env=env,
         capture_output=True,
@@ -238,18 +241,19 @@ def test_two_runs_at_once_lose_no_edit(tree, standin):
     many_files(tree, 2000)
     standin.set(repo_digests=all_digests())
     env = {**os.environ, **standin.environ()}
+    images = ("cmake-android", "cmake-python-nvidia")
     runs = [
         subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--image", image, "--update_references"],
+            script_argv("--image", image, "--update_references"),
             cwd=tree,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for image in ("cmake-android", "cmake-python-nvidia")
+        for image in images
     ]
-    outcomes = [(run.args[3], *run.communicate(timeout=300), run.returncode) for run in runs]
+    outcomes = [(image, *run.communicate(timeout=300), run.returncode) for image, run in zip(images, runs)]
     for image, _, err, code in outcomes:
         if code != 0:  # it found the lock taken: it says so, and a rerun completes the job
             assert "another manage_images.py run holds the repository lock" in err, err
@@ -628,7 +632,7 @@ def test_output_of_docker_inspect_that_is_not_json_fails_the_image_with_a_summar
     assert mi.main(["--image", "cmake-python", "--update_references"]) == 1
     out, err = capsys.readouterr()
     assert "Summary:" in out
-    assert err.count("\n") == 1 and "not a JSON list of RepoDigests" in err
+    assert err.count("\n") == 1 and "printed no image as JSON; check the docker client" in err
 
 
 def test_a_git_that_hangs_times_out_with_one_line(tree, standin, monkeypatch, capsys):

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import fake_tree
-from helpers import SCRIPT, TESTS, run_tool
+from helpers import SCRIPT, TESTS, engine_kind, run_tool
 from registry import free_port, served_digest
 
 pytestmark = pytest.mark.e2e
@@ -38,10 +38,16 @@ def test_try_locally_runs_the_main_job_twice_without_touching_the_users_docker_c
         "PYTHON": sys.executable,
     }
     env.pop("DOCKER_CONFIG", None)
+    version, driver, store, builder = engine_kind()
     try:
         for _ in range(2):
             result = subprocess.run(["bash", str(TRY)], env=env, capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            # It says which engine it used: the session's, with its builder and image store.
+            said = next(line for line in result.stdout.splitlines() if line.startswith("Engine: "))
+            assert said.startswith(f"Engine: Docker {version} "), said
+            assert f"builder: {builder.split()[0]}" in said, said
+            assert ("image store: containerd" in said) == (store == "containerd"), said
             repo = state / "repo"
             # The re-pin is real: cmake's FROM line names the base the registry serves now.
             base = served_digest(f"127.0.0.1:{port}", "iree-oss/base", "latest")

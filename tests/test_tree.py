@@ -139,7 +139,11 @@ def test_dry_run_of_everything_plans_all_17_images_and_changes_nothing(tmp_path)
         env={**os.environ, **standin.environ()},
     )
     assert result.returncode == 0, result.stderr
-    assert standin.commands() == []
+    # Only the two read-only questions that tell which builder the plan is for.
+    assert [argv[:2] for argv in standin.commands()] == [["docker", "version"], ["docker", "info"]]
+    assert "Engine: Docker 20.10.24 (client 20.10.24), the classic builder, the overlay2 image store\n" in (
+        result.stdout
+    )
     assert {path: path.read_bytes() for path in tracked()} == before
     processing = re.findall(r"^Processing image (\S+) \[(\d+)/17\]$", result.stdout, re.M)
     assert [image for image, _ in processing] == mi.ordered_images_to_process(sorted(GRAPH), GRAPH)

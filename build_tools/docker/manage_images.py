@@ -150,6 +150,18 @@ _NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker d
 BIG_FILE = 1 << 20  # bytes; a smaller file is written from memory, whatever changed
 BLOCK = 1 << 16  # bytes; the unit a big file is patched and read back in
 TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
+# BuildKit's own record of its cache in an image config: build bookkeeping,
+# not content (a cold engine writes another one for the same layers).
+CACHE_RECORD_KEY = "moby.buildkit.cache.v0"
+# The image store of an engine that keeps its images in containerd.
+CONTAINERD_SNAPSHOTTER = ["driver-type", "io.containerd.snapshotter.v1"]
+# What Go's strconv.ParseBool accepts, as docker reads DOCKER_BUILDKIT.
+GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
+# The docker CLI that runs `docker build` through buildx when the plugin is there.
+BUILDX_DEFAULT_SINCE = 23
 # The registry's HTTP API: every manifest media type (indexes first), and how
 # the client waits and retries.
 MANIFEST_MEDIA_TYPES = (
@@ -334,6 +346,7 @@ class Steps(NamedTuple):
     update_references: bool = False
     cache_from_pinned: bool = False  # --build with --cache-from the pinned image
     verify_pinned: bool = False  # --build, then compare with the pinned image
+    attestations: bool = False  # --build keeping BuildKit's default attestations
 
     def any(self) -> bool:
         return self.pull or self.build or self.push or self.update_references
@@ -422,6 +435,50 @@ class Schedule(NamedTuple):
 
     jobs: int = 1
     keep_going: bool = False
+
+
+Identity = Literal["identical", "same content", "differs"]
+
+
+class Engine(NamedTuple):
+    """The Docker engine a run builds with, found once per run (`detect_engine`)."""
+
+    client: str  # the docker CLI's version
+    server: str  # the engine's version
+    builder: Literal["classic", "buildkit"]
+    store: str  # "containerd" (the containerd image store) or the graph driver, e.g. "overlay2"
+    buildx: str = ""  # the buildx plugin's version when `docker build` runs through it
+    platform: str = "linux/amd64"  # what it builds for (os/architecture)
+
+    def describe(self) -> str:
+        if self.builder == "classic":
+            builder = "the classic builder"
+        else:
+            builder = f"BuildKit (buildx {self.buildx})" if self.buildx else "BuildKit (built into the CLI)"
+        store = "the containerd image store" if self.containerd() else f"the {self.store} image store"
+        return f"Docker {self.server} (client {self.client}), {builder}, {store}"
+
+    def containerd(self) -> bool:
+        return self.store == "containerd"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "builder": self.builder,
+            "store": self.store,
+            "buildx": self.buildx or None,
+            "client": self.client,
+            "server": self.server,
+        }
+
+
+class LocalImage(NamedTuple):
+    """What the engine says of one local image, for comparing it with what the registry serves."""
+
+    id: str
+    config_digest: str | None  # the ID on a graph-driver store; from the build's metadata on containerd
+    platform: str  # os/architecture[/variant]
+    view: Mapping[str, object]  # see `inspect_view`
+    repo_digests: tuple[str, ...]
 
 
 class Settings(NamedTuple):
@@ -1183,17 +1240,199 @@ def pull_digest_argv(url: str, digest: str) -> tuple[str, ...]:
     return ("docker", "pull", f"{url}@{digest}")
 
 
-def build_argv(url: str, tag: str, context: str, cache_from: str | None = None) -> tuple[str, ...]:
-    cache = ("--cache-from", cache_from) if cache_from else ()
-    return ("docker", "build", "--tag", f"{url}:{tag}", *cache, context)
+def build_argv(
+    url: str,
+    tag: str,
+    context: str,
+    engine: Engine | None = None,
+    cache_from: Sequence[str] = (),
+    cache_to: str = "",
+    metadata_file: str = "",
+    attestations: bool = False,
+) -> tuple[str, ...]:
+    """`docker build` as this engine needs it (None: the classic builder's).
+
+    Through buildx, BuildKit's default attestations are turned off unless
+    asked for (on the containerd store they make every build a new index),
+    and the build's metadata (the config digest) is written to `metadata_file`.
+    BuildKit built into an older CLI takes inline cache as a build argument.
+    """
+    argv = ["docker", "build", "--tag", f"{url}:{tag}"]
+    buildx = engine is not None and bool(engine.buildx)
+    if buildx and not attestations:
+        argv += ["--provenance=false", "--sbom=false"]
+    if buildx and metadata_file:
+        argv += ["--metadata-file", metadata_file]
+    for source in cache_from:
+        argv += ["--cache-from", source]
+    if cache_to and buildx:
+        argv += ["--cache-to", cache_to]
+    elif cache_to == "type=inline":
+        argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+    return (*argv, context)
+
+
+def cache_export(engine: Engine | None, url: str, tag: str, push: bool) -> str:
+    """The `--cache-to` of a build: the cache a cold engine of the same kind reads back.
+
+    BuildKit on the containerd store writes a registry cache beside the image
+    when it is pushed (its config stays free of cache metadata); BuildKit on a
+    graph-driver store can only write inline cache (the docker driver exports
+    nothing else there); the classic builder needs none.
+    """
+    if engine is None or engine.builder != "buildkit":
+        return ""
+    if engine.containerd():
+        return f"type=registry,ref={url}:{build_cache_tag(tag)},mode=max" if push and engine.buildx else ""
+    return "type=inline"
+
+
+def build_cache_tag(tag: str) -> str:
+    """The tag the registry cache of the last build pushed as TAG is written to (a valid tag)."""
+    return f"{tag[:122]}.cache"
+
+
+def pinned_cache_tag(digest: str) -> str:
+    """The tag of the registry cache kept beside the image `digest` (`sha256-HEX.cache`)."""
+    return f"{digest.replace(':', '-')}.cache"
+
+
+def go_bool(value: str, name: str) -> bool:
+    """`value` read as Go's strconv.ParseBool reads it (docker reads DOCKER_BUILDKIT so)."""
+    if value not in GO_BOOLS:
+        raise ManageImagesError(f"{name}={value!r} is not a boolean: set it to 1 or 0, or unset it")
+    return GO_BOOLS[value]
+
+
+def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
+    """The engine described by `docker version` and `docker info` (`--format '{{json .}}'`),
+    with the DOCKER_BUILDKIT docker sees (None or "" when unset).
+
+    Since Docker 23 the CLI builds with BuildKit through the buildx plugin
+    when the plugin is usable, and falls back to the classic builder when it
+    is not; an older CLI builds with the classic builder unless
+    DOCKER_BUILDKIT is true, then with the BuildKit built into it.
+    """
+    import json
+
+    try:
+        versions = json.loads(version)
+        client = str(versions["Client"]["Version"])
+        server_facts = versions.get("Server") or {}
+        platform = _platform(server_facts.get("Os") or "linux", server_facts.get("Arch") or "amd64", "")
+        facts = json.loads(info)
+        server = str(facts.get("ServerVersion") or "")
+        status = facts.get("DriverStatus") or []
+        plugins = (facts.get("ClientInfo") or {}).get("Plugins") or []
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ManageImagesError(
+            "cannot read `docker version` and `docker info` as JSON; check the docker client and run again"
+        ) from None
+    store = "containerd" if CONTAINERD_SNAPSHOTTER in status else str(facts.get("Driver") or "unknown")
+    buildx = next(
+        (
+            str(plugin.get("Version") or "?")
+            for plugin in plugins
+            if isinstance(plugin, dict) and plugin.get("Name") == "buildx" and not plugin.get("Err")
+        ),
+        "",
+    )
+    wanted = go_bool(buildkit, "DOCKER_BUILDKIT") if buildkit else None
+    major = re.match(r"\d+", client)
+    if not major or int(major.group()) < BUILDX_DEFAULT_SINCE:
+        return Engine(client, server, "buildkit" if wanted else "classic", store, platform=platform)
+    if wanted is False or (not buildx and wanted is None):
+        return Engine(client, server, "classic", store, platform=platform)
+    if not buildx:
+        raise ManageImagesError(
+            "DOCKER_BUILDKIT is set but docker finds no usable buildx plugin: install docker-buildx "
+            "(or put it in $DOCKER_CONFIG/cli-plugins/), or unset DOCKER_BUILDKIT"
+        )
+    return Engine(client, server, "buildkit", store, buildx, platform)
+
+
+def _nonzero(config: object) -> dict[str, object]:
+    """A runtime config without its unset fields (docker shows them as "", null or false)."""
+    if not isinstance(config, dict):
+        return {}
+    return {key: value for key, value in config.items() if value not in (None, "", False, [], {}, 0)}
+
+
+def _platform(os_name: object, architecture: object, variant: object) -> str:
+    return "/".join(str(part) for part in (os_name, architecture, variant) if part)
+
+
+def config_view(config: Mapping[str, object]) -> dict[str, object]:
+    """What an image is, from its config document: platform, every layer (diff IDs), the
+    runtime config, creation time and author. BuildKit's cache record and the build history
+    are not in it, so the view of a cold rebuild that hit the cache on every step is the pin's."""
+    rootfs = config.get("rootfs")
+    return {
+        "platform": _platform(config.get("os"), config.get("architecture"), config.get("variant")),
+        "layers": list(rootfs.get("diff_ids") or []) if isinstance(rootfs, dict) else [],
+        "config": _nonzero(config.get("config")),
+        "created": config.get("created") or "",
+        "author": config.get("author") or "",
+    }
+
+
+def inspect_view(document: Mapping[str, object]) -> dict[str, object]:
+    """`config_view` of a local image, from `docker image inspect` (which shows no config bytes)."""
+    rootfs = document.get("RootFS")
+    return {
+        "platform": _platform(document.get("Os"), document.get("Architecture"), document.get("Variant")),
+        "layers": list(rootfs.get("Layers") or []) if isinstance(rootfs, dict) else [],
+        "config": _nonzero(document.get("Config")),
+        "created": document.get("Created") or "",
+        "author": document.get("Author") or "",
+    }
+
+
+def same_config(one: bytes, other: bytes) -> bool:
+    """Two image configs hold the same content: equal as JSON once BuildKit's cache record is
+    left out (so neither that record, nor key order, nor white space tells them apart)."""
+    import json
+
+    def content(data: bytes) -> object:
+        document = json.loads(data)
+        if isinstance(document, dict):
+            document.pop(CACHE_RECORD_KEY, None)
+        return document
+
+    try:
+        return bool(content(one) == content(other))
+    except ValueError:
+        return one == other
+
+
+def identity_of(local: LocalImage, manifest_digest: str, config_digest: str, config: bytes) -> Identity:
+    """How the local image compares with the one the registry serves as `manifest_digest`
+    (whose config for the local image's platform is `config`, of digest `config_digest`):
+    `identical` (the same manifest or the same config bytes), `same content` (see
+    `config_view`), or `differs`."""
+    import json
+
+    if local.id == manifest_digest or local.config_digest == config_digest:
+        return "identical"
+    try:
+        document = json.loads(config)
+    except ValueError:
+        return "differs"
+    if isinstance(document, dict) and config_view(document) == local.view:
+        return "same content"
+    return "differs"
 
 
 def tag_argv(source: str, target: str) -> tuple[str, ...]:
     return ("docker", "tag", source, target)
 
 
-def image_id_argv(ref: str) -> tuple[str, ...]:
-    return ("docker", "image", "inspect", "--format", "{{.Id}}", ref)
+ENGINE_VERSION_ARGV = ("docker", "version", "--format", "{{json .}}")
+ENGINE_INFO_ARGV = ("docker", "info", "--format", "{{json .}}")
+
+
+def image_json_argv(ref: str) -> tuple[str, ...]:
+    return ("docker", "image", "inspect", "--format", "{{json .}}", ref)
 
 
 def is_loopback_registry(registry: str) -> bool:
@@ -1237,10 +1476,6 @@ def repo_digest_among(output: str, url: str, tag: str) -> str | None:
             digest = pick_repo_digest([str(entry) for entry in digests], url)
             return digest if digest and DIGEST_RE.match(digest) else None
     return None
-
-
-def inspect_argv(url: str, tag: str) -> tuple[str, ...]:
-    return ("docker", "image", "inspect", "--format", "{{json .RepoDigests}}", f"{url}:{tag}")
 
 
 def gcloud_argv(registry: str) -> tuple[str, ...]:
@@ -1461,6 +1696,8 @@ class Runner:
         self.stopping = False
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
         self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
+        self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
+        self.engine: Engine | None = None  # what builds, when a step needs to know
         self._processes: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
 
@@ -1482,8 +1719,22 @@ class Runner:
                 except ProcessLookupError:
                     pass
 
-    def run(self, argv: Sequence[str], image: str = "", interactive: bool = False) -> None:
-        """Runs a side-effecting command, streaming its merged output line by line.
+    def registry(self) -> RegistryClient:
+        """The run's registry client (one per run; see `registry_client`)."""
+        return registry_client(self.settings)
+
+    def scratch(self) -> Path:
+        """A folder of this run's own (build metadata), removed by `run_steps` at the end."""
+        import tempfile
+
+        folder = Path(tempfile.gettempdir()) / f"manage_images.{os.getpid()}"
+        if not self.settings.dry_run:
+            folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    def run(self, argv: Sequence[str], image: str = "", interactive: bool = False) -> list[str]:
+        """Runs a side-effecting command, streaming its merged output line by line;
+        returns its last lines (none in a dry run).
 
         Each command gets a session of its own, so a Ctrl-C reaches this tool
         alone, which then stops it; an `interactive` one (gcloud may ask a
@@ -1491,7 +1742,7 @@ class Runner:
         """
         self.say(f"Running: `{format_command(argv)}`", image)
         if self.settings.dry_run:
-            return
+            return []
         import subprocess
 
         with self._lock:
@@ -1524,6 +1775,7 @@ class Runner:
                 self._processes.discard(process)
         if returncode != 0:
             raise CommandError(argv, returncode, diagnose(argv, tail, self.settings.registry))
+        return list(tail)
 
 
 def capture_bytes(
@@ -2746,19 +2998,37 @@ def _registry_client(environ: tuple[tuple[str, str], ...], stamp: tuple[int, int
 # The steps of one image: docker commands, its digest, its reference rewrite.
 
 
-def check_docker(settings: Settings) -> None:
-    """Fails early, with a clear message, when docker or its engine is missing."""
+def check_docker(settings: Settings) -> Engine:
+    """Which engine builds (see `engine_from`), asked once per run; fails early, with a
+    clear message, when docker or its engine is missing."""
     import shutil
 
-    if shutil.which("docker", path=(settings.env or os.environ).get("PATH")) is None:
+    environ = settings.env or os.environ
+    if shutil.which("docker", path=environ.get("PATH")) is None:
         raise _missing_tool("docker")
-    result = capture(("docker", "version", "--format", "{{.Server.Version}}"), settings.root, settings.env)
+    result = capture(ENGINE_VERSION_ARGV, settings.root, settings.env)
     if result.returncode != 0:
         said = " ".join((result.stderr or result.stdout).split())
         raise ManageImagesError(
             "cannot reach the Docker engine: start it (e.g. `sudo systemctl start "
             f"docker`) or point DOCKER_HOST at one; docker said: {said}"
         )
+    info = capture(ENGINE_INFO_ARGV, settings.root, settings.env).stdout
+    return engine_from(result.stdout, info, environ.get("DOCKER_BUILDKIT"))
+
+
+def engine_for_plan(runner: Runner) -> Engine | None:
+    """The engine, also in a dry run (which asks docker read-only); None, said in a line,
+    when a dry run finds no engine: the commands shown are then the classic builder's."""
+    try:
+        engine = check_docker(runner.settings)
+    except ManageImagesError as error:
+        if not runner.settings.dry_run:
+            raise
+        runner.console.line(f"Engine: unknown ({error}); showing the classic builder's commands")
+        return None
+    runner.console.line(f"Engine: {engine.describe()}")
+    return engine
 
 
 def configure_gcloud_auth(runner: Runner) -> None:
@@ -2771,42 +3041,6 @@ def configure_gcloud_auth(runner: Runner) -> None:
             "gcloud not found. See https://cloud.google.com/sdk/install for installation."
         )
     runner.run(gcloud_argv(settings.registry), interactive=True)
-
-
-def repo_digest(settings: Settings, image: str) -> str | None:
-    """The registry digest of REGISTRY/IMAGE:TAG, or None in a dry run if docker has none."""
-    import json
-
-    url = image_url(settings.registry, image)
-    argv = inspect_argv(url, settings.tag)
-    try:
-        result = capture(argv, settings.root, settings.env)
-    except ManageImagesError:
-        if settings.dry_run:
-            return None
-        raise
-    detail = result.stderr.strip() or result.stdout.strip()
-    digest = None
-    if result.returncode == 0:
-        try:
-            repo_digests = json.loads(result.stdout or "null") or []
-        except ValueError:
-            repo_digests = None
-        if not isinstance(repo_digests, list) or not all(isinstance(entry, str) for entry in repo_digests):
-            raise ManageImagesError(
-                f"`{format_command(argv)}` printed {' '.join(detail.split())[:200]!r}, "
-                "not a JSON list of RepoDigests; check the docker client and run again"
-            )
-        digest = pick_repo_digest(repo_digests, url)
-        detail = f"RepoDigests {result.stdout.strip()} has no entry for {url}"
-    if digest is None:
-        if settings.dry_run:
-            return None
-        raise ManageImagesError(
-            f"Computing the repository digest for {url}:{settings.tag} failed. "
-            f"Has it been pushed to {settings.registry}? docker said: {' '.join(detail.split())}"
-        )
-    return check_digest(digest, f"{url}:{settings.tag} (from docker image inspect)")
 
 
 def registry_digest(settings: Settings, ref: str) -> str | None:
@@ -2843,36 +3077,129 @@ def promote_image(runner: Runner, image: str, pinned: str) -> str:
     return pinned
 
 
-def local_image_id(settings: Settings, ref: str) -> str | None:
-    """The ID of the local image `ref`, or None if the engine has none."""
-    result = capture(image_id_argv(ref), settings.root, settings.env)
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+def local_image(settings: Settings, engine: Engine | None, ref: str, metadata: str = "") -> LocalImage | None:
+    """What the engine holds as `ref` (None if nothing). Its config digest is its ID on a
+    graph-driver store; on the containerd store (where the ID is the manifest's or index's
+    digest) it comes from the build's `metadata` file, when there is one."""
+    import json
+
+    result = capture(image_json_argv(ref), settings.root, settings.env)
+    if result.returncode != 0:
+        return None
+    try:
+        document = json.loads(result.stdout)
+        image_id = check_digest(str(document["Id"]), f"the ID of {ref}")
+        repo_digests = tuple(str(entry) for entry in document.get("RepoDigests") or ())
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ManageImagesError(
+            f"`{format_command(image_json_argv(ref))}` printed no image as JSON; check the docker client"
+        ) from None
+    config_digest: str | None = image_id
+    if engine is not None and engine.containerd():
+        config_digest = built_config_digest(metadata)
+    view = inspect_view(document)
+    return LocalImage(image_id, config_digest, str(view["platform"]), view, repo_digests)
 
 
-def pull_pinned(runner: Runner, image: str, pinned: str | None) -> str | None:
-    """Pulls the image the tree pins, for --cache-from; its reference, or None
-    (with a line and a note saying why) when there is none to pull."""
+def built_config_digest(metadata: str) -> str | None:
+    """The config digest buildx wrote to a build's `--metadata-file`, or None."""
+    import json
+
+    try:
+        digest = json.loads(Path(metadata).read_bytes())["containerimage.config.digest"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return str(digest) if DIGEST_RE.match(str(digest)) else None
+
+
+def compare_with(runner: Runner, image: str, local: LocalImage, digest: str) -> Identity:
+    """How `local` compares with what the registry serves as URL@DIGEST (an index is
+    read for the local image's platform)."""
     url = image_url(runner.settings.registry, image)
+    config_digest, config = runner.registry().image_config(url, digest, local.platform)
+    return identity_of(local, digest, config_digest, config)
+
+
+def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, ...]:
+    """The `--cache-from` of a build that reproduces the pinned image on a cold engine, or ()
+    (with a line and a note saying why) when there is nothing to read.
+
+    The classic builder takes its cache from a local image, so the pin is
+    pulled; BuildKit reads it from the registry itself: on the containerd
+    store the registry cache kept beside the pin, else the pinned image's
+    inline cache."""
+    settings = runner.settings
+    engine = runner.engine
+    url = image_url(settings.registry, image)
     if pinned is None:
         runner.say(
             f"No cache for {image}: {PROD_DIGESTS_PATH} does not pin it; building without --cache-from", image
         )
         runner.note(image, "not pinned: built without cache")
-        return None
-    try:
-        runner.run(pull_digest_argv(url, pinned), image)
-    except CommandError:
+        return ()
+    if engine is None or engine.builder == "classic":
+        try:
+            runner.run(pull_digest_argv(url, pinned), image)
+        except CommandError:
+            return _no_cache(runner, image, pinned)
+        return (f"{url}@{pinned}",)
+    if settings.dry_run:
+        return (
+            f"type=registry,ref={url}:{pinned_cache_tag(pinned)}"
+            if engine.containerd()
+            else f"{url}@{pinned}",
+        )
+    client = runner.registry()
+    cache_tag = registry_cache_beside(client, url, pinned, engine.platform) if engine.containerd() else ""
+    if cache_tag:
+        return (f"type=registry,ref={url}:{cache_tag}",)
+    if client.served_digest(url, pinned) is None:
+        return _no_cache(runner, image, pinned)
+    if engine.containerd():
         runner.say(
-            f"No cache for {image}: the registry does not serve {url}@{pinned}; building without --cache-from",
+            f"No registry cache beside {url}@{pinned[:19]} (pinned before caches were kept); "
+            "reading the pinned image's inline cache, if it has any",
             image,
         )
-        runner.note(image, "pinned image not served: built without cache")
-        return None
-    return f"{url}@{pinned}"
+    return (f"{url}@{pinned}",)
 
 
-def verify_built(runner: Runner, image: str, pinned: str | None) -> None:
-    """Compares the image just built with the one the tree pins; fails, before any push, if they differ."""
+def registry_cache_beside(client: RegistryClient, url: str, pinned: str, platform: str) -> str:
+    """The tag of the registry cache kept beside the pin (or, when the pin is an index,
+    beside its image for `platform`), or "" when there is none."""
+    if client.served_digest(url, pinned_cache_tag(pinned)) is not None:
+        return pinned_cache_tag(pinned)
+    if client.served_digest(url, pinned) is None:
+        return ""
+    for digest in platform_manifest(client, url, pinned, platform):
+        if client.served_digest(url, pinned_cache_tag(digest)) is not None:
+            return pinned_cache_tag(digest)
+    return ""
+
+
+def platform_manifest(client: RegistryClient, url: str, digest: str, platform: str) -> tuple[str, ...]:
+    """The digest of the image manifest for `platform` when URL@DIGEST is an index, else ()."""
+    import json
+
+    manifest = client.get_manifest(url, digest)
+    if manifest.media_type not in INDEX_MEDIA_TYPES:
+        return ()
+    return (pick_platform(json.loads(manifest.data), platform, f"{url}@{digest}"),)
+
+
+def _no_cache(runner: Runner, image: str, pinned: str) -> tuple[str, ...]:
+    url = image_url(runner.settings.registry, image)
+    runner.say(
+        f"No cache for {image}: the registry does not serve {url}@{pinned}; building without --cache-from",
+        image,
+    )
+    runner.note(image, "pinned image not served: built without cache")
+    return ()
+
+
+def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str = "") -> None:
+    """Compares the image just built with the one the tree pins, by content (see
+    `identity_of`); fails, before any push, if they differ."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     if settings.dry_run:
@@ -2884,20 +3211,124 @@ def verify_built(runner: Runner, image: str, pinned: str | None) -> None:
             f"{image} has no line in {PROD_DIGESTS_PATH}, so --verify_pinned has nothing to compare it with; "
             "pin it first (--build --push --update_references)"
         )
-    built = local_image_id(settings, f"{url}:{settings.tag}")
-    expected = local_image_id(settings, f"{url}@{pinned}")
-    if expected is None:
-        runner.run(pull_digest_argv(url, pinned), image)
-        expected = local_image_id(settings, f"{url}@{pinned}")
-    if built is not None and built == expected:
-        runner.say(f"Reproduced the pinned image {url}@{pinned} (image {built[:19]})", image)
-        runner.note(image, "reproduced")
+    local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
+    if local is None:
+        raise ManageImagesError(
+            f"the engine holds no {url}:{settings.tag} right after building it; run again"
+        )
+    if runner.registry().served_digest(url, pinned) is None:
+        runner.note(image, "pinned image not served")
+        raise ManageImagesError(
+            f"{settings.registry} does not serve the pinned {url}@{pinned[:19]}, so {image} cannot be "
+            "compared with it: push and re-pin it (--build --push --update_references)"
+        )
+    identity = compare_with(runner, image, local, pinned)
+    runner.identities[image] = identity
+    if identity != "differs":
+        what = "the same config" if identity == "identical" else "the same content, another config digest"
+        runner.say(f"Reproduced the pinned image {url}@{pinned[:19]}: {what}", image)
+        runner.note(image, "reproduced" if identity == "identical" else "reproduced (same content)")
         return
     runner.note(image, "differs")
     raise ManageImagesError(
-        f"{image} differs from the image the tree pins: built {str(built)[:19]}, pinned {url}@{pinned[:19]} "
-        f"is {str(expected)[:19]}. Its Dockerfile or a parent changed since it was pinned: rebuild, push "
-        "and re-pin it (--build --push --update_references), or find out why; nothing was pushed"
+        f"{image} differs from the image the tree pins: built {str(local.config_digest or local.id)[:19]}, "
+        f"pinned {url}@{pinned[:19]} holds other layers or another config. Its Dockerfile or a parent "
+        "changed since it was pinned: rebuild, push and re-pin it (--build --push --update_references), "
+        "or find out why; nothing was pushed"
+    )
+
+
+_PUSHED_RE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
+
+
+def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
+    """The digest of the push that printed `output`, as the registry serves it under TAG."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    served = runner.registry().served_digest(url, settings.tag)
+    said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
+    if served is None:
+        raise ManageImagesError(
+            f"{settings.registry} does not serve {url}:{settings.tag} right after its push; check the "
+            "registry and push again"
+        )
+    if said and said[-1] != served:
+        raise ManageImagesError(
+            f"docker pushed {url}:{settings.tag} as {said[-1][:19]}, but the registry serves "
+            f"{served[:19]} under it: another push raced this one; run again"
+        )
+    return served
+
+
+def keep_build_cache(runner: Runner, image: str, digest: str) -> None:
+    """Tags the registry cache this run's build wrote (URL:TAG.cache) as the cache of the
+    pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    target = pinned_cache_tag(digest)
+    runner.say(f"Keeping the build cache {url}:{build_cache_tag(settings.tag)} as {url}:{target}", image)
+    if settings.dry_run:
+        return
+    client = runner.registry()
+    client.put_manifest(url, target, client.get_manifest(url, build_cache_tag(settings.tag)))
+
+
+def registry_identity(client: RegistryClient, url: str, pinned: str, other: str, platform: str) -> Identity:
+    """How the images the registry serves as URL@PINNED and URL@OTHER compare, config to
+    config for `platform` (BuildKit's cache record left out; see `same_config`)."""
+    if pinned == other:
+        return "identical"
+    pinned_config, pinned_bytes = client.image_config(url, pinned, platform)
+    other_config, other_bytes = client.image_config(url, other, platform)
+    if pinned_config == other_config:
+        return "identical"
+    return "same content" if same_config(pinned_bytes, other_bytes) else "differs"
+
+
+def pin_digest(runner: Runner, image: str, pinned: str | None, pushed: str | None, metadata: str = "") -> str:
+    """The digest to pin IMAGE to: one the registry serves, never a local guess.
+
+    The pin stays when what was pushed or built has its content (no churn
+    from manifest bytes or key order); else the push's digest; without a
+    push, the digest the registry serves under TAG, or one of the image's
+    RepoDigests, if it is the local image. Otherwise one line, and no file
+    changes."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    client = runner.registry()
+    local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
+    if pushed is not None:
+        if pinned is not None and client.served_digest(url, pinned) is not None:
+            engine = runner.engine
+            platform = local.platform if local else engine.platform if engine else "linux/amd64"
+            identity = registry_identity(client, url, pinned, pushed, platform)
+            runner.identities[image] = identity
+            if identity != "differs" and pinned != pushed:
+                runner.say(f"Keeping the pin {url}@{pinned[:19]}: {identity} to the push", image)
+                runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+                return pinned
+        return pushed
+    if local is None:
+        raise ManageImagesError(
+            f"the engine holds no {url}:{settings.tag}, so there is no digest to pin: build or pull it first"
+        )
+    tagged = client.served_digest(url, settings.tag)
+    known = [entry.partition("@")[2] for entry in local.repo_digests if entry.partition("@")[0] == url]
+    for candidate in dict.fromkeys(digest for digest in (pinned, tagged, *known) if digest):
+        if candidate != tagged and client.served_digest(url, candidate) is None:
+            continue
+        identity = compare_with(runner, image, local, candidate)
+        if candidate == pinned:
+            runner.identities[image] = identity
+        if identity == "differs":
+            continue
+        if candidate == pinned:
+            runner.note(image, f"pin kept ({identity})")
+        return candidate
+    raise ManageImagesError(
+        f"{url}:{settings.tag} differs from every image {settings.registry} serves for it (the pin "
+        f"{str(pinned)[:19]}, :{settings.tag} {str(tagged)[:19]}): push it (--push), or find out why it "
+        "changed; no file was changed"
     )
 
 
@@ -2924,21 +3355,39 @@ def docker_steps(
     pins: Mapping[str, str],
     known: Mapping[str, str | None] | None = None,
 ) -> str | None:
-    """Pull, build and push one image; returns its repository digest when
-    references are to be updated and the digest can be known. `pins` holds
-    the digest prod_digests.txt gives each image (for --cache_from_pinned and
-    --verify_pinned)."""
+    """Pull, build and push one image; returns the digest to pin when
+    references are to be updated and it can be known (see `pin_digest`).
+    `pins` holds the digest prod_digests.txt gives each image."""
     settings = runner.settings
+    engine = runner.engine
     url = image_url(settings.registry, image)
+    metadata = ""
     if steps.pull:
         runner.run(pull_argv(url, settings.tag), image)
+    cache_to = cache_export(engine, url, settings.tag, steps.push)
     if steps.build:
-        cache_from = pull_pinned(runner, image, pins.get(image)) if steps.cache_from_pinned else None
-        runner.run(build_argv(url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from), image)
+        cache_from = cache_sources(runner, image, pins.get(image)) if steps.cache_from_pinned else ()
+        if engine is not None and engine.buildx and engine.containerd():
+            metadata = str(runner.scratch() / f"{image}.json")
+        argv = build_argv(
+            url,
+            settings.tag,
+            f"{DOCKER_DIR}/{image}",
+            engine,
+            cache_from,
+            cache_to,
+            metadata,
+            steps.attestations,
+        )
+        runner.run(argv, image)
         if steps.verify_pinned:
-            verify_built(runner, image, pins.get(image))
+            verify_built(runner, image, pins.get(image), metadata)
+    pushed = None
     if steps.push:
-        runner.run(push_argv(url, settings.tag), image)
+        output = runner.run(push_argv(url, settings.tag), image)
+        pushed = None if settings.dry_run else pushed_digest(runner, image, output)
+        if steps.build and cache_to.startswith("type=registry,"):
+            keep_build_cache(runner, image, pushed or "sha256:<pushed>")
     if not steps.update_references:
         return None
     if settings.dry_run and (steps.build or steps.push):
@@ -2948,14 +3397,19 @@ def docker_steps(
             image,
         )
         return None
-    digest = known[image] if known is not None else repo_digest(settings, image)
-    if digest is None:
-        runner.say(
-            f"Dry run: {url}:{settings.tag} has no repository digest on this machine "
-            "(not pushed or pulled yet), so the new digest is unknown; listing "
-            "the files that would be updated",
-            image,
-        )
+    if known is not None:
+        digest = known[image]
+        if digest is None:
+            runner.say(
+                f"Dry run: {url}:{settings.tag} has no repository digest on this machine "
+                "(not pushed or pulled yet), so the new digest is unknown; listing "
+                "the files that would be updated",
+                image,
+            )
+        return digest
+    digest = pin_digest(runner, image, pins.get(image), pushed, metadata)
+    if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
+        keep_build_cache(runner, image, digest)
     return digest
 
 
@@ -3127,6 +3581,7 @@ class Report:
             "steps": [],
             "dry_run": False,
             "changed_since": None,
+            "engine": None,
         }
         self.images: list[dict[str, object]] = []
         self.findings: list[Finding] = []
@@ -3143,6 +3598,7 @@ class Report:
                     "seconds": round(item.seconds, 3),
                     "files": runner.changed_files.get(item.image, []),
                     "note": runner.notes.get(item.image, ""),
+                    "identity": runner.identities.get(item.image),
                     "exit_code": error.returncode if error else None,
                     "error": str(error) if error else None,
                 }
@@ -3292,13 +3748,14 @@ def run_steps(
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
         pins: dict[str, str] = {}
-        if steps.cache_from_pinned or steps.verify_pinned:
+        if steps.cache_from_pinned or steps.verify_pinned or steps.update_references:
             entries = read_prod_digests(
                 runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
             )
             pins = pins_by_name(entries, runner.settings.registry)
-        if not runner.settings.dry_run and steps.any():
-            check_docker(runner.settings)
+        if steps.build or steps.push or (steps.any() and not runner.settings.dry_run):
+            runner.engine = engine_for_plan(runner)
+            runner.report.head["engine"] = runner.engine.as_json() if runner.engine else None
         if steps.push and is_google_registry(runner.settings.registry):
             configure_gcloud_auth(runner)
         runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
@@ -3319,7 +3776,13 @@ def run_steps(
         def work(image: str) -> str | None:
             return docker_steps(runner, image, steps, pins, known)
 
-        return process_images(runner, images, graph, schedule, work, finish, steps.names())
+        try:
+            return process_images(runner, images, graph, schedule, work, finish, steps.names())
+        finally:
+            if runner.engine is not None and not runner.settings.dry_run:
+                import shutil
+
+                shutil.rmtree(runner.scratch(), ignore_errors=True)
 
 
 def only_references(
@@ -3567,24 +4030,33 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--cache_from_pinned",
         "--cache-from-pinned",
         action="store_true",
-        help="With --build: pull the image prod_digests.txt pins (REGISTRY/NAME@DIGEST) and build with "
-        "--cache-from it, so a machine that never built the images reproduces their digests.",
+        help="With --build: build from the cache of the image prod_digests.txt pins (REGISTRY/NAME@DIGEST), "
+        "so a machine that never built the images reproduces their content: the classic builder pulls it "
+        "for --cache-from; BuildKit reads its inline cache, or the registry cache kept beside it, from the "
+        "registry.",
     )
     steps.add_argument(
         "--verify_pinned",
         "--verify-pinned",
         action="store_true",
-        help="With --build: after each build, compare the image with the one prod_digests.txt pins and "
-        "fail, before any push, if they differ. Alone: check that the registry serves every pinned "
+        help="With --build: after each build, compare the image's content with the config the registry "
+        "serves for its pin and fail, before any push, if they differ. Alone: check that the registry serves every pinned "
         "digest and that REGISTRY/NAME:TAG is it; exit 1 on any drift.",
+    )
+    steps.add_argument(
+        "--attestations",
+        action="store_true",
+        help="With --build on BuildKit: keep BuildKit's default attestations (provenance). Off by default: "
+        "on the containerd store they make each pin an index whose digest changes on every build.",
     )
     steps.add_argument(
         "--update_references",
         "--update-references",
         action="store_true",
-        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at the "
-        "image's repository digest (and, for rbe-toolchain, the rbe_autoconfig "
-        "rule in WORKSPACE); add the image to prod_digests.txt if missing.",
+        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at a digest the registry "
+        "serves for the image: its push's, or its pin's when the content is the same (and, for "
+        "rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to prod_digests.txt if "
+        "missing.",
     )
 
 
@@ -3717,11 +4189,13 @@ def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for flag, on in (
         ("--cache_from_pinned", args.cache_from_pinned),
         ("--verify_pinned", args.verify_pinned),
+        ("--attestations", args.attestations),
     ):
         if on and step_flags and not args.build:
             parser.error(f"{flag} goes with --build (or, for --verify_pinned, with no step at all)")
-    if args.cache_from_pinned and not args.build:
-        parser.error("--cache_from_pinned goes with --build: it changes how images are built")
+    for flag, on in (("--cache_from_pinned", args.cache_from_pinned), ("--attestations", args.attestations)):
+        if on and not args.build:
+            parser.error(f"{flag} goes with --build: it changes how images are built")
     if args.verify_pinned and not step_flags:
         step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
     modes = [
@@ -3780,7 +4254,13 @@ def dispatch(
 ) -> int:
     """Runs the mode the arguments ask for."""
     steps = Steps(
-        args.pull, args.build, args.push, args.update_references, args.cache_from_pinned, args.verify_pinned
+        args.pull,
+        args.build,
+        args.push,
+        args.update_references,
+        args.cache_from_pinned,
+        args.verify_pinned,
+        args.attestations,
     )
     report.head.update(
         mode=mode_of(args, steps),

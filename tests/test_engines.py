@@ -1,0 +1,285 @@
+"""The engine side of #19, without an engine: which builder and image store
+`docker version` and `docker info` describe, the build argv each engine
+gets, and what "the same image" means (identity is content). The real
+engines are in test_e2e_engines.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import manage_images as mi
+from helpers import D1, NEW, files
+
+URL = "gcr.io/iree-oss/cmake"
+PYTHON = "gcr.io/iree-oss/cmake-python"
+OVERLAY = [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]]
+CONTAINERD = [["driver-type", "io.containerd.snapshotter.v1"]]
+BUILDX = [{"Name": "buildx", "Version": "0.13.1+ds1", "Path": "/x/docker-buildx"}]
+
+
+def version(client: str) -> str:
+    return json.dumps({"Client": {"Version": client}, "Server": {"Version": "26.1.5"}})
+
+
+def info(driver: str = "overlay2", status=OVERLAY, plugins=()) -> str:
+    return json.dumps(
+        {
+            "ServerVersion": "26.1.5",
+            "Driver": driver,
+            "DriverStatus": status,
+            "ClientInfo": {"Plugins": plugins},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("client", "facts", "buildkit", "builder", "store", "buildx"),
+    [
+        # Debian 12: a 20.10 CLI builds with the classic builder unless DOCKER_BUILDKIT says otherwise.
+        ("20.10.24+dfsg1", info(), None, "classic", "overlay2", ""),
+        ("20.10.24+dfsg1", info(), "1", "buildkit", "overlay2", ""),
+        ("20.10.24+dfsg1", info(plugins=BUILDX), "", "classic", "overlay2", ""),
+        # Since 23, buildx when the plugin is there, else the classic builder (docker falls back).
+        ("26.1.5+dfsg1", info(plugins=BUILDX), None, "buildkit", "overlay2", "0.13.1+ds1"),
+        ("26.1.5+dfsg1", info("overlayfs", CONTAINERD, BUILDX), None, "buildkit", "containerd", "0.13.1+ds1"),
+        ("26.1.5+dfsg1", info(plugins=BUILDX), "0", "classic", "overlay2", ""),
+        ("26.1.5+dfsg1", info(plugins=BUILDX), "false", "classic", "overlay2", ""),
+        ("28.2.2", info(), None, "classic", "overlay2", ""),
+        # A plugin docker reports as broken is not usable.
+        (
+            "26.1.5",
+            info(plugins=[{**BUILDX[0], "Err": "exec format error"}]),
+            None,
+            "classic",
+            "overlay2",
+            "",
+        ),
+    ],
+)
+def test_the_engine_is_told_by_docker_version_and_info(client, facts, buildkit, builder, store, buildx):
+    engine = mi.engine_from(version(client), facts, buildkit)
+    assert (engine.builder, engine.store, engine.buildx) == (builder, store, buildx)
+    assert engine.containerd() == (store == "containerd")
+
+
+def test_buildkit_asked_for_without_buildx_or_as_no_boolean_is_one_clear_line():
+    with pytest.raises(
+        mi.ManageImagesError, match="DOCKER_BUILDKIT is set but docker finds no usable buildx"
+    ):
+        mi.engine_from(version("26.1.5"), info(), "1")
+    with pytest.raises(mi.ManageImagesError, match=r"DOCKER_BUILDKIT='yes' is not a boolean"):
+        mi.engine_from(version("20.10.24"), info(), "yes")
+    with pytest.raises(mi.ManageImagesError, match="cannot read `docker version` and `docker info` as JSON"):
+        mi.engine_from("20.10.24", info(), None)
+
+
+CLASSIC = mi.engine_from(version("20.10.24"), info(), None)
+BUILTIN = mi.engine_from(version("20.10.24"), info(), "1")
+OVERLAY2 = mi.engine_from(version("26.1.5"), info(plugins=BUILDX), None)
+CONTAINERD_STORE = mi.engine_from(version("26.1.5"), info("overlayfs", CONTAINERD, BUILDX), None)
+
+
+@pytest.mark.parametrize(
+    ("engine", "push", "cache_to"),
+    [
+        (None, True, ""),
+        (CLASSIC, True, ""),
+        (BUILTIN, False, "type=inline"),
+        (OVERLAY2, False, "type=inline"),
+        (OVERLAY2, True, "type=inline"),
+        (CONTAINERD_STORE, False, ""),
+        (CONTAINERD_STORE, True, f"type=registry,ref={URL}:prod.cache,mode=max"),
+    ],
+)
+def test_each_engine_writes_the_cache_a_cold_engine_of_its_kind_reads(engine, push, cache_to):
+    assert mi.cache_export(engine, URL, "prod", push) == cache_to
+
+
+def test_the_build_argv_of_each_engine():
+    context = "build_tools/docker/cmake"
+    assert mi.build_argv(URL, "latest", context) == ("docker", "build", "--tag", f"{URL}:latest", context)
+    assert mi.build_argv(URL, "latest", context, CLASSIC, (f"{URL}@{D1}",)) == (
+        "docker",
+        "build",
+        "--tag",
+        f"{URL}:latest",
+        "--cache-from",
+        f"{URL}@{D1}",
+        context,
+    )
+    # BuildKit built into an old CLI: inline cache as a build argument, no attestation flags.
+    assert mi.build_argv(URL, "latest", context, BUILTIN, (), "type=inline") == (
+        *("docker", "build", "--tag", f"{URL}:latest"),
+        *("--build-arg", "BUILDKIT_INLINE_CACHE=1", context),
+    )
+    registry_cache = f"type=registry,ref={URL}:latest.cache,mode=max"
+    assert mi.build_argv(URL, "latest", context, CONTAINERD_STORE, ("X",), registry_cache, "/tmp/m.json") == (
+        *("docker", "build", "--tag", f"{URL}:latest", "--provenance=false", "--sbom=false"),
+        *("--metadata-file", "/tmp/m.json", "--cache-from", "X", "--cache-to", registry_cache, context),
+    )
+    # Attestations only when asked for: BuildKit's own defaults.
+    assert "--provenance=false" not in mi.build_argv(URL, "t", context, OVERLAY2, attestations=True)
+    assert mi.build_argv(URL, "t", context, OVERLAY2, (), "type=inline")[4:7] == (
+        "--provenance=false",
+        "--sbom=false",
+        "--cache-to",
+    )
+
+
+def test_cache_tags_are_valid_docker_tags_beside_the_image():
+    assert mi.pinned_cache_tag(D1) == f"sha256-{'1' * 64}.cache"
+    assert mi.build_cache_tag("prod") == "prod.cache"
+    for tag in (mi.pinned_cache_tag(D1), mi.build_cache_tag("x" * 128)):
+        assert mi.TAG_RE.match(tag), tag
+
+
+CONFIG = {
+    "architecture": "amd64",
+    "os": "linux",
+    "config": {"Env": ["PATH=/bin"], "WorkingDir": "/"},
+    "created": "2026-12-01T22:16:25.831544856Z",
+    "history": [{"created_by": "COPY stamp /stamp/base # buildkit"}],
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]},
+}
+INSPECT = {
+    "Id": "sha256:" + "c" * 64,
+    "Os": "linux",
+    "Architecture": "amd64",
+    "Created": "2026-12-01T22:16:25.831544856Z",
+    "Author": "",
+    # docker shows every field of the runtime config, the unset ones empty.
+    "Config": {
+        "Hostname": "",
+        "Tty": False,
+        "Env": ["PATH=/bin"],
+        "Cmd": None,
+        "WorkingDir": "/",
+        "Labels": None,
+    },
+    "RootFS": {"Type": "layers", "Layers": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]},
+}
+
+
+def test_same_config_leaves_out_buildkits_cache_record_key_order_and_white_space():
+    one = json.dumps({**CONFIG, mi.CACHE_RECORD_KEY: "W3sib25lIl0="}).encode()
+    other = json.dumps(
+        {mi.CACHE_RECORD_KEY: "W3sidHdvIl0=", **dict(reversed(CONFIG.items()))}, indent=2
+    ).encode()
+    assert mi.same_config(one, other)
+    assert mi.same_config(json.dumps(CONFIG).encode(), one)
+    # Anything else is content: a layer, the runtime config, the history.
+    for key, value in (
+        ("rootfs", {"type": "layers", "diff_ids": ["sha256:" + "a" * 64]}),
+        ("config", {"Env": ["PATH=/usr/bin"], "WorkingDir": "/"}),
+        ("history", []),
+    ):
+        assert not mi.same_config(one, json.dumps({**CONFIG, key: value}).encode()), key
+
+
+def test_the_view_of_a_local_image_is_the_view_of_its_config():
+    assert mi.inspect_view(INSPECT) == mi.config_view(CONFIG)
+    assert mi.config_view(CONFIG)["platform"] == "linux/amd64"
+    for key, value in (("Created", "2026-12-02T00:00:00Z"), ("Architecture", "arm64")):
+        assert mi.inspect_view({**INSPECT, key: value}) != mi.config_view(CONFIG), key
+    assert mi.inspect_view({**INSPECT, "Config": {**INSPECT["Config"], "Cmd": ["sh"]}}) != mi.config_view(
+        CONFIG
+    )
+
+
+def local(config_digest: str | None, image_id: str = "sha256:" + "c" * 64) -> mi.LocalImage:
+    view = mi.inspect_view(INSPECT)
+    return mi.LocalImage(image_id, config_digest, str(view["platform"]), view, ())
+
+
+def test_identity_identical_same_content_or_differs():
+    data = json.dumps({**CONFIG, mi.CACHE_RECORD_KEY: "W3sib25lIl0="}).encode()
+    config_digest = "sha256:" + "d" * 64
+    assert mi.identity_of(local(config_digest), D1, config_digest, data) == "identical"
+    # On the containerd store the ID is the manifest's digest.
+    assert mi.identity_of(local(None, image_id=D1), D1, config_digest, data) == "identical"
+    # Another config digest, the same platform, layers, runtime config and time: BuildKit's record differed.
+    assert mi.identity_of(local(NEW), D1, config_digest, data) == "same content"
+    assert mi.identity_of(local(None), D1, config_digest, data) == "same content"
+    other = json.dumps({**CONFIG, "created": "2026-12-02T00:00:00Z"}).encode()
+    assert mi.identity_of(local(NEW), D1, config_digest, other) == "differs"
+    assert mi.identity_of(local(NEW), D1, config_digest, b"not json") == "differs"
+
+
+# --- The run, with the stand-in docker and registry -----------------------------
+
+
+def test_a_dry_run_shows_the_engine_and_the_buildkit_argv_it_would_run(tree, standin, capsys):
+    standin.set(engine={"client": "26.1.5", "server": "26.1.5", "store": "containerd", "buildx": "0.13.1"})
+    assert mi.main(["--image", "cmake-python", "--build", "--push", "--cache_from_pinned", "-n"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Engine: Docker 26.1.5 (client 26.1.5), BuildKit (buildx 0.13.1), the containerd image store\n" in out
+    )
+    build = next(line for line in out.splitlines() if line.startswith("Running: `docker build"))
+    assert f"--cache-from type=registry,ref={PYTHON}:sha256-{'1' * 64}.cache" in build
+    assert f"--cache-to type=registry,ref={PYTHON}:latest.cache,mode=max" in build
+    assert "--provenance=false --sbom=false --metadata-file " in build
+    # BuildKit reads its cache from the registry: nothing is pulled.
+    assert "docker pull" not in out
+
+
+def test_the_json_report_names_the_engine(tree, standin, capsys):
+    standin.set(engine={"client": "26.1.5", "server": "26.1.5", "store": "overlay2", "buildx": "0.13.1"})
+    assert mi.main(["--image", "cmake-python-nvidia", "--build", "-n", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["schema"] == 1
+    assert document["engine"] == {
+        "builder": "buildkit",
+        "store": "overlay2",
+        "buildx": "0.13.1",
+        "client": "26.1.5",
+        "server": "26.1.5",
+    }
+
+
+def test_an_unchanged_image_keeps_its_pin_even_under_a_new_digest(tree, standin, capsys):
+    # The registry serves the pin D1 and, under :latest, NEW: both hold what was built.
+    standin.set(
+        repo_digests={f"{URL}:latest": [f"{URL}@{NEW}"]},
+        local_content={f"{URL}:latest": "layer"},
+        manifests={f"{URL}@{D1}": D1},
+        contents={D1: "layer", NEW: "layer"},
+    )
+    before = files(tree)
+    assert mi.main(["--image", "cmake", "--update_references", "--json", "report.json"]) == 1
+    # cmake keeps D1 (nothing to rewrite); its dependent cmake-python has no local image.
+    assert {path: data for path, data in files(tree).items() if path != "report.json"} == before
+    images = {image["name"]: image for image in json.loads((tree / "report.json").read_text())["images"]}
+    assert images["cmake"]["digest"] == {"old": D1, "new": D1}
+    assert images["cmake"]["identity"] == "identical"
+    assert images["cmake"]["note"] == "pin kept (identical)"
+
+
+def test_a_built_image_no_registry_serves_is_never_pinned(tree, standin, capsys):
+    # What the engine holds (and even lists in RepoDigests) is neither the pin nor what :latest serves.
+    standin.set(
+        repo_digests={f"{URL}:latest": [f"{URL}@{NEW}"]},
+        local_content={f"{URL}:latest": "built here"},
+        manifests={f"{URL}@{D1}": D1},
+        contents={D1: "pinned", NEW: "pushed"},
+    )
+    before = files(tree)
+    assert mi.main(["--image", "cmake", "--update_references"]) == 1
+    assert files(tree) == before
+    assert capsys.readouterr().err == (
+        f"{URL}:latest differs from every image gcr.io/iree-oss serves for it (the pin {D1[:19]}, :latest "
+        f"{NEW[:19]}): push it (--push), or find out why it changed; no file was changed\n"
+    )
+
+
+def test_a_push_is_pinned_as_the_registry_serves_it(tree, standin):
+    standin.set(manifests={f"{URL}@{D1}": D1}, contents={D1: "pinned"})
+    assert mi.main(["--image", "cmake", "--push", "--update_references"]) == 0
+    pushed = standin.registry.served_digest(URL, "latest")
+    assert pushed is not None and pushed != D1
+    assert (
+        (tree / "build_tools/docker/prod_digests.txt").read_bytes().startswith(f"{URL}@{pushed}\n".encode())
+    )
+    assert ("HEAD", URL, "latest") in standin.registry.calls
