@@ -168,10 +168,18 @@ def usage_error(argv: list[str], capsys) -> str:
 
 
 def rewrite(data: bytes, registry: str, digests: dict[str, str]) -> bytes:
-    """`data` as the tool rewrites it to point each image of `digests` at its digest."""
+    """`data` as the tool rewrites it to point each image of `digests` at its digest: as one
+    tracked file whose references the tool's naming index finds (TrackedFiles.naming), patched
+    by Edits as --only_references patches it."""
+    scan = manage_images.TreeScan(("f",), (), (), frozenset(), {})
+    files = manage_images.TrackedFiles(Path("/nonexistent"), scan, registry)
+    files.written("f", data)  # what the run holds for the file: never read from disk
     hexes = manage_images.digest_hexes(registry, digests)
-    references = manage_images.find_references(data, registry)
-    return manage_images.apply_splices(data, manage_images.reference_splices(references, hexes))
+    edits = manage_images.Edits(files)
+    for path in dict.fromkeys(path for image in digests for path in files.naming(image)):
+        edits.patch(path, manage_images.reference_splices(edits.references(path), hexes))
+    changes = edits.changes()
+    return changes[0].new() if changes else data
 
 
 def ref(name: str, digest: str = D1, registry: str = REGISTRY) -> bytes:

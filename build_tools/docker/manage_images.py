@@ -988,7 +988,9 @@ def registry_parents(data: bytes, registry: str) -> list[ParentRef]:
         for instruction, source in _instruction_sources(keyword.upper(), words):
             if source.startswith(f"{registry}/"):
                 reference = parse_reference(source, registry)
-                if reference is None:  # not a reference by the grammar (`NAME:$TAG`): unpinned, named as far as it reads
+                if (
+                    reference is None
+                ):  # not a reference by the grammar (`NAME:$TAG`): unpinned, named as far as it reads
                     name = re.match(_PATH_COMPONENT, source[len(registry) + 1 :])
                     parents.append(ParentRef(line, instruction, source, name.group() if name else source, ""))
                 else:
@@ -1058,15 +1060,16 @@ def is_documentation(path: str) -> bool:
 
 def reference_findings(
     files: Mapping[str, bytes],
-    found: Mapping[str, Sequence[Reference]],
     registry: str,
     images: Iterable[str],
     prod_digests: Mapping[str, str],
     prod_path: str,
     graph: Mapping[str, Sequence[str]],
+    found: Mapping[str, Sequence[Reference]] | None = None,
 ) -> list[Finding]:
     """References (and the WORKSPACE rule) that disagree with prod_digests.txt,
-    and references that are not pinned; `found` holds each file's references.
+    and references that are not pinned; `found` holds each file's references
+    if the caller has them already.
 
     With every image selected, references to images outside the graph are
     compared too, so a stale pin of an image the graph dropped is seen.
@@ -1079,7 +1082,8 @@ def reference_findings(
         if path == prod_path:
             continue
         lines = LineCounter(data)
-        for reference in found.get(path, ()):
+        references = found[path] if found is not None else find_references(data, registry)
+        for reference in references:
             name = reference.name
             if name not in selected and not (everything and name not in graph):
                 continue
@@ -1110,9 +1114,16 @@ def _reference_finding(
 ) -> tuple[str, FindingKind] | None:
     """What is wrong with one pinned reference (message and kind), or None. Its tag
     says nothing: the digest alone decides what Docker runs."""
-    name, hexdigits, shown_name = reference.name, reference.hexdigits.decode(), _shown_name(registry, reference)
+    name, hexdigits, shown_name = (
+        reference.name,
+        reference.hexdigits.decode(),
+        _shown_name(registry, reference),
+    )
     if not reference.well_formed():
-        return f"{shown_name}@sha256:{hexdigits} is not a well-formed digest (sha256: and 64 lowercase hex digits)", "malformed"
+        return (
+            f"{shown_name}@sha256:{hexdigits} is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+            "malformed",
+        )
     if name not in prod_digests:
         return f"{shown_name} is referenced but not listed in {prod_path}", "unlisted"
     if prod_digests[name] != f"sha256:{hexdigits}":
@@ -1143,7 +1154,9 @@ def _unpinned_finding(
     return message, "unpinned"
 
 
-def referenced_images(found: Mapping[str, Sequence[Reference]], workspace: bytes | None, url: str) -> set[str]:
+def referenced_images(
+    found: Mapping[str, Sequence[Reference]], workspace: bytes | None, url: str
+) -> set[str]:
     """The images that something other than prod_digests.txt or documentation refers to, in any
     form: `found` maps each file to its references; `workspace` pins `url` if a rule names it."""
     names = {
@@ -2921,7 +2934,7 @@ def check(
         elif WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in files:
             files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
     found = {path: list(find_references(data, registry)) for path, data in files.items()}
-    references = reference_findings(files, found, registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
+    references = reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph, found)
     allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
     # A Dockerfile's unpinned parent is its own finding already.
     findings += [
@@ -2930,7 +2943,11 @@ def check(
         if finding.kind != "unpinned"
         or (finding.path not in allowed and (finding.path, finding.message.split(" ", 1)[0]) not in covered)
     ]
-    readable = None if PROD_DIGESTS_PATH in scan.problems or not (root / PROD_DIGESTS_PATH).is_file() else prod_digests
+    readable = (
+        None
+        if PROD_DIGESTS_PATH in scan.problems or not (root / PROD_DIGESTS_PATH).is_file()
+        else prod_digests
+    )
     workspace = files.get(WORKSPACE_PATH)
     referenced = referenced_images(found, workspace, image_url(registry, RBE_IMAGE))
     findings += checklist_findings(images, registry, readable, referenced, dockerfiles)
@@ -2994,7 +3011,9 @@ def dockerfile_check(
         data = dockerfiles[image]
         findings += dockerfile_findings(image, path, data, graph, registry)
         if data is not None:
-            covered |= {(path, parent.ref) for parent in registry_parents(data, registry) if not parent.digest}
+            covered |= {
+                (path, parent.ref) for parent in registry_parents(data, registry) if not parent.digest
+            }
     return findings, covered
 
 
@@ -3308,8 +3327,11 @@ def dispatch(
     return run_steps(runner, images, graph, steps, schedule, command)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    graph = IMAGES_TO_DEPENDENCIES
+def main(
+    argv: Sequence[str] | None = None, graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES
+) -> int:
+    """The command line. `graph` is the image graph to work on: IMAGES_TO_DEPENDENCIES, or a
+    copy of it with an image added (the tests' way to try a new image in a scratch tree)."""
     try:
         validate_graph(graph)
     except ManageImagesError as error:
