@@ -35,7 +35,9 @@ REGISTRIES = [REGISTRY, "127.0.0.1:5000/iree-oss", "Registry.Example.COM:443/ire
 
 @pytest.mark.parametrize("registry", REGISTRIES)
 @pytest.mark.parametrize(("text", "name", "tag", "hexdigits"), FORMS)
-@pytest.mark.parametrize(("before", "after"), [(b"", b""), (b"FROM ", b" AS final\n"), (b'"', b'"'), (b"docker://", b"\r\n")])
+@pytest.mark.parametrize(
+    ("before", "after"), [(b"", b""), (b"FROM ", b" AS final\n"), (b'"', b'"'), (b"docker://", b"\r\n")]
+)
 def test_each_form_is_one_reference_with_its_parts(registry, text, name, tag, hexdigits, before, after):
     whole = f"{registry}/{text}".encode()
     data = before + whole + after
@@ -166,7 +168,9 @@ def test_every_reader_of_references_sees_the_same_ones(world, capsys):
     files = mi.TrackedFiles(world, scan, REGISTRY)
     assert FORMS_FILE in files.naming("cmake") and FORMS_FILE in files.naming("cmake-python")
     edits = mi.Edits(files)
-    edits.edit("build_tools/docker/base/Dockerfile", lambda old: old + f"# {REGISTRY}/cmake:prod@{OLD}\n".encode())
+    edits.edit(
+        "build_tools/docker/base/Dockerfile", lambda old: old + f"# {REGISTRY}/cmake:prod@{OLD}\n".encode()
+    )
     edits.edit("build_tools/docker/util/Dockerfile", lambda old: old + f"# {REGISTRY}/cmake:prod\n".encode())
     assert edits.naming("cmake") == ["build_tools/docker/base/Dockerfile"]
 
@@ -176,7 +180,9 @@ def test_every_reader_of_references_sees_the_same_ones(world, capsys):
     report = json.loads(Path("report.json").read_text())
     ours = [(f["line"], f["kind"]) for f in report["findings"] if f["path"] == FORMS_FILE]
     stale = [(line, "stale") for line in pins] + [(4, "stale")]  # cmake-python's tagged pin
-    assert sorted(ours) == sorted(stale + [(line, "malformed") for line in malformed] + [(line, "unpinned") for line in unpinned])
+    assert sorted(ours) == sorted(
+        stale + [(line, "malformed") for line in malformed] + [(line, "unpinned") for line in unpinned]
+    )
 
     # The rewrite: --only_references changes the digest of exactly the well-formed pins.
     assert mi.main(["--only_references", "--image", "cmake-python"]) == 0
