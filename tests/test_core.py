@@ -450,3 +450,42 @@ def test_layered_edits_find_references_in_what_they_read():
     child = mi.Edits(Files(), parent=run)  # type: ignore[arg-type]
     assert [(ref.name, ref.hex_start) for ref in child.references("f")] == [("b", 8 + len(registry) + 10)]
     assert [(ref.name, ref.hex_start) for ref in child.references("g")] == [("a", len(registry) + 10)]
+
+
+# --- Survivors of the third mutation run that an input tells apart ---------------------
+
+
+def test_two_rules_on_one_line_are_each_rewritten_in_place():
+    # Valid Starlark: two calls joined by `;`. The first holds a short
+    # placeholder, so its rewrite moves every byte after it: the rules must be
+    # rewritten from the last span to the first, whatever else orders them
+    # (here the placeholder sorts after the digest).
+    line = ours(b"sha256:TODO").rstrip(b"\n") + b"; " + ours()
+    assert mi.rewrite_workspace(line, URL, NEW) == (
+        ours(NEW.encode()).rstrip(b"\n") + b"; " + ours(NEW.encode()),
+        2,
+    )
+
+
+def test_an_empty_workspace_digest_is_reported_as_empty():
+    data = ours(b"")
+    (rule,) = mi.parse_rbe_rules(data)
+    assert (
+        rule.digest == "" and rule.digest_span is not None
+    )  # a plain literal, so a rule rules_naming returns
+    assert mi.workspace_findings(data, URL, D1, "prod.txt") == [
+        mi.Finding(
+            "WORKSPACE",
+            1,
+            "rbe_autoconfig digest '' is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+            "malformed",
+        )
+    ]
+
+
+def test_slice_is_the_slice_and_the_whole_is_not_copied():
+    data = b"abcdef"
+    for start in range(len(data) + 1):
+        for end in range(start, len(data) + 1):
+            assert mi._slice(data, start, end) == data[start:end], (start, end)
+    assert mi._slice(data, 0, len(data)) is data

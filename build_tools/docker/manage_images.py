@@ -9,7 +9,7 @@ it, each after all of its parents, running the steps asked for:
   --pull               docker pull REGISTRY/NAME:TAG
   --build              docker build --tag REGISTRY/NAME:TAG build_tools/docker/NAME
   --push               docker push REGISTRY/NAME:TAG
-  --update_references  rewrite every REGISTRY/NAME@sha256:... in the files git
+  --update_references  rewrite every REGISTRY/NAME[:TAG]@sha256:... in the files git
                        tracks to the digest the registry gave the pushed image
 
 Rebuild cmake and every image that depends on it, push them and pin the new
@@ -3096,7 +3096,7 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--update_references",
         "--update-references",
         action="store_true",
-        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at the "
+        help="Point every REGISTRY/NAME[:TAG]@sha256:... in the files git tracks at the "
         "image's repository digest (and, for rbe-toolchain, the rbe_autoconfig "
         "rule in WORKSPACE); add the image to prod_digests.txt if missing.",
     )
@@ -3121,7 +3121,9 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="Report, as PATH:LINE: MESSAGE, every disagreement between the graph, "
         "the Dockerfiles' registry parents, the digest references and "
-        "prod_digests.txt; exit 1 if there is any. Needs no Docker; changes nothing.",
+        "prod_digests.txt, every reference not pinned by digest, and every image missing a "
+        "Dockerfile, a prod_digests.txt line or a use; exit 1 if there is any. Needs no Docker; "
+        "changes nothing.",
     )
     modes.add_argument(
         "--graph",
