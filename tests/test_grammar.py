@@ -214,3 +214,20 @@ def test_dockerfile_parents_are_read_with_the_grammar(text, name, tag, hexdigits
     assert {(parent.ref, parent.image) for parent in parents} == {
         (source, ref.name) for ref in mi.find_references(data.encode(), REGISTRY)
     }
+
+
+def test_changed_since_and_the_json_report_count_a_tagged_pin(world, standin, capsys):
+    job = next(script for script, image in fake_tree.CI_SCRIPTS.items() if image == "cmake-python-nvidia")
+    relative = f"{fake_tree.KOKORO_DIR}/{job}"
+    path = world / relative
+    path.write_text(path.read_text().replace(f"/cmake-python-nvidia@{P}", f"/cmake-python-nvidia:prod@{P}"))
+    fake_tree.git(world, "commit", "-q", "-am", "a tagged pin")
+    (world / "build_tools/docker/cmake-python-nvidia/stamp").write_text("edited\n")
+    fake_tree.git(world, "commit", "-q", "-am", "edit the image")
+    standin.set(repo_digests={f"{REGISTRY}/{image}:latest": [f"{REGISTRY}/{image}@{NEW}"] for image in GRAPH})
+    argv = ["--changed_since", "HEAD~1", "--push", "--update_references", "--json", "report.json"]
+    assert mi.main(argv) == 0
+    assert f"{REGISTRY}/cmake-python-nvidia:prod@{NEW} " in path.read_text()
+    (image,) = json.loads(Path("report.json").read_text())["images"]
+    assert (image["name"], image["digest"]["new"]) == ("cmake-python-nvidia", NEW)
+    assert relative in image["files"]

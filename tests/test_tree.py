@@ -178,3 +178,56 @@ def test_readme_diagram_is_the_graph_output():
     )
     assert result.returncode == 0
     assert block == result.stdout
+
+
+def copy_of_the_tree(destination: Path) -> Path:
+    """This repository's tracked files as they are on disk, in a new git repository."""
+    for path in tracked():
+        target = destination / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        target.chmod(path.stat().st_mode)
+    for args in (("init", "-q", "--template="), ("add", "-A")):
+        subprocess.run(("git", "-C", str(destination), *args), check=True, capture_output=True)
+    return destination
+
+
+def test_check_on_a_copy_of_the_tree_names_each_defect_by_path_and_line(tmp_path):
+    root = copy_of_the_tree(tmp_path / "tree")
+    registry = "gcr.io/" + "iree-oss"  # in pieces: this file is no reference
+    scripts = sorted(KOKORO.rglob("build_kokoro.sh"))
+    stale_job, latest_job, bare_job = (script.relative_to(ROOT) for script in scripts[:3])
+    expected = []
+
+    def append(relative: Path | str, text: str, message: str) -> None:
+        path = root / relative
+        path.write_text(path.read_text() + text + "\n")
+        expected.append(f"{relative}:{len(path.read_text().splitlines())}: {message}")
+
+    old = "sha256:" + "e" * 64
+    append(
+        stale_job,
+        f"docker run {registry}/cmake:prod@{old} true",
+        f"{registry}/cmake:prod is pinned to sha256:eeeeeeeeeeee",
+    )
+    append(
+        latest_job,
+        f"docker run {registry}/bazel:latest true",
+        f"{registry}/bazel:latest is not pinned by digest",
+    )
+    append(bare_job, f"docker run {registry}/bazel true", f"{registry}/bazel is not pinned by digest")
+    prod = root / "build_tools/docker/prod_digests.txt"
+    prod.write_text(
+        "".join(line + "\n" for line in prod.read_text().splitlines() if "/cmake-android@" not in line)
+    )
+    expected.append(f"build_tools/docker/cmake-android/Dockerfile:1: {registry}/cmake-android has no line in")
+    subprocess.run(("git", "-C", str(root), "add", "-A"), check=True)
+    result = subprocess.run(
+        (sys.executable, str(DOCKER / "manage_images.py"), "--check", "--images", "all"),
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    for finding in expected:
+        assert [line for line in result.stdout.splitlines() if line.startswith(finding)], finding
