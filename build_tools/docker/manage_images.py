@@ -62,6 +62,7 @@ from types import FrameType
 from typing import (
     TYPE_CHECKING,
     Callable,
+    Container,
     Iterable,
     Iterator,
     Literal,
@@ -110,7 +111,6 @@ IMAGES_TO_DEPENDENCIES: dict[str, tuple[str, ...]] = {
 # Docker refuses a repository name (registry and path) longer than this.
 MAX_REFERENCE_NAME = 255
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
-HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 # Docker's tag grammar.
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 TAG_RE = re.compile(_TAG + r"\Z")
@@ -988,9 +988,8 @@ def registry_parents(data: bytes, registry: str) -> list[ParentRef]:
         for instruction, source in _instruction_sources(keyword.upper(), words):
             if source.startswith(f"{registry}/"):
                 reference = parse_reference(source, registry)
-                if (
-                    reference is None
-                ):  # not a reference by the grammar (`NAME:$TAG`): unpinned, named as far as it reads
+                if reference is None:
+                    # No reference by the grammar (`NAME:$TAG`): unpinned, named as far as it reads.
                     name = re.match(_PATH_COMPONENT, source[len(registry) + 1 :])
                     parents.append(ParentRef(line, instruction, source, name.group() if name else source, ""))
                 else:
@@ -1066,10 +1065,12 @@ def reference_findings(
     prod_path: str,
     graph: Mapping[str, Sequence[str]],
     found: Mapping[str, Sequence[Reference]] | None = None,
+    covered: Container[tuple[str, str]] = (),
 ) -> list[Finding]:
     """References (and the WORKSPACE rule) that disagree with prod_digests.txt,
     and references that are not pinned; `found` holds each file's references
-    if the caller has them already.
+    if the caller has them already, `covered` the (path, reference) of each
+    unpinned Dockerfile parent, a finding of its own already.
 
     With every image selected, references to images outside the graph are
     compared too, so a stale pin of an image the graph dropped is seen.
@@ -1089,6 +1090,8 @@ def reference_findings(
                 continue
             if reference.pinned():
                 finding = _reference_finding(registry, reference, prod_digests, prod_path, graph)
+            elif (path, data[reference.start : reference.end].decode()) in covered:
+                continue
             else:
                 finding = _unpinned_finding(path, data, reference, registry)
             if finding:
@@ -2934,29 +2937,21 @@ def check(
         elif WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in files:
             files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
     found = {path: list(find_references(data, registry)) for path, data in files.items()}
-    references = reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph, found)
-    allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
-    # A Dockerfile's unpinned parent is its own finding already.
-    findings += [
-        finding
-        for finding in references
-        if finding.kind != "unpinned"
-        or (finding.path not in allowed and (finding.path, finding.message.split(" ", 1)[0]) not in covered)
-    ]
-    readable = (
-        None
-        if PROD_DIGESTS_PATH in scan.problems or not (root / PROD_DIGESTS_PATH).is_file()
-        else prod_digests
+    references = reference_findings(
+        files, registry, images, prod_digests or {}, PROD_DIGESTS_PATH, graph, found, covered
     )
-    workspace = files.get(WORKSPACE_PATH)
-    referenced = referenced_images(found, workspace, image_url(registry, RBE_IMAGE))
-    findings += checklist_findings(images, registry, readable, referenced, dockerfiles)
+    allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
+    findings += [
+        finding for finding in references if finding.kind != "unpinned" or finding.path not in allowed
+    ]
+    referenced = referenced_images(found, files.get(WORKSPACE_PATH), image_url(registry, RBE_IMAGE))
+    findings += checklist_findings(images, registry, prod_digests, referenced, dockerfiles)
     if set(images) == set(graph):
         findings += folder_findings(dockerfile_folders(root), graph)
     if presubmit is not None:
         at_ref = prod_digests_at(root, presubmit.ref, registry)
         changed = [image for image in presubmit.changed if image in images]
-        findings += repin_findings(changed, prod_digests, at_ref, presubmit.ref)
+        findings += repin_findings(changed, prod_digests or {}, at_ref, presubmit.ref)
     if report is not None:
         report.findings = findings
     agree = f"the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
@@ -3019,14 +3014,15 @@ def dockerfile_check(
 
 def prod_digests_check(
     root: Path, registry: str, graph: Mapping[str, Sequence[str]], scan: TreeScan
-) -> tuple[dict[str, str], list[Finding]]:
-    """The digests prod_digests.txt pins, and what is wrong with it (missing, unreadable, bad lines)."""
+) -> tuple[dict[str, str] | None, list[Finding]]:
+    """The digests prod_digests.txt pins (None if it is missing or unreadable), and what is
+    wrong with it (missing, unreadable, bad lines)."""
     if PROD_DIGESTS_PATH in scan.problems:
         message = f"cannot be read: {scan.problems[PROD_DIGESTS_PATH]}"
-        return {}, [Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path")]
+        return None, [Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path")]
     if not (root / PROD_DIGESTS_PATH).is_file():
         message = "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"
-        return {}, [Finding(PROD_DIGESTS_PATH, 1, message, "missing")]
+        return None, [Finding(PROD_DIGESTS_PATH, 1, message, "missing")]
     data = (root / PROD_DIGESTS_PATH).read_bytes()
     return prod_digest_findings(data, PROD_DIGESTS_PATH, registry, graph)
 
