@@ -140,7 +140,7 @@ def registry(engine, tmp_path_factory) -> Registry:
 
 @pytest.fixture(scope="session")
 def world(registry, tmp_path_factory) -> Path:
-    """A repository whose 17 images were built, pushed and pinned by the tool."""
+    """A repository whose images (all of the graph) were built, pushed and pinned by the tool."""
     root = fake_tree.make_tree(
         tmp_path_factory.mktemp("world") / "repo", registry.url, manage_images.IMAGES_TO_DEPENDENCIES
     )
@@ -173,7 +173,7 @@ def git_repo(tmp_path) -> Path:
 @pytest.fixture
 def tree(git_repo, monkeypatch) -> Path:
     """A small tracked tree referring to cmake and cmake-python by digest, as the
-    current directory. test_check.py has a `tree` of its own: the 17-image world."""
+    current directory. test_check.py has a `tree` of its own: the whole fake world."""
     monkeypatch.chdir(git_repo)
     return small_tree(git_repo)
 

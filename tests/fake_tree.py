@@ -11,6 +11,7 @@ Used by the tests and by the benchmark.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,17 +22,26 @@ BUSYBOX = Path("/bin/busybox")
 # `--build --push --update_references --images all` replaces them.
 PLACEHOLDER = "sha256:" + "0" * 64
 
-# The seven CI scripts of the real tree and the image each one runs.
-CI_SCRIPTS = {
-    "bazel/linux/x86-swiftshader/bindings/build_kokoro.sh": "bazel-python",
-    "bazel/linux/x86-swiftshader/core/build_kokoro.sh": "bazel",
-    "bazel/linux/x86-swiftshader/integrations/build_kokoro.sh": "bazel-tensorflow-swiftshader",
-    "bazel/linux/x86-turing/integrations/build_kokoro.sh": "bazel-tensorflow-nvidia",
-    "cmake/android/arm64-v8a/build_kokoro.sh": "cmake-android",
-    "cmake/linux/x86-swiftshader/build_kokoro.sh": "cmake-python-swiftshader",
-    "cmake/linux/x86-turing/build_kokoro.sh": "cmake-python-nvidia",
-}
 KOKORO_DIR = "build_tools/kokoro/gcp_ubuntu"
+REAL_KOKORO = Path(__file__).resolve().parent.parent / KOKORO_DIR
+_RUNS = re.compile(r"gcr\.io/iree-oss/([a-z0-9-]+)(?::[\w.-]+)?@sha256:[0-9a-f]{64}")
+
+
+def real_ci_jobs() -> dict[str, tuple[str, bool]]:
+    """The real tree's CI jobs: each `build_kokoro.sh` under build_tools/kokoro/gcp_ubuntu/
+    (relative to it) -> the image it runs and whether it asks for GPUs. Read from the
+    files, so a job added there is in every fake tree too."""
+    jobs = {}
+    for script in sorted(REAL_KOKORO.rglob("build_kokoro.sh")):
+        text = script.read_text()
+        (image,) = set(_RUNS.findall(text))
+        jobs[script.relative_to(REAL_KOKORO).as_posix()] = (image, "--gpus all" in text)
+    return jobs
+
+
+# The CI scripts of the real tree and the image each one runs.
+CI_JOBS = real_ci_jobs()
+CI_SCRIPTS = {script: image for script, (image, _) in CI_JOBS.items()}
 OTHER_RULE_DIGEST = "sha256:" + "1a8ed713f40267bb51fe17de012fa631a20c52df818ccb317aaed2ee068dfc61"
 
 
@@ -140,7 +150,7 @@ def make_tree(
             continue
         path = kokoro / script
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(ci_script(registry, image, digests.get(image, PLACEHOLDER), "turing" in script))
+        path.write_text(ci_script(registry, image, digests.get(image, PLACEHOLDER), CI_JOBS[script][1]))
         path.chmod(0o755)
     (root / "WORKSPACE").write_text(workspace(registry, digests.get("rbe-toolchain", PLACEHOLDER)))
     (root / "README.md").write_text(f"Images live under {registry}; see prod_digests.txt for the digests.\n")

@@ -3,7 +3,7 @@
 # part of .ci/run). See tests/MUTATION.md for the score and the survivors.
 #
 #   python3 -m pip install -e '.[test,mutation]'
-#   bash tests/mutation.sh [SCRATCH_DIR]
+#   bash tests/mutation.sh [SCRATCH_DIR [FUNCTION...]]   (FUNCTION...: only those, e.g. to recheck survivors)
 #
 # mutmut 3 wants the module importable under the name its path gives, so the
 # run happens in a scratch copy: src/manage_images.py and the in-process tests.
@@ -14,9 +14,13 @@ python=${PYTHON:-$here/.venv/bin/python}
 mkdir -p "$work/src" "$work/tests"
 cp "$here/build_tools/docker/manage_images.py" "$work/src/"
 cp "$here/README.md" "$work/"
+# fake_tree reads the real CI jobs from build_tools/kokoro.
+mkdir -p "$work/build_tools"
+cp -r "$here/build_tools/kokoro" "$work/build_tools/"
 for file in conftest.py helpers.py fake_tree.py standin.py registry.py \
             test_manage_images.py test_scheduler.py test_check.py test_guarantees.py \
-            test_core.py test_cost.py test_presubmit.py test_reproduce.py; do
+            test_core.py test_cost.py test_presubmit.py test_reproduce.py \
+            test_grammar.py test_new_image.py; do
   cp "$here/tests/$file" "$work/tests/"
 done
 cat > "$work/pyproject.toml" <<'TOML'
@@ -29,19 +33,20 @@ markers = ["e2e: end-to-end"]
 [tool.mutmut]
 source_paths = ["src"]
 pytest_add_cli_args_test_selection = ["tests"]
-also_copy = ["README.md"]
+also_copy = ["README.md", "build_tools"]
 TOML
 cd "$work"
 # The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler.
 core=(
   validate_graph dependents_map ordered_images_to_process expand_selection
-  reference_scanner find_references names_referenced 'Reference'
+  reference_scanner find_references _reference pinned_names parse_reference 'Reference'
   digest_hexes reference_splices apply_splices _slice new_blocks 'FileChange'
   check_digest line_at 'LineCounter'
   _line_starts _literal_span _rbe_rule parse_rbe_rules rules_naming rewrite_workspace workspace_findings
   parse_prod_digests usable_prod_digests prod_digest_findings append_prod_digest
   'Edits' run_graph _finished _with_the_rest
 )
+if [ $# -gt 1 ]; then core=("${@:2}"); fi
 patterns=()
 for name in "${core[@]}"; do
   case "$name" in

@@ -4,6 +4,8 @@ line counting. Written against the survivors of mutation testing
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import manage_images as mi
@@ -228,11 +230,27 @@ def test_an_unknown_dependency_error_lists_every_unknown_one():
         mi.validate_graph({"a": ("x", "y")})
 
 
-def test_names_referenced_skips_a_registry_that_names_no_digest():
+def test_the_naming_index_lists_what_find_references_pins_and_nothing_else():
     # The registry is spelled in pieces so that this tree's own --check does not read it as a pin.
     registry = "gcr.io/" + "iree-oss"
-    data = f"see {registry}/ for images; {registry}/cmake@sha256:x and x{registry}/util@sha256:".encode()
-    assert mi.names_referenced(data, registry) == {"cmake", "util"}
+    data = f"see {registry}/ for images; {registry}/cmake@sha256:x and x{registry}/util@sha256:{'1' * 64}".encode()
+    assert [(ref.name, ref.hexdigits) for ref in mi.find_references(data, registry)] == [("cmake", b"x")]
+    assert mi.pinned_names(mi.find_references(data, registry)) == {"cmake"}
+
+
+def test_a_registry_like_a_digest_is_read_past_each_reference_it_ends():
+    # `--registry sha256:5000` (host sha256, port 5000): a reference's digest
+    # `sha256:5000` is also the start of the registry. The scan goes on after
+    # the reference, so what follows inside it is not a second one.
+    registry = "sha256:5000"
+    data = f"{registry}/cmake@{registry}/util@sha256:{'1' * 64}".encode()
+    assert [(ref.name, ref.hexdigits, ref.end) for ref in mi.find_references(data, registry)] == [
+        ("cmake", b"5000", len(f"{registry}/cmake@{registry}"))
+    ]
+    scan = mi.TreeScan(("f",), (), (), frozenset(), {})
+    files = mi.TrackedFiles(Path("/nonexistent"), scan, registry)
+    files.written("f", data)
+    assert (files.naming("cmake"), files.naming("util")) == (["f"], [])
 
 
 def test_digest_errors_say_what_was_refused():
@@ -324,24 +342,25 @@ def test_layered_edits_read_through_merge_into_and_list_their_parent():
             return b"disk:" + relative.encode()
 
     files = Files()
+    files.registry = "r"
     run = mi.Edits(files)  # type: ignore[arg-type]
-    run.edit("x", lambda data: data + b"+run")
+    run.edit("x", lambda data: data + b"+run r/a@sha256:1")
     child = mi.Edits(files, parent=run)  # type: ignore[arg-type]
-    assert child.read("x") == b"disk:x+run"
-    child.edit("x", lambda data: data + b"+child")
-    child.edit("y", lambda data: data + b"+child")
-    assert child.containing(b"+run") == ["x"]
-    run.edit("z", lambda data: b"z+run")
-    assert child.containing(b"run") == ["x", "z"]
+    assert child.read("x") == b"disk:x+run r/a@sha256:1"
+    child.edit("x", lambda data: data.replace(b"+run", b"+run+child"))
+    child.edit("y", lambda data: data + b"+child r/b:t@sha256:2 r/a:unpinned")
+    assert (child.naming("a"), child.naming("b")) == (["x"], ["y"])
+    run.edit("z", lambda data: b"z+run r/a:t@sha256:3")
+    assert child.naming("a") == ["x", "z"]
     assert child.changes() == [
-        mi.FileChange.whole("x", b"disk:x+run", b"disk:x+run+child"),
-        mi.FileChange.whole("y", b"disk:y", b"disk:y+child"),
+        mi.FileChange.whole("x", b"disk:x+run r/a@sha256:1", b"disk:x+run+child r/a@sha256:1"),
+        mi.FileChange.whole("y", b"disk:y", b"disk:y+child r/b:t@sha256:2 r/a:unpinned"),
     ]
     child.merge()
     assert run.changes() == [
-        mi.FileChange.whole("x", b"disk:x", b"disk:x+run+child"),
-        mi.FileChange.whole("z", b"disk:z", b"z+run"),
-        mi.FileChange.whole("y", b"disk:y", b"disk:y+child"),
+        mi.FileChange.whole("x", b"disk:x", b"disk:x+run+child r/a@sha256:1"),
+        mi.FileChange.whole("z", b"disk:z", b"z+run r/a:t@sha256:3"),
+        mi.FileChange.whole("y", b"disk:y", b"disk:y+child r/b:t@sha256:2 r/a:unpinned"),
     ]
 
 
@@ -431,3 +450,42 @@ def test_layered_edits_find_references_in_what_they_read():
     child = mi.Edits(Files(), parent=run)  # type: ignore[arg-type]
     assert [(ref.name, ref.hex_start) for ref in child.references("f")] == [("b", 8 + len(registry) + 10)]
     assert [(ref.name, ref.hex_start) for ref in child.references("g")] == [("a", len(registry) + 10)]
+
+
+# --- Survivors of the third mutation run that an input tells apart ---------------------
+
+
+def test_two_rules_on_one_line_are_each_rewritten_in_place():
+    # Valid Starlark: two calls joined by `;`. The first holds a short
+    # placeholder, so its rewrite moves every byte after it: the rules must be
+    # rewritten from the last span to the first, whatever else orders them
+    # (here the placeholder sorts after the digest).
+    line = ours(b"sha256:TODO").rstrip(b"\n") + b"; " + ours()
+    assert mi.rewrite_workspace(line, URL, NEW) == (
+        ours(NEW.encode()).rstrip(b"\n") + b"; " + ours(NEW.encode()),
+        2,
+    )
+
+
+def test_an_empty_workspace_digest_is_reported_as_empty():
+    data = ours(b"")
+    (rule,) = mi.parse_rbe_rules(data)
+    assert (
+        rule.digest == "" and rule.digest_span is not None
+    )  # a plain literal, so a rule rules_naming returns
+    assert mi.workspace_findings(data, URL, D1, "prod.txt") == [
+        mi.Finding(
+            "WORKSPACE",
+            1,
+            "rbe_autoconfig digest '' is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+            "malformed",
+        )
+    ]
+
+
+def test_slice_is_the_slice_and_the_whole_is_not_copied():
+    data = b"abcdef"
+    for start in range(len(data) + 1):
+        for end in range(start, len(data) + 1):
+            assert mi._slice(data, start, end) == data[start:end], (start, end)
+    assert mi._slice(data, 0, len(data)) is data

@@ -20,7 +20,7 @@ DOCKER = "build_tools/docker"
 
 @pytest.fixture
 def world(tmp_path, monkeypatch) -> Path:
-    """The 17-image tree, every reference consistent, committed twice (so HEAD~1 exists)."""
+    """The fake world, every reference consistent, committed twice (so HEAD~1 exists)."""
     root = fake_tree.make_tree(tmp_path / "repo", REGISTRY, GRAPH)
     (root / "notes.txt").write_text("second commit\n")
     fake_tree.git(root, "add", "notes.txt")
@@ -147,7 +147,7 @@ def test_check_finds_an_image_edited_but_not_re_pinned(world, capsys):
     assert out == [
         f"{DOCKER}/cmake-python-nvidia/Dockerfile:1: cmake-python-nvidia changed since HEAD~1 but is still "
         f"pinned to {P}; run manage_images.py --image cmake-python-nvidia --build --push --update_references",
-        "Checked 17 images: 1 problem found.",
+        f"Checked {len(GRAPH)} images: 1 problem found.",
     ]
 
 

@@ -1,4 +1,4 @@
-"""The repository's own image tree: 17 Dockerfiles, the CI scripts and WORKSPACE
+"""The repository's own image tree: a Dockerfile per image, the CI scripts and WORKSPACE
 that pin them, prod_digests.txt. Nothing here can be built on a machine without
 access to the outside registries, so these tests prove what can be proven:
 the tree agrees with the graph and with itself.
@@ -63,7 +63,7 @@ def test_dockerfile_pulls_exactly_its_graph_parents_pinned_by_digest(image):
 
 def test_prod_digests_lists_every_image_once():
     lines = (DOCKER / "prod_digests.txt").read_text().splitlines()
-    assert len(lines) == len(GRAPH) == 17
+    assert len(lines) == len(GRAPH)
     assert sorted(prod_digests()) == sorted(GRAPH)
     assert all(re.fullmatch(r"gcr\.io/iree-oss/[a-z0-9-]+@sha256:[0-9a-f]{64}", line) for line in lines)
 
@@ -93,16 +93,32 @@ def test_every_digest_reference_in_the_tree_equals_prod_digests():
     assert others and expected["rbe-toolchain"] not in others
 
 
+def readme_ci_jobs() -> dict[str, str]:
+    """The README's table of CI jobs: job folder -> image."""
+    readme = (ROOT / "README.md").read_text()
+    return dict(re.findall(r"^  \| `([a-z0-9/_-]+)` \| ([a-z0-9-]+)", readme, re.M))
+
+
 def test_ci_scripts_are_executable_and_run_one_image_by_digest():
     scripts = sorted(KOKORO.rglob("build_kokoro.sh"))
-    assert len(scripts) == 7
+    assert scripts
+    jobs = {}
     for script in scripts:
+        jobs[str(script.parent.relative_to(KOKORO))] = REFERENCE.findall(script.read_text())[0][0]
         assert os.access(script, os.X_OK), script
         images = REFERENCE.findall(script.read_text())
         assert len(images) == 1 and images[0][0] in GRAPH, script
         assert os.access(script.parent / "build.sh", os.X_OK), script
         assert f"{script.parent.relative_to(ROOT)}/build.sh" in script.read_text()
         assert ("--gpus all" in script.read_text()) == ("x86-turing" in str(script))
+    assert jobs == readme_ci_jobs(), "README's table of CI jobs differs from build_tools/kokoro"
+
+
+def test_the_readme_image_table_lists_every_image_of_the_graph():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| image | what it adds | built from |") :].split("\n\n", 1)[0]
+    rows = table.splitlines()[2:]  # below the header and its rule
+    assert sorted(row.split(" | ")[0].removeprefix("| ") for row in rows) == sorted(GRAPH)
 
 
 def test_check_passes_on_the_tree():
@@ -114,12 +130,12 @@ def test_check_passes_on_the_tree():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
-        "Checked 17 images: the graph, the Dockerfiles, the references and "
+        f"Checked {len(GRAPH)} images: the graph, the Dockerfiles, the references and "
         "build_tools/docker/prod_digests.txt agree."
     ]
 
 
-def test_dry_run_of_everything_plans_all_17_images_and_changes_nothing(tmp_path):
+def test_dry_run_of_everything_plans_every_image_and_changes_nothing(tmp_path):
     standin = StandIn(tmp_path / "standin")
     before = {path: path.read_bytes() for path in tracked()}
     result = subprocess.run(
@@ -145,9 +161,9 @@ def test_dry_run_of_everything_plans_all_17_images_and_changes_nothing(tmp_path)
         result.stdout
     )
     assert {path: path.read_bytes() for path in tracked()} == before
-    processing = re.findall(r"^Processing image (\S+) \[(\d+)/17\]$", result.stdout, re.M)
+    processing = re.findall(rf"^Processing image (\S+) \[(\d+)/{len(GRAPH)}\]$", result.stdout, re.M)
     assert [image for image, _ in processing] == mi.ordered_images_to_process(sorted(GRAPH), GRAPH)
-    assert [int(number) for _, number in processing] == list(range(1, 18))
+    assert [int(number) for _, number in processing] == list(range(1, len(GRAPH) + 1))
     assert "Running: `gcloud auth configure-docker`" in result.stdout
     assert (
         "Running: `docker build --tag gcr.io/iree-oss/cmake:latest build_tools/docker/cmake`" in result.stdout
@@ -166,3 +182,56 @@ def test_readme_diagram_is_the_graph_output():
     )
     assert result.returncode == 0
     assert block == result.stdout
+
+
+def copy_of_the_tree(destination: Path) -> Path:
+    """This repository's tracked files as they are on disk, in a new git repository."""
+    for path in tracked():
+        target = destination / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        target.chmod(path.stat().st_mode)
+    for args in (("init", "-q", "--template="), ("add", "-A")):
+        subprocess.run(("git", "-C", str(destination), *args), check=True, capture_output=True)
+    return destination
+
+
+def test_check_on_a_copy_of_the_tree_names_each_defect_by_path_and_line(tmp_path):
+    root = copy_of_the_tree(tmp_path / "tree")
+    registry = "gcr.io/" + "iree-oss"  # in pieces: this file is no reference
+    scripts = sorted(KOKORO.rglob("build_kokoro.sh"))
+    stale_job, latest_job, bare_job = (script.relative_to(ROOT) for script in scripts[:3])
+    expected = []
+
+    def append(relative: Path | str, text: str, message: str) -> None:
+        path = root / relative
+        path.write_text(path.read_text() + text + "\n")
+        expected.append(f"{relative}:{len(path.read_text().splitlines())}: {message}")
+
+    old = "sha256:" + "e" * 64
+    append(
+        stale_job,
+        f"docker run {registry}/cmake:prod@{old} true",
+        f"{registry}/cmake:prod is pinned to sha256:eeeeeeeeeeee",
+    )
+    append(
+        latest_job,
+        f"docker run {registry}/bazel:latest true",
+        f"{registry}/bazel:latest is not pinned by digest",
+    )
+    append(bare_job, f"docker run {registry}/bazel true", f"{registry}/bazel is not pinned by digest")
+    prod = root / "build_tools/docker/prod_digests.txt"
+    prod.write_text(
+        "".join(line + "\n" for line in prod.read_text().splitlines() if "/cmake-android@" not in line)
+    )
+    expected.append(f"build_tools/docker/cmake-android/Dockerfile:1: {registry}/cmake-android has no line in")
+    subprocess.run(("git", "-C", str(root), "add", "-A"), check=True)
+    result = subprocess.run(
+        (sys.executable, str(DOCKER / "manage_images.py"), "--check", "--images", "all"),
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    for finding in expected:
+        assert [line for line in result.stdout.splitlines() if line.startswith(finding)], finding

@@ -9,7 +9,7 @@ it, each after all of its parents, running the steps asked for:
   --pull               docker pull REGISTRY/NAME:TAG
   --build              docker build --tag REGISTRY/NAME:TAG build_tools/docker/NAME
   --push               docker push REGISTRY/NAME:TAG
-  --update_references  rewrite every REGISTRY/NAME@sha256:... in the files git
+  --update_references  rewrite every REGISTRY/NAME[:TAG]@sha256:... in the files git
                        tracks to the digest the registry gave the pushed image
 
 Rebuild cmake and every image that depends on it, push them and pin the new
@@ -64,6 +64,7 @@ from typing import (
     TYPE_CHECKING,
     IO,
     Callable,
+    Container,
     Iterable,
     Iterator,
     Literal,
@@ -112,9 +113,9 @@ IMAGES_TO_DEPENDENCIES: dict[str, tuple[str, ...]] = {
 # Docker refuses a repository name (registry and path) longer than this.
 MAX_REFERENCE_NAME = 255
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
-HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 # Docker's tag grammar.
-TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+TAG_RE = re.compile(_TAG + r"\Z")
 # A registry host (with an optional port) followed by repository path
 # components, in Docker's reference grammar.
 _DOMAIN_COMPONENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -128,6 +129,17 @@ GOOGLE_REGISTRY_RE = re.compile(r"(?:gcr\.io|[a-z0-9.-]+\.gcr\.io|[a-z0-9-]+-doc
 # Characters that would make a match part of a longer registry host or path
 # (`mirror.gcr.io/...`, `x/gcr.io/...`); `//` stays allowed for URLs.
 _REFERENCE_PART = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/-")
+# What may not follow an unpinned `REGISTRY/NAME[:TAG]`: a longer path or tag,
+# a tag that is not one (`:$TAG`), or a digest of another form (`@sha512:`).
+_UNPINNED_CONTINUES = _REFERENCE_PART | frozenset(b":@")
+# A line holding this marker (in a comment) may name our images unpinned.
+ALLOW_UNPINNED = "manage-images: allow-unpinned"
+# A git attribute (.gitattributes) that lets the files it is set for name our images unpinned.
+ALLOW_UNPINNED_ATTRIBUTE = "manage-images-allow-unpinned"
+# In an image's Dockerfile: nothing outside prod_digests.txt has to refer to the image.
+ALLOW_UNREFERENCED = "manage-images: allow-unreferenced"
+# Documentation names images unpinned on purpose: --check leaves it out of that finding.
+DOCUMENTATION_SUFFIXES = (".md", ".rst", ".txt")
 HEX64_BYTES_RE = re.compile(rb"[0-9a-f]{64}\Z")
 # One string literal on one line with no prefix: the only kind whose bytes
 # the tool replaces in WORKSPACE (a concatenation or an f-string is not a pin
@@ -286,6 +298,8 @@ FindingKind = Literal[
     "not-served",
     "drift",
     "not-re-pinned",
+    "unpinned",
+    "unreferenced",
 ]
 
 
@@ -412,15 +426,22 @@ class TreeScan(NamedTuple):
 
 
 class Reference(NamedTuple):
-    """`REGISTRY/NAME@sha256:X` in a file: where X starts, NAME, and X (any run of letters and digits)."""
+    """`REGISTRY/NAME[:TAG][@sha256:X]` in a file (see `reference_scanner`):
+    where it starts and ends, NAME, TAG (None without one), and, when it is
+    pinned, where X starts and X (any run of letters and digits)."""
 
     start: int  # of the whole reference
-    hex_start: int
+    hex_start: int  # -1 when it is not pinned
     name: str
-    hexdigits: bytes
+    hexdigits: bytes  # b"" when it is not pinned
+    tag: bytes | None = None
+    end: int = 0
+
+    def pinned(self) -> bool:
+        return self.hex_start >= 0
 
     def well_formed(self) -> bool:
-        return bool(HEX64_BYTES_RE.match(self.hexdigits))
+        return self.pinned() and bool(HEX64_BYTES_RE.match(self.hexdigits))
 
 
 class Presubmit(NamedTuple):
@@ -567,22 +588,32 @@ def image_url(registry: str, image: str) -> str:
 
 
 def reference_scanner(registry: str) -> re.Pattern[bytes]:
-    """`REGISTRY/NAME@sha256:X` with NAME and X as groups. It starts with a
-    literal, so the regex engine skips ahead to each occurrence of the registry
-    (a look-behind first would be tried at every byte); the left boundary is
-    checked per match instead, in `find_references`."""
+    """The one grammar of a reference to an image under `registry`, in
+    Docker's: `REGISTRY/NAME`, an optional `:TAG`, an optional `@sha256:X`,
+    with NAME, TAG and X as groups. Every reader of references goes through
+    `find_references`, which adds the boundaries. It starts with a literal,
+    so the regex engine skips ahead to each occurrence of the registry (a
+    look-behind first would be tried at every byte)."""
     return re.compile(
-        re.escape(f"{registry}/".encode()) + b"(" + _PATH_COMPONENT.encode() + rb")@sha256:([0-9A-Za-z]+)"
+        re.escape(f"{registry}/".encode())
+        + b"("
+        + _PATH_COMPONENT.encode()
+        + b")(?::("
+        + _TAG.encode()
+        + rb"))?(?:@sha256:([0-9A-Za-z]*))?"
     )
 
 
 def find_references(data: bytes, registry: str) -> Iterator[Reference]:
-    """Every reference to an image under `registry` in `data`, as a whole token.
+    """Every reference to an image under `registry` in `data`, as a whole token:
+    pinned (`NAME@sha256:X`, `NAME:TAG@sha256:X`) or not (`NAME:TAG`, `NAME`).
 
     An empty X (`@sha256:...`, `@sha256:<digest>`) is a placeholder in prose,
     not a reference. A match that is part of a longer host or path
     (`mirror.gcr.io/...`, `x/gcr.io/...`) is not one either; `//` before it
-    stays allowed, for URLs.
+    stays allowed, for URLs. An unpinned one ends where the grammar does: not
+    before a longer path (`NAME/x`), a tag that is not one (`NAME:$TAG`) or
+    another digest (`NAME@sha512:...`).
     """
     scanner = reference_scanner(registry)
     prefix = f"{registry}/".encode()
@@ -591,27 +622,38 @@ def find_references(data: bytes, registry: str) -> Iterator[Reference]:
     start = data.find(prefix)
     while start >= 0:
         match = scanner.match(data, start)
-        if match and (
-            start == 0 or data[start - 1] not in _REFERENCE_PART or data[start - 2 : start] == b"//"
-        ):
-            yield Reference(start, match.start(2), match.group(1).decode(), match.group(2))
-            start = data.find(prefix, match.end())
+        reference = _reference(data, match) if match else None
+        if reference:
+            yield reference
+            start = data.find(prefix, reference.end)
         else:
             start = data.find(prefix, start + 1)
 
 
-def names_referenced(data: bytes, registry: str) -> set[str]:
-    """Every NAME in `data` that appears as `REGISTRY/NAME@sha256:`, token or not."""
-    scanner = re.compile(re.escape(f"{registry}/".encode()) + b"(" + _PATH_COMPONENT.encode() + b")@sha256:")
-    prefix = f"{registry}/".encode()
-    names = set()
-    start = data.find(prefix)
-    while start >= 0:
-        match = scanner.match(data, start)
-        if match:
-            names.add(match.group(1).decode())
-        start = data.find(prefix, match.end() if match else start + 1)
-    return names
+def _reference(data: bytes, match: re.Match[bytes]) -> Reference | None:
+    """The reference a scanner match is, or None if its boundaries make it none."""
+    start, end = match.span()
+    if start and data[start - 1] in _REFERENCE_PART and data[start - 2 : start] != b"//":
+        return None
+    name, tag, hexdigits = match.groups()
+    if hexdigits is not None:
+        return Reference(start, match.start(3), name.decode(), hexdigits, tag, end) if hexdigits else None
+    if data[end : end + 1] and data[end] in _UNPINNED_CONTINUES:
+        return None
+    return Reference(start, -1, name.decode(), b"", tag, end)
+
+
+def pinned_names(references: Iterable[Reference]) -> set[str]:
+    """The NAMEs that `references` pin by digest (well formed or not): the ones a rewrite looks at."""
+    return {reference.name for reference in references if reference.pinned()}
+
+
+def parse_reference(text: str, registry: str) -> Reference | None:
+    """`text` as one whole reference under `registry`, or None if it is not exactly one."""
+    found = list(find_references(text.encode(), registry))
+    if len(found) == 1 and (found[0].start, found[0].end) == (0, len(text.encode())):
+        return found[0]
+    return None
 
 
 def digest_hexes(registry: str, digests: Mapping[str, str]) -> dict[str, bytes]:
@@ -629,7 +671,7 @@ def reference_splices(references: Iterable[Reference], hexes: Mapping[str, bytes
         (reference.hex_start, reference.hex_start + len(reference.hexdigits), hexes[reference.name])
         for reference in references
         if reference.name in hexes
-        and reference.well_formed()
+        and reference.well_formed()  # never an unpinned one
         and reference.hexdigits != hexes[reference.name]
     ]
 
@@ -1037,8 +1079,14 @@ def registry_parents(data: bytes, registry: str) -> list[ParentRef]:
         keyword, *words = text.split()
         for instruction, source in _instruction_sources(keyword.upper(), words):
             if source.startswith(f"{registry}/"):
-                name, _, digest = source[len(registry) + 1 :].partition("@")
-                parents.append(ParentRef(line, instruction, source, name.split(":", 1)[0], digest))
+                reference = parse_reference(source, registry)
+                if reference is None:
+                    # No reference by the grammar (`NAME:$TAG`): unpinned, named as far as it reads.
+                    name = re.match(_PATH_COMPONENT, source[len(registry) + 1 :])
+                    parents.append(ParentRef(line, instruction, source, name.group() if name else source, ""))
+                else:
+                    digest = f"sha256:{reference.hexdigits.decode()}" if reference.pinned() else ""
+                    parents.append(ParentRef(line, instruction, source, reference.name, digest))
     return parents
 
 
@@ -1096,6 +1144,11 @@ def dockerfile_findings(
     return findings
 
 
+def is_documentation(path: str) -> bool:
+    """Documentation names images unpinned on purpose (`*.md`, `*.rst`, text files but prod_digests.txt)."""
+    return path.endswith(DOCUMENTATION_SUFFIXES) and path != PROD_DIGESTS_PATH
+
+
 def reference_findings(
     files: Mapping[str, bytes],
     registry: str,
@@ -1103,8 +1156,13 @@ def reference_findings(
     prod_digests: Mapping[str, str],
     prod_path: str,
     graph: Mapping[str, Sequence[str]],
+    found: Mapping[str, Sequence[Reference]] | None = None,
+    covered: Container[tuple[str, str]] = (),
 ) -> list[Finding]:
-    """References (and the WORKSPACE rule) that disagree with prod_digests.txt.
+    """References (and the WORKSPACE rule) that disagree with prod_digests.txt,
+    and references that are not pinned; `found` holds each file's references
+    if the caller has them already, `covered` the (path, reference) of each
+    unpinned Dockerfile parent, a finding of its own already.
 
     With every image selected, references to images outside the graph are
     compared too, so a stale pin of an image the graph dropped is seen.
@@ -1117,40 +1175,140 @@ def reference_findings(
         if path == prod_path:
             continue
         lines = LineCounter(data)
-        for reference in find_references(data, registry):
-            name, hexdigits = reference.name, reference.hexdigits.decode()
-            if name in selected or (everything and name not in graph):
-                finding = _reference_finding(registry, name, hexdigits, prod_digests, prod_path, graph)
-                if finding:
-                    findings.append(Finding(path, lines.line_at(reference.start), *finding))
+        references = found[path] if found is not None else find_references(data, registry)
+        for reference in references:
+            name = reference.name
+            if name not in selected and not (everything and name not in graph):
+                continue
+            if reference.pinned():
+                finding = _reference_finding(registry, reference, prod_digests, prod_path, graph)
+            elif (path, data[reference.start : reference.end].decode()) in covered:
+                continue
+            else:
+                finding = _unpinned_finding(path, data, reference, registry)
+            if finding:
+                findings.append(Finding(path, lines.line_at(reference.start), *finding))
         if path == WORKSPACE_PATH and RBE_IMAGE in selected:
             url = image_url(registry, RBE_IMAGE)
             findings += workspace_findings(data, url, prod_digests.get(RBE_IMAGE), prod_path)
     return findings
 
 
+def _shown_name(registry: str, reference: Reference) -> str:
+    """`REGISTRY/NAME`, or `REGISTRY/NAME:TAG` for a tagged reference."""
+    tag = f":{reference.tag.decode()}" if reference.tag is not None else ""
+    return f"{registry}/{reference.name}{tag}"
+
+
 def _reference_finding(
     registry: str,
-    name: str,
-    hexdigits: str,
+    reference: Reference,
     prod_digests: Mapping[str, str],
     prod_path: str,
     graph: Mapping[str, Sequence[str]],
 ) -> tuple[str, FindingKind] | None:
-    """What is wrong with one reference (message and kind), or None."""
-    if not HEX64_RE.match(hexdigits):
-        ref = f"{registry}/{name}@sha256:{hexdigits}"
-        return f"{ref} is not a well-formed digest (sha256: and 64 lowercase hex digits)", "malformed"
+    """What is wrong with one pinned reference (message and kind), or None. Its tag
+    says nothing: the digest alone decides what Docker runs."""
+    name, hexdigits, shown_name = (
+        reference.name,
+        reference.hexdigits.decode(),
+        _shown_name(registry, reference),
+    )
+    if not reference.well_formed():
+        return (
+            f"{shown_name}@sha256:{hexdigits} is not a well-formed digest (sha256: and 64 lowercase hex digits)",
+            "malformed",
+        )
     if name not in prod_digests:
-        return f"{registry}/{name} is referenced but not listed in {prod_path}", "unlisted"
+        return f"{shown_name} is referenced but not listed in {prod_path}", "unlisted"
     if prod_digests[name] != f"sha256:{hexdigits}":
         outside = "" if name in graph else f" ({name} is not an image of the graph)"
         message = (
-            f"{registry}/{name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
+            f"{shown_name} is pinned to sha256:{hexdigits[:12]}, but {prod_path} "
             f"says {prod_digests[name][:19]}{outside}"
         )
         return message, "stale"
     return None
+
+
+def _unpinned_finding(
+    path: str, data: bytes, reference: Reference, registry: str
+) -> tuple[str, FindingKind] | None:
+    """An unpinned reference is a finding, except in documentation or on a line marked as allowed."""
+    if is_documentation(path):
+        return None
+    line_start = data.rfind(b"\n", 0, reference.start) + 1
+    line_end = data.find(b"\n", reference.end)
+    if ALLOW_UNPINNED.encode() in data[line_start : line_end if line_end >= 0 else len(data)]:
+        return None
+    text = data[reference.start : reference.end].decode()
+    message = (
+        f"{text} is not pinned by digest; pin it as {image_url(registry, reference.name)}@sha256:<digest> "
+        f"or mark the line with a comment `{ALLOW_UNPINNED}`"
+    )
+    return message, "unpinned"
+
+
+def referenced_images(
+    found: Mapping[str, Sequence[Reference]], workspace: bytes | None, url: str
+) -> set[str]:
+    """The images that something other than prod_digests.txt or documentation refers to, in any
+    form: `found` maps each file to its references; `workspace` pins `url` if a rule names it."""
+    names = {
+        reference.name
+        for path, references in found.items()
+        if path != PROD_DIGESTS_PATH and not is_documentation(path)
+        for reference in references
+    }
+    if workspace is not None:
+        with contextlib.suppress(WorkspaceError):
+            if rules_naming(parse_rbe_rules(workspace), url):
+                names.add(RBE_IMAGE)
+    return names
+
+
+def checklist_findings(
+    images: Iterable[str],
+    registry: str,
+    prod_digests: Mapping[str, str] | None,
+    referenced: Iterable[str],
+    dockerfiles: Mapping[str, bytes | None],
+) -> list[Finding]:
+    """The new-image checklist for each image: a prod_digests.txt line, and a reference outside
+    it (unless its Dockerfile says `# manage-images: allow-unreferenced`). `prod_digests` is None
+    when the file cannot be read (a finding of its own)."""
+    findings = []
+    named = set(referenced)
+    advice = "manage_images.py --image {} --build --push --update_references"
+    for image in images:
+        path, url = f"{DOCKER_DIR}/{image}/Dockerfile", image_url(registry, image)
+        if prod_digests is not None and image not in prod_digests:
+            message = f"{url} has no line in {PROD_DIGESTS_PATH}; run {advice.format(image)}, which adds it"
+            findings.append(Finding(path, 1, message, "unlisted"))
+        dockerfile = dockerfiles.get(image)
+        if image not in named and dockerfile is not None and ALLOW_UNREFERENCED.encode() not in dockerfile:
+            message = (
+                f"nothing outside {PROD_DIGESTS_PATH} refers to {url} (no Dockerfile builds on it, no CI "
+                f"script or WORKSPACE rule runs it): refer to it by digest where it is used, or add a "
+                f"comment `# {ALLOW_UNREFERENCED}` to this Dockerfile"
+            )
+            findings.append(Finding(path, 1, message, "unreferenced"))
+    return findings
+
+
+def folder_findings(folders: Iterable[str], graph: Mapping[str, Sequence[str]]) -> list[Finding]:
+    """Every folder of build_tools/docker with a Dockerfile is an image of the graph."""
+    return [
+        Finding(
+            f"{DOCKER_DIR}/{folder}/Dockerfile",
+            1,
+            f"{folder} has a Dockerfile but is not in IMAGES_TO_DEPENDENCIES: add it there with the "
+            "images it is built from, or remove the folder",
+            "unknown-image",
+        )
+        for folder in sorted(folders)
+        if folder not in graph
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -1866,6 +2024,25 @@ def prod_digests_at(root: Path, ref: str, registry: str) -> dict[str, str]:
     return pins_by_name(parse_prod_digests(result.stdout, PROD_DIGESTS_PATH, registry)[0], registry)
 
 
+def allowed_unpinned(root: Path, paths: Sequence[str]) -> set[str]:
+    """Those of `paths` for which git sets the attribute `manage-images-allow-unpinned`
+    (.gitattributes); no git call for none."""
+    if not paths:
+        return set()
+    paths = list(dict.fromkeys(paths))
+    fields = git_lines(root, "check-attr", "-z", ALLOW_UNPINNED_ATTRIBUTE, "--", *paths)
+    # Records of three fields: path, attribute, value (set, unset, unspecified or a string).
+    return {fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] in ("set", "true")}
+
+
+def dockerfile_folders(root: Path) -> list[str]:
+    """The folders of build_tools/docker that hold a Dockerfile."""
+    folder = root / DOCKER_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(folder) if (Path(entry.path) / "Dockerfile").is_file())
+
+
 def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None) -> str:
     """Why the tracked file `relative` must not be read or written, or "".
 
@@ -2125,7 +2302,7 @@ class TrackedFiles:
         return self._references[relative]
 
     def naming(self, image: str) -> list[str]:
-        """The candidates that name `image` as `REGISTRY/IMAGE@sha256:`.
+        """The candidates with a reference that pins `image` (`find_references`).
 
         A rewrite changes digests, never names, so the index built on the
         first call holds for the whole run.
@@ -2133,7 +2310,7 @@ class TrackedFiles:
         if self._naming is None:
             self._naming = {}
             for path in self.scan.candidates:
-                for name in names_referenced(self.read(path), self.registry):
+                for name in pinned_names(self.references(path)):
                     self._naming.setdefault(name, []).append(path)
         return self._naming.get(image, [])
 
@@ -2174,10 +2351,10 @@ class Edits:
         else:
             self._changes[relative] = FileChange(relative, self.read(relative), tuple(splices))
 
-    def containing(self, text: bytes) -> list[str]:
-        """Files with a pending edit whose new content holds `text`."""
-        own = [path for path, change in self._changes.items() if text in change.new()]
-        inherited = self.parent.containing(text) if self.parent else []
+    def naming(self, image: str) -> list[str]:
+        """Files with a pending edit whose new content holds a reference that pins `image`."""
+        own = [path for path in self._changes if image in pinned_names(self.references(path))]
+        inherited = self.parent.naming(image) if self.parent else []
         return own + [path for path in inherited if path not in own]
 
     def changes(self) -> list[FileChange]:
@@ -3474,10 +3651,9 @@ def plan_references(
     if image == RBE_IMAGE:
         update_workspace(runner, edits, image, digest)
     runner.say(f"Updating references to {url}", image)
-    needle = f"{url}@sha256:".encode()
     files = list(edits.files.naming(image))
     # A file this image's own edits made name it (a new prod_digests.txt).
-    files += [path for path in edits.containing(needle) if path not in files]
+    files += [path for path in edits.naming(image) if path not in files]
     if not files:
         runner.say(f"Found no references to {url}", image)
     else:
@@ -3910,7 +4086,9 @@ def check(
     references and prod_digests.txt (and, with --changed_since, every changed
     image that was not pinned anew); returns 1 if there was any."""
     scanned = in_background(lambda: scan_tree(root, registry))  # git grep reads every file meanwhile
-    findings = dockerfile_check(root, registry, images, graph)
+    dockerfiles, findings = read_dockerfiles(root, images)
+    checked, covered = dockerfile_check(registry, images, graph, dockerfiles)
+    findings += checked
     scan = scanned()
     findings += [Finding(path, 1, f"not checked: {why}", "unsafe-path") for path, why in scan.skipped]
     findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
@@ -3923,11 +4101,22 @@ def check(
             findings.append(Finding(WORKSPACE_PATH, 1, message, "unsafe-path"))
         elif WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in files:
             files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
-    findings += reference_findings(files, registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
+    found = {path: list(find_references(data, registry)) for path, data in files.items()}
+    references = reference_findings(
+        files, registry, images, prod_digests or {}, PROD_DIGESTS_PATH, graph, found, covered
+    )
+    allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
+    findings += [
+        finding for finding in references if finding.kind != "unpinned" or finding.path not in allowed
+    ]
+    referenced = referenced_images(found, files.get(WORKSPACE_PATH), image_url(registry, RBE_IMAGE))
+    findings += checklist_findings(images, registry, prod_digests, referenced, dockerfiles)
+    if set(images) == set(graph):
+        findings += folder_findings(dockerfile_folders(root), graph)
     if presubmit is not None:
         at_ref = prod_digests_at(root, presubmit.ref, registry)
         changed = [image for image in presubmit.changed if image in images]
-        findings += repin_findings(changed, prod_digests, at_ref, presubmit.ref)
+        findings += repin_findings(changed, prod_digests or {}, at_ref, presubmit.ref)
     if report is not None:
         report.findings = findings
     agree = f"the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
@@ -3950,32 +4139,55 @@ def print_findings(
     return 0
 
 
-def dockerfile_check(
-    root: Path, registry: str, images: Sequence[str], graph: Mapping[str, Sequence[str]]
-) -> list[Finding]:
-    findings: list[Finding] = []
+def read_dockerfiles(root: Path, images: Sequence[str]) -> tuple[dict[str, bytes | None], list[Finding]]:
+    """Each image's Dockerfile (None if it has none), and a finding for each one that is
+    not checked because it is reached through a symbolic link (left out of the first)."""
+    dockerfiles: dict[str, bytes | None] = {}
+    findings = []
     cache: dict[str, str] = {}
     for image in images:
         path = f"{DOCKER_DIR}/{image}/Dockerfile"
         problem = path_problem(root, path, cache)
         if problem:
             findings.append(Finding(path, 1, f"not checked: {problem}", "unsafe-path"))
+        else:
+            dockerfiles[image] = (root / path).read_bytes() if (root / path).is_file() else None
+    return dockerfiles, findings
+
+
+def dockerfile_check(
+    registry: str,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    dockerfiles: Mapping[str, bytes | None],
+) -> tuple[list[Finding], set[tuple[str, str]]]:
+    """The findings of each image's Dockerfile, and the (path, reference) of each unpinned parent."""
+    findings: list[Finding] = []
+    covered = set()
+    for image in images:
+        if image not in dockerfiles:  # not checked
             continue
-        data = (root / path).read_bytes() if (root / path).is_file() else None
+        path = f"{DOCKER_DIR}/{image}/Dockerfile"
+        data = dockerfiles[image]
         findings += dockerfile_findings(image, path, data, graph, registry)
-    return findings
+        if data is not None:
+            covered |= {
+                (path, parent.ref) for parent in registry_parents(data, registry) if not parent.digest
+            }
+    return findings, covered
 
 
 def prod_digests_check(
     root: Path, registry: str, graph: Mapping[str, Sequence[str]], scan: TreeScan
-) -> tuple[dict[str, str], list[Finding]]:
-    """The digests prod_digests.txt pins, and what is wrong with it (missing, unreadable, bad lines)."""
+) -> tuple[dict[str, str] | None, list[Finding]]:
+    """The digests prod_digests.txt pins (None if it is missing or unreadable), and what is
+    wrong with it (missing, unreadable, bad lines)."""
     if PROD_DIGESTS_PATH in scan.problems:
         message = f"cannot be read: {scan.problems[PROD_DIGESTS_PATH]}"
-        return {}, [Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path")]
+        return None, [Finding(PROD_DIGESTS_PATH, 1, message, "unsafe-path")]
     if not (root / PROD_DIGESTS_PATH).is_file():
         message = "missing: it must list REGISTRY/NAME@sha256:<digest> for every image CI uses"
-        return {}, [Finding(PROD_DIGESTS_PATH, 1, message, "missing")]
+        return None, [Finding(PROD_DIGESTS_PATH, 1, message, "missing")]
     data = (root / PROD_DIGESTS_PATH).read_bytes()
     return prod_digest_findings(data, PROD_DIGESTS_PATH, registry, graph)
 
@@ -4053,10 +4265,10 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--update_references",
         "--update-references",
         action="store_true",
-        help="Point every REGISTRY/NAME@sha256:... in the files git tracks at a digest the registry "
-        "serves for the image: its push's, or its pin's when the content is the same (and, for "
-        "rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to prod_digests.txt if "
-        "missing.",
+        help="Point every REGISTRY/NAME@sha256:... and REGISTRY/NAME:TAG@sha256:... in the files git "
+        "tracks at a digest the registry serves for the image: its push's, or its pin's when the content "
+        "is the same (and, for rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to "
+        "prod_digests.txt if missing.",
     )
 
 
@@ -4079,7 +4291,9 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="Report, as PATH:LINE: MESSAGE, every disagreement between the graph, "
         "the Dockerfiles' registry parents, the digest references and "
-        "prod_digests.txt; exit 1 if there is any. Needs no Docker; changes nothing.",
+        "prod_digests.txt, every reference not pinned by digest, and every image missing a "
+        "Dockerfile, a prod_digests.txt line or a use; exit 1 if there is any. Needs no Docker; "
+        "changes nothing.",
     )
     modes.add_argument(
         "--graph",
@@ -4293,8 +4507,11 @@ def dispatch(
     return run_steps(runner, images, graph, steps, schedule, command)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    graph = IMAGES_TO_DEPENDENCIES
+def main(
+    argv: Sequence[str] | None = None, graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES
+) -> int:
+    """The command line. `graph` is the image graph to work on: IMAGES_TO_DEPENDENCIES, or a
+    copy of it with an image added (the tests' way to try a new image in a scratch tree)."""
     try:
         validate_graph(graph)
     except ManageImagesError as error:
