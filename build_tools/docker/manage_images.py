@@ -46,6 +46,7 @@ See README.md for the workflows.
 from __future__ import annotations
 
 import argparse
+import codecs
 import collections
 import contextlib
 import fcntl
@@ -850,10 +851,21 @@ def parse_prod_digests(
     entries: list[ProdDigest] = []
     first: dict[str, ProdDigest] = {}
     findings = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        text = raw.decode("utf-8", "replace").strip()
+    # A UTF-8 byte-order mark (some editors save one) stays in the file and is no part of its first line.
+    lines = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    if lines.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\0" in lines:
+        message = "holds NUL bytes (it is UTF-16 text, or binary); save it as plain UTF-8 text"
+        return [], [Finding(path, line_at(data, max(data.find(b"\0"), 0)), message, "malformed")]
+    for number, raw in enumerate(lines.splitlines(), start=1):
+        problem = encoding_problem(raw)
+        if problem:
+            findings.append(
+                Finding(path, number, f"{problem}; save the file as plain UTF-8 text", "malformed")
+            )
+            continue
+        text = raw.decode().strip()
         url, at, digest = text.partition("@")
-        if not at or not url or not DIGEST_RE.match(digest):
+        if not at or not REGISTRY_RE.match(url) or not DIGEST_RE.match(digest):
             findings.append(
                 Finding(
                     path,
@@ -882,6 +894,17 @@ def parse_prod_digests(
                 Finding(path, number, f"duplicate line for {url} (first on line {earlier.line})", "duplicate")
             )
     return entries, findings
+
+
+def encoding_problem(line: bytes) -> str:
+    """Why a line of prod_digests.txt is not plain UTF-8 text, or ""."""
+    try:
+        text = line.decode()
+    except UnicodeDecodeError as error:
+        return f"the line is not UTF-8 (byte {error.start + 1} is {line[error.start]:#04x})"
+    if "\ufeff" in text:
+        return "the line holds a byte-order mark (U+FEFF), allowed only at the very start of the file"
+    return ""
 
 
 def pins_by_name(entries: Iterable[ProdDigest], registry: str) -> dict[str, str]:
@@ -1522,6 +1545,10 @@ class Console:
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
+        # Under any locale (Latin-1, ASCII): a character it cannot encode is printed as an escape.
+        reconfigure = getattr(out, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
         # Reentrant: a signal handler may print while the main thread prints.
         self._lock = threading.RLock()
 
