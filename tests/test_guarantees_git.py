@@ -209,17 +209,21 @@ def test_an_unwritable_git_directory_is_one_line_naming_the_lock_and_the_fix(use
     home.mkdir()
     os.chown(home, user.pw_uid, user.pw_gid)
     before = files(repo)
-    result = subprocess.run(
-        [shutil.which("python3", path=SYSTEM_PATH), str(SCRIPT), "--image", "cmake", "--only_references"],
-        cwd=repo,
-        env={"PATH": SYSTEM_PATH, "HOME": str(home), "LC_ALL": "C.UTF-8"},
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def as_user(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [shutil.which("python3", path=SYSTEM_PATH) or "python3", str(SCRIPT), *args],
+            cwd=repo,
+            env={"PATH": SYSTEM_PATH, "HOME": str(home), "LC_ALL": "C.UTF-8"},
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    result = as_user("--image", "cmake", "--only_references")
     lock = repo / ".git" / "manage_images.lock"
     assert result.returncode == 1
     assert result.stderr == (
@@ -228,6 +232,9 @@ def test_an_unwritable_git_directory_is_one_line_naming_the_lock_and_the_fix(use
         "permissions\n"
     )
     assert files(repo) == before
+    # What takes no lock still works.
+    checked = as_user("--check", "--image", "cmake")
+    assert checked.stderr == "" and "Checked 8 images" in checked.stdout
 
 
 def test_a_checkout_under_a_folder_name_that_is_not_utf8_works(tmp_path, standin, monkeypatch, capsys):
@@ -390,6 +397,17 @@ def test_workspace_bazel_wins_over_workspace_as_in_bazel(tree, standin, capsys):
     assert f"warning: not updating {ignored}\n" in capsys.readouterr().err
     assert mi.main(["--check", "--image", "rbe-toolchain"]) == 1
     assert [line for line in capsys.readouterr().out.splitlines() if "WORKSPACE" in line] == [ignored]
+
+
+def test_a_workspace_bazel_linked_to_workspace_makes_workspace_the_file_updated(tree, standin):
+    (tree / "WORKSPACE.bazel").symlink_to("WORKSPACE")
+    commit(tree)
+    standin.set(repo_digests=all_digests())
+    assert mi.main(["--image", "rbe-toolchain", "--update_references"]) == 0
+    assert (tree / "WORKSPACE").read_bytes() == WORKSPACE.replace(
+        b'digest = "' + D1.encode(), b'digest = "' + NEW.encode()
+    )
+    assert (tree / "WORKSPACE.bazel").is_symlink()
 
 
 def test_a_rule_in_a_file_workspace_loads_is_named(tree, standin, capsys):

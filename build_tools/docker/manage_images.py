@@ -1902,8 +1902,11 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
             problem = "git does not track it, and the tool edits tracked files only"
         if problem:
             problems[path] = problem
-    bazel = WORKSPACE_BAZEL_PATH in tracked or os.path.lexists(root / WORKSPACE_BAZEL_PATH)
-    workspace = WORKSPACE_BAZEL_PATH if bazel else WORKSPACE_PATH
+    # Bazel reads WORKSPACE.bazel when it exists; a link from it to WORKSPACE makes WORKSPACE the file.
+    bazel = root / WORKSPACE_BAZEL_PATH
+    linked = os.path.islink(bazel) and os.path.realpath(bazel) == os.path.realpath(root / WORKSPACE_PATH)
+    used = not linked and (WORKSPACE_BAZEL_PATH in tracked or os.path.lexists(bazel))
+    workspace = WORKSPACE_BAZEL_PATH if used else WORKSPACE_PATH
     return TreeScan(
         tuple(candidates), tuple(skipped), tuple(hidden), tracked, problems, tuple(untouched), workspace
     )
@@ -1938,7 +1941,7 @@ def untouched_file(
         )
         return Finding(relative, 1, message, "submodule")
     if assumed:
-        data = read_file(root / relative)
+        data = (root / relative).read_bytes()
         needle = f"{registry}/".encode()
         if needle not in data and b"\0".join(bytes([byte]) for byte in needle) not in data:
             return None
