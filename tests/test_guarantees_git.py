@@ -496,3 +496,20 @@ def test_a_git_ignored_file_in_a_build_context_counts_as_a_change(tree, capsys):
     assert [image["name"] for image in json.loads(out)["images"]] == mi.ordered_images_to_process(
         ["cmake"], GRAPH
     )
+
+
+@pytest.mark.parametrize(
+    "label, loaded",
+    [
+        ("//build_tools/bazel:rbe.bzl", ["build_tools/bazel/rbe.bzl"]),
+        ("@//build_tools/bazel:rbe.bzl", ["build_tools/bazel/rbe.bzl"]),
+        ("//:rbe.bzl", ["rbe.bzl"]),
+        ("//pkg:sub/rbe.bzl", ["pkg/sub/rbe.bzl"]),
+        (":rbe.bzl", ["third_party/rbe.bzl"]),
+        ("@bazel_toolchains//rules:rbe_repo.bzl", []),
+        ("//pkg", []),
+    ],
+)
+def test_workspace_loads_maps_labels_of_this_repository_to_paths(label, loaded):
+    data = f'load("{label}", "x")\n# load("//not:this.bzl", "y")\ns = \'load("//nor:this.bzl")\'\n'.encode()
+    assert mi.workspace_loads(data, "third_party/defs.bzl") == loaded
