@@ -376,7 +376,8 @@ def test_a_submodule_is_named_and_never_written_whatever_submodule_recurse_says(
     assert_named_never_written(tree, standin, capsys, "third_party/lib/ci/build.sh", why, "submodule")
 
 
-def test_workspace_bazel_wins_over_workspace_as_in_bazel(tree, standin, capsys):
+@pytest.mark.parametrize("mode", ["--update_references", "--only_references"])
+def test_workspace_bazel_wins_over_workspace_as_in_bazel(tree, standin, capsys, mode):
     write(tree, "WORKSPACE.bazel", WORKSPACE)
     prod = tree / PROD
     prod.write_bytes(prod.read_bytes() + ref("rbe-toolchain", OTHER) + b"\n")
@@ -389,7 +390,8 @@ def test_workspace_bazel_wins_over_workspace_as_in_bazel(tree, standin, capsys):
     )
     assert ignored in out.splitlines()
     standin.set(repo_digests=all_digests())
-    assert mi.main(["--image", "rbe-toolchain", "--update_references"]) == 0
+    prod.write_bytes(prod.read_bytes().replace(OTHER.encode(), NEW.encode()))  # what --only_references pins
+    assert mi.main(["--image", "rbe-toolchain", mode]) == 0
     assert (tree / "WORKSPACE.bazel").read_bytes() == WORKSPACE.replace(
         b'digest = "' + D1.encode(), b'digest = "' + NEW.encode()
     )
