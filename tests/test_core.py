@@ -186,7 +186,12 @@ def test_parse_prod_digests_entries_and_findings():
     ]
     expected = "expected REGISTRY/NAME@sha256:<64 lowercase hex>"
     assert findings == [
-        mi.Finding("prod.txt", 2, f"malformed line '\ufffd@garbage': {expected}", "malformed"),
+        mi.Finding(
+            "prod.txt",
+            2,
+            "the line is not UTF-8 (byte 1 is 0xff); save the file as plain UTF-8 text",
+            "malformed",
+        ),
         mi.Finding("prod.txt", 3, f"malformed line '@{D1}': {expected}", "malformed"),
         mi.Finding("prod.txt", 4, f"malformed line 'x@y@{D1}': {expected}", "malformed"),
         mi.Finding("prod.txt", 6, "duplicate line for gcr.io/iree-oss/base (first on line 1)", "duplicate"),

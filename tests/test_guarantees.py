@@ -502,7 +502,9 @@ def test_a_git_grep_error_is_not_ignored(tree, standin, capsys):
     standin.set(repo_digests=all_digests())
     assert mi.main(["--image", "cmake", "--update_references"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("`git grep -l -z -I -F -e gcr.io/iree-oss/ --` failed in ")
+    assert err.startswith(
+        "`git grep -l -z --no-color --no-textconv --recurse-submodules -e gcr.io/iree-oss/` failed in "
+    )
     assert "sub/pin.txt" in err and err.endswith("fix the cause and run again\n")
     assert mi.main(["--check", "--image", "cmake"]) == 1
 
@@ -638,7 +640,7 @@ def test_output_of_docker_inspect_that_is_not_json_fails_the_image_with_a_summar
 def test_a_git_that_hangs_times_out_with_one_line(tree, standin, monkeypatch, capsys):
     slow_git = Path(standin.bin) / "git"
     slow_git.write_text(
-        f'#!/bin/sh\ncase "$3" in grep) exec {shutil.which("sleep", path=SYSTEM_PATH)} 30;; esac\nexec {shutil.which("git", path=SYSTEM_PATH)} "$@"\n'
+        f'#!/bin/sh\ncase " $* " in *" grep "*) exec {shutil.which("sleep", path=SYSTEM_PATH)} 30;; esac\nexec {shutil.which("git", path=SYSTEM_PATH)} "$@"\n'
     )
     slow_git.chmod(0o755)
     monkeypatch.setattr(mi, "COMMAND_TIMEOUT", 1)

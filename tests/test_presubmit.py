@@ -117,8 +117,9 @@ def test_changed_since_is_one_diff_per_run_not_one_per_image(world, monkeypatch)
     for image in GRAPH:
         (world / DOCKER / image / "stamp").write_text(f"{image} 2\n")
     assert mi.main(["--changed_since", "HEAD", "--graph"]) == 0
+    diff = ("diff", "--name-only", "--no-renames", "--no-ext-diff", "--no-textconv", "--no-color", "-z")
     assert [argv for argv in calls if "diff" in argv] == [
-        ("git", "-C", str(world), "diff", "--name-only", "--no-renames", "-z", "HEAD", "--", f"{DOCKER}/")
+        mi.git_argv(world, *diff, "HEAD", "--", f"{DOCKER}/")
     ]
     assert len(calls) <= 4
 

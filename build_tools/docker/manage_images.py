@@ -46,6 +46,7 @@ See README.md for the workflows.
 from __future__ import annotations
 
 import argparse
+import codecs
 import collections
 import contextlib
 import fcntl
@@ -84,9 +85,41 @@ DEFAULT_TAG = "latest"
 DOCKER_DIR = "build_tools/docker"
 PROD_DIGESTS_PATH = f"{DOCKER_DIR}/prod_digests.txt"
 WORKSPACE_PATH = "WORKSPACE"
+# Bazel reads this one instead of WORKSPACE when both exist.
+WORKSPACE_BAZEL_PATH = "WORKSPACE.bazel"
 RBE_IMAGE = "rbe-toolchain"
 LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
 COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
+# Options on every git call, so no user configuration changes what git prints:
+# no pager, no colour, paths unquoted, never into submodules unless asked.
+GIT_OPTIONS = (
+    "--no-pager",
+    "-c",
+    "color.ui=never",
+    "-c",
+    "core.quotePath=false",
+    "-c",
+    "submodule.recurse=false",
+)
+# git's variables that would point it at another repository, index or object
+# store than the work tree the tool chose (--repo_root, or the current folder's).
+GIT_REPOSITORY_VARIABLES = frozenset(
+    (
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_COMMON_DIR",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_NAMESPACE",
+        "GIT_PREFIX",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_SHALLOW_FILE",
+        "GIT_GRAFT_FILE",
+    )
+)
+# git decides a file is binary by a NUL byte among its first bytes; so does the tool.
+BINARY_PEEK = 8000
 
 # Map from image names to the images they are built from. Keep this in
 # agreement with the Dockerfiles' FROM and COPY --from lines.
@@ -300,6 +333,10 @@ FindingKind = Literal[
     "not-re-pinned",
     "unpinned",
     "unreferenced",
+    "binary",
+    "encoding",
+    "assume-unchanged",
+    "submodule",
 ]
 
 
@@ -423,6 +460,8 @@ class TreeScan(NamedTuple):
     hidden: tuple[str, ...]  # outside the sparse checkout, yet naming it in the index
     tracked: frozenset[str]  # which of WORKSPACE and prod_digests.txt git tracks
     problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
+    untouched: tuple[Finding, ...] = ()  # tracked files naming it that are named, never rewritten
+    workspace: str = WORKSPACE_PATH  # the file Bazel reads: WORKSPACE.bazel when it exists
 
 
 class Reference(NamedTuple):
@@ -875,10 +914,45 @@ def rewrite_workspace(data: bytes, url: str, digest: str, path: str = WORKSPACE_
     return data, len(rules)
 
 
-def workspace_findings(data: bytes, url: str, pinned: str | None, prod_path: str) -> list[Finding]:
+def workspace_loads(data: bytes, path: str) -> list[str]:
+    """The files of this repository that a WORKSPACE or .bzl file at `path`
+    loads: `load("//pkg:defs.bzl", ...)` is `pkg/defs.bzl`, `load(":defs.bzl", ...)`
+    is beside `path`. Another repository's labels (`@name//...`) are left out,
+    and so is everything when the file does not parse."""
+    import ast
+
+    try:
+        tree = ast.parse(data.decode("utf-8"), filename=path)
+    except (UnicodeDecodeError, SyntaxError, ValueError):
+        return []
+    loaded = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "load"):
+            continue
+        if (
+            not node.args
+            or not isinstance(node.args[0], ast.Constant)
+            or not isinstance(node.args[0].value, str)
+        ):
+            continue
+        label = node.args[0].value.removeprefix("@")
+        if label.startswith("//"):
+            package, _, name = label[2:].partition(":")
+        elif label.startswith(":"):
+            package, name = path.rpartition("/")[0], label[1:]
+        else:
+            continue
+        if name:
+            loaded.append("/".join(part for part in (package, name) if part))
+    return loaded
+
+
+def workspace_findings(
+    data: bytes, url: str, pinned: str | None, prod_path: str, path: str = WORKSPACE_PATH
+) -> list[Finding]:
     """What is wrong with the rbe_autoconfig rule that pins `url`."""
     try:
-        rules = rules_naming(parse_rbe_rules(data), url)
+        rules = rules_naming(parse_rbe_rules(data, path), url, path)
     except WorkspaceError as error:
         return [Finding(error.path, error.line, error.message, "workspace")]
     findings = []
@@ -886,13 +960,13 @@ def workspace_findings(data: bytes, url: str, pinned: str | None, prod_path: str
         digest = rule.digest or ""
         if not DIGEST_RE.match(digest):
             message = f"rbe_autoconfig digest {digest!r} is not a well-formed digest (sha256: and 64 lowercase hex digits)"
-            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "malformed"))
+            findings.append(Finding(path, rule.digest_line, message, "malformed"))
         elif pinned is None:
             message = f"rbe_autoconfig pins {url}, which is not listed in {prod_path}"
-            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "unlisted"))
+            findings.append(Finding(path, rule.digest_line, message, "unlisted"))
         elif digest != pinned:
             message = f"rbe_autoconfig digest {digest[:19]} differs from {prod_path} ({pinned[:19]})"
-            findings.append(Finding(WORKSPACE_PATH, rule.digest_line, message, "stale"))
+            findings.append(Finding(path, rule.digest_line, message, "stale"))
     return findings
 
 
@@ -911,10 +985,21 @@ def parse_prod_digests(
     entries: list[ProdDigest] = []
     first: dict[str, ProdDigest] = {}
     findings = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        text = raw.decode("utf-8", "replace").strip()
+    # A UTF-8 byte-order mark (some editors save one) stays in the file and is no part of its first line.
+    lines = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    if lines.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\0" in lines:
+        message = "holds NUL bytes (it is UTF-16 text, or binary); save it as plain UTF-8 text"
+        return [], [Finding(path, line_at(data, max(data.find(b"\0"), 0)), message, "malformed")]
+    for number, raw in enumerate(lines.splitlines(), start=1):
+        problem = encoding_problem(raw)
+        if problem:
+            findings.append(
+                Finding(path, number, f"{problem}; save the file as plain UTF-8 text", "malformed")
+            )
+            continue
+        text = raw.decode().strip()
         url, at, digest = text.partition("@")
-        if not at or not url or not DIGEST_RE.match(digest):
+        if not at or not REGISTRY_RE.match(url) or not DIGEST_RE.match(digest):
             findings.append(
                 Finding(
                     path,
@@ -943,6 +1028,17 @@ def parse_prod_digests(
                 Finding(path, number, f"duplicate line for {url} (first on line {earlier.line})", "duplicate")
             )
     return entries, findings
+
+
+def encoding_problem(line: bytes) -> str:
+    """Why a line of prod_digests.txt is not plain UTF-8 text, or ""."""
+    try:
+        text = line.decode()
+    except UnicodeDecodeError as error:
+        return f"the line is not UTF-8 (byte {error.start + 1} is {line[error.start]:#04x})"
+    if "\ufeff" in text:
+        return "the line holds a byte-order mark (U+FEFF), allowed only at the very start of the file"
+    return ""
 
 
 def pins_by_name(entries: Iterable[ProdDigest], registry: str) -> dict[str, str]:
@@ -1158,11 +1254,13 @@ def reference_findings(
     graph: Mapping[str, Sequence[str]],
     found: Mapping[str, Sequence[Reference]] | None = None,
     covered: Container[tuple[str, str]] = (),
+    workspace: str = WORKSPACE_PATH,
 ) -> list[Finding]:
-    """References (and the WORKSPACE rule) that disagree with prod_digests.txt,
-    and references that are not pinned; `found` holds each file's references
-    if the caller has them already, `covered` the (path, reference) of each
-    unpinned Dockerfile parent, a finding of its own already.
+    """References (and the rule in `workspace`, the WORKSPACE Bazel reads) that
+    disagree with prod_digests.txt, and references that are not pinned; `found`
+    holds each file's references if the caller has them already, `covered` the
+    (path, reference) of each unpinned Dockerfile parent, a finding of its own
+    already.
 
     With every image selected, references to images outside the graph are
     compared too, so a stale pin of an image the graph dropped is seen.
@@ -1188,9 +1286,9 @@ def reference_findings(
                 finding = _unpinned_finding(path, data, reference, registry)
             if finding:
                 findings.append(Finding(path, lines.line_at(reference.start), *finding))
-        if path == WORKSPACE_PATH and RBE_IMAGE in selected:
+        if path == workspace and RBE_IMAGE in selected:
             url = image_url(registry, RBE_IMAGE)
-            findings += workspace_findings(data, url, prod_digests.get(RBE_IMAGE), prod_path)
+            findings += workspace_findings(data, url, prod_digests.get(RBE_IMAGE), prod_path, workspace)
     return findings
 
 
@@ -1636,6 +1734,38 @@ def repo_digest_among(output: str, url: str, tag: str) -> str | None:
     return None
 
 
+def git_argv(root: Path, *args: str) -> tuple[str, ...]:
+    """`git ARGS` in the work tree `root`, with the options no user configuration overrides."""
+    return ("git", *GIT_OPTIONS, "-C", str(root), *args)
+
+
+def git_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of every git call: `environ` without the variables that
+    would redirect git to another repository, and git's messages in English
+    (the C locale passes file names through as bytes)."""
+    env = {name: value for name, value in environ.items() if name not in GIT_REPOSITORY_VARIABLES}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def registry_grep_pattern(registry: str) -> str:
+    """The Perl regex `git grep -P` finds `REGISTRY/` with, in UTF-8 (ASCII)
+    text and in UTF-16 text of either byte order (the name's bytes with NULs
+    between them), every byte escaped."""
+    needle = f"{registry}/".encode()
+    ascii_form = "".join(f"\\x{byte:02x}" for byte in needle)
+    utf16_form = "\\x00".join(f"\\x{byte:02x}" for byte in needle)
+    return f"{ascii_form}|{utf16_form}"
+
+
+def git_failure(stderr: bytes) -> str:
+    """What git's own messages say went wrong: its `error:` and `fatal:` lines,
+    joined; "" when it said nothing but warnings (or traces)."""
+    lines = stderr.decode("utf-8", "replace").splitlines()
+    said = [" ".join(line.split()) for line in lines if line.startswith(("error:", "fatal:"))]
+    return "; ".join(dict.fromkeys(said))
+
+
 def gcloud_argv(registry: str) -> tuple[str, ...]:
     host = registry.split("/", 1)[0]
     if host == "gcr.io":
@@ -1819,6 +1949,10 @@ class Console:
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
+        # Under any locale (Latin-1, ASCII): a character it cannot encode is printed as an escape.
+        reconfigure = getattr(out, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
         # Reentrant: a signal handler may print while the main thread prints.
         self._lock = threading.RLock()
 
@@ -1970,55 +2104,119 @@ def capture(
     )
 
 
+def git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Runs a read-only git command in `root`, asked as `git_argv` and `git_environment` say."""
+    return capture_bytes(git_argv(root, *args), env=git_environment(os.environ))
+
+
 def find_repo_root(start: Path) -> Path:
-    """The top of the git work tree holding `start`."""
-    result = capture(("git", "-C", str(start), "rev-parse", "--show-toplevel"))
+    """The top of the git work tree holding `start`, whatever GIT_DIR says;
+    git's own refusal (a repository owned by another user) passed on with its fix."""
+    result = git(start, "rev-parse", "--show-toplevel", "--absolute-git-dir")
     if result.returncode != 0:
-        raise ManageImagesError(
-            f"{start} is not inside a git work tree: run from the repository or pass --repo_root"
-        )
-    return Path(result.stdout.rstrip("\n"))
+        raise ManageImagesError(repository_refusal(str(start), result.stderr))
+    top, git_dir = (os.fsdecode(line) for line in result.stdout.split(b"\n")[:2])
+    for name, found in (("GIT_DIR", git_dir), ("GIT_WORK_TREE", top)):
+        value = os.environ.get(name)
+        if value is not None and os.path.realpath(value) != os.path.realpath(found):
+            print(
+                f"warning: ignoring {name}={shown(value)}: the tool works on the repository at "
+                f"{shown(top)} (--repo_root, or the one holding the current folder)",
+                file=sys.stderr,
+            )
+    return Path(top)
 
 
-def git_lines(root: Path, *args: str, ok: tuple[int, ...] = (0,), prefix: bytes = b"") -> list[str]:
-    """The NUL-separated paths a git command prints (those starting with
-    `prefix`, without it), as str that round-trip to the bytes.
+def repository_refusal(start: str, stderr: bytes) -> str:
+    """The one line for git refusing to find a repository from `start`."""
+    text = stderr.decode("utf-8", "replace")
+    if "not a git repository" in text:
+        return f"{shown(start)} is not inside a git work tree: run from the repository or pass --repo_root"
+    reason = git_failure(stderr).replace("fatal: ", "") or " ".join(text.split()) or "no reason given"
+    fixes = [line.strip() for line in text.splitlines() if line.strip().startswith("git config ")]
+    fix = f"if you trust it, run `{fixes[0]}` (or run as its owner)" if fixes else "fix that and run again"
+    return f"git refuses to work in {shown(start)}: {reason}; {fix}"
 
-    Any message on stderr is an error: `git grep` reports a file it cannot
-    read there and still exits 0, and a file it skipped must not be missed.
+
+def git_output(root: Path, *args: str, ok: tuple[int, ...] = (0,), shown_as: str = "") -> bytes:
+    """What a git command prints on stdout (`shown_as`: the command as an error names it).
+
+    git's exit status decides, and its `error:` and `fatal:` lines: `git
+    grep` reports a file it cannot read only with one, and still exits 0, and
+    a file it skipped must not be missed. Warnings (line ends that
+    `core.autocrlf` would change) and traces (GIT_TRACE) are not failures.
     """
-    argv = ("git", "-C", str(root), *args)
-    result = capture_bytes(argv)
-    if result.returncode not in ok or result.stderr.strip():
-        said = " ".join(result.stderr.decode("utf-8", "replace").split()) or f"exit code {result.returncode}"
+    result = git(root, *args)
+    failure = git_failure(result.stderr)
+    if result.returncode not in ok or failure:
+        said = failure or " ".join(result.stderr.decode("utf-8", "replace").split())
         raise ManageImagesError(
-            f"`git {format_command(argv[3:])}` failed in {shown(str(root))}: {said}; fix the cause and run again"
+            f"`{shown_as or format_command(('git', *args))}` failed in {shown(str(root))}: "
+            f"{said or f'exit code {result.returncode}'}; fix the cause and run again"
         )
-    return [
-        os.fsdecode(path[len(prefix) :])
-        for path in result.stdout.split(b"\0")
-        if path.startswith(prefix) and path
-    ]
+    return result.stdout
+
+
+def git_lines(root: Path, *args: str, ok: tuple[int, ...] = (0,), shown_as: str = "") -> list[str]:
+    """The NUL-separated paths a git command prints, as str that round-trip to the bytes."""
+    output = git_output(root, *args, ok=ok, shown_as=shown_as)
+    return [os.fsdecode(path) for path in output.split(b"\0") if path]
+
+
+def grep_registry(root: Path, registry: str, *options: str) -> list[str]:
+    """The tracked files that name `REGISTRY/`, in UTF-8 or UTF-16 text or in
+    binary data, populated submodules included (`options`: `--cached`)."""
+    args = ("grep", *options, "-l", "-z", "--no-color", "--no-textconv", "--recurse-submodules")
+    what = format_command(("git", *args, "-e", f"{registry}/"))
+    try:
+        pattern = registry_grep_pattern(registry)
+        return git_lines(root, *args, "-P", "-e", pattern, "--", ok=(0, 1), shown_as=what)
+    except ManageImagesError as error:
+        if "Perl-compatible" not in str(error):
+            raise
+    print(
+        "warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched",
+        file=sys.stderr,
+    )
+    return git_lines(root, *args, "-F", "-e", f"{registry}/", "--", ok=(0, 1), shown_as=what)
+
+
+# An index entry of `git ls-files -v -z` marked skip-worktree (S, s) or assume-unchanged (lower case).
+_MARKED_RE = re.compile(rb"(?<![^\0])([Sa-z]) ([^\0]+)")
+
+
+def index_marks(root: Path) -> tuple[list[str], list[str]]:
+    """The tracked files marked skip-worktree (a sparse checkout hides them),
+    and those marked assume-unchanged, from one listing of the index
+    (filtered as bytes: decoding 100,000 names to keep none costs more than the git call)."""
+    sparse: list[str] = []
+    assumed: list[str] = []
+    for tag, path in _MARKED_RE.findall(git_output(root, "ls-files", "-v", "-z")):
+        (sparse if tag in b"Ss" else assumed).append(os.fsdecode(path))
+    return sparse, assumed
 
 
 def changed_images(root: Path, ref: str, graph: Mapping[str, Sequence[str]]) -> list[str]:
     """The images whose build context differs between `ref` and the work tree:
-    committed or not, added, deleted or renamed files, untracked ones included.
-    A fixed number of git calls, whatever the number of images."""
-    verified = capture(("git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
+    committed or not, added, deleted or renamed files, untracked ones included,
+    git-ignored ones too (docker sends them: git cannot tell whether they
+    changed, so they count as a change). A fixed number of git calls,
+    whatever the number of images."""
+    verified = git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     if verified.returncode != 0:
         raise UsageError(
             f"--changed_since: git knows no revision {ref!r} in {shown(str(root))}; fetch it or fix the name"
         )
     folder = f"{DOCKER_DIR}/"
-    paths = git_lines(root, "diff", "--name-only", "--no-renames", "-z", ref, "--", folder)
-    paths += git_lines(root, "ls-files", "--others", "--exclude-standard", "-z", "--", folder)
+    diff = ("diff", "--name-only", "--no-renames", "--no-ext-diff", "--no-textconv", "--no-color", "-z")
+    paths = git_lines(root, *diff, ref, "--", folder)
+    paths += git_lines(root, "ls-files", "--others", "-z", "--", folder)
     return images_in_paths(paths, graph)
 
 
 def prod_digests_at(root: Path, ref: str, registry: str) -> dict[str, str]:
     """image -> digest, as prod_digests.txt said at `ref` (empty if it had none)."""
-    result = capture_bytes(("git", "-C", str(root), "show", f"{ref}:{PROD_DIGESTS_PATH}"))
+    result = git(root, "cat-file", "blob", f"{ref}:{PROD_DIGESTS_PATH}")
     if result.returncode != 0:
         return {}
     return pins_by_name(parse_prod_digests(result.stdout, PROD_DIGESTS_PATH, registry)[0], registry)
@@ -2108,50 +2306,35 @@ def in_parallel(*calls: Callable[[], T]) -> list[T]:
     return [wait() for wait in waits]
 
 
-def index_may_hide(root: Path) -> bool:
-    """False when git's index can mark no file skip-worktree (outside a sparse
-    checkout): that mark needs index version 3 or 4, to which git moves the
-    index when it first marks one. The usual version 2 index then spares a
-    `git ls-files -t` that lists every tracked file. A split index (its
-    entries partly in a shared file of their own version) is always asked."""
-    if "GIT_DIR" in os.environ or "GIT_INDEX_FILE" in os.environ:
-        return True
-    git_dir = root / ".git"
-    try:
-        with open(git_dir / "index", "rb") as index:
-            header = index.read(8)
-        split = any(name.startswith("sharedindex.") for name in os.listdir(git_dir))
-    except OSError:  # .git is a file (a worktree, a submodule), or no index yet: ask git
-        return True
-    return split or header != b"DIRC\0\0\0\2"
-
-
 def scan_tree(root: Path, registry: str) -> TreeScan:
-    needle = f"{registry}/"
-    special = (WORKSPACE_PATH, PROD_DIGESTS_PATH)
+    special = (WORKSPACE_PATH, WORKSPACE_BAZEL_PATH, PROD_DIGESTS_PATH)
     # Independent git calls at once: the grep reads every file, the others
     # only the index.
-    named, sparse_list, tracked_list = in_parallel(
-        lambda: git_lines(root, "grep", "-l", "-z", "-I", "-F", "-e", needle, "--", ok=(0, 1)),
-        # Filtered as bytes: decoding 100,000 names to keep none costs more than the git call.
-        lambda: git_lines(root, "ls-files", "-t", "-z", prefix=b"S ") if index_may_hide(root) else [],
-        lambda: git_lines(root, "ls-files", "-z", "--", *special),
-    )
+    marks = in_background(lambda: index_marks(root))
+    tracked_list = in_background(lambda: git_lines(root, "ls-files", "-z", "--", *special))
+    named = grep_registry(root, registry)
+    sparse_list, assumed = marks()
     cache: dict[str, str] = {}
-    candidates, skipped = [], []
-    for path in named:
+    candidates, skipped, untouched = [], [], []
+    folders: dict[str, str] = {}
+    listed, marked = set(named), set(assumed)
+    for path in named + [path for path in assumed if path not in listed]:
         problem = path_problem(root, path, cache)
         if problem:
             skipped.append((path, problem))
-        else:
+            continue
+        finding = untouched_file(root, path, registry, folders, path in marked)
+        if finding is not None:
+            untouched.append(finding)
+        elif path in listed:
             candidates.append(path)
     hidden: list[str] = []
     sparse = set(sparse_list)
     if sparse:
         # git grep skips what a sparse checkout hides; read the index instead.
-        in_index = git_lines(root, "grep", "--cached", "-l", "-z", "-I", "-F", "-e", needle, "--", ok=(0, 1))
+        in_index = grep_registry(root, registry, "--cached")
         hidden = [path for path in in_index if path in sparse]
-    tracked = frozenset(tracked_list) - sparse
+    tracked = frozenset(tracked_list()) - sparse
     problems = {}
     for path in special:
         problem = path_problem(root, path, cache)
@@ -2159,7 +2342,70 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
             problem = "git does not track it, and the tool edits tracked files only"
         if problem:
             problems[path] = problem
-    return TreeScan(tuple(candidates), tuple(skipped), tuple(hidden), tracked, problems)
+    # Bazel reads WORKSPACE.bazel when it exists; a link from it to WORKSPACE makes WORKSPACE the file.
+    bazel = root / WORKSPACE_BAZEL_PATH
+    linked = os.path.islink(bazel) and os.path.realpath(bazel) == os.path.realpath(root / WORKSPACE_PATH)
+    used = not linked and (WORKSPACE_BAZEL_PATH in tracked or os.path.lexists(bazel))
+    workspace = WORKSPACE_BAZEL_PATH if used else WORKSPACE_PATH
+    return TreeScan(
+        tuple(candidates), tuple(skipped), tuple(hidden), tracked, problems, tuple(untouched), workspace
+    )
+
+
+def submodule_of(root: Path, relative: str, folders: dict[str, str]) -> str:
+    """The submodule (a folder holding `.git`) whose work tree holds `relative`, or ""."""
+    parts = relative.split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:depth])
+        if prefix not in folders:
+            folders[prefix] = prefix if os.path.lexists(root / prefix / ".git") else ""
+        if folders[prefix]:
+            return folders[prefix]
+    return ""
+
+
+def untouched_file(
+    root: Path, relative: str, registry: str, folders: dict[str, str], assumed: bool
+) -> Finding | None:
+    """Why a tracked regular file that may name the registry is never rewritten
+    (it is in a submodule, marked assume-unchanged, binary or UTF-16), or None.
+
+    An assume-unchanged file `git grep` did not list may still name it in the
+    work tree (git greps its staged copy): it is read to know.
+    """
+    submodule = submodule_of(root, relative, folders)
+    if submodule:
+        message = (
+            f"it is in the submodule {shown(submodule)}, and the tool never writes inside a submodule; "
+            "update it in that repository, then commit the new submodule commit here"
+        )
+        return Finding(relative, 1, message, "submodule")
+    if assumed:
+        data = (root / relative).read_bytes()
+        needle = f"{registry}/".encode()
+        if needle not in data and b"\0".join(bytes([byte]) for byte in needle) not in data:
+            return None
+        message = (
+            "git marks it assume-unchanged, so git would never see the tool's change to it; run "
+            f"`git update-index --no-assume-unchanged {shown(relative)}`, then run again"
+        )
+        return Finding(relative, 1, message, "assume-unchanged")
+    with open(root / relative, "rb") as file:
+        head = file.read(BINARY_PEEK)
+    # UTF-16: a byte-order mark, or text whose every other byte is mostly NUL.
+    if (
+        head.startswith((b"\xff\xfe", b"\xfe\xff"))
+        or max(head[::2].count(0), head[1::2].count(0)) * 8 > len(head) * 3
+    ):
+        message = "it is UTF-16 text, which the tool cannot rewrite byte for byte; save it as UTF-8"
+        return Finding(relative, 1, message, "encoding")
+    if b"\0" in head:
+        message = (
+            f"git takes it for binary data (a NUL byte in its first {BINARY_PEEK} bytes), which the tool "
+            "never rewrites (a digest inside may be covered by a checksum); update it by hand"
+        )
+        return Finding(relative, 1, message, "binary")
+    return None
 
 
 def unwritable_reason(path: Path) -> str | None:
@@ -2197,12 +2443,16 @@ class RepositoryLock:
 
     @classmethod
     def acquire(cls, root: Path, command: str, console: Console) -> RepositoryLock:
-        (relative,) = capture(
-            ("git", "-C", str(root), "rev-parse", "--git-path", LOCK_NAME)
-        ).stdout.splitlines()
-        path = root / relative
+        path = root / os.fsdecode(git_output(root, "rev-parse", "--git-path", LOCK_NAME).rstrip(b"\n"))
         while True:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as error:
+                raise ManageImagesError(
+                    f"cannot create the repository lock {shown(str(path))}: {error.strerror}; every run that "
+                    "changes files takes it in the git directory, so run as a user who may write there "
+                    "(the checkout's owner) or fix its permissions"
+                ) from None
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -3602,19 +3852,17 @@ def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence
 def update_workspace(runner: Runner, edits: Edits, image: str, digest: str | None) -> None:
     """Adds to `edits` the new digest of the rbe_autoconfig rule that pins IMAGE."""
     scan = edits.files.scan
+    path = scan.workspace
     url = image_url(runner.settings.registry, image)
-    runner.say(f"Updating WORKSPACE file for {RBE_IMAGE}", image)
-    if WORKSPACE_PATH in scan.problems or WORKSPACE_PATH not in scan.tracked:
-        runner.say(
-            f"Not updating {WORKSPACE_PATH}: {scan.problems.get(WORKSPACE_PATH, 'git does not track it')}",
-            image,
-        )
+    runner.say(f"Updating {path} file for {RBE_IMAGE}", image)
+    if path in scan.problems or path not in scan.tracked:
+        runner.say(f"Not updating {path}: {scan.problems.get(path, 'git does not track it')}", image)
         return
-    rules = rules_naming(parse_rbe_rules(edits.read(WORKSPACE_PATH)), url)
+    rules = rules_naming(parse_rbe_rules(edits.read(path), path), url, path)
     if not rules:
-        runner.say(f"{WORKSPACE_PATH} has no rbe_autoconfig rule for {url}", image)
+        runner.say(f"{path} has no rbe_autoconfig rule for {url}", image)
     elif digest is not None:
-        edits.edit(WORKSPACE_PATH, lambda data: rewrite_workspace(data, url, digest)[0])
+        edits.edit(path, lambda data: rewrite_workspace(data, url, digest, path)[0])
 
 
 def update_references(
@@ -3675,6 +3923,46 @@ def sparse_message(registry: str) -> str:
     )
 
 
+def rules_elsewhere(root: Path, scan: TreeScan, registry: str) -> list[Finding]:
+    """The rbe_autoconfig rules for rbe-toolchain the tool does not update: in
+    a file that the WORKSPACE Bazel reads loads (at any depth), and in
+    WORKSPACE when Bazel reads WORKSPACE.bazel instead."""
+    url = image_url(registry, RBE_IMAGE)
+
+    def rules_in(path: str) -> tuple[list[RbeRule], bytes]:
+        if path_problem(root, path) or not (root / path).is_file():
+            return [], b""
+        data = (root / path).read_bytes()
+        try:
+            return [rule for rule in parse_rbe_rules(data, path) if rule.url in (url, None)], data
+        except WorkspaceError:
+            return [], data
+
+    findings = []
+    if scan.workspace == WORKSPACE_BAZEL_PATH:
+        for rule in rules_in(WORKSPACE_PATH)[0]:
+            message = (
+                f"Bazel reads {WORKSPACE_BAZEL_PATH}, not this file, so its rbe_autoconfig rule for {url} "
+                "is never updated; delete the rule (or the file)"
+            )
+            findings.append(Finding(WORKSPACE_PATH, rule.line, message, "workspace"))
+    seen, queue = {scan.workspace}, [scan.workspace]
+    while queue:
+        path = queue.pop(0)
+        rules, data = rules_in(path)
+        for rule in rules if path != scan.workspace else []:
+            message = (
+                f"an rbe_autoconfig rule for {url} in a file {scan.workspace} loads, and the tool updates only "
+                f"the rule in {scan.workspace}; move the rule there, or update its digest by hand"
+            )
+            findings.append(Finding(path, rule.line, message, "workspace"))
+        for loaded in workspace_loads(data, path):
+            if loaded not in seen:
+                seen.add(loaded)
+                queue.append(loaded)
+    return findings
+
+
 def read_prod_digests(root: Path, scan: TreeScan) -> list[ProdDigest]:
     """The entries of prod_digests.txt (none if it is missing); an error if it cannot be used."""
     if PROD_DIGESTS_PATH in scan.problems:
@@ -3710,9 +3998,15 @@ def preflight_rewrite(settings: Settings, images: Sequence[str]) -> TreeScan:
         )
     for path, why in scan.skipped:
         print(f"warning: not updating {shown(path)}: {why}", file=sys.stderr)
-    if RBE_IMAGE in images and WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in scan.problems:
-        data = (settings.root / WORKSPACE_PATH).read_bytes()
-        rules_naming(parse_rbe_rules(data), image_url(settings.registry, RBE_IMAGE))
+    for finding in scan.untouched:
+        print(f"warning: not updating {shown(finding.path)}: {finding.message}", file=sys.stderr)
+    workspace = scan.workspace
+    if RBE_IMAGE in images and workspace in scan.tracked and workspace not in scan.problems:
+        data = (settings.root / workspace).read_bytes()
+        rules_naming(parse_rbe_rules(data, workspace), image_url(settings.registry, RBE_IMAGE), workspace)
+    if RBE_IMAGE in images:
+        for finding in rules_elsewhere(settings.root, scan, settings.registry):
+            print(f"warning: not updating {finding}", file=sys.stderr)
     return scan
 
 
@@ -4091,25 +4385,28 @@ def check(
     findings += checked
     scan = scanned()
     findings += [Finding(path, 1, f"not checked: {why}", "unsafe-path") for path, why in scan.skipped]
+    findings += [finding._replace(message=f"not checked: {finding.message}") for finding in scan.untouched]
     findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
     prod_digests, prod_findings = prod_digests_check(root, registry, graph, scan)
     findings += prod_findings
     files = {path: (root / path).read_bytes() for path in scan.candidates}
+    workspace = scan.workspace
     if RBE_IMAGE in images:
-        if WORKSPACE_PATH in scan.problems:
-            message = f"not checked: {scan.problems[WORKSPACE_PATH]}"
-            findings.append(Finding(WORKSPACE_PATH, 1, message, "unsafe-path"))
-        elif WORKSPACE_PATH in scan.tracked and WORKSPACE_PATH not in files:
-            files[WORKSPACE_PATH] = (root / WORKSPACE_PATH).read_bytes()
+        if workspace in scan.problems:
+            message = f"not checked: {scan.problems[workspace]}"
+            findings.append(Finding(workspace, 1, message, "unsafe-path"))
+        elif workspace in scan.tracked and workspace not in files:
+            files[workspace] = (root / workspace).read_bytes()
+        findings += rules_elsewhere(root, scan, registry)
     found = {path: list(find_references(data, registry)) for path, data in files.items()}
     references = reference_findings(
-        files, registry, images, prod_digests or {}, PROD_DIGESTS_PATH, graph, found, covered
+        files, registry, images, prod_digests or {}, PROD_DIGESTS_PATH, graph, found, covered, workspace
     )
     allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
     findings += [
         finding for finding in references if finding.kind != "unpinned" or finding.path not in allowed
     ]
-    referenced = referenced_images(found, files.get(WORKSPACE_PATH), image_url(registry, RBE_IMAGE))
+    referenced = referenced_images(found, files.get(workspace), image_url(registry, RBE_IMAGE))
     findings += checklist_findings(images, registry, prod_digests, referenced, dockerfiles)
     if set(images) == set(graph):
         findings += folder_findings(dockerfile_folders(root), graph)
