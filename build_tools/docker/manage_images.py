@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import errno
 import fcntl
 import graphlib
 import os
@@ -84,6 +85,8 @@ WORKSPACE_PATH = "WORKSPACE"
 RBE_IMAGE = "rbe-toolchain"
 LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
 COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
+STOP_GRACE = 5  # seconds a stopped command has to end after SIGTERM, before SIGKILL
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # each stops the whole run, in every mode
 
 # Map from image names to the images they are built from. Keep this in
 # agreement with the Dockerfiles' FROM and COPY --from lines.
@@ -1373,6 +1376,19 @@ def _with_the_rest(
     return complete
 
 
+def refused(
+    results: Mapping[str, ImageResult], files: Mapping[str, Sequence[str]], error: ManageImagesError
+) -> dict[str, ImageResult]:
+    """The results once a write for all images at once failed: each done image
+    with a file in it failed with `error`; the others stand."""
+    return {
+        image: item._replace(result="failed", error=error)
+        if item.result == "done" and files.get(image)
+        else item
+        for image, item in results.items()
+    }
+
+
 def format_summary(
     results: Mapping[str, ImageResult],
     steps: Sequence[str],
@@ -1412,18 +1428,145 @@ def format_summary(
 
 
 class Console:
-    """Prints whole lines, never interleaved, from any thread."""
+    """Prints whole lines, never interleaved, from any thread.
 
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
+    The one place the tool writes its output: when that output cannot be
+    written (standard output closed, a pipe whose reader left, a full disk),
+    the run stops as a Unix tool's does, its commands stopped and nothing
+    half-written, and the output is dropped from then on.
+    """
+
+    def __init__(self, out: TextIO | None) -> None:
+        self._out = out  # None: standard output was closed when the tool started
         # Reentrant: a signal handler may print while the main thread prints.
         self._lock = threading.RLock()
+        self.lost = False
 
     def line(self, text: str = "", prefix: str = "") -> None:
+        self.write("".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""])))
+
+    def write(self, text: str) -> None:
         with self._lock:
-            for part in shown(text).split("\n") if text else [""]:
-                self._out.write(f"{prefix}{part}\n")
-            self._out.flush()
+            if self.lost:
+                return
+            try:
+                if self._out is None:
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                self._out.write(text)
+                self._out.flush()
+            except (OSError, ValueError) as error:  # ValueError: the stream was closed
+                self._give_up(error)
+
+    def _give_up(self, error: OSError | ValueError) -> None:
+        self.lost = True
+        number = error.errno if isinstance(error, OSError) else errno.EBADF
+        if self._out is not None:
+            # Whatever is still buffered goes nowhere, so the interpreter's
+            # last flush cannot fail with a traceback.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+        if number == errno.EPIPE:  # the reader left (`| head -1`): stop quietly, as SIGPIPE would
+            CHILDREN.stop(128 + signal.SIGPIPE, "standard output is a pipe its reader closed; stopped")
+        else:
+            CHILDREN.stop(1, f"cannot write to standard output: {os.strerror(number or errno.EIO)}; stopped")
+
+
+class Children:
+    """The commands the tool runs, from every thread, and the request to stop the run.
+
+    Process-wide by nature, as signals and standard output are: a signal
+    handler or a failed write must reach every running command. So there is
+    one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
+    SIGTERM to each command (its whole process group when it has its own
+    session) and SIGKILL after STOP_GRACE seconds to any that is still there;
+    no command starts after it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
+        self.code = 0  # the run's exit code once stopped: 128 + N for signal N
+        self.reason = ""  # the line to print about the stop ("" for none)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._running.clear()
+            self.code, self.reason = 0, ""
+
+    @property
+    def stopping(self) -> bool:
+        return self.code != 0
+
+    def start(self, argv: Sequence[str], own_session: bool, **options: object) -> subprocess.Popen[bytes]:
+        """Starts a command (unless the run is stopping), known to `stop` until `done`."""
+        import subprocess
+
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before running `{format_command(argv)}`")
+            try:
+                process: subprocess.Popen[bytes] = subprocess.Popen(
+                    argv,
+                    start_new_session=own_session,
+                    **options,  # type: ignore[call-overload]
+                )
+            except FileNotFoundError:
+                raise _missing_tool(argv[0]) from None
+            self._running[process] = own_session
+        return process
+
+    def done(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.pop(process, None)
+
+    def stop(self, code: int, reason: str) -> None:
+        """Stops the run: the first call's code and reason are the run's."""
+        with self._lock:
+            if not self.stopping:
+                self.code, self.reason = code, reason
+            running = list(self._running.items())
+        self._signal(running, signal.SIGTERM)
+        if running:
+            timer = threading.Timer(STOP_GRACE, self._signal, (running, signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
+
+    def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
+        for process, own_session in running:
+            if process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if own_session:
+                    os.killpg(process.pid, number)
+                else:
+                    os.kill(process.pid, number)
+
+    def wait(self, timeout: float = STOP_GRACE + 5) -> None:
+        """Returns once no command runs (or after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.02)
+
+
+CHILDREN = Children()
+
+
+def occupy_closed_descriptors() -> None:
+    """Opens /dev/null on standard input, output or error if one is closed
+    (`>&-`), so no file the tool opens can take its number and receive what
+    is printed; `sys.stdout` stays None, and the Console stops the run at
+    its first line."""
+    for number in (0, 1, 2):
+        try:
+            os.fstat(number)
+        except OSError:
+            descriptor = os.open(os.devnull, os.O_RDWR)
+            if descriptor != number:
+                os.dup2(descriptor, number)
+                os.close(descriptor)
 
 
 def _missing_tool(name: str) -> ManageImagesError:
@@ -1448,11 +1591,8 @@ class Runner:
         self.console = console
         self.report = report
         self.prefix_output = prefix_output
-        self.stopping = False
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
         self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
-        self._processes: set[subprocess.Popen[bytes]] = set()
-        self._lock = threading.Lock()
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
@@ -1461,16 +1601,6 @@ class Runner:
     def note(self, image: str, text: str) -> None:
         """Adds `text` to the image's note in the summary (each image is one thread's)."""
         self.notes[image] = f"{self.notes[image]}; {text}" if image in self.notes else text
-
-    def stop(self) -> None:
-        """Terminates every running command; no new one starts after this."""
-        with self._lock:
-            self.stopping = True
-            for process in self._processes:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
 
     def run(self, argv: Sequence[str], image: str = "", interactive: bool = False) -> None:
         """Runs a side-effecting command, streaming its merged output line by line.
@@ -1484,23 +1614,16 @@ class Runner:
             return
         import subprocess
 
-        with self._lock:
-            if self.stopping:
-                raise ManageImagesError(f"interrupted before running `{format_command(argv)}`")
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=self.settings.root,
-                    env=self.settings.env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    stdin=None if interactive else subprocess.DEVNULL,
-                    start_new_session=not interactive,
-                )
-            except FileNotFoundError:
-                raise _missing_tool(argv[0]) from None
-            if not interactive:  # it shares our process group: never killpg it
-                self._processes.add(process)
+        # An interactive command shares our process group: it is signalled alone, never its group.
+        process = CHILDREN.start(
+            argv,
+            not interactive,
+            cwd=self.settings.root,
+            env=self.settings.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=None if interactive else subprocess.DEVNULL,
+        )
         tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
             assert process.stdout is not None  # stdout=PIPE
@@ -1510,8 +1633,7 @@ class Runner:
                 self.say(line, image)
             returncode = process.wait()
         finally:
-            with self._lock:
-                self._processes.discard(process)
+            CHILDREN.done(process)
         if returncode != 0:
             raise CommandError(argv, returncode, diagnose(argv, tail, self.settings.registry))
 
@@ -1522,17 +1644,24 @@ def capture_bytes(
     """Runs a read-only command (also in a dry run) and returns its output as bytes."""
     import subprocess
 
+    pipe = subprocess.PIPE
+    process = CHILDREN.start(
+        argv, False, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
+    )
     try:
-        return subprocess.run(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=COMMAND_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise _missing_tool(argv[0]) from None
+        stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         raise ManageImagesError(
             f"`{format_command(argv)}` did not finish within {COMMAND_TIMEOUT} s; "
             "check what holds it up (a lock, a network file system) and run again"
         ) from None
+    finally:
+        CHILDREN.done(process)
+    if process.returncode < 0:  # killed by signal N: 128 + N, wherever it runs
+        raise CommandError(argv, process.returncode)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def capture(
@@ -2448,19 +2577,22 @@ class Report:
         }
 
 
-def write_report(destination: str, document: Mapping[str, object]) -> None:
-    """Writes the --json document to a file (whole, by rename) or to standard output (`-`)."""
+def write_report(destination: str, document: Mapping[str, object], out: Console) -> None:
+    """Writes the --json document to a file (whole, by rename; a new one with
+    the umask's mode) or to standard output (`-`)."""
     import json
 
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     if destination == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        out.write(text)
         return
     path = Path(destination)
     temporary = temporary_beside(path)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        _write_new(temporary, FileChange.whole(destination, b"", text.encode()), 0o644)
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~umask
+        _write_new(temporary, FileChange.whole(destination, b"", text.encode()), mode)
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
@@ -2485,30 +2617,32 @@ def repository_lock(runner: Runner, command: str, needed: bool = True) -> Iterat
     try:
         yield lock
     finally:
+        if CHILDREN.stopping:  # released only once the stopped commands are gone
+            CHILDREN.wait()
         lock.release()
 
 
 @contextlib.contextmanager
-def stopped_by_signals(runner: Runner) -> Iterator[list[int]]:
-    """Within it, SIGINT and SIGTERM stop the running commands and start nothing
-    new; yields the list of signals received. The previous handlers come back
-    on the way out."""
-    received: list[int] = []
+def signals_stop_the_run(console: Console) -> Iterator[None]:
+    """Within it, SIGINT, SIGTERM and SIGHUP stop the run, whatever it is doing:
+    the running commands are stopped (SIGKILL after STOP_GRACE seconds), none
+    starts after, the image being written finishes or puts back its files, and
+    the run ends with 128 + N. The previous handlers come back on the way out."""
 
     def on_signal(number: int, frame: FrameType | None) -> None:
-        if not received:
-            runner.console.line(
-                f"Interrupted by {signal.Signals(number).name}: stopping the running commands"
-            )
-        received.append(number)
-        runner.stop()
+        name = signal.Signals(number).name
+        if not CHILDREN.stopping:
+            with contextlib.suppress(RuntimeError):  # a reentrant write, if it came mid-line
+                console.line(f"Interrupted by {name}: stopping the running commands")
+        CHILDREN.stop(128 + number, f"interrupted by {name}")
 
     handlers = {}
     if threading.current_thread() is threading.main_thread():
-        for number in (signal.SIGINT, signal.SIGTERM):
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name)
             handlers[number] = signal.signal(number, on_signal)
     try:
-        yield received
+        yield
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
@@ -2528,31 +2662,34 @@ def process_images(
     interrupted), prints the summary, returns the exit code."""
     old = pinned_now(runner.settings)
     start = time.monotonic()
-    with stopped_by_signals(runner) as received:
-        results = run_graph(
-            images,
-            graph,
-            schedule.jobs,
-            schedule.keep_going,
-            work,
-            finish,
-            stopped=lambda: bool(received),
-            on_start=lambda image, number: runner.say(
-                f"Processing image {image} [{number}/{len(images)}]", image
-            ),
-        )
+    results = run_graph(
+        images,
+        graph,
+        schedule.jobs,
+        schedule.keep_going,
+        work,
+        finish,
+        stopped=lambda: CHILDREN.stopping,
+        on_start=lambda image, number: runner.say(
+            f"Processing image {image} [{number}/{len(images)}]", image
+        ),
+    )
     failed_after: ManageImagesError | None = None
-    if after_run is not None and not received:
+    if after_run is not None and not CHILDREN.stopping:
         try:
             after_run(results)
         except ManageImagesError as error:
             failed_after = error
+            results = refused(results, runner.changed_files, error)
     wall = time.monotonic() - start
     runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
     runner.report.add_results(results, runner, old)
-    if received:
-        return 128 + received[0]
-    failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
+    if CHILDREN.stopping:
+        return CHILDREN.code
+    failures = sorted(
+        (item for item in results.values() if item.error and item.error is not failed_after),
+        key=lambda item: item.finished,
+    )
     for item in failures[1:]:
         print(shown(f"{item.image}: {item.error}"), file=sys.stderr)
     if failures and failures[0].error:
@@ -3007,6 +3144,27 @@ def _check_values(
         )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
+    if args.json is not None:
+        problem = report_path_problem(args.json)
+        if problem:
+            parser.error(f"--json {args.json!r}: {problem}")
+
+
+def report_path_problem(destination: str) -> str:
+    """Why the --json report could not be written to `destination`, found before any work, or ""."""
+    if destination == "-":
+        return ""
+    if not destination:
+        return "give a file name, or - for standard output"
+    path = Path(destination)
+    folder = path.parent
+    if path.is_dir():
+        return "is a folder; give a file name"
+    if not folder.is_dir():
+        return f"the folder {shown(str(folder))} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {shown(str(folder))} is not writable"
+    return ""
 
 
 def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -3118,26 +3276,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManageImagesError as error:
         print(error, file=sys.stderr)
         return 1
+    occupy_closed_descriptors()
     args = parse_arguments(build_parser(graph), argv, graph)
     arguments = list(sys.argv[1:] if argv is None else argv)
     report = Report(arguments)
+    CHILDREN.reset()
     # With --json -, standard output carries the document alone.
-    console = Console(sys.stderr if args.json == "-" else sys.stdout)
+    out = Console(sys.stdout)
+    console = Console(sys.stderr) if args.json == "-" else out
+    with signals_stop_the_run(console):
+        code = run_and_report(args, graph, arguments, report, console, out)
+    return code
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    graph: Mapping[str, Sequence[str]],
+    arguments: Sequence[str],
+    report: Report,
+    console: Console,
+    out: Console,
+) -> int:
+    """Runs the mode, prints the one line of a failure, writes --json; the exit code."""
     try:
         code = dispatch(args, graph, " ".join(["manage_images.py", *arguments]), report, console)
-    except KeyboardInterrupt:
-        code = 130
     except Exception as error:  # a bug or an unforeseen OS error too: one line, never a traceback
-        sys.stdout.flush()
         message = str(error) if isinstance(error, ManageImagesError) else unexpected(error)
         if isinstance(error, UsageError):
             message = f"manage_images.py: error: {message}"
-        print(shown(message), file=sys.stderr)
+        if not CHILDREN.stopping:  # else it is what the stop did (a command killed), not news
+            print(shown(message), file=sys.stderr)
         report.error = message
         code = error.returncode if isinstance(error, ManageImagesError) else 1
+    if CHILDREN.stopping:
+        code = CHILDREN.code
+        report.error = CHILDREN.reason
+        if CHILDREN.reason.startswith("cannot write"):
+            print(f"manage_images.py: {CHILDREN.reason}", file=sys.stderr)
     if args.json:
         try:
-            write_report(args.json, report.document(code))
+            write_report(args.json, report.document(code), out)
         except ManageImagesError as error:
             print(shown(str(error)), file=sys.stderr)
             return code or 1
