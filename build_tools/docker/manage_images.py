@@ -191,6 +191,17 @@ class CommandError(ManageImagesError):
         )
 
 
+class ChangedOnDisk(ManageImagesError):
+    """Files changed on disk after their change was computed; none was written."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = tuple(paths)
+        super().__init__(
+            f"{shown(paths[0])} changed on disk while the tool ran, so its change was not written "
+            "(no file was changed for this image); run again once nobody edits it"
+        )
+
+
 class WorkspaceError(ManageImagesError):
     """WORKSPACE cannot be read exactly; carries the line to report."""
 
@@ -1985,6 +1996,18 @@ class TrackedFiles:
         self._contents[relative] = data
         self._references.pop(relative, None)
 
+    def reread(self, relative: str) -> None:
+        """Forgets what the run knew of a file that changed on disk: it is read again, and what it names found anew."""
+        self._contents.pop(relative, None)
+        self._references.pop(relative, None)
+        if self._naming is not None:
+            for paths in self._naming.values():
+                if relative in paths:
+                    paths.remove(relative)
+            if relative in self.scan.candidates:
+                for name in names_referenced(self.read(relative), self.registry):
+                    self._naming.setdefault(name, []).append(relative)
+
     def references(self, relative: str) -> list[Reference]:
         """The references in a file as the run last read or wrote it, found once."""
         if relative not in self._references:
@@ -2059,13 +2082,18 @@ class Edits:
             self.parent._changes[path] = change
 
 
-def _write_new(path: Path, change: FileChange, mode: int, base: Path | None = None) -> None:
+def _write_new(
+    path: Path, change: FileChange, mode: int, base: Path | None = None, like: Path | None = None
+) -> None:
     """Creates `path` holding exactly the change's new content, with `mode`, on disk (fsync).
 
     A big file whose change is patchable (a digest rewrite) is copied from
     `base` by the kernel (copy_file_range, as cp does) and its splices are
     written over the copy; reading the copy back must then give the new
     content, or it is written whole. Its new content is never built whole.
+    With `like`, the file it is to replace, it gets that file's owner, group,
+    mode, ACL and extended attributes, or it raises OSError naming the one it
+    could not keep.
     """
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -2083,8 +2111,53 @@ def _write_new(path: Path, change: FileChange, mode: int, base: Path | None = No
                 written += os.write(descriptor, view[written : written + (1 << 24)])
         os.fsync(descriptor)
         os.fchmod(descriptor, mode)
+        if like is not None:
+            _keep_metadata(descriptor, like)
     finally:
         os.close(descriptor)
+
+
+def _attributes(path: Path | int) -> list[str]:
+    """The extended attributes (the ACL among them) a file has; none where the file system keeps none."""
+    try:
+        return os.listxattr(path, follow_symlinks=False) if isinstance(path, Path) else os.listxattr(path)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+
+
+def _keep_metadata(descriptor: int, source: Path) -> None:
+    """Gives the open new file what made `source` the user's: owner and group
+    (which only root, or a member of the group, may set), mode, ACL
+    (`system.posix_acl_access`, which also sets the group's bits of the mode)
+    and every other extended attribute, in that order (a chown clears the
+    set-user-ID bit and file capabilities). Raises OSError naming what it
+    could not keep; a group never ends up with more permissions than it had."""
+    old = os.stat(source, follow_symlinks=False)
+    new = os.fstat(descriptor)
+    if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+        try:
+            os.fchown(descriptor, old.st_uid, old.st_gid)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"cannot keep its owner and group (uid {old.st_uid}, gid {old.st_gid}): {error.strerror}; "
+                "run as its owner, or as root",
+            ) from None
+    os.fchmod(descriptor, stat.S_IMODE(old.st_mode))
+    names = _attributes(source)
+    for name in set(_attributes(descriptor)) - set(names):  # a default ACL the folder gave it
+        os.removexattr(descriptor, name)
+    for name in names:
+        try:
+            os.setxattr(descriptor, name, os.getxattr(source, name, follow_symlinks=False))
+        except OSError as error:
+            what = "ACL" if name.startswith("system.posix_acl") else f"extended attribute {name}"
+            raise OSError(error.errno, f"cannot keep its {what}: {error.strerror}") from None
+    mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+    if mode != stat.S_IMODE(old.st_mode):
+        raise OSError(errno.EPERM, f"cannot keep its mode {stat.S_IMODE(old.st_mode):o} (it became {mode:o})")
 
 
 def _copy_and_patch(descriptor: int, base: Path, change: FileChange) -> bool:
@@ -2107,30 +2180,91 @@ def _copy_and_patch(descriptor: int, base: Path, change: FileChange) -> bool:
     return all(os.pread(descriptor, BLOCK, offset) == block for offset, block in new_blocks(change, BLOCK))
 
 
-def _stage_all(
-    staged: Sequence[tuple[FileChange, Path, Path]], umask: int
-) -> list[tuple[FileChange, OSError]]:
-    """Writes every temporary file; the failures, in order. Many files are
-    written by a few threads: their fsyncs then overlap (1,000 files take a
-    third of the time they take one after another)."""
+class Staged(NamedTuple):
+    """A file about to be replaced: its change, the target, the temporary file
+    holding the new content, the name the old file keeps until the commit is
+    over, and whether there was an old file."""
 
-    def stage(item: tuple[FileChange, Path, Path]) -> OSError | None:
-        change, target, temporary = item
+    change: FileChange
+    target: Path
+    temporary: Path
+    backup: Path
+    existed: bool
+
+
+def _each(call: Callable[[Staged], T], staged: Sequence[Staged]) -> list[T]:
+    """`call` on every staged file; by a few threads when there are many (their
+    fsyncs and folder locks then overlap: 1,000 files take a third of the time)."""
+    if len(staged) < 8:
+        return [call(item) for item in staged]
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(call, staged))
+
+
+def _stage_all(staged: Sequence[Staged], umask: int) -> list[tuple[FileChange, OSError]]:
+    """Writes every temporary file; the failures, in order."""
+
+    def stage(item: Staged) -> OSError | None:
         try:
-            mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask
-            _write_new(temporary, change, mode, target)
+            mode = item.target.stat().st_mode & 0o7777 if item.existed else 0o666 & ~umask
+            _write_new(item.temporary, item.change, mode, item.target, item.target if item.existed else None)
         except OSError as error:
             return error
         return None
 
-    if len(staged) < 8:
-        errors = [stage(item) for item in staged]
-    else:
-        import concurrent.futures
+    errors = _each(stage, staged)
+    return [(item.change, error) for item, error in zip(staged, errors) if error is not None]
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-            errors = list(pool.map(stage, staged))
-    return [(item[0], error) for item, error in zip(staged, errors) if error is not None]
+
+def _holds(path: Path, data: bytes) -> bool:
+    """True if the file at `path` holds exactly `data` (read in blocks, never whole)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size != len(data):
+            return False
+        view = memoryview(data)
+        for offset in range(0, len(data), BLOCK * 16):
+            if file.read(BLOCK * 16) != view[offset : offset + BLOCK * 16]:
+                return False
+        return not file.read(1)
+
+
+def _replace(item: Staged) -> OSError | None:
+    """Puts the new file in place, keeping the old one as `backup` (a hard link,
+    else a copy of what the change was computed from, once it is checked to
+    hold it); a file that did not exist is linked into place, so one created
+    meanwhile is never overwritten. The error, or None."""
+    change, target, temporary, backup, existed = item
+    try:
+        if not existed:
+            os.link(temporary, target)
+            os.unlink(temporary)
+            return None
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except OSError:  # no hard links here (or an append-only file, which the rename refuses)
+            if not _holds(target, change.old):
+                raise FileExistsError(errno.EEXIST, "it changed on disk") from None
+            _write_new(backup, FileChange.whole(change.path, b"", change.old), 0o600, like=target)
+        os.replace(temporary, target)
+    except OSError as error:
+        return error
+    return None
+
+
+def _put_back(replaced: Sequence[Staged]) -> list[str]:
+    """Puts every old file back; the paths that could not be (their old content kept as the backup)."""
+    failed = []
+    for item in reversed(replaced):
+        try:
+            if item.existed:
+                os.replace(item.backup, item.target)
+            else:
+                os.unlink(item.target)
+        except OSError:
+            failed.append(item.change.path)
+    return failed
 
 
 def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: RepositoryLock | None) -> None:
@@ -2153,30 +2287,68 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
             )
     umask = os.umask(0)
     os.umask(umask)
-    staged = [(change, root / change.path, temporary_beside(root / change.path)) for change in changes]
+    staged = [
+        Staged(change, path, temporary_beside(path), temporary_beside(path), path.exists())
+        for change, path in ((change, root / change.path) for change in changes)
+    ]
     if lock is not None:
-        lock.record(temporary for _, _, temporary in staged)
-    failures = _stage_all(staged, umask)
-    if failures:
-        for _, _, temporary in staged:
-            temporary.unlink(missing_ok=True)
-        change, error = failures[0]
-        raise ManageImagesError(
-            f"cannot write {shown(change.path)}: {error.strerror}; no file was changed for this image, "
-            "fix the cause and run again"
-        )
-    # The commit: renames, many at once when there are many (they are spread
-    # over folders, and each waits on its own folder's lock).
-    if len(staged) < 8:
-        for _, target, temporary in staged:
-            os.replace(temporary, target)
-    else:
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda item: os.replace(item[2], item[1]), staged))
+        lock.record(name for item in staged for name in (item.temporary, item.backup))
+    kept: set[Path] = set()
+    try:
+        failures = _stage_all(staged, umask)
+        if failures:
+            change, error = failures[0]
+            raise ManageImagesError(
+                f"cannot write {shown(change.path)}: {error.strerror}; no file was changed for this image, "
+                "fix the cause and run again"
+            )
+        kept = _commit(staged)
+    finally:
+        for item in staged:
+            item.temporary.unlink(missing_ok=True)
+            if item.backup not in kept:
+                item.backup.unlink(missing_ok=True)
     if lock is not None:
         lock.record(())
+
+
+def _commit(staged: Sequence[Staged]) -> set[Path]:
+    """Renames every temporary file over its target; then each old file must
+    still hold what its change was computed from (the disk is the truth: an
+    edit saved while the tool ran is never written over). On any failure
+    every file of the image is put back. Returns the backups that must be
+    kept (none, unless putting one back failed)."""
+    errors = _each(_replace, staged)
+    replaced = [item for item, error in zip(staged, errors) if error is None]
+    failed = [(item, error) for item, error in zip(staged, errors) if error is not None]
+    moved = [item.change.path for item, error in failed if isinstance(error, FileExistsError)]
+    if not failed:
+        held = _each(lambda item: not item.existed or _holds(item.backup, item.change.old), replaced)
+        moved = [item.change.path for item, ok in zip(replaced, held) if not ok]
+    if not failed and not moved:
+        return set()
+    stuck = _put_back(replaced)
+    if stuck:
+        backups = {item.backup for item in replaced if item.change.path in stuck}
+        raise ManageImagesError(
+            f"cannot put back {shown(stuck[0])} after a failed write: its old content is in "
+            f"{shown(str(min(backups)))}; move it back by hand"
+        )
+    if moved:
+        raise ChangedOnDisk(moved)
+    item, error = failed[0]
+    raise ManageImagesError(
+        f"cannot replace {shown(item.change.path)}: {error.strerror}{_replace_hint(error)}; every file of "
+        "this image was put back as it was, fix the cause and run again"
+    )
+
+
+def _replace_hint(error: OSError) -> str:
+    if error.errno == errno.EPERM:
+        return " (an append-only or immutable file? see `lsattr`)"
+    if error.errno in (errno.EBUSY, errno.EXDEV):
+        return " (a mount point, such as a file bind-mounted there, cannot be replaced)"
+    return ""
 
 
 # ---------------------------------------------------------------------------
@@ -2383,6 +2555,35 @@ def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence
     write_all_or_nothing(runner.settings.root, changes, lock)
 
 
+def written_anew_if_changed(
+    runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, plan: Callable[[Edits], None]
+) -> list[FileChange]:
+    """Plans the edits and writes them; when a file changed on disk since it
+    was read (someone saved it while the tool ran), plans them again from what
+    is there now, up to three times. The changes written."""
+    for attempt in range(3):
+        edits = Edits(files)
+        plan(edits)
+        changes = edits.changes()
+        try:
+            apply_changes(runner, lock, changes)
+            return changes
+        except ChangedOnDisk as error:
+            if attempt == 2:
+                raise
+            read_again(runner, files, error)
+    raise AssertionError("unreachable")
+
+
+def read_again(runner: Runner, files: TrackedFiles, error: ChangedOnDisk) -> None:
+    runner.console.line(
+        f"{', '.join(map(shown, error.paths))} changed on disk while the tool ran: "
+        "computing the change again from what is there now"
+    )
+    for path in error.paths:
+        files.reread(path)
+
+
 def update_workspace(runner: Runner, edits: Edits, image: str, digest: str | None) -> None:
     """Adds to `edits` the new digest of the rbe_autoconfig rule that pins IMAGE."""
     scan = edits.files.scan
@@ -2405,10 +2606,9 @@ def update_references(
     runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, image: str, digest: str | None
 ) -> None:
     """Points every reference to IMAGE in the tracked files at `digest`, and writes them."""
-    edits = Edits(files)
-    plan_references(runner, edits, image, digest)
-    changes = edits.changes()
-    apply_changes(runner, lock, changes)
+    changes = written_anew_if_changed(
+        runner, files, lock, lambda edits: plan_references(runner, edits, image, digest)
+    )
     if not runner.settings.dry_run:
         for change in changes:
             files.written(change.path, change.new())
@@ -2779,11 +2979,24 @@ def only_references(
             done[image] = digest
             return digest
 
-        def write(results: Mapping[str, ImageResult]) -> None:
+        def plan_all(edits: Edits) -> None:
             hexes = digest_hexes(registry, done)
             for path in dict.fromkeys(path for image in done for path in files.naming(image)):
-                run_edits.patch(path, reference_splices(run_edits.references(path), hexes))
-            apply_changes(runner, lock, run_edits.changes())
+                edits.patch(path, reference_splices(edits.references(path), hexes))
+
+        def write(results: Mapping[str, ImageResult]) -> None:
+            plan_all(run_edits)
+            try:
+                apply_changes(runner, lock, run_edits.changes())
+            except ChangedOnDisk as error:  # plan every image again, from what is there now
+                read_again(runner, files, error)
+
+                def again(edits: Edits) -> None:
+                    for image, digest in done.items():
+                        plan_references(runner, edits, image, digest, rewrite_files=False)
+                    plan_all(edits)
+
+                written_anew_if_changed(runner, files, lock, again)
 
         return process_images(
             runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"], write
