@@ -2,7 +2,8 @@
 
 It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
-  {"fail": {"build": 7}, "signal": {"build": 9},
+  {"fail": {"build": 7}, "signal": {"build": 9, "image": 9},
+   "hang": {"build": {"pidfile": "PATH", "ignore_term": true, "tick": 0.2}},
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
    "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."},
    "server_down": false}
@@ -23,6 +24,20 @@ argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
 with open(os.environ["STANDIN_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\\n")
 config = json.load(open(os.environ["STANDIN_CONFIG"]))
+step = argv[1] if len(argv) > 1 else argv[0]
+if step in config.get("signal", {{}}):
+    os.kill(os.getpid(), config["signal"][step])
+if step in config.get("hang", {{}}):
+    import signal, time
+    hang = config["hang"][step]
+    if hang.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(hang["pidfile"] + ".tmp", "w") as pidfile:
+        pidfile.write(str(os.getpid()))
+    os.rename(hang["pidfile"] + ".tmp", hang["pidfile"])
+    while True:
+        print("standin still working", flush=True)
+        time.sleep(hang.get("tick", 1))
 if argv[0] == "docker" and argv[1] == "version":
     if config.get("server_down"):
         print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?", file=sys.stderr)
@@ -52,9 +67,6 @@ if argv[0] == "docker" and argv[1:3] == ["manifest", "inspect"]:
         sys.exit(1)
     print(json.dumps({{"Ref": ref, "Descriptor": {{"digest": config["manifests"][ref]}}}}))
     sys.exit(0)
-step = argv[1] if len(argv) > 1 else argv[0]
-if step in config.get("signal", {{}}):
-    os.kill(os.getpid(), config["signal"][step])
 code = config.get("fail", {{}}).get(step, 0)
 print(f"standin {{' '.join(argv)}}")
 print("second line")

@@ -1452,14 +1452,24 @@ class Console:
         # Reentrant: a signal handler may print while the main thread prints.
         self._lock = threading.RLock()
         self.lost = False
+        self._writing: tuple[int, int] | None = None  # (thread, count) of the write under way
+        self._count = 0
 
-    def line(self, text: str = "", prefix: str = "") -> None:
-        self.write("".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""])))
+    def line(self, text: str = "", prefix: str = "", wait: bool = True) -> None:
+        """Prints `text` as whole lines; with `wait` false (a signal handler), only if no other thread is printing."""
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            self.write("".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""])))
+        finally:
+            self._lock.release()
 
     def write(self, text: str) -> None:
         with self._lock:
             if self.lost:
                 return
+            self._count += 1
+            previous, self._writing = self._writing, (threading.get_ident(), self._count)
             try:
                 if self._out is None:
                     raise OSError(errno.EBADF, os.strerror(errno.EBADF))
@@ -1467,6 +1477,29 @@ class Console:
                 self._out.flush()
             except (OSError, ValueError) as error:  # ValueError: the stream was closed
                 self._give_up(error)
+            finally:
+                self._writing = previous
+
+    def unblock_after_stop(self, number: int) -> None:
+        """Once the run is stopping, a write that stays blocked (nobody reads the
+        output: a full pipe) must not hold the stop up: after a second its
+        output goes to /dev/null, and signal `number` wakes the blocked write,
+        which then ends."""
+
+        def watch() -> None:
+            seen = None
+            while True:
+                time.sleep(0.5)
+                writing = self._writing
+                if writing is not None and writing == seen and self._out is not None:
+                    self.lost = True
+                    with contextlib.suppress(OSError, ValueError):
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+                    signal.pthread_kill(writing[0], number)
+                    return
+                seen = writing
+
+        threading.Thread(target=watch, daemon=True).start()
 
     def _give_up(self, error: OSError | ValueError) -> None:
         self.lost = True
@@ -2831,10 +2864,12 @@ def signals_stop_the_run(console: Console) -> Iterator[None]:
 
     def on_signal(number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
-        if not CHILDREN.stopping:
-            with contextlib.suppress(RuntimeError):  # a reentrant write, if it came mid-line
-                console.line(f"Interrupted by {name}: stopping the running commands")
+        first = not CHILDREN.stopping
         CHILDREN.stop(128 + number, f"interrupted by {name}")
+        if first:
+            console.unblock_after_stop(number)
+            with contextlib.suppress(RuntimeError):  # a reentrant write, if it came mid-line
+                console.line(f"Interrupted by {name}: stopping the running commands", wait=False)
 
     handlers = {}
     if threading.current_thread() is threading.main_thread():
