@@ -3,7 +3,8 @@
 It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
   {"fail": {"build": 7}, "signal": {"build": 9, "image": 9},
-   "hang": {"build": {"pidfile": "PATH", "ignore_term": true, "tick": 0.2}},
+   "hang": {"build": {"pidfile": "PATH", "ignore_term": true, "tick": 0.2, "match": "cmake:",
+                      "until": "PATH"}},
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
    "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."},
    "server_down": false}
@@ -27,15 +28,17 @@ config = json.load(open(os.environ["STANDIN_CONFIG"]))
 step = argv[1] if len(argv) > 1 else argv[0]
 if step in config.get("signal", {{}}):
     os.kill(os.getpid(), config["signal"][step])
-if step in config.get("hang", {{}}):
+hang = config.get("hang", {{}}).get(step)
+if hang and hang.get("match", "") in " ".join(argv):
     import signal, time
-    hang = config["hang"][step]
     if hang.get("ignore_term"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with open(hang["pidfile"] + ".tmp", "w") as pidfile:
-        pidfile.write(str(os.getpid()))
-    os.rename(hang["pidfile"] + ".tmp", hang["pidfile"])
-    while True:
+    if "pidfile" in hang:
+        with open(hang["pidfile"] + ".tmp", "w") as pidfile:
+            pidfile.write(str(os.getpid()))
+        os.rename(hang["pidfile"] + ".tmp", hang["pidfile"])
+    # Until a file appears (never, without "until"), printing as docker does.
+    while not ("until" in hang and os.path.exists(hang["until"])):
         print("standin still working", flush=True)
         time.sleep(hang.get("tick", 1))
 if argv[0] == "docker" and argv[1] == "version":
