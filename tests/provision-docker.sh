@@ -3,7 +3,9 @@
 #
 # Installs Debian's docker.io (the engine), docker-registry (a real registry,
 # started per test session by the test fixtures) and busybox-static (the
-# tiny root filesystem the test images are built from) when they are missing,
+# tiny root filesystem the test images are built from), acl and attr (setfacl
+# and setfattr, for the tests that files keep their ACL and extended
+# attributes) when they are missing,
 # then starts dockerd in the background unless an engine already answers, and
 # waits until `docker info` does. Safe to run any number of times.
 set -euo pipefail
@@ -11,7 +13,7 @@ set -euo pipefail
 log=${DOCKERD_LOG:-/tmp/manage-images-dockerd.log}
 
 missing=()
-for package in docker.io docker-registry busybox-static; do
+for package in docker.io docker-registry busybox-static acl attr; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
