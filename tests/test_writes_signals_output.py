@@ -13,6 +13,7 @@ misbehave on purpose.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -189,6 +191,53 @@ def test_a_folders_default_acl_gives_a_rewritten_file_no_permission_it_did_not_h
     assert ref("cmake", NEW) in script.read_bytes()
     assert "system.posix_acl_access" not in os.listxattr(script)
     assert script.stat().st_mode == mode
+
+
+@pytest.fixture
+def other_group():
+    """A real group the test's user is not a member of."""
+    name = f"mg{uuid.uuid4().hex[:10]}"
+    run(system_tool("groupadd"), name)
+    try:
+        yield grp.getgrnam(name)
+    finally:
+        subprocess.run((system_tool("groupdel"), name), capture_output=True)
+
+
+def test_a_file_whose_group_cannot_be_kept_is_refused_naming_it(tree, user, other_group):
+    # The user runs the tool in its own checkout, where one file belongs to a
+    # group the user is not in: only root could give the new file that group.
+    pin_cmake_anew(tree)
+    folder = Path(tempfile.mkdtemp(prefix="mi-user-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        repo = folder / "repo"
+        shutil.copytree(tree, repo, symlinks=True)
+        for path in [repo, *repo.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        script = repo / "ci" / "build.sh"
+        os.chown(script, user.pw_uid, other_group.gr_gid)
+        before = files(repo)
+        result = subprocess.run(
+            [system_tool("setpriv"), f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+            + [system_tool("python3"), str(SCRIPT), "--image", "cmake", "--only_references"],
+            cwd=repo,
+            env={"PATH": SYSTEM_PATH, "HOME": str(folder), "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stderr == (
+            f"cannot write ci/build.sh: cannot keep its owner and group (uid {user.pw_uid}, gid "
+            f"{other_group.gr_gid}): Operation not permitted; run as its owner, or as root; no file was "
+            "changed for this image, fix the cause and run again\n"
+        )
+        assert files(repo) == before
+        assert (script.stat().st_uid, script.stat().st_gid) == (user.pw_uid, other_group.gr_gid)
+        assert temporaries(repo) == []
+    finally:
+        shutil.rmtree(folder)
 
 
 # --- 2. All or nothing, through a rename that fails midway --------------------

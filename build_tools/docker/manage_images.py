@@ -1527,7 +1527,8 @@ class Children:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may stop the run while its thread starts a command.
+        self._lock = threading.RLock()
         self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
         self.code = 0  # the run's exit code once stopped: 128 + N for signal N
         self.reason = ""  # the line to print about the stop ("" for none)
