@@ -1456,8 +1456,11 @@ class Console:
         self._count = 0
 
     def line(self, text: str = "", prefix: str = "", wait: bool = True) -> None:
-        """Prints `text` as whole lines; with `wait` false (a signal handler), only if no other thread is printing."""
+        """Prints `text` as whole lines; with `wait` false (a signal handler, which
+        must not wait for another thread), from a thread of its own if another
+        thread is printing."""
         if not self._lock.acquire(blocking=wait):
+            threading.Thread(target=self.line, args=(text, prefix), daemon=True).start()
             return
         try:
             self.write("".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""])))
