@@ -2872,8 +2872,11 @@ def signals_stop_the_run(console: Console) -> Iterator[None]:
         CHILDREN.stop(128 + number, f"interrupted by {name}")
         if first:
             console.unblock_after_stop(number)
-            with contextlib.suppress(RuntimeError):  # a reentrant write, if it came mid-line
-                console.line(f"Interrupted by {name}: stopping the running commands", wait=False)
+            message = f"Interrupted by {name}: stopping the running commands"
+            try:
+                console.line(message, wait=False)
+            except RuntimeError:  # it came in the middle of this thread's own write: print it after
+                threading.Thread(target=console.line, args=(message,), daemon=True).start()
 
     handlers = {}
     if threading.current_thread() is threading.main_thread():
