@@ -2427,6 +2427,8 @@ def repo_digest(settings: Settings, image: str) -> str | None:
     argv = inspect_argv(url, settings.tag)
     try:
         result = capture(argv, settings.root, settings.env)
+    except CommandError:  # killed by a signal: 128 + N, dry run or not
+        raise
     except ManageImagesError:
         if settings.dry_run:
             return None
@@ -2536,6 +2538,8 @@ def prefetched_digests(runner: Runner, images: Sequence[str], steps: Steps) -> d
     argv = inspect_many_argv([f"{url}:{settings.tag}" for url in urls.values()])
     try:
         result = capture(argv, settings.root, settings.env)
+    except CommandError:  # killed by a signal: 128 + N
+        raise
     except ManageImagesError:  # no docker here: a dry run goes on without digests
         return {image: None for image in images}
     return {image: repo_digest_among(result.stdout, url, settings.tag) for image, url in urls.items()}
