@@ -4,7 +4,9 @@
 # Installs Debian's docker.io (the engine; not when another engine answers or
 # another dockerd is installed), docker-registry (a real registry,
 # started per test session by the test fixtures) and busybox-static (the
-# tiny root filesystem the test images are built from) when they are missing,
+# tiny root filesystem the test images are built from), acl and attr (setfacl
+# and setfattr, for the tests that files keep their ACL and extended
+# attributes) when they are missing,
 # then starts dockerd in the background unless an engine already answers, and
 # waits until `docker info` does. Safe to run any number of times.
 set -euo pipefail
@@ -12,7 +14,7 @@ set -euo pipefail
 log=${DOCKERD_LOG:-/tmp/manage-images-dockerd.log}
 
 missing=()
-for package in docker.io docker-registry busybox-static; do
+for package in docker.io docker-registry busybox-static acl attr; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ "${missing[0]:-}" = docker.io ] && { command -v dockerd >/dev/null || docker info >/dev/null 2>&1; }; then

@@ -2,7 +2,9 @@
 
 It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
-  {"fail": {"build": 7}, "signal": {"build": 9},
+  {"fail": {"build": 7}, "signal": {"build": 9, "image": 9},
+   "hang": {"build": {"pidfile": "PATH", "ignore_term": true, "tick": 0.2, "match": "cmake:",
+                      "until": "PATH"}},
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
    "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."}, "contents": {"sha256:...": "LAYER"},
    "local_content": {"REF:TAG": "LAYER"},  (REF:TAG pushed is served as the sha256 of its name)
@@ -33,6 +35,22 @@ argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
 with open(os.environ["STANDIN_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\\n")
 config = json.load(open(os.environ["STANDIN_CONFIG"]))
+step = argv[1] if len(argv) > 1 else argv[0]
+if step in config.get("signal", {{}}):
+    os.kill(os.getpid(), config["signal"][step])
+hang = config.get("hang", {{}}).get(step)
+if hang and hang.get("match", "") in " ".join(argv):
+    import signal, time
+    if hang.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "pidfile" in hang:
+        with open(hang["pidfile"] + ".tmp", "w") as pidfile:
+            pidfile.write(str(os.getpid()))
+        os.rename(hang["pidfile"] + ".tmp", hang["pidfile"])
+    # Until a file appears (never, without "until"), printing as docker does.
+    while not ("until" in hang and os.path.exists(hang["until"])):
+        print("standin still working", flush=True)
+        time.sleep(hang.get("tick", 1))
 {helpers}
 engine = {{"client": "20.10.24", "server": "20.10.24", "store": "overlay2", "buildx": None, **config.get("engine", {{}})}}
 if argv[0] == "docker" and argv[1] in ("version", "info"):
@@ -79,9 +97,6 @@ if argv[0] == "docker" and argv[1:3] == ["manifest", "inspect"]:
         sys.exit(1)
     print(json.dumps({{"Ref": ref, "Descriptor": {{"digest": config["manifests"][ref]}}}}))
     sys.exit(0)
-step = argv[1] if len(argv) > 1 else argv[0]
-if step in config.get("signal", {{}}):
-    os.kill(os.getpid(), config["signal"][step])
 code = config.get("fail", {{}}).get(step, 0)
 print(f"standin {{' '.join(argv)}}")
 print("second line")

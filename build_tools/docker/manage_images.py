@@ -49,6 +49,7 @@ import argparse
 import codecs
 import collections
 import contextlib
+import errno
 import fcntl
 import functools
 import graphlib
@@ -120,6 +121,8 @@ GIT_REPOSITORY_VARIABLES = frozenset(
 )
 # git decides a file is binary by a NUL byte among its first bytes; so does the tool.
 BINARY_PEEK = 8000
+STOP_GRACE = 5  # seconds a stopped command has to end after SIGTERM, before SIGKILL
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # each stops the whole run, in every mode
 
 # Map from image names to the images they are built from. Keep this in
 # agreement with the Dockerfiles' FROM and COPY --from lines.
@@ -277,6 +280,17 @@ class CommandError(ManageImagesError):
         super().__init__(
             f"Command failed with exit code {self.returncode}: `{format_command(argv)}`"
             + (f" ({hint})" if hint else "")
+        )
+
+
+class ChangedOnDisk(ManageImagesError):
+    """Files changed on disk after their change was computed; none was written."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = tuple(paths)
+        super().__init__(
+            f"{shown(paths[0])} changed on disk while the tool ran, so its change was not written "
+            "(no file was changed for this image); run again once nobody edits it"
         )
 
 
@@ -1906,6 +1920,19 @@ def _with_the_rest(
     return complete
 
 
+def refused(
+    results: Mapping[str, ImageResult], files: Mapping[str, Sequence[str]], error: ManageImagesError
+) -> dict[str, ImageResult]:
+    """The results once a write for all images at once failed: each done image
+    with a file in it failed with `error`; the others stand."""
+    return {
+        image: item._replace(result="failed", error=error)
+        if item.result == "done" and files.get(image)
+        else item
+        for image, item in results.items()
+    }
+
+
 def format_summary(
     results: Mapping[str, ImageResult],
     steps: Sequence[str],
@@ -1945,22 +1972,186 @@ def format_summary(
 
 
 class Console:
-    """Prints whole lines, never interleaved, from any thread."""
+    """Prints whole lines, never interleaved, from any thread.
 
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
+    The one place the tool writes its output: when that output cannot be
+    written (standard output closed, a pipe whose reader left, a full disk),
+    the run stops as a Unix tool's does, its commands stopped and nothing
+    half-written, and the output is dropped from then on.
+    """
+
+    def __init__(self, out: TextIO | None) -> None:
+        self._out = out  # None: standard output was closed when the tool started
         # Under any locale (Latin-1, ASCII): a character it cannot encode is printed as an escape.
         reconfigure = getattr(out, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
         # Reentrant: a signal handler may print while the main thread prints.
         self._lock = threading.RLock()
+        self.lost = False
+        self._writing: tuple[int, int] | None = None  # (thread, count) of the write under way
+        self._count = 0
 
-    def line(self, text: str = "", prefix: str = "") -> None:
+    def line(self, text: str = "", prefix: str = "", wait: bool = True) -> None:
+        """Prints `text` as whole lines; with `wait` false (a signal handler, which
+        must not wait for another thread), from a thread of its own if another
+        thread is printing."""
+        if not self._lock.acquire(blocking=wait):
+            threading.Thread(target=self.line, args=(text, prefix), daemon=True).start()
+            return
+        try:
+            self.write("".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""])))
+        finally:
+            self._lock.release()
+
+    def write(self, text: str) -> None:
         with self._lock:
-            for part in shown(text).split("\n") if text else [""]:
-                self._out.write(f"{prefix}{part}\n")
-            self._out.flush()
+            if self.lost:
+                return
+            self._count += 1
+            previous, self._writing = self._writing, (threading.get_ident(), self._count)
+            try:
+                if self._out is None:
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                self._out.write(text)
+                self._out.flush()
+            except (OSError, ValueError) as error:  # ValueError: the stream was closed
+                self._give_up(error)
+            finally:
+                self._writing = previous
+
+    def unblock_after_stop(self, number: int) -> None:
+        """Once the run is stopping, a write that stays blocked (nobody reads the
+        output: a full pipe) must not hold the stop up: after a second its
+        output goes to /dev/null, and signal `number` wakes the blocked write,
+        which then ends."""
+
+        def watch() -> None:
+            seen = None
+            while True:
+                time.sleep(0.5)
+                writing = self._writing
+                if writing is not None and writing == seen and self._out is not None:
+                    self.lost = True
+                    with contextlib.suppress(OSError, ValueError):
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+                    signal.pthread_kill(writing[0], number)
+                    return
+                seen = writing
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    def _give_up(self, error: OSError | ValueError) -> None:
+        self.lost = True
+        number = error.errno if isinstance(error, OSError) else errno.EBADF
+        if self._out is not None:
+            # Whatever is still buffered goes nowhere, so the interpreter's
+            # last flush cannot fail with a traceback.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+        if number == errno.EPIPE:  # the reader left (`| head -1`): stop quietly, as SIGPIPE would
+            CHILDREN.stop(128 + signal.SIGPIPE, "standard output is a pipe its reader closed; stopped")
+        else:
+            CHILDREN.stop(1, f"cannot write to standard output: {os.strerror(number or errno.EIO)}; stopped")
+
+
+class Children:
+    """The commands the tool runs, from every thread, and the request to stop the run.
+
+    Process-wide by nature, as signals and standard output are: a signal
+    handler or a failed write must reach every running command. So there is
+    one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
+    SIGTERM to each command (its whole process group when it has its own
+    session) and SIGKILL after STOP_GRACE seconds to any that is still there;
+    no command starts after it.
+    """
+
+    def __init__(self) -> None:
+        # Reentrant: a signal handler may stop the run while its thread starts a command.
+        self._lock = threading.RLock()
+        self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
+        self.code = 0  # the run's exit code once stopped: 128 + N for signal N
+        self.reason = ""  # the line to print about the stop ("" for none)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._running.clear()
+            self.code, self.reason = 0, ""
+
+    @property
+    def stopping(self) -> bool:
+        return self.code != 0
+
+    def start(self, argv: Sequence[str], own_session: bool, **options: object) -> subprocess.Popen[bytes]:
+        """Starts a command (unless the run is stopping), known to `stop` until `done`."""
+        import subprocess
+
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before running `{format_command(argv)}`")
+            try:
+                process: subprocess.Popen[bytes] = subprocess.Popen(
+                    argv,
+                    start_new_session=own_session,
+                    **options,  # type: ignore[call-overload]
+                )
+            except FileNotFoundError:
+                raise _missing_tool(argv[0]) from None
+            self._running[process] = own_session
+        return process
+
+    def done(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.pop(process, None)
+
+    def stop(self, code: int, reason: str) -> None:
+        """Stops the run: the first call's code and reason are the run's."""
+        with self._lock:
+            if not self.stopping:
+                self.code, self.reason = code, reason
+            running = list(self._running.items())
+        self._signal(running, signal.SIGTERM)
+        if running:
+            timer = threading.Timer(STOP_GRACE, self._signal, (running, signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
+
+    def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
+        for process, own_session in running:
+            if process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if own_session:
+                    os.killpg(process.pid, number)
+                else:
+                    os.kill(process.pid, number)
+
+    def wait(self, timeout: float = STOP_GRACE + 5) -> None:
+        """Returns once no command runs (or after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.02)
+
+
+CHILDREN = Children()
+
+
+def occupy_closed_descriptors() -> None:
+    """Opens /dev/null on standard input, output or error if one is closed
+    (`>&-`), so no file the tool opens can take its number and receive what
+    is printed; `sys.stdout` stays None, and the Console stops the run at
+    its first line."""
+    for number in (0, 1, 2):
+        try:
+            os.fstat(number)
+        except OSError:
+            descriptor = os.open(os.devnull, os.O_RDWR)
+            if descriptor != number:
+                os.dup2(descriptor, number)
+                os.close(descriptor)
 
 
 def _missing_tool(name: str) -> ManageImagesError:
@@ -1985,13 +2176,10 @@ class Runner:
         self.console = console
         self.report = report
         self.prefix_output = prefix_output
-        self.stopping = False
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
         self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
         self.engine: Engine | None = None  # what builds, when a step needs to know
-        self._processes: set[subprocess.Popen[bytes]] = set()
-        self._lock = threading.Lock()
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
@@ -2000,16 +2188,6 @@ class Runner:
     def note(self, image: str, text: str) -> None:
         """Adds `text` to the image's note in the summary (each image is one thread's)."""
         self.notes[image] = f"{self.notes[image]}; {text}" if image in self.notes else text
-
-    def stop(self) -> None:
-        """Terminates every running command; no new one starts after this."""
-        with self._lock:
-            self.stopping = True
-            for process in self._processes:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
 
     def registry(self) -> RegistryClient:
         """The run's registry client (one per run; see `registry_client`)."""
@@ -2037,23 +2215,16 @@ class Runner:
             return []
         import subprocess
 
-        with self._lock:
-            if self.stopping:
-                raise ManageImagesError(f"interrupted before running `{format_command(argv)}`")
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=self.settings.root,
-                    env=self.settings.env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    stdin=None if interactive else subprocess.DEVNULL,
-                    start_new_session=not interactive,
-                )
-            except FileNotFoundError:
-                raise _missing_tool(argv[0]) from None
-            if not interactive:  # it shares our process group: never killpg it
-                self._processes.add(process)
+        # An interactive command shares our process group: it is signalled alone, never its group.
+        process = CHILDREN.start(
+            argv,
+            not interactive,
+            cwd=self.settings.root,
+            env=self.settings.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=None if interactive else subprocess.DEVNULL,
+        )
         tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
             assert process.stdout is not None  # stdout=PIPE
@@ -2063,8 +2234,7 @@ class Runner:
                 self.say(line, image)
             returncode = process.wait()
         finally:
-            with self._lock:
-                self._processes.discard(process)
+            CHILDREN.done(process)
         if returncode != 0:
             raise CommandError(argv, returncode, diagnose(argv, tail, self.settings.registry))
         return list(tail)
@@ -2076,17 +2246,24 @@ def capture_bytes(
     """Runs a read-only command (also in a dry run) and returns its output as bytes."""
     import subprocess
 
+    pipe = subprocess.PIPE
+    process = CHILDREN.start(
+        argv, False, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
+    )
     try:
-        return subprocess.run(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=COMMAND_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise _missing_tool(argv[0]) from None
+        stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         raise ManageImagesError(
             f"`{format_command(argv)}` did not finish within {COMMAND_TIMEOUT} s; "
             "check what holds it up (a lock, a network file system) and run again"
         ) from None
+    finally:
+        CHILDREN.done(process)
+    if process.returncode < 0:  # killed by signal N: 128 + N, wherever it runs
+        raise CommandError(argv, process.returncode)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def capture(
@@ -2545,6 +2722,18 @@ class TrackedFiles:
         self._contents[relative] = data
         self._references.pop(relative, None)
 
+    def reread(self, relative: str) -> None:
+        """Forgets what the run knew of a file that changed on disk: it is read again, and what it names found anew."""
+        self._contents.pop(relative, None)
+        self._references.pop(relative, None)
+        if self._naming is not None:
+            for paths in self._naming.values():
+                if relative in paths:
+                    paths.remove(relative)
+            if relative in self.scan.candidates:
+                for name in pinned_names(self.references(relative)):
+                    self._naming.setdefault(name, []).append(relative)
+
     def references(self, relative: str) -> list[Reference]:
         """The references in a file as the run last read or wrote it, found once."""
         if relative not in self._references:
@@ -2619,13 +2808,18 @@ class Edits:
             self.parent._changes[path] = change
 
 
-def _write_new(path: Path, change: FileChange, mode: int, base: Path | None = None) -> None:
+def _write_new(
+    path: Path, change: FileChange, mode: int, base: Path | None = None, like: Path | None = None
+) -> None:
     """Creates `path` holding exactly the change's new content, with `mode`, on disk (fsync).
 
     A big file whose change is patchable (a digest rewrite) is copied from
     `base` by the kernel (copy_file_range, as cp does) and its splices are
     written over the copy; reading the copy back must then give the new
     content, or it is written whole. Its new content is never built whole.
+    With `like`, the file it is to replace, it gets that file's owner, group,
+    mode, ACL and extended attributes, or it raises OSError naming the one it
+    could not keep.
     """
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -2643,8 +2837,53 @@ def _write_new(path: Path, change: FileChange, mode: int, base: Path | None = No
                 written += os.write(descriptor, view[written : written + (1 << 24)])
         os.fsync(descriptor)
         os.fchmod(descriptor, mode)
+        if like is not None:
+            _keep_metadata(descriptor, like)
     finally:
         os.close(descriptor)
+
+
+def _attributes(path: Path | int) -> list[str]:
+    """The extended attributes (the ACL among them) a file has; none where the file system keeps none."""
+    try:
+        return os.listxattr(path, follow_symlinks=False) if isinstance(path, Path) else os.listxattr(path)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+
+
+def _keep_metadata(descriptor: int, source: Path) -> None:
+    """Gives the open new file what made `source` the user's: owner and group
+    (which only root, or a member of the group, may set), mode, ACL
+    (`system.posix_acl_access`, which also sets the group's bits of the mode)
+    and every other extended attribute, in that order (a chown clears the
+    set-user-ID bit and file capabilities). Raises OSError naming what it
+    could not keep; a group never ends up with more permissions than it had."""
+    old = os.stat(source, follow_symlinks=False)
+    new = os.fstat(descriptor)
+    if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+        try:
+            os.fchown(descriptor, old.st_uid, old.st_gid)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"cannot keep its owner and group (uid {old.st_uid}, gid {old.st_gid}): {error.strerror}; "
+                "run as its owner, or as root",
+            ) from None
+    os.fchmod(descriptor, stat.S_IMODE(old.st_mode))
+    names = _attributes(source)
+    for name in set(_attributes(descriptor)) - set(names):  # a default ACL the folder gave it
+        os.removexattr(descriptor, name)
+    for name in names:
+        try:
+            os.setxattr(descriptor, name, os.getxattr(source, name, follow_symlinks=False))
+        except OSError as error:
+            what = "ACL" if name.startswith("system.posix_acl") else f"extended attribute {name}"
+            raise OSError(error.errno, f"cannot keep its {what}: {error.strerror}") from None
+    mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+    if mode != stat.S_IMODE(old.st_mode):
+        raise OSError(errno.EPERM, f"cannot keep its mode {stat.S_IMODE(old.st_mode):o} (it became {mode:o})")
 
 
 def _copy_and_patch(descriptor: int, base: Path, change: FileChange) -> bool:
@@ -2667,30 +2906,91 @@ def _copy_and_patch(descriptor: int, base: Path, change: FileChange) -> bool:
     return all(os.pread(descriptor, BLOCK, offset) == block for offset, block in new_blocks(change, BLOCK))
 
 
-def _stage_all(
-    staged: Sequence[tuple[FileChange, Path, Path]], umask: int
-) -> list[tuple[FileChange, OSError]]:
-    """Writes every temporary file; the failures, in order. Many files are
-    written by a few threads: their fsyncs then overlap (1,000 files take a
-    third of the time they take one after another)."""
+class Staged(NamedTuple):
+    """A file about to be replaced: its change, the target, the temporary file
+    holding the new content, the name the old file keeps until the commit is
+    over, and whether there was an old file."""
 
-    def stage(item: tuple[FileChange, Path, Path]) -> OSError | None:
-        change, target, temporary = item
+    change: FileChange
+    target: Path
+    temporary: Path
+    backup: Path
+    existed: bool
+
+
+def _each(call: Callable[[Staged], T], staged: Sequence[Staged]) -> list[T]:
+    """`call` on every staged file; by a few threads when there are many (their
+    fsyncs and folder locks then overlap: 1,000 files take a third of the time)."""
+    if len(staged) < 8:
+        return [call(item) for item in staged]
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(call, staged))
+
+
+def _stage_all(staged: Sequence[Staged], umask: int) -> list[tuple[FileChange, OSError]]:
+    """Writes every temporary file; the failures, in order."""
+
+    def stage(item: Staged) -> OSError | None:
         try:
-            mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask
-            _write_new(temporary, change, mode, target)
+            mode = item.target.stat().st_mode & 0o7777 if item.existed else 0o666 & ~umask
+            _write_new(item.temporary, item.change, mode, item.target, item.target if item.existed else None)
         except OSError as error:
             return error
         return None
 
-    if len(staged) < 8:
-        errors = [stage(item) for item in staged]
-    else:
-        import concurrent.futures
+    errors = _each(stage, staged)
+    return [(item.change, error) for item, error in zip(staged, errors) if error is not None]
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-            errors = list(pool.map(stage, staged))
-    return [(item[0], error) for item, error in zip(staged, errors) if error is not None]
+
+def _holds(path: Path, data: bytes) -> bool:
+    """True if the file at `path` holds exactly `data` (read in blocks, never whole)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size != len(data):
+            return False
+        view = memoryview(data)
+        for offset in range(0, len(data), BLOCK * 16):
+            if file.read(BLOCK * 16) != view[offset : offset + BLOCK * 16]:
+                return False
+        return not file.read(1)
+
+
+def _replace(item: Staged) -> OSError | None:
+    """Puts the new file in place, keeping the old one as `backup` (a hard link,
+    else a copy of what the change was computed from, once it is checked to
+    hold it); a file that did not exist is linked into place, so one created
+    meanwhile is never overwritten. The error, or None."""
+    change, target, temporary, backup, existed = item
+    try:
+        if not existed:
+            os.link(temporary, target)
+            os.unlink(temporary)
+            return None
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except OSError:  # no hard links here (or an append-only file, which the rename refuses)
+            if not _holds(target, change.old):
+                raise FileExistsError(errno.EEXIST, "it changed on disk") from None
+            _write_new(backup, FileChange.whole(change.path, b"", change.old), 0o600, like=target)
+        os.replace(temporary, target)
+    except OSError as error:
+        return error
+    return None
+
+
+def _put_back(replaced: Sequence[Staged]) -> list[str]:
+    """Puts every old file back; the paths that could not be (their old content kept as the backup)."""
+    failed = []
+    for item in reversed(replaced):
+        try:
+            if item.existed:
+                os.replace(item.backup, item.target)
+            else:
+                os.unlink(item.target)
+        except OSError:
+            failed.append(item.change.path)
+    return failed
 
 
 def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: RepositoryLock | None) -> None:
@@ -2713,30 +3013,68 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
             )
     umask = os.umask(0)
     os.umask(umask)
-    staged = [(change, root / change.path, temporary_beside(root / change.path)) for change in changes]
+    staged = [
+        Staged(change, path, temporary_beside(path), temporary_beside(path), path.exists())
+        for change, path in ((change, root / change.path) for change in changes)
+    ]
     if lock is not None:
-        lock.record(temporary for _, _, temporary in staged)
-    failures = _stage_all(staged, umask)
-    if failures:
-        for _, _, temporary in staged:
-            temporary.unlink(missing_ok=True)
-        change, error = failures[0]
-        raise ManageImagesError(
-            f"cannot write {shown(change.path)}: {error.strerror}; no file was changed for this image, "
-            "fix the cause and run again"
-        )
-    # The commit: renames, many at once when there are many (they are spread
-    # over folders, and each waits on its own folder's lock).
-    if len(staged) < 8:
-        for _, target, temporary in staged:
-            os.replace(temporary, target)
-    else:
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda item: os.replace(item[2], item[1]), staged))
+        lock.record(name for item in staged for name in (item.temporary, item.backup))
+    kept: set[Path] = set()
+    try:
+        failures = _stage_all(staged, umask)
+        if failures:
+            change, error = failures[0]
+            raise ManageImagesError(
+                f"cannot write {shown(change.path)}: {error.strerror}; no file was changed for this image, "
+                "fix the cause and run again"
+            )
+        kept = _commit(staged)
+    finally:
+        for item in staged:
+            item.temporary.unlink(missing_ok=True)
+            if item.backup not in kept:
+                item.backup.unlink(missing_ok=True)
     if lock is not None:
         lock.record(())
+
+
+def _commit(staged: Sequence[Staged]) -> set[Path]:
+    """Renames every temporary file over its target; then each old file must
+    still hold what its change was computed from (the disk is the truth: an
+    edit saved while the tool ran is never written over). On any failure
+    every file of the image is put back. Returns the backups that must be
+    kept (none, unless putting one back failed)."""
+    errors = _each(_replace, staged)
+    replaced = [item for item, error in zip(staged, errors) if error is None]
+    failed = [(item, error) for item, error in zip(staged, errors) if error is not None]
+    moved = [item.change.path for item, error in failed if isinstance(error, FileExistsError)]
+    if not failed:
+        held = _each(lambda item: not item.existed or _holds(item.backup, item.change.old), replaced)
+        moved = [item.change.path for item, ok in zip(replaced, held) if not ok]
+    if not failed and not moved:
+        return set()
+    stuck = _put_back(replaced)
+    if stuck:
+        backups = {item.backup for item in replaced if item.change.path in stuck}
+        raise ManageImagesError(
+            f"cannot put back {shown(stuck[0])} after a failed write: its old content is in "
+            f"{shown(str(min(backups)))}; move it back by hand"
+        )
+    if moved:
+        raise ChangedOnDisk(moved)
+    item, error = failed[0]
+    raise ManageImagesError(
+        f"cannot replace {shown(item.change.path)}: {error.strerror}{_replace_hint(error)}; every file of "
+        "this image was put back as it was, fix the cause and run again"
+    )
+
+
+def _replace_hint(error: OSError) -> str:
+    if error.errno == errno.EPERM:
+        return " (an append-only or immutable file? see `lsattr`)"
+    if error.errno in (errno.EBUSY, errno.EXDEV):
+        return " (a mount point, such as a file bind-mounted there, cannot be replaced)"
+    return ""
 
 
 # ---------------------------------------------------------------------------
@@ -3770,6 +4108,8 @@ def prefetched_digests(runner: Runner, images: Sequence[str], steps: Steps) -> d
     argv = inspect_many_argv([f"{url}:{settings.tag}" for url in urls.values()])
     try:
         result = capture(argv, settings.root, settings.env)
+    except CommandError:  # killed by a signal: 128 + N
+        raise
     except ManageImagesError:  # no docker here: a dry run goes on without digests
         return {image: None for image in images}
     return {image: repo_digest_among(result.stdout, url, settings.tag) for image, url in urls.items()}
@@ -3849,6 +4189,35 @@ def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence
     write_all_or_nothing(runner.settings.root, changes, lock)
 
 
+def written_anew_if_changed(
+    runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, plan: Callable[[Edits], None]
+) -> list[FileChange]:
+    """Plans the edits and writes them; when a file changed on disk since it
+    was read (someone saved it while the tool ran), plans them again from what
+    is there now, up to three times. The changes written."""
+    for attempt in range(3):
+        edits = Edits(files)
+        plan(edits)
+        changes = edits.changes()
+        try:
+            apply_changes(runner, lock, changes)
+            return changes
+        except ChangedOnDisk as error:
+            if attempt == 2:
+                raise
+            read_again(runner, files, error)
+    raise AssertionError("unreachable")
+
+
+def read_again(runner: Runner, files: TrackedFiles, error: ChangedOnDisk) -> None:
+    runner.console.line(
+        f"{', '.join(map(shown, error.paths))} changed on disk while the tool ran: "
+        "computing the change again from what is there now"
+    )
+    for path in error.paths:
+        files.reread(path)
+
+
 def update_workspace(runner: Runner, edits: Edits, image: str, digest: str | None) -> None:
     """Adds to `edits` the new digest of the rbe_autoconfig rule that pins IMAGE."""
     scan = edits.files.scan
@@ -3869,10 +4238,9 @@ def update_references(
     runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, image: str, digest: str | None
 ) -> None:
     """Points every reference to IMAGE in the tracked files at `digest`, and writes them."""
-    edits = Edits(files)
-    plan_references(runner, edits, image, digest)
-    changes = edits.changes()
-    apply_changes(runner, lock, changes)
+    changes = written_anew_if_changed(
+        runner, files, lock, lambda edits: plan_references(runner, edits, image, digest)
+    )
     if not runner.settings.dry_run:
         for change in changes:
             files.written(change.path, change.new())
@@ -4088,19 +4456,22 @@ class Report:
         }
 
 
-def write_report(destination: str, document: Mapping[str, object]) -> None:
-    """Writes the --json document to a file (whole, by rename) or to standard output (`-`)."""
+def write_report(destination: str, document: Mapping[str, object], out: Console) -> None:
+    """Writes the --json document to a file (whole, by rename; a new one with
+    the umask's mode) or to standard output (`-`)."""
     import json
 
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     if destination == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        out.write(text)
         return
     path = Path(destination)
     temporary = temporary_beside(path)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        _write_new(temporary, FileChange.whole(destination, b"", text.encode()), 0o644)
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~umask
+        _write_new(temporary, FileChange.whole(destination, b"", text.encode()), mode)
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
@@ -4125,30 +4496,37 @@ def repository_lock(runner: Runner, command: str, needed: bool = True) -> Iterat
     try:
         yield lock
     finally:
+        if CHILDREN.stopping:  # released only once the stopped commands are gone
+            CHILDREN.wait()
         lock.release()
 
 
 @contextlib.contextmanager
-def stopped_by_signals(runner: Runner) -> Iterator[list[int]]:
-    """Within it, SIGINT and SIGTERM stop the running commands and start nothing
-    new; yields the list of signals received. The previous handlers come back
-    on the way out."""
-    received: list[int] = []
+def signals_stop_the_run(console: Console) -> Iterator[None]:
+    """Within it, SIGINT, SIGTERM and SIGHUP stop the run, whatever it is doing:
+    the running commands are stopped (SIGKILL after STOP_GRACE seconds), none
+    starts after, the image being written finishes or puts back its files, and
+    the run ends with 128 + N. The previous handlers come back on the way out."""
 
     def on_signal(number: int, frame: FrameType | None) -> None:
-        if not received:
-            runner.console.line(
-                f"Interrupted by {signal.Signals(number).name}: stopping the running commands"
-            )
-        received.append(number)
-        runner.stop()
+        name = signal.Signals(number).name
+        first = not CHILDREN.stopping
+        CHILDREN.stop(128 + number, f"interrupted by {name}")
+        if first:
+            console.unblock_after_stop(number)
+            message = f"Interrupted by {name}: stopping the running commands"
+            try:
+                console.line(message, wait=False)
+            except RuntimeError:  # it came in the middle of this thread's own write: print it after
+                threading.Thread(target=console.line, args=(message,), daemon=True).start()
 
     handlers = {}
     if threading.current_thread() is threading.main_thread():
-        for number in (signal.SIGINT, signal.SIGTERM):
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name)
             handlers[number] = signal.signal(number, on_signal)
     try:
-        yield received
+        yield
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
@@ -4168,31 +4546,34 @@ def process_images(
     interrupted), prints the summary, returns the exit code."""
     old = pinned_now(runner.settings)
     start = time.monotonic()
-    with stopped_by_signals(runner) as received:
-        results = run_graph(
-            images,
-            graph,
-            schedule.jobs,
-            schedule.keep_going,
-            work,
-            finish,
-            stopped=lambda: bool(received),
-            on_start=lambda image, number: runner.say(
-                f"Processing image {image} [{number}/{len(images)}]", image
-            ),
-        )
+    results = run_graph(
+        images,
+        graph,
+        schedule.jobs,
+        schedule.keep_going,
+        work,
+        finish,
+        stopped=lambda: CHILDREN.stopping,
+        on_start=lambda image, number: runner.say(
+            f"Processing image {image} [{number}/{len(images)}]", image
+        ),
+    )
     failed_after: ManageImagesError | None = None
-    if after_run is not None and not received:
+    if after_run is not None and not CHILDREN.stopping:
         try:
             after_run(results)
         except ManageImagesError as error:
             failed_after = error
+            results = refused(results, runner.changed_files, error)
     wall = time.monotonic() - start
     runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
     runner.report.add_results(results, runner, old)
-    if received:
-        return 128 + received[0]
-    failures = sorted((item for item in results.values() if item.error), key=lambda item: item.finished)
+    if CHILDREN.stopping:
+        return CHILDREN.code
+    failures = sorted(
+        (item for item in results.values() if item.error and item.error is not failed_after),
+        key=lambda item: item.finished,
+    )
     for item in failures[1:]:
         print(shown(f"{item.image}: {item.error}"), file=sys.stderr)
     if failures and failures[0].error:
@@ -4289,11 +4670,24 @@ def only_references(
             done[image] = digest
             return digest
 
-        def write(results: Mapping[str, ImageResult]) -> None:
+        def plan_all(edits: Edits) -> None:
             hexes = digest_hexes(registry, done)
             for path in dict.fromkeys(path for image in done for path in files.naming(image)):
-                run_edits.patch(path, reference_splices(run_edits.references(path), hexes))
-            apply_changes(runner, lock, run_edits.changes())
+                edits.patch(path, reference_splices(edits.references(path), hexes))
+
+        def write(results: Mapping[str, ImageResult]) -> None:
+            plan_all(run_edits)
+            try:
+                apply_changes(runner, lock, run_edits.changes())
+            except ChangedOnDisk as error:  # plan every image again, from what is there now
+                read_again(runner, files, error)
+
+                def again(edits: Edits) -> None:
+                    for image, digest in done.items():
+                        plan_references(runner, edits, image, digest, rewrite_files=False)
+                    plan_all(edits)
+
+                written_anew_if_changed(runner, files, lock, again)
 
         return process_images(
             runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"], write
@@ -4692,6 +5086,27 @@ def _check_values(
         )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
+    if args.json is not None:
+        problem = report_path_problem(args.json)
+        if problem:
+            parser.error(f"--json {args.json!r}: {problem}")
+
+
+def report_path_problem(destination: str) -> str:
+    """Why the --json report could not be written to `destination`, found before any work, or ""."""
+    if destination == "-":
+        return ""
+    if not destination:
+        return "give a file name, or - for standard output"
+    path = Path(destination)
+    folder = path.parent
+    if path.is_dir():
+        return "is a folder; give a file name"
+    if not folder.is_dir():
+        return f"the folder {shown(str(folder))} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {shown(str(folder))} is not writable"
+    return ""
 
 
 def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -4814,26 +5229,46 @@ def main(
     except ManageImagesError as error:
         print(error, file=sys.stderr)
         return 1
+    occupy_closed_descriptors()
     args = parse_arguments(build_parser(graph), argv, graph)
     arguments = list(sys.argv[1:] if argv is None else argv)
     report = Report(arguments)
+    CHILDREN.reset()
     # With --json -, standard output carries the document alone.
-    console = Console(sys.stderr if args.json == "-" else sys.stdout)
+    out = Console(sys.stdout)
+    console = Console(sys.stderr) if args.json == "-" else out
+    with signals_stop_the_run(console):
+        code = run_and_report(args, graph, arguments, report, console, out)
+    return code
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    graph: Mapping[str, Sequence[str]],
+    arguments: Sequence[str],
+    report: Report,
+    console: Console,
+    out: Console,
+) -> int:
+    """Runs the mode, prints the one line of a failure, writes --json; the exit code."""
     try:
         code = dispatch(args, graph, " ".join(["manage_images.py", *arguments]), report, console)
-    except KeyboardInterrupt:
-        code = 130
     except Exception as error:  # a bug or an unforeseen OS error too: one line, never a traceback
-        sys.stdout.flush()
         message = str(error) if isinstance(error, ManageImagesError) else unexpected(error)
         if isinstance(error, UsageError):
             message = f"manage_images.py: error: {message}"
-        print(shown(message), file=sys.stderr)
+        if not CHILDREN.stopping:  # else it is what the stop did (a command killed), not news
+            print(shown(message), file=sys.stderr)
         report.error = message
         code = error.returncode if isinstance(error, ManageImagesError) else 1
+    if CHILDREN.stopping:
+        code = CHILDREN.code
+        report.error = CHILDREN.reason
+        if CHILDREN.reason.startswith("cannot write"):
+            print(f"manage_images.py: {CHILDREN.reason}", file=sys.stderr)
     if args.json:
         try:
-            write_report(args.json, report.document(code))
+            write_report(args.json, report.document(code), out)
         except ManageImagesError as error:
             print(shown(str(error)), file=sys.stderr)
             return code or 1
