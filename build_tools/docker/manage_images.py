@@ -1521,11 +1521,12 @@ def format_duration(seconds: float) -> str:
 
 def format_left(seconds: float) -> str:
     """The estimate as a person reads it: `~45s left`, `~12m left`, `~2h07m left`."""
-    if seconds < 60:
-        return f"~{max(1, int(seconds + 0.999))}s left"
-    if seconds < 3600:
-        return f"~{int(seconds / 60 + 0.5)}m left"
-    return f"~{format_duration(seconds + 30)} left"
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return f"~{max(whole, 1)}s left"
+    if whole < 3600:
+        return f"~{int(whole / 60 + 0.5)}m left"
+    return f"~{format_duration(whole + 30)} left"
 
 
 def fit(text: str, width: int) -> str:
