@@ -156,6 +156,7 @@ KEEP_RUNS = 5  # runs whose logs are kept, this one included
 DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last step durations
 TAIL_LINES = 20  # lines of a failed image's log shown under the summary
 REDRAW_SECONDS = 0.25  # the terminal view is redrawn at most this often
+_ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
 
 T = TypeVar("T")
 
@@ -1297,6 +1298,7 @@ def run_graph(
     on_start: Callable[[str, int], None] = lambda image, number: None,
     clock: Callable[[], float] = time.monotonic,
     on_finish: Callable[[ImageResult], None] = lambda item: None,
+    on_tick: Callable[[], None] = lambda: None,
 ) -> dict[str, ImageResult]:
     """Processes `order` so that each image starts once every dependency of it
     in the run has finished.
@@ -1337,6 +1339,7 @@ def run_graph(
             done, _ = concurrent.futures.wait(
                 running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
             )
+            on_tick()
             # Several may finish at once: take them in the run's order, so the
             # edits and the output never depend on thread timing.
             for future in sorted(done, key=lambda future: position[running[future]]):
@@ -1644,27 +1647,30 @@ class Console:
         """Replaces the live block (lines cut to the terminal's width; `lengths`
         are their widths on screen); an empty block leaves none and the cursor shown."""
         with self._lock:
-            first = not self._block
-            self._erase()
+            hide = "\x1b[?25l" if block and not self._block else ""  # no cursor jumping about the block
+            show = "\x1b[?25h" if self._block and not block else ""
+            erase = self._erasing()
             self._block, self._lengths = list(block), list(lengths)
-            if first and block:
-                self._out.write("\x1b[?25l")  # hide the cursor while the block moves
-            self._draw()
-            if not block and not first:
-                self._out.write("\x1b[?25h")
+            # One write: a line-buffered terminal stream makes a system call per write.
+            self._out.write(f"{erase}{hide}{self._drawing()}{show}")
             self._out.flush()
 
     def _erase(self) -> None:
+        self._out.write(self._erasing())
+
+    def _erasing(self) -> str:
         if not self._lengths:
-            return
+            return ""
         # A terminal that got narrower rewraps each line over more rows.
         columns = self.columns()
         rows = sum(max(1, -(-length // columns)) for length in self._lengths)
-        self._out.write(f"\r\x1b[{rows}A\x1b[J")
+        return f"\r\x1b[{rows}A\x1b[J"
 
     def _draw(self) -> None:
-        for line in self._block:
-            self._out.write(f"{line}\n")
+        self._out.write(self._drawing())
+
+    def _drawing(self) -> str:
+        return "".join(f"{line}\n" for line in self._block)
 
 
 class RunLogs:
@@ -1782,6 +1788,9 @@ class Progress:
         self._step_started: dict[str, float] = {}
         self._done: set[str] = set()
         self._failed: set[str] = set()
+        self._estimate: tuple[float, float] | None = None  # (seconds left, when), until the next event
+        self.version = 0  # changes at each start, step and finish: the view redraws at once
+        self._position: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def plan(
@@ -1793,6 +1802,7 @@ class Progress:
     ) -> None:
         """The run about to start; the history (if any) gives the images' expected costs."""
         self._order, self._graph, self._schedule = list(order), graph, schedule
+        self._position = {image: index for index, image in enumerate(order)}
         self._started = time.monotonic()
         if self.logs is not None:
             self.costs = expected_costs(order, steps, self.logs.history())
@@ -1800,6 +1810,8 @@ class Progress:
     def start(self, image: str) -> None:
         with self._lock:
             self._running[image] = Running(image, "", time.monotonic(), "")
+            self._estimate = None
+            self.version += 1
 
     def begin(self, image: str, step: str) -> None:
         """IMAGE starts STEP; the step it was in, if another, is complete."""
@@ -1810,6 +1822,7 @@ class Progress:
             self._close_step(image, item.step)
             self._running[image] = item._replace(step=step)
             self._step_started[image] = time.monotonic()
+            self.version += 1
 
     def end(self, image: str) -> None:
         """IMAGE's current step is complete."""
@@ -1828,12 +1841,14 @@ class Progress:
             self._running.pop(item.image, None)
             self._step_started.pop(item.image, None)
             (self._done if item.result == "done" else self._failed).add(item.image)
+            self._estimate = None
+            self.version += 1
 
     def output(self, image: str, text: str) -> None:
         """A line about IMAGE (tty mode keeps the last one for the view)."""
         with self._lock:
             item = self._running.get(image)
-            if item is not None:
+            if item is not None:  # shown at the view's next redraw, within a second
                 self._running[image] = item._replace(last=text.rsplit("\n", 1)[-1])
 
     def left(self) -> float | None:
@@ -1844,16 +1859,23 @@ class Progress:
     def _left(self, now: float) -> float | None:
         if self.costs is None:
             return None
+        # Between two events the estimate only counts down: work it out anew
+        # after each start or finish, and every 5 s otherwise (an image that
+        # runs past its record then holds it up).
+        if self._estimate is not None and now - self._estimate[1] < 5.0:
+            return max(self._estimate[0] - (now - self._estimate[1]), 0.0)
         remaining = remaining_images(
             self._order, self._graph, self._done, self._failed, self._running, self._schedule.keep_going
         )
         elapsed = {image: now - item.started for image, item in self._running.items()}
-        return estimate_left(remaining, self._graph, self.costs, self._schedule.jobs, elapsed)
+        left = estimate_left(remaining, self._graph, self.costs, self._schedule.jobs, elapsed)
+        self._estimate = (left, now)
+        return left
 
     def state(self) -> ViewState:
         with self._lock:
             now = time.monotonic()
-            running = tuple(sorted(self._running.values(), key=lambda item: self._order.index(item.image)))
+            running = tuple(sorted(self._running.values(), key=lambda item: self._position[item.image]))
             return ViewState(
                 len(self._order),
                 len(self._done),
@@ -1866,40 +1888,41 @@ class Progress:
 
 
 class LiveView:
-    """--progress tty: redraws the view below the console's lines from a thread
-    of its own, at most every REDRAW_SECONDS, until closed."""
+    """--progress tty: the view below the console's lines, redrawn by `tick`
+    (which the scheduler's thread calls between its waits, so the view costs
+    no thread and no wake-up of its own) at most every REDRAW_SECONDS, and only
+    when a start, a step or a finish changed it, or at the clock's next second
+    (which also shows the images' last lines and catches a resized terminal)."""
 
     def __init__(self, console: Console, progress: Progress) -> None:
         self._console = console
         self._progress = progress
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="manage_images-view", daemon=True)
+        self._drawn: tuple[int, int] | None = None
+        self._at = 0.0
 
-    def start(self) -> None:
-        self.draw()
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(REDRAW_SECONDS):
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._at < REDRAW_SECONDS:
+            return
+        seen = (self._progress.version, int(now))
+        if seen != self._drawn:
             self.draw()
+            self._drawn, self._at = seen, now
 
     def draw(self) -> None:
         stream = self._console.stream
         try:
-            rows = os.get_terminal_size(stream.fileno()).lines
+            size = os.get_terminal_size(stream.fileno())
+            columns, rows = size.columns or 80, size.lines or 24
         except (OSError, ValueError, AttributeError):
-            rows = 24
-        columns = self._console.columns()
+            columns, rows = 80, 24
         state, now = self._progress.state(), time.monotonic()
-        plain = render_view(state, now, columns, rows)
-        lines = render_view(state, now, columns, rows, colour=True) if self._progress.colour else plain
-        self._console.show(lines, [len(line) for line in plain])
+        lines = render_view(state, now, columns, rows, colour=self._progress.colour)
+        lengths = [len(_ESCAPE_RE.sub("", line)) for line in lines] if self._progress.colour else None
+        self._console.show(lines, lengths or [len(line) for line in lines])
 
     def close(self) -> None:
-        """Stops redrawing and erases the view, leaving the screen as the lines printed made it."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        """Erases the view, leaving the screen as the lines printed made it."""
         self._console.show([], [])
 
 
@@ -3038,9 +3061,10 @@ def showing_progress(
     graph: Mapping[str, Sequence[str]],
     schedule: Schedule,
     step_names: Sequence[str],
-) -> Iterator[Progress]:
+) -> Iterator[Callable[[], None]]:
     """Owns the output of a run: opens this run's logs, plans the estimate and,
-    with --progress tty, draws the view. On the way out, whatever the reason
+    with --progress tty, draws the view; yields what the scheduler calls
+    between its waits to redraw it. On the way out, whatever the reason
     (an error, Ctrl-C, a closed terminal), it erases the view and shows the
     cursor again, so what follows (the summary) starts on a clean line; then it
     closes the logs and records the step durations."""
@@ -3057,8 +3081,8 @@ def showing_progress(
     view = LiveView(runner.console, progress) if progress.mode == "tty" else None
     try:
         if view is not None:
-            view.start()
-        yield progress
+            view.draw()
+        yield view.tick if view is not None else lambda: None
     finally:
         if view is not None:
             with contextlib.suppress(OSError):
@@ -3129,7 +3153,7 @@ def process_images(
     start = time.monotonic()
     on_start, timed_work, timed_finish, on_finish = tracked(runner, len(images), step_names, work, finish)
     with (
-        showing_progress(runner, images, graph, schedule, step_names),
+        showing_progress(runner, images, graph, schedule, step_names) as tick,
         stopped_by_signals(runner) as received,
     ):
         results = run_graph(
@@ -3142,6 +3166,7 @@ def process_images(
             stopped=lambda: bool(received),
             on_start=on_start,
             on_finish=on_finish,
+            on_tick=tick,
         )
     failed_after: ManageImagesError | None = None
     if after_run is not None and not received:
