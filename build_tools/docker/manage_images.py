@@ -239,6 +239,15 @@ CERTS_D_ENV = "MANAGE_IMAGES_CERTS_D"
 DOCKER_HUB_CREDENTIALS = "https://index.docker.io/v1/"  # Docker Hub's key in config.json
 CLIENT_ID = "manage_images.py"  # the OAuth2 client_id of the refresh-token grant
 USER_AGENT = f"manage_images.py/{__version__}"
+# --progress, after buildx: `auto` is `tty` on a terminal (TERM not dumb), else `plain`.
+PROGRESS_CHOICES = ("auto", "tty", "plain", "quiet")
+LOGS_NAME = "manage_images-logs"  # in the git directory, beside the lock: one folder per run
+RUN_FOLDER_RE = re.compile(r"\d{8}T\d{6}Z-\d+(?:-\d+)?\Z")  # a run's folder of logs; only these are pruned
+KEEP_RUNS = 5  # runs whose logs are kept, this one included
+DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last step durations
+TAIL_LINES = 20  # lines of a failed image's log shown under the summary
+REDRAW_SECONDS = 0.25  # the terminal view is redrawn at most this often
+_ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
 
 T = TypeVar("T")
 
@@ -1835,6 +1844,8 @@ def run_graph(
     stopped: Callable[[], bool] = lambda: False,
     on_start: Callable[[str, int], None] = lambda image, number: None,
     clock: Callable[[], float] = time.monotonic,
+    on_finish: Callable[[ImageResult], None] = lambda item: None,
+    on_tick: Callable[[], None] = lambda: None,
 ) -> dict[str, ImageResult]:
     """Processes `order` so that each image starts once every dependency of it
     in the run has finished.
@@ -1875,12 +1886,14 @@ def run_graph(
             done, _ = concurrent.futures.wait(
                 running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
             )
+            on_tick()
             # Several may finish at once: take them in the run's order, so the
             # edits and the output never depend on thread timing.
             for future in sorted(done, key=lambda future: position[running[future]]):
                 image = running.pop(future)
                 item = _finished(image, future, finish, clock() - started[image], len(results))
                 results[image] = item
+                on_finish(item)
                 if item.result == "done":
                     sorter.done(image)
     return _with_the_rest(order, graph, results)
@@ -1968,6 +1981,192 @@ def format_summary(
 
 
 # ---------------------------------------------------------------------------
+# Progress: time left, the terminal view, a failed image's log.
+
+
+def resolve_progress(choice: str, terminal: bool, term: str) -> str:
+    """The --progress mode a run uses: `auto` is `tty` on a terminal whose TERM is not `dumb`."""
+    if choice != "auto":
+        return choice
+    return "tty" if terminal and term != "dumb" else "plain"
+
+
+def expected_costs(
+    images: Sequence[str], steps: Sequence[str], history: Mapping[str, Mapping[str, float]]
+) -> dict[str, float] | None:
+    """Seconds each image should take for `steps`, from the durations its steps
+    took last time; a step an image has no record of counts as the median of
+    the others' records of it. None when no image has a record of any step."""
+    medians: dict[str, float] = {}
+    for step in steps:
+        known = sorted(record[step] for record in history.values() if step in record)
+        if known:
+            middle = len(known) // 2
+            medians[step] = known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
+    if not medians:
+        return None
+    return {
+        image: sum(history.get(image, {}).get(step, medians.get(step, 0.0)) for step in steps)
+        for image in images
+    }
+
+
+def remaining_images(
+    order: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    finished: Iterable[str],
+    failed: Iterable[str],
+    running: Iterable[str],
+    keep_going: bool,
+) -> list[str]:
+    """The images of `order` that may still run (the running ones included):
+    not finished, not built on a failed image, and, after a failure without
+    `keep_going`, only those already running."""
+    finished, failed, running = set(finished), set(failed), set(running)
+    if failed and not keep_going:
+        return [image for image in order if image in running]
+    blocked = set(failed)
+    for image in order:
+        if any(parent in blocked for parent in graph[image]):
+            blocked.add(image)
+    return [image for image in order if image not in finished and image not in blocked]
+
+
+def estimate_left(
+    remaining: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    costs: Mapping[str, float],
+    jobs: int,
+    elapsed: Mapping[str, float] | None = None,
+) -> float:
+    """Seconds until the last image of `remaining` would finish if each took its cost.
+
+    It runs the scheduler on paper: an image starts, in the order of
+    `remaining`, once its parents among them have finished and one of `jobs`
+    slots is free; an image in `elapsed` is running already and needs its cost
+    less that many seconds. With enough jobs this is the longest remaining path
+    through the graph; with fewer, images also wait for a slot.
+    """
+    elapsed = elapsed or {}
+    position = {image: index for index, image in enumerate(remaining)}
+    ends: dict[str, float] = {}
+    running = [
+        (max(costs[image] - seconds, 0.0), position[image], image)
+        for image, seconds in elapsed.items()
+        if image in position
+    ]
+    waiting = [image for image in remaining if image not in elapsed]
+    now = 0.0
+    while running or waiting:
+        for image in list(waiting):
+            if len(running) >= jobs:
+                break
+            if all(parent in ends for parent in graph[image] if parent in position):
+                waiting.remove(image)
+                running.append((now + costs[image], position[image], image))
+        if not running:  # only images whose parents can never finish: nothing more runs
+            break
+        running.sort()
+        now, _, image = running.pop(0)
+        ends[image] = now
+    return now
+
+
+def format_duration(seconds: float) -> str:
+    """`45s`, `12m05s`, `2h07m`."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_left(seconds: float) -> str:
+    """The estimate as a person reads it: `~45s left`, `~12m left`, `~2h07m left`."""
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return f"~{max(whole, 1)}s left"
+    if whole < 3600:
+        return f"~{int(whole / 60 + 0.5)}m left"
+    return f"~{format_duration(whole + 30)} left"
+
+
+def fit(text: str, width: int) -> str:
+    """`text` on one terminal line of at most `width` columns: control
+    characters as spaces, cut with `...` when longer."""
+    if not text.isascii() or not text.isprintable():
+        text = "".join(char if char.isprintable() else " " for char in text)
+    if len(text) <= width:
+        return text
+    return text[: max(width - 3, 0)] + "..."[: max(width, 0)]
+
+
+class Running(NamedTuple):
+    """An image the terminal view shows: its step, when it started, its output's last line."""
+
+    image: str
+    step: str
+    started: float
+    last: str
+
+
+class ViewState(NamedTuple):
+    """What the terminal view shows at one moment."""
+
+    total: int
+    done: int
+    failed: int
+    running: tuple[Running, ...]
+    started: float  # the run's start, on the same clock
+    left: float | None  # the estimate, if there is one
+    name_width: int  # the longest image name of the run
+
+
+def render_view(state: ViewState, now: float, columns: int, rows: int, colour: bool = False) -> list[str]:
+    """The terminal view's lines: a header with the counts, the elapsed time
+    and the time left, then one line per running image (its step, elapsed
+    time and last line of output), each cut to `columns` - 1 (a full line
+    would leave the cursor at the edge, and a narrower terminal would rewrap
+    it) and, with `rows`, at most `rows` - 1 lines in all."""
+    width = max(columns - 1, 1)
+    waiting = state.total - state.done - state.failed - len(state.running)
+    header = (
+        f"[{state.done + state.failed}/{state.total}] {state.done} done, {len(state.running)} running, "
+        f"{state.failed} failed, {waiting} left | {format_duration(now - state.started)} elapsed"
+        + (f" | {format_left(state.left)}" if state.left is not None else "")
+    )
+    bold, red, dim, cyan, reset = (
+        ("\x1b[1m", "\x1b[31m", "\x1b[2m", "\x1b[36m", "\x1b[0m") if colour else [""] * 5
+    )
+    header = fit(header, width)
+    if colour and state.failed:
+        header = header.replace(f", {state.failed} failed", f", {red}{state.failed} failed{reset}{bold}", 1)
+    lines = [f"{bold}{header}{reset}"]
+    shown_running = state.running[: max(rows - 2, 1)]
+    for item in shown_running:
+        head = (
+            f"  {item.image:<{state.name_width}}  {item.step:<17}  {format_duration(now - item.started):>6}  "
+        )
+        line = fit(head + item.last, width)
+        if colour:
+            cut = min(len(line), len(head))
+            name_end = 2 + len(item.image)
+            line = f"  {cyan}{line[2:name_end]}{reset}{line[name_end:cut]}{dim}{line[cut:]}{reset}"
+        lines.append(line)
+    if len(state.running) > len(shown_running):
+        lines[-1] = fit(f"  ... and {len(state.running) - len(shown_running) + 1} more running", width)
+    return lines
+
+
+def failure_tail(image: str, log: str, tail: Sequence[str]) -> str:
+    """What follows the summary for a failed image: its log, and that log's last lines."""
+    return "\n".join(
+        [f"{image} failed; the last {len(tail)} lines of its log, {log}:", *(f"  {line}" for line in tail)]
+    )
+
+
+# ---------------------------------------------------------------------------
 # Side effects: running commands, reading git, locking, writing files.
 
 
@@ -1978,6 +2177,9 @@ class Console:
     written (standard output closed, a pipe whose reader left, a full disk),
     the run stops as a Unix tool's does, its commands stopped and nothing
     half-written, and the output is dropped from then on.
+
+    In the terminal view it also keeps a block of live lines below what it
+    printed: each line printed goes above the block, which is redrawn under it.
     """
 
     def __init__(self, out: TextIO | None) -> None:
@@ -1991,18 +2193,59 @@ class Console:
         self.lost = False
         self._writing: tuple[int, int] | None = None  # (thread, count) of the write under way
         self._count = 0
+        self._block: list[str] = []  # the live lines, as written (colours included)
+        self._lengths: list[int] = []  # their lengths on screen, to erase them after a resize
+
+    @property
+    def stream(self) -> TextIO | None:
+        return self._out
+
+    def size(self) -> tuple[int, int]:
+        """The terminal's columns and rows now (80 by 24 when it is not a terminal)."""
+        try:
+            size = os.get_terminal_size(self._out.fileno()) if self._out is not None else None
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+            size = None
+        return (size.columns or 80, size.lines or 24) if size is not None else (80, 24)
+
+    def columns(self) -> int:
+        """The terminal's width now (80 when it is not a terminal)."""
+        return self.size()[0]
 
     def line(self, text: str = "", prefix: str = "", wait: bool = True) -> None:
-        """Prints `text` as whole lines; with `wait` false (a signal handler, which
-        must not wait for another thread), from a thread of its own if another
-        thread is printing."""
+        """Prints `text` as whole lines, above the live block if there is one; with
+        `wait` false (a signal handler, which must not wait for another thread),
+        from a thread of its own if another thread is printing."""
         if not self._lock.acquire(blocking=wait):
             threading.Thread(target=self.line, args=(text, prefix), daemon=True).start()
             return
         try:
-            self.write("".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""])))
+            body = "".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""]))
+            # One write: a line-buffered terminal stream makes a system call per write.
+            self.write(f"{self._erasing()}{body}{self._drawing()}")
         finally:
             self._lock.release()
+
+    def show(self, block: Sequence[str], lengths: Sequence[int]) -> None:
+        """Replaces the live block (lines cut to the terminal's width; `lengths`
+        are their widths on screen); an empty block leaves none and the cursor shown."""
+        with self._lock:
+            hide = "\x1b[?25l" if block and not self._block else ""  # no cursor jumping about the block
+            show = "\x1b[?25h" if self._block and not block else ""
+            erase = self._erasing()
+            self._block, self._lengths = list(block), list(lengths)
+            self.write(f"{erase}{hide}{self._drawing()}{show}")
+
+    def _erasing(self) -> str:
+        if not self._lengths:
+            return ""
+        # A terminal that got narrower rewraps each line over more rows.
+        columns = self.columns()
+        rows = sum(max(1, -(-length // columns)) for length in self._lengths)
+        return f"\r\x1b[{rows}A\x1b[J"
+
+    def _drawing(self) -> str:
+        return "".join(f"{line}\n" for line in self._block)
 
     def write(self, text: str) -> None:
         with self._lock:
@@ -2154,6 +2397,254 @@ def occupy_closed_descriptors() -> None:
                 os.close(descriptor)
 
 
+class RunLogs:
+    """A run's folder of logs, one file per image holding every line about it
+    (each command and its whole output), and the step durations of past runs
+    beside the folders (`durations.json`). Only the newest KEEP_RUNS folders
+    are kept."""
+
+    def __init__(self, base: Path, folder: Path) -> None:
+        self.base = base
+        self.folder = folder
+        self._files: dict[str, TextIO] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, base: Path) -> RunLogs:
+        """Makes this run's folder under `base`, removing the oldest runs' folders."""
+        import shutil
+
+        base.mkdir(parents=True, exist_ok=True)
+        runs = sorted(entry for entry in os.listdir(base) if RUN_FOLDER_RE.match(entry))
+        for old in runs[: max(len(runs) - (KEEP_RUNS - 1), 0)]:
+            shutil.rmtree(base / old, ignore_errors=True)
+        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        for attempt in range(1, 100):
+            folder = base / (name if attempt == 1 else f"{name}-{attempt}")
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:  # a run of this process in the same second
+                continue
+        return cls(base, folder)
+
+    def path(self, image: str) -> Path:
+        return self.folder / f"{image}.log"
+
+    def write(self, image: str, text: str) -> None:
+        """Appends `text` (one or more lines) to the image's log."""
+        with self._lock:
+            log = self._files.get(image)
+            if log is None:
+                log = self._files[image] = open(
+                    self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
+                )
+        log.write(f"{text}\n")
+
+    def tail(self, image: str, count: int = TAIL_LINES) -> list[str]:
+        """The last `count` lines of the image's log."""
+        try:
+            with open(self.path(image), encoding="utf-8", errors="replace") as log:
+                return list(collections.deque((line.rstrip("\n") for line in log), maxlen=count))
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        with self._lock:
+            for log in self._files.values():
+                log.close()
+            self._files.clear()
+
+    def history(self) -> dict[str, dict[str, float]]:
+        """image -> step -> seconds it took last time; {} when there is no readable record."""
+        import json
+
+        try:
+            document = json.loads((self.base / DURATIONS_NAME).read_text(encoding="utf-8"))
+            images = document["images"]
+            return {
+                str(image): {str(step): float(seconds) for step, seconds in steps.items()}
+                for image, steps in images.items()
+            }
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}
+
+    def record(self, durations: Mapping[str, Mapping[str, float]]) -> None:
+        """Keeps the durations of the steps this run completed as each image's last ones."""
+        import json
+
+        history = self.history()
+        for image, steps in durations.items():
+            history.setdefault(image, {}).update({step: round(seconds, 3) for step, seconds in steps.items()})
+        path = self.base / DURATIONS_NAME
+        temporary = temporary_beside(path)
+        try:
+            temporary.write_text(
+                json.dumps({"schema": 1, "images": history}, indent=1, sort_keys=True) + "\n"
+            )
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+
+
+class Progress:
+    """Where a run's lines about its images go (--progress), and what the
+    terminal view and the time-left estimate know: each image's start, step,
+    last line of output and step durations.
+
+    `plain` prints each line as it comes (today's output); `tty` keeps the
+    last line for the view and prints only the lines about no image; `quiet`
+    prints none. Every line about an image also goes to its log.
+    """
+
+    def __init__(self, mode: str = "plain", colour: bool = False, logs: RunLogs | None = None) -> None:
+        self.mode = mode
+        self.colour = colour
+        self.logs = logs
+        self.log_base: Path | None = None  # where showing_progress makes this run's logs
+        self.costs: dict[str, float] | None = None  # expected seconds per image, from the history
+        self.durations: dict[str, dict[str, float]] = {}  # image -> step -> seconds, this run
+        self._order: list[str] = []
+        self._graph: Mapping[str, Sequence[str]] = {}
+        self._schedule = Schedule()
+        self._started = time.monotonic()
+        self._running: dict[str, Running] = {}
+        self._step_started: dict[str, float] = {}
+        self._done: set[str] = set()
+        self._failed: set[str] = set()
+        self._estimate: tuple[float, float] | None = None  # (seconds left, when), until the next event
+        self.version = 0  # changes at each start, step and finish: the view redraws at once
+        self._position: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def plan(
+        self,
+        order: Sequence[str],
+        graph: Mapping[str, Sequence[str]],
+        schedule: Schedule,
+        steps: Sequence[str],
+    ) -> None:
+        """The run about to start; the history (if any) gives the images' expected costs."""
+        self._order, self._graph, self._schedule = list(order), graph, schedule
+        self._position = {image: index for index, image in enumerate(order)}
+        self._started = time.monotonic()
+        if self.logs is not None:
+            self.costs = expected_costs(order, steps, self.logs.history())
+
+    def start(self, image: str) -> None:
+        with self._lock:
+            self._running[image] = Running(image, "", time.monotonic(), "")
+            self._estimate = None
+            self.version += 1
+
+    def begin(self, image: str, step: str) -> None:
+        """IMAGE starts STEP; the step it was in, if another, is complete."""
+        with self._lock:
+            item = self._running.get(image)
+            if item is None or (item.step == step and image in self._step_started):
+                return
+            self._close_step(image, item.step)
+            self._running[image] = item._replace(step=step)
+            self._step_started[image] = time.monotonic()
+            self.version += 1
+
+    def end(self, image: str) -> None:
+        """IMAGE's current step is complete."""
+        with self._lock:
+            item = self._running.get(image)
+            if item is not None:
+                self._close_step(image, item.step)
+
+    def _close_step(self, image: str, step: str) -> None:
+        began = self._step_started.pop(image, None)
+        if began is not None and step:
+            self.durations.setdefault(image, {})[step] = time.monotonic() - began
+
+    def finish(self, item: ImageResult) -> None:
+        with self._lock:
+            self._running.pop(item.image, None)
+            self._step_started.pop(item.image, None)
+            (self._done if item.result == "done" else self._failed).add(item.image)
+            self._estimate = None
+            self.version += 1
+
+    def output(self, image: str, text: str) -> None:
+        """A line about IMAGE (tty mode keeps the last one for the view)."""
+        with self._lock:
+            item = self._running.get(image)
+            if item is not None:  # shown at the view's next redraw, within a second
+                self._running[image] = item._replace(last=text.rsplit("\n", 1)[-1])
+
+    def left(self) -> float | None:
+        """Seconds the rest of the run should take, or None without a history."""
+        with self._lock:
+            return self._left(time.monotonic())
+
+    def _left(self, now: float) -> float | None:
+        if self.costs is None:
+            return None
+        # Between two events the estimate only counts down: work it out anew
+        # after each start or finish, and every 5 s otherwise (an image that
+        # runs past its record then holds it up).
+        if self._estimate is not None and now - self._estimate[1] < 5.0:
+            return max(self._estimate[0] - (now - self._estimate[1]), 0.0)
+        remaining = remaining_images(
+            self._order, self._graph, self._done, self._failed, self._running, self._schedule.keep_going
+        )
+        elapsed = {image: now - item.started for image, item in self._running.items()}
+        left = estimate_left(remaining, self._graph, self.costs, self._schedule.jobs, elapsed)
+        self._estimate = (left, now)
+        return left
+
+    def state(self) -> ViewState:
+        with self._lock:
+            now = time.monotonic()
+            running = tuple(sorted(self._running.values(), key=lambda item: self._position[item.image]))
+            return ViewState(
+                len(self._order),
+                len(self._done),
+                len(self._failed),
+                running,
+                self._started,
+                self._left(now),
+                max([len(image) for image in self._order] + [5]),
+            )
+
+
+class LiveView:
+    """--progress tty: the view below the console's lines, redrawn by `tick`
+    (which the scheduler's thread calls between its waits, so the view costs
+    no thread and no wake-up of its own) at most every REDRAW_SECONDS, and only
+    when a start, a step or a finish changed it, or at the clock's next second
+    (which also shows the images' last lines and catches a resized terminal)."""
+
+    def __init__(self, console: Console, progress: Progress) -> None:
+        self._console = console
+        self._progress = progress
+        self._drawn: tuple[int, int] | None = None
+        self._at = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._at < REDRAW_SECONDS:
+            return
+        seen = (self._progress.version, int(now))
+        if seen != self._drawn:
+            self.draw()
+            self._drawn, self._at = seen, now
+
+    def draw(self) -> None:
+        columns, rows = self._console.size()
+        state, now = self._progress.state(), time.monotonic()
+        lines = render_view(state, now, columns, rows, colour=self._progress.colour)
+        lengths = [len(_ESCAPE_RE.sub("", line)) for line in lines] if self._progress.colour else None
+        self._console.show(lines, lengths or [len(line) for line in lines])
+
+    def close(self) -> None:
+        """Erases the view, leaving the screen as the lines printed made it."""
+        self._console.show([], [])
+
+
 def _missing_tool(name: str) -> ManageImagesError:
     hints = {
         "docker": "install Docker (https://docs.docker.com/engine/install/) and try again",
@@ -2170,20 +2661,38 @@ class Runner:
     """
 
     def __init__(
-        self, settings: Settings, console: Console, report: Report, prefix_output: bool = False
+        self,
+        settings: Settings,
+        console: Console,
+        report: Report,
+        prefix_output: bool = False,
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
         self.console = console
         self.report = report
         self.prefix_output = prefix_output
+        self.progress = progress or Progress()
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
         self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
         self.engine: Engine | None = None  # what builds, when a step needs to know
 
     def say(self, text: str, image: str = "") -> None:
-        """Prints a line, prefixed with `[IMAGE] ` when images run in parallel."""
-        self.console.line(text, f"[{image}] " if self.prefix_output and image else "")
+        """Prints a line, prefixed with `[IMAGE] ` when images run in parallel
+        (--progress plain; tty shows an image's last line in the view, quiet
+        none), and adds a line about an image to its log."""
+        progress = self.progress
+        if image and progress.logs is not None:
+            progress.logs.write(image, text)
+        if progress.mode == "plain" or (progress.mode == "tty" and not image):
+            self.console.line(text, f"[{image}] " if self.prefix_output and image else "")
+        elif image and progress.mode == "tty":
+            progress.output(image, text)
+
+    def begin(self, image: str, step: str) -> None:
+        """IMAGE starts STEP (for the view, and for the durations it records)."""
+        self.progress.begin(image, step)
 
     def note(self, image: str, text: str) -> None:
         """Adds `text` to the image's note in the summary (each image is one thread's)."""
@@ -4130,9 +4639,11 @@ def docker_steps(
     url = image_url(settings.registry, image)
     metadata = ""
     if steps.pull:
+        runner.begin(image, "pull")
         runner.run(pull_argv(url, settings.tag), image)
     cache_to = cache_export(engine, url, settings.tag, steps.push)
     if steps.build:
+        runner.begin(image, "build")
         cache_from = cache_sources(runner, image, pins.get(image)) if steps.cache_from_pinned else ()
         if engine is not None and engine.buildx and engine.containerd():
             metadata = str(runner.scratch() / f"{image}.json")
@@ -4151,6 +4662,7 @@ def docker_steps(
             verify_built(runner, image, pins.get(image), metadata)
     pushed = None
     if steps.push:
+        runner.begin(image, "push")
         output = runner.run(push_argv(url, settings.tag), image)
         pushed = None if settings.dry_run else pushed_digest(runner, image, output)
         if steps.build and cache_to.startswith("type=registry,"):
@@ -4426,6 +4938,7 @@ class Report:
         self.error: str | None = None
 
     def add_results(self, results: Mapping[str, ImageResult], runner: Runner, old: Mapping[str, str]) -> None:
+        logs = runner.progress.logs
         for item in results.values():
             error = item.error
             self.images.append(
@@ -4439,6 +4952,11 @@ class Report:
                     "identity": runner.identities.get(item.image),
                     "exit_code": error.returncode if error else None,
                     "error": str(error) if error else None,
+                    "log": str(logs.path(item.image)) if logs and item.result in ("done", "failed") else None,
+                    "durations": {
+                        step: round(seconds, 3)
+                        for step, seconds in runner.progress.durations.get(item.image, {}).items()
+                    },
                 }
             )
 
@@ -4532,6 +5050,102 @@ def signals_stop_the_run(console: Console) -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def logs_base(settings: Settings, log_dir: Path | None) -> Path | None:
+    """Where the run's logs go: --log_dir, else `manage_images-logs` in the git
+    directory; None in a dry run, or outside a git work tree without --log_dir."""
+    if settings.dry_run:
+        return None
+    if log_dir is not None:
+        return log_dir
+    result = git(settings.root, "rev-parse", "--git-path", LOGS_NAME)
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    return settings.root / os.fsdecode(result.stdout.rstrip(b"\n"))
+
+
+@contextlib.contextmanager
+def showing_progress(
+    runner: Runner,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    schedule: Schedule,
+    step_names: Sequence[str],
+) -> Iterator[Callable[[], None]]:
+    """Owns the output of a run: opens this run's logs, plans the estimate and,
+    with --progress tty, draws the view; yields what the scheduler calls
+    between its waits to redraw it. On the way out, whatever the reason
+    (an error, Ctrl-C, a closed terminal), it erases the view and shows the
+    cursor again, so what follows (the summary) starts on a clean line; then it
+    closes the logs and records the step durations."""
+    progress = runner.progress
+    if progress.log_base is not None:
+        try:
+            progress.logs = RunLogs.create(progress.log_base)
+        except OSError as error:
+            raise ManageImagesError(
+                f"cannot write the logs under {progress.log_base}: {error.strerror}; "
+                "pass --log_dir DIR with a folder you can write"
+            ) from None
+    progress.plan(images, graph, schedule, step_names)
+    view = LiveView(runner.console, progress) if progress.mode == "tty" else None
+    try:
+        if view is not None:
+            view.draw()
+        yield view.tick if view is not None else lambda: None
+    finally:
+        if view is not None:
+            with contextlib.suppress(OSError):
+                view.close()
+        if progress.logs is not None:
+            progress.logs.close()
+            progress.logs.record(progress.durations)
+
+
+def tracked(
+    runner: Runner,
+    count: int,
+    step_names: Sequence[str],
+    work: Callable[[str], str | None],
+    finish: Callable[[str, str | None], str | None],
+) -> tuple[
+    Callable[[str, int], None],
+    Callable[[str], str | None],
+    Callable[[str, str | None], str | None],
+    Callable[[ImageResult], None],
+]:
+    """The scheduler's callbacks with the run's progress kept: `on_start`
+    (which prints `Processing image NAME [k/n]`, with the time left once there
+    is an estimate), `work` and `finish` timed step by step, and `on_finish`
+    (a failed image's error ends its log)."""
+    progress = runner.progress
+
+    def on_start(image: str, number: int) -> None:
+        progress.start(image)
+        left = progress.left()
+        estimate = f" ({format_left(left)})" if left is not None else ""
+        runner.say(f"Processing image {image} [{number}/{count}]{estimate}", image)
+
+    def timed_work(image: str) -> str | None:
+        progress.begin(image, step_names[0])
+        value = work(image)
+        progress.end(image)
+        return value
+
+    def timed_finish(image: str, value: str | None) -> str | None:
+        if "update_references" in step_names:
+            progress.begin(image, "update_references")
+        digest = finish(image, value)
+        progress.end(image)
+        return digest
+
+    def on_finish(item: ImageResult) -> None:
+        if item.error is not None and progress.logs is not None:
+            progress.logs.write(item.image, shown(str(item.error)))
+        progress.finish(item)
+
+    return on_start, timed_work, timed_finish, on_finish
+
+
 def process_images(
     runner: Runner,
     images: Sequence[str],
@@ -4546,18 +5160,20 @@ def process_images(
     interrupted), prints the summary, returns the exit code."""
     old = pinned_now(runner.settings)
     start = time.monotonic()
-    results = run_graph(
-        images,
-        graph,
-        schedule.jobs,
-        schedule.keep_going,
-        work,
-        finish,
-        stopped=lambda: CHILDREN.stopping,
-        on_start=lambda image, number: runner.say(
-            f"Processing image {image} [{number}/{len(images)}]", image
-        ),
-    )
+    on_start, timed_work, timed_finish, on_finish = tracked(runner, len(images), step_names, work, finish)
+    with showing_progress(runner, images, graph, schedule, step_names) as tick:
+        results = run_graph(
+            images,
+            graph,
+            schedule.jobs,
+            schedule.keep_going,
+            timed_work,
+            timed_finish,
+            stopped=lambda: CHILDREN.stopping,
+            on_start=on_start,
+            on_finish=on_finish,
+            on_tick=tick,
+        )
     failed_after: ManageImagesError | None = None
     if after_run is not None and not CHILDREN.stopping:
         try:
@@ -4567,6 +5183,10 @@ def process_images(
             results = refused(results, runner.changed_files, error)
     wall = time.monotonic() - start
     runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
+    logs = runner.progress.logs
+    for item in results.values():
+        if item.result == "failed" and logs is not None:
+            runner.console.line(failure_tail(item.image, str(logs.path(item.image)), logs.tail(item.image)))
     runner.report.add_results(results, runner, old)
     if CHILDREN.stopping:
         return CHILDREN.code
@@ -4609,7 +5229,7 @@ def run_steps(
             runner.report.head["engine"] = runner.engine.as_json() if runner.engine else None
         if steps.push and is_google_registry(runner.settings.registry):
             configure_gcloud_auth(runner)
-        runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
+        runner.say(f"Also processing dependent images. Will process: {list(images)}")
         if not steps.any():
             runner.console.line(
                 "No step requested (--pull, --build, --push, --update_references): nothing done."
@@ -4647,7 +5267,7 @@ def only_references(
     with repository_lock(runner, command) as lock:
         scan = preflight_rewrite(runner.settings, images)
         digests = prod_digests_for(runner.settings.root, runner.settings.registry, images, scan)
-        runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
+        runner.say(f"Also processing dependent images. Will process: {list(images)}")
 
         registry = runner.settings.registry
         files = TrackedFiles(runner.settings.root, scan, registry)
@@ -4747,7 +5367,7 @@ def promote(
     pins = prod_digests_for(settings.root, settings.registry, images, scan, action="promote")
     if is_google_registry(settings.registry):
         configure_gcloud_auth(runner)
-    runner.console.line(f"Also processing dependent images. Will process: {list(images)}")
+    runner.say(f"Also processing dependent images. Will process: {list(images)}")
 
     def work(image: str) -> str:
         return promote_image(runner, image, pins[image])
@@ -5041,6 +5661,23 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "and the human lines go to standard error).",
     )
     parser.add_argument(
+        "--progress",
+        choices=PROGRESS_CHOICES,
+        default="auto",
+        help="How a run shows its images: tty (a live view redrawn in place: counts, time left, one line "
+        "per running image), plain (every command and its output, line by line), quiet (only the summary "
+        "and errors), or auto (the default: tty on a terminal, else plain).",
+    )
+    parser.add_argument(
+        "--log_dir",
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"Write each image's log (every command and its whole output) to DIR/RUN/NAME.log, and the "
+        f"step durations the time-left estimate uses to DIR/{DURATIONS_NAME} (default: {LOGS_NAME} in "
+        f"the git directory). The last {KEEP_RUNS} runs are kept.",
+    )
+    parser.add_argument(
         "--repo_root",
         "--repo-root",
         type=Path,
@@ -5171,6 +5808,20 @@ def select_images(
     return selection, Presubmit(args.changed_since, tuple(changed)), root
 
 
+def output_of(args: argparse.Namespace, console: Console, settings: Settings) -> Progress:
+    """--progress and --log_dir: how the run shows its images, and where their logs go.
+    Colour only on a terminal, and never with NO_COLOR set."""
+    stream = console.stream
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    term = os.environ.get("TERM", "")
+    progress = Progress(
+        resolve_progress(args.progress, terminal, term),
+        colour=terminal and term != "dumb" and not os.environ.get("NO_COLOR"),
+    )
+    progress.log_base = logs_base(settings, args.log_dir)
+    return progress
+
+
 def dispatch(
     args: argparse.Namespace,
     graph: Mapping[str, Sequence[str]],
@@ -5210,7 +5861,7 @@ def dispatch(
         return check(settings.root, settings.registry, images, graph, console, presubmit, report)
     if args.verify_pinned and not steps.any():
         return verify_registry(settings, images, console, report)
-    runner = Runner(settings, console, report, prefix_output=args.jobs > 1)
+    runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
     schedule = Schedule(args.jobs, args.keep_going)
     if args.promote:
         return promote(runner, images, graph, schedule)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install tmux, Debian's package, for the terminal-view tests
+# (tests/test_e2e_progress.py run the tool in a real terminal and read its
+# screen), when it is missing. Safe to run any number of times.
+set -euo pipefail
+
+if ! dpkg -s tmux >/dev/null 2>&1; then
+  echo "provision-terminal: installing tmux"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q tmux
+fi
+echo "provision-terminal: $(tmux -V)"
