@@ -3575,8 +3575,8 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--verify-pinned",
         action="store_true",
         help="With --build: after each build, compare the image with the one prod_digests.txt pins and "
-        "fail, before any push, if they differ. Alone: check that the registry serves every pinned "
-        "digest and that REGISTRY/NAME:TAG is it; exit 1 on any drift.",
+        "fail, before any push, if they differ. Alone: ask the registry API (one HEAD each, no engine) "
+        "whether it serves every pinned digest and REGISTRY/NAME:TAG is it; exit 1 on any drift.",
     )
     steps.add_argument(
         "--update_references",
@@ -3599,8 +3599,9 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
     modes.add_argument(
         "--promote",
         action="store_true",
-        help="Publish each image's pinned digest (from prod_digests.txt) under --tag: docker pull by "
-        "digest, docker tag, docker push, then confirm the registry serves that digest under the tag.",
+        help="Publish each image's pinned digest (from prod_digests.txt) under --tag through the registry "
+        "API: GET the manifest by digest, PUT the same bytes under the tag, confirm the digest the registry "
+        "answers. No engine needed, no layer moved; credentials as docker finds them.",
     )
     modes.add_argument(
         "--check",
