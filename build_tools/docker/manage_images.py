@@ -2520,7 +2520,8 @@ class RegistryClient:
                 ) from None
             self._config = loaded if isinstance(loaded, dict) else {}
         helpers = self._config.get("credHelpers")
-        helper = helpers.get(credentials_key(host)) if isinstance(helpers, dict) else None
+        # credHelpers is keyed by host name (index.docker.io for Docker Hub), as docker looks it up.
+        helper = helpers.get(hostname_of(credentials_key(host))) if isinstance(helpers, dict) else None
         helper = helper or self._config.get("credsStore")
         if isinstance(helper, str) and helper:
             return self._ask_helper(f"docker-credential-{helper}", host)
