@@ -2320,8 +2320,11 @@ class RegistryClient:
         )
         self._expect(answer, (200, 201, 202), host, f"PUT of {url}:{tag}")
         digest = answer.headers.get("docker-content-digest")
-        if digest is None:
-            return self.served_digest(url, tag) or "none"
+        if digest is None:  # optional in the spec: ask what the tag now serves
+            served = self.served_digest(url, tag)
+            if served is None:
+                raise RegistryError(f"{host} accepted the PUT of {url}:{tag} but serves nothing under it")
+            return served
         return check_digest(digest, f"{url}:{tag} (Docker-Content-Digest of {host})")
 
     def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
