@@ -3846,8 +3846,11 @@ class RegistryClient:
         )
         self._expect(answer, (200, 201, 202), host, f"PUT of {url}:{tag}")
         digest = answer.headers.get("docker-content-digest")
-        if digest is None:
-            return self.served_digest(url, tag) or "none"
+        if digest is None:  # optional in the spec: ask what the tag now serves
+            served = self.served_digest(url, tag)
+            if served is None:
+                raise RegistryError(f"{host} accepted the PUT of {url}:{tag} but serves nothing under it")
+            return served
         return check_digest(digest, f"{url}:{tag} (Docker-Content-Digest of {host})")
 
     def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
@@ -4046,7 +4049,8 @@ class RegistryClient:
                 ) from None
             self._config = loaded if isinstance(loaded, dict) else {}
         helpers = self._config.get("credHelpers")
-        helper = helpers.get(credentials_key(host)) if isinstance(helpers, dict) else None
+        # credHelpers is keyed by host name (index.docker.io for Docker Hub), as docker looks it up.
+        helper = helpers.get(hostname_of(credentials_key(host))) if isinstance(helpers, dict) else None
         helper = helper or self._config.get("credsStore")
         if isinstance(helper, str) and helper:
             return self._ask_helper(f"docker-credential-{helper}", host)
@@ -5563,8 +5567,9 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--verify-pinned",
         action="store_true",
         help="With --build: after each build, compare the image's content with the config the registry "
-        "serves for its pin and fail, before any push, if they differ. Alone: check that the registry serves every pinned "
-        "digest and that REGISTRY/NAME:TAG is it; exit 1 on any drift.",
+        "serves for its pin and fail, before any push, if they differ. Alone: ask the registry API (one "
+        "HEAD each, no engine) whether it serves every pinned digest and REGISTRY/NAME:TAG is it; exit 1 "
+        "on any drift.",
     )
     steps.add_argument(
         "--attestations",
@@ -5594,8 +5599,9 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
     modes.add_argument(
         "--promote",
         action="store_true",
-        help="Publish each image's pinned digest (from prod_digests.txt) under --tag: docker pull by "
-        "digest, docker tag, docker push, then confirm the registry serves that digest under the tag.",
+        help="Publish each image's pinned digest (from prod_digests.txt) under --tag through the registry "
+        "API: GET the manifest by digest, PUT the same bytes under the tag, confirm the digest the registry "
+        "answers. No engine needed, no layer moved; credentials as docker finds them.",
     )
     modes.add_argument(
         "--check",
