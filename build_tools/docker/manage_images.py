@@ -431,7 +431,7 @@ Identity = Literal["identical", "same content", "differs"]
 
 
 class Engine(NamedTuple):
-    """The Docker engine a run builds with, found once per run (`detect_engine`)."""
+    """The Docker engine a run builds with, found once per run (`check_docker`)."""
 
     client: str  # the docker CLI's version
     server: str  # the engine's version
