@@ -79,7 +79,8 @@ class Registry:
     `tls` is (certificate, key, CA file) for HTTPS; `auth` is the registry's
     `auth:` section as YAML lines; `authorize(scope)` gives the Authorization
     header the test side sends (None: anonymous). `access_log` turns on the
-    registry's access log (one line per request, in registry.log).
+    registry's access log (one line per request, in registry.log); `client_cas`
+    makes it require a client certificate signed by that CA.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class Registry:
         auth: str = "",
         authorize: Callable[[str], str | None] | None = None,
         access_log: bool = False,
+        client_cas: Path | None = None,
     ) -> None:
         self.folder = folder
         self.port = free_port()
@@ -101,6 +103,8 @@ class Registry:
         self.process: subprocess.Popen[bytes] | None = None
         self.config = folder / "config.yml"
         tls_lines = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
+        if client_cas is not None:  # a client certificate signed by one of these is required
+            tls_lines += f"    clientcas:\n      - {client_cas}\n"
         self.config.write_text(
             "version: 0.1\n"
             "log:\n  level: warn\n"
@@ -123,6 +127,8 @@ class Registry:
                 with urllib.request.urlopen(f"{self.scheme}://{self.host}/v2/", timeout=1, context=ready):
                     return
             except urllib.error.HTTPError:  # 401: it answers
+                return
+            except ssl.SSLError:  # it answers, asking for a client certificate
                 return
             except (urllib.error.URLError, ConnectionError):
                 if self.process.poll() is not None:

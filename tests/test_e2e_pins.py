@@ -75,7 +75,11 @@ def test_promote_publishes_every_pin_and_verify_pinned_watches_the_tag(repo, reg
     before = registry.log_size()
 
     # No engine: promotion is manifest requests to the registry, nothing else.
-    no_engine = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'nothing.sock'}"}
+    no_engine = {
+        **os.environ,
+        "DOCKER_HOST": f"unix://{tmp_path / 'nothing.sock'}",
+        "DOCKER_CONFIG": str(tmp_path / "docker-config"),
+    }
     result = run_tool(
         repo, "--images", "all", "--promote", "--tag", "prod", "-j", "4", registry=registry, env=no_engine
     )

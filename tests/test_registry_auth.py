@@ -476,3 +476,71 @@ def test_a_redirect_keeps_the_credentials_on_the_same_host_and_drops_them_elsewh
     redirected = [(path, authorization) for path, authorization in front.authorizations if "hop=" in path]
     assert redirected == [(f"/v2/iree-oss/moved/manifests/{digest}?hop=same-host", basic("alice", PASSWORD))]
     assert store.authorizations == [(f"/v2/iree-oss/moved/manifests/{digest}", None)]
+
+
+def test_a_registry_that_does_not_answer_in_time_is_given_up_after_the_bounded_attempts(
+    upstream, docker_env, monkeypatch
+):
+    monkeypatch.setattr(mi, "REGISTRY_TIMEOUT", 0.5)
+    monkeypatch.setattr(mi, "RETRY_AFTER_MAX", 0.0)
+
+    def fault(method, path, attempt):
+        if "/manifests/" in path:
+            time.sleep(1.5)
+            return 200, {}, b""
+        return None
+
+    proxy = Proxy(f"http://{upstream.host}", fault=fault).start()
+    try:
+        client = mi.RegistryClient(dict(os.environ))
+        with pytest.raises(mi.RegistryError) as error:
+            client.served_digest(proxied(proxy, "slow"), "v1")
+        asked = len([path for path, _ in proxy.authorizations if "/manifests/" in path])
+    finally:
+        proxy.stop()
+    assert str(error.value) == (
+        f"cannot reach the registry {proxy.host}: timed out; check that it is up and that --registry is right"
+    )
+    assert asked == mi.REGISTRY_ATTEMPTS
+
+
+def test_a_registry_gone_mid_run_is_one_line_naming_it(upstream, docker_env):
+    digest = upstream.push_image("gone", "v1", label=uuid.uuid4().hex)
+    proxy = Proxy(f"http://{upstream.host}").start()
+    client = mi.RegistryClient(dict(os.environ))
+    assert client.served_digest(proxied(proxy, "gone"), "v1") == digest
+    proxy.stop()
+    with pytest.raises(mi.RegistryError) as error:
+        client.get_manifest(proxied(proxy, "gone"), digest)
+    assert str(error.value) == (
+        f"cannot reach the registry {proxy.host}: Connection refused; check that it is up and that "
+        "--registry is right"
+    )
+
+
+def test_a_client_certificate_in_certs_d_is_sent_when_the_registry_asks_for_one(
+    registry_binary, authority, docker_env, tmp_path
+):
+    cert, key = authority.issue("mtls-registry")
+    client_cert, client_key = authority.issue("client", ips=(), dns=("client.example.com",))
+    with running(
+        tmp_path / "mtls",
+        tls=(cert, key, authority.path),
+        auth="",
+        access_log=True,
+        client_cas=authority.path,
+    ) as server:
+        url = f"{server.url}/{LEAF}"
+        authority.trust_in(docker_env["certs.d"], server.host)
+        with pytest.raises(mi.RegistryError) as error:
+            mi.RegistryClient(dict(os.environ)).served_digest(url, "latest")
+        assert str(error.value).startswith(f"cannot reach the registry {server.host}: ") or str(
+            error.value
+        ).startswith(f"TLS with {server.host} failed: ")
+        folder = docker_env["certs.d"] / server.host
+        (folder / "client.cert").write_bytes(client_cert.read_bytes())
+        (folder / "client.key").write_bytes(client_key.read_bytes())
+        assert mi.RegistryClient(dict(os.environ)).served_digest(url, "latest") is None  # asked, and answered
+        assert ("HEAD", f"/v2/iree-oss/{LEAF}/manifests/latest", 404) in [
+            request[:3] for request in server.requests(agent=mi.USER_AGENT)
+        ]

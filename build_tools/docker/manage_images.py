@@ -177,6 +177,16 @@ RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
 RETRY_AFTER_MAX = 30.0  # seconds; a longer Retry-After is cut to this
 # docker's per-registry TLS folders (HOST[:PORT]/ca.crt); the variable points elsewhere (tests).
 CERTS_D = "/etc/docker/certs.d"
+# OpenSSL's reasons for a TLS hello answered in plain HTTP: a loopback registry then gets HTTP.
+NOT_TLS_REASONS = frozenset(
+    (
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+    )
+)
 CERTS_D_ENV = "MANAGE_IMAGES_CERTS_D"
 DOCKER_HUB_CREDENTIALS = "https://index.docker.io/v1/"  # Docker Hub's key in config.json
 CLIENT_ID = "manage_images.py"  # the OAuth2 client_id of the refresh-token grant
@@ -2644,12 +2654,14 @@ class RegistryClient:
 
             base = f"https://{api_host(host)}"
             try:
-                answer = self._send("GET", f"{base}/v2/", host, {"User-Agent": USER_AGENT}, None, None)
+                answer = self._send(
+                    "GET", f"{base}/v2/", host, {"User-Agent": USER_AGENT}, None, None, probe=True
+                )
             except _TransportError as error:
                 reason = error.reason
-                plain = isinstance(reason, ssl.SSLError) and not isinstance(
-                    reason, ssl.SSLCertVerificationError
-                )
+                # What OpenSSL says when the other side answers a TLS hello in plain HTTP
+                # (an alert, such as a client certificate asked for, means it speaks TLS).
+                plain = isinstance(reason, ssl.SSLError) and reason.reason in NOT_TLS_REASONS
                 if not (is_loopback_registry(host) and (plain or isinstance(reason, ConnectionResetError))):
                     raise RegistryError(self._transport_message(host, reason)) from None
                 base = f"http://{host}"
@@ -2831,6 +2843,7 @@ class RegistryClient:
         headers: Mapping[str, str],
         body: bytes | None,
         authorization: str | None,
+        probe: bool = False,
     ) -> Answer:
         """Sends one request, again after a 429, a 5xx or a dropped connection (at most
         REGISTRY_ATTEMPTS in all, waiting as Retry-After says); follows redirects."""
@@ -2856,24 +2869,30 @@ class RegistryClient:
                 if attempt < REGISTRY_ATTEMPTS and _retryable(reason):
                     time.sleep(retry_delay(None, attempt))
                     continue
-                raise _TransportError(reason) from None
+                if probe:  # the caller decides: a loopback registry may speak plain HTTP
+                    raise _TransportError(reason) from None
+                raise RegistryError(self._transport_message(host, reason, url)) from None
             if answer.status in RETRY_STATUSES and attempt < REGISTRY_ATTEMPTS:
                 time.sleep(retry_delay(answer.headers.get("retry-after"), attempt))
                 continue
             return answer
 
-    def _transport_message(self, host: str, reason: object) -> str:
+    def _transport_message(self, host: str, reason: object, url: str = "") -> str:
         import ssl
+        import urllib.parse
 
+        where = urllib.parse.urlsplit(url).netloc if url else api_host(host)
+        subject = host if where == api_host(host) else f"the token server {where} of {host}"
         if isinstance(reason, ssl.SSLCertVerificationError):
             return (
-                f"cannot verify the TLS certificate of {host}: {reason.verify_message}; if your own CA "
+                f"cannot verify the TLS certificate of {subject}: {reason.verify_message}; if your own CA "
                 f"signed it, put the CA in {self._certs_d / host / 'ca.crt'} (as for docker) and run again"
             )
         if isinstance(reason, ssl.SSLError):
-            return f"TLS with {host} failed: {reason.reason or reason}; check the registry's HTTPS set-up"
+            return f"TLS with {subject} failed: {reason.reason or reason}; check its HTTPS set-up"
         detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-        return f"cannot reach the registry {host}: {detail}; check that it is up and that --registry is right"
+        server = f"the registry {host}" if subject == host else subject
+        return f"cannot reach {server}: {detail}; check that it is up and that --registry is right"
 
 
 class _TransportError(Exception):
@@ -4021,8 +4040,9 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "--verify-pinned",
         action="store_true",
         help="With --build: after each build, compare the image's content with the config the registry "
-        "serves for its pin and fail, before any push, if they differ. Alone: check that the registry serves every pinned "
-        "digest and that REGISTRY/NAME:TAG is it; exit 1 on any drift.",
+        "serves for its pin and fail, before any push, if they differ. Alone: ask the registry API (one "
+        "HEAD each, no engine) whether it serves every pinned digest and REGISTRY/NAME:TAG is it; exit 1 "
+        "on any drift.",
     )
     steps.add_argument(
         "--attestations",
@@ -4052,8 +4072,9 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
     modes.add_argument(
         "--promote",
         action="store_true",
-        help="Publish each image's pinned digest (from prod_digests.txt) under --tag: docker pull by "
-        "digest, docker tag, docker push, then confirm the registry serves that digest under the tag.",
+        help="Publish each image's pinned digest (from prod_digests.txt) under --tag through the registry "
+        "API: GET the manifest by digest, PUT the same bytes under the tag, confirm the digest the registry "
+        "answers. No engine needed, no layer moved; credentials as docker finds them.",
     )
     modes.add_argument(
         "--check",
