@@ -29,8 +29,8 @@ from helpers import (
     STEPS,
     Tool,
     assert_pinned_to_registry,
-    buildkit,
     change_stamp,
+    engine_kind,
     failed_run_exit_code,
     inspect,
     references,
@@ -228,10 +228,10 @@ def test_signal_during_a_build(world, registry, tmp_path, signum):
 
     tool = start_tool(repo, registry, "--images", "all", *STEPS, "-j", "2")
     tool.wait_for_line(f"Running: `docker build --tag {registry.url}/cmake:latest")
-    # The 20 s step is under way: BuildKit names a step as it starts it, the
-    # classic builder once its container runs.
+    # The 20 s step is under way: BuildKit prints its line as it starts it
+    # (`#9 [3/3] RUN sleep 20`), the classic builder once its container runs.
     tool.wait_for_line("RUN sleep 20")
-    if not buildkit():
+    if engine_kind()[3] == "classic":
         tool.wait_for_line("[cmake]  ---> Running in ")
     tool.send_signal(signum)
     code, stdout, stderr = tool.finish(timeout=120)
