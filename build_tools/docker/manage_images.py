@@ -1283,7 +1283,9 @@ def cache_export(engine: Engine | None, url: str, tag: str, push: bool) -> str:
     if engine is None or engine.builder != "buildkit":
         return ""
     if engine.containerd():
-        return f"type=registry,ref={url}:{build_cache_tag(tag)},mode=max" if push and engine.buildx else ""
+        # A registry that fails the export (down, or refusing) fails the push, not the build.
+        registry_cache = f"type=registry,ref={url}:{build_cache_tag(tag)},mode=max,ignore-error=true"
+        return registry_cache if push and engine.buildx else ""
     return "type=inline"
 
 
@@ -3239,6 +3241,7 @@ def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str =
 
 
 _PUSHED_RE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
+_CACHE_MANIFEST_RE = re.compile(r"\bwriting cache (?:image )?manifest (sha256:[0-9a-f]{64})\b")
 
 
 def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
@@ -3260,17 +3263,29 @@ def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
     return served
 
 
-def keep_build_cache(runner: Runner, image: str, digest: str) -> None:
-    """Tags the registry cache this run's build wrote (URL:TAG.cache) as the cache of the
-    pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
+def keep_build_cache(runner: Runner, image: str, digest: str, build_output: Sequence[str]) -> None:
+    """Tags the registry cache this run's build wrote (the cache manifest its output names) as
+    the cache of the pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     target = pinned_cache_tag(digest)
-    runner.say(f"Keeping the build cache {url}:{build_cache_tag(settings.tag)} as {url}:{target}", image)
+    written = [
+        match.group(1) for line in build_output for match in [_CACHE_MANIFEST_RE.search(line)] if match
+    ]
     if settings.dry_run:
+        runner.say(f"Dry run: would keep the build's registry cache as {url}:{target}", image)
         return
+    if not written:
+        runner.say(
+            f"The build of {image} wrote no registry cache (its export failed), so none is kept beside "
+            f"{url}@{digest[:19]}: a cold engine will rerun its steps",
+            image,
+        )
+        runner.note(image, "no registry cache kept")
+        return
+    runner.say(f"Keeping the build cache {url}@{written[-1][:19]} as {url}:{target}", image)
     client = runner.registry()
-    client.put_manifest(url, target, client.get_manifest(url, build_cache_tag(settings.tag)))
+    client.put_manifest(url, target, client.get_manifest(url, written[-1]))
 
 
 def registry_identity(client: RegistryClient, url: str, pinned: str, other: str, platform: str) -> Identity:
@@ -3362,6 +3377,7 @@ def docker_steps(
     engine = runner.engine
     url = image_url(settings.registry, image)
     metadata = ""
+    build_output: list[str] = []
     if steps.pull:
         runner.run(pull_argv(url, settings.tag), image)
     cache_to = cache_export(engine, url, settings.tag, steps.push)
@@ -3379,7 +3395,7 @@ def docker_steps(
             metadata,
             steps.attestations,
         )
-        runner.run(argv, image)
+        build_output = runner.run(argv, image)
         if steps.verify_pinned:
             verify_built(runner, image, pins.get(image), metadata)
     pushed = None
@@ -3387,7 +3403,7 @@ def docker_steps(
         output = runner.run(push_argv(url, settings.tag), image)
         pushed = None if settings.dry_run else pushed_digest(runner, image, output)
         if steps.build and cache_to.startswith("type=registry,"):
-            keep_build_cache(runner, image, pushed or "sha256:<pushed>")
+            keep_build_cache(runner, image, pushed or "sha256:<pushed>", build_output)
     if not steps.update_references:
         return None
     if settings.dry_run and (steps.build or steps.push):
@@ -3409,7 +3425,7 @@ def docker_steps(
         return digest
     digest = pin_digest(runner, image, pins.get(image), pushed, metadata)
     if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
-        keep_build_cache(runner, image, digest)
+        keep_build_cache(runner, image, digest, build_output)
     return digest
 
 
