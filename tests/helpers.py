@@ -415,9 +415,12 @@ def assert_holds_the_pins_content(registry, image: str, pinned: str, ref: str, e
     built, config = local_image(ref, env), registry.image_config(image, pinned)
     assert built["RootFS"]["Layers"] == config["rootfs"]["diff_ids"], image
     assert built["Created"] == config["created"], image
-    assert {key: value for key, value in built["Config"].items() if value} == {
-        key: value for key, value in config["config"].items() if value
-    }, image
+    runtime = {key: value for key, value in built["Config"].items() if value}
+    assert runtime == {key: value for key, value in config["config"].items() if value}, (
+        image,
+        runtime,
+        config,
+    )
 
 
 def assert_pinned_to_registry(repo: Path, registry, images, tag: str = "latest") -> None:

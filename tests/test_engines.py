@@ -186,6 +186,10 @@ def test_the_view_of_a_local_image_is_the_view_of_its_config():
     assert mi.inspect_view({**INSPECT, "Config": {**INSPECT["Config"], "Cmd": ["sh"]}}) != mi.config_view(
         CONFIG
     )
+    # A newer CLI shows the runtime config as the OCI spec has it, without docker's own fields.
+    classic = {**CONFIG, "config": {**CONFIG["config"], "Image": "sha256:" + "e" * 64, "Hostname": ""}}
+    oci_only = {**INSPECT, "Config": {"Env": ["PATH=/bin"], "WorkingDir": "/"}}
+    assert mi.inspect_view(oci_only) == mi.config_view(classic)
 
 
 def local(config_digest: str | None, image_id: str = "sha256:" + "c" * 64) -> mi.LocalImage:

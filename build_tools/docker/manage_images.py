@@ -153,6 +153,23 @@ TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
 # BuildKit's own record of its cache in an image config: build bookkeeping,
 # not content (a cold engine writes another one for the same layers).
 CACHE_RECORD_KEY = "moby.buildkit.cache.v0"
+# The runtime config of an image (the OCI image spec's `config`): what a container of it
+# gets. Docker's own extra fields (Image, Hostname, ...) are bookkeeping, and newer CLIs
+# leave them out of `docker image inspect`.
+RUNTIME_CONFIG_KEYS = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+)
 # The image store of an engine that keeps its images in containerd.
 CONTAINERD_SNAPSHOTTER = ["driver-type", "io.containerd.snapshotter.v1"]
 # What Go's strconv.ParseBool accepts, as docker reads DOCKER_BUILDKIT.
@@ -1354,10 +1371,12 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
 
 
 def _nonzero(config: object) -> dict[str, object]:
-    """A runtime config without its unset fields (docker shows them as "", null or false)."""
+    """The runtime config's fields that are set (docker shows the others as "", null or false)."""
     if not isinstance(config, dict):
         return {}
-    return {key: value for key, value in config.items() if value not in (None, "", False, [], {}, 0)}
+    return {
+        key: config[key] for key in RUNTIME_CONFIG_KEYS if config.get(key) not in (None, "", False, [], {}, 0)
+    }
 
 
 def _platform(os_name: object, architecture: object, variant: object) -> str:
