@@ -544,3 +544,29 @@ def test_a_client_certificate_in_certs_d_is_sent_when_the_registry_asks_for_one(
         assert ("HEAD", f"/v2/iree-oss/{LEAF}/manifests/latest", 404) in [
             request[:3] for request in server.requests(agent=mi.USER_AGENT)
         ]
+
+
+def test_a_registry_that_sends_no_docker_content_digest_is_answered_by_the_bytes(upstream, docker_env):
+    digest = upstream.push_image("headerless", "v1", label=uuid.uuid4().hex)
+
+    def answer_headers(method, path, headers):
+        return {name: value for name, value in headers.items() if name.lower() != "docker-content-digest"}
+
+    proxy = Proxy(f"http://{upstream.host}", answer_headers=answer_headers).start()
+    try:
+        client = mi.RegistryClient(dict(os.environ))
+        assert client.served_digest(proxied(proxy, "headerless"), "v1") == digest
+        manifest = client.get_manifest(proxied(proxy, "headerless"), digest)
+        assert client.put_manifest(proxied(proxy, "headerless"), "copied", manifest) == digest
+    finally:
+        proxy.stop()
+    assert upstream.digest("headerless", "copied") == digest
+    # Each question without the header became a GET of the manifest, whose bytes were hashed.
+    assert [seen[0] for seen in proxy.seen if "/manifests/" in seen[1]] == [
+        "HEAD",
+        "GET",
+        "GET",
+        "PUT",
+        "HEAD",
+        "GET",
+    ]

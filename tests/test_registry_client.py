@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -157,8 +158,6 @@ def test_loopback_registries_are_the_only_ones_asked_over_plain_http():
 
 @pytest.fixture
 def client(docker_env) -> mi.RegistryClient:
-    import os
-
     return mi.RegistryClient(dict(os.environ))
 
 
@@ -364,3 +363,22 @@ def test_verify_pinned_names_a_pin_never_pushed_and_an_image_without_a_line(
         in out
     )
     assert out[-1] == f"Verified 8 images in {url}: 3 problems found."
+
+
+def test_docker_hub_credentials_are_looked_up_as_docker_does(docker_env, tmp_path, monkeypatch):
+    from auth_servers import credential_helper
+
+    folder, asked = credential_helper(
+        tmp_path / "helper", {"https://index.docker.io/v1/": {"Username": "hub-user", "Secret": "pw"}}
+    )
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    # credHelpers is keyed by host name; the helper is asked for Docker Hub's server URL.
+    (docker_env["docker-config"] / "config.json").write_text(
+        json.dumps({"credHelpers": {"index.docker.io": "test"}})
+    )
+    credentials = mi.RegistryClient(dict(os.environ))._credentials_for("docker.io")
+    assert (credentials.username, credentials.password) == ("hub-user", "pw")
+    assert [json.loads(line) for line in asked.read_text().splitlines()] == [
+        [["get"], "https://index.docker.io/v1/"]
+    ]
+    assert mi.api_host("docker.io") == "registry-1.docker.io"

@@ -2593,8 +2593,11 @@ class RegistryClient:
         )
         self._expect(answer, (200, 201, 202), host, f"PUT of {url}:{tag}")
         digest = answer.headers.get("docker-content-digest")
-        if digest is None:
-            return self.served_digest(url, tag) or "none"
+        if digest is None:  # optional in the spec: ask what the tag now serves
+            served = self.served_digest(url, tag)
+            if served is None:
+                raise RegistryError(f"{host} accepted the PUT of {url}:{tag} but serves nothing under it")
+            return served
         return check_digest(digest, f"{url}:{tag} (Docker-Content-Digest of {host})")
 
     def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
@@ -2793,7 +2796,8 @@ class RegistryClient:
                 ) from None
             self._config = loaded if isinstance(loaded, dict) else {}
         helpers = self._config.get("credHelpers")
-        helper = helpers.get(credentials_key(host)) if isinstance(helpers, dict) else None
+        # credHelpers is keyed by host name (index.docker.io for Docker Hub), as docker looks it up.
+        helper = helpers.get(hostname_of(credentials_key(host))) if isinstance(helpers, dict) else None
         helper = helper or self._config.get("credsStore")
         if isinstance(helper, str) and helper:
             return self._ask_helper(f"docker-credential-{helper}", host)
