@@ -185,6 +185,8 @@ def standin(tmp_path, monkeypatch) -> StandIn:
     fake = StandIn(tmp_path / "standin")
     for name, value in fake.environ().items():
         monkeypatch.setenv(name, value)
+    # The stand-in says which builder it is (`engine` in its configuration), not the session's engine.
+    monkeypatch.delenv("DOCKER_BUILDKIT", raising=False)
     # The engine side's questions to the registry (what a push or pin serves)
     # are answered from the same configuration.
     monkeypatch.setattr(manage_images.Runner, "registry", lambda runner: fake.registry)

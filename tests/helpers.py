@@ -134,6 +134,17 @@ def engine_kind(env: Mapping[str, str] | None = None) -> tuple[str, str, str, st
     return (data.get("ServerVersion", "?"), data.get("Driver", "?"), store, builder)
 
 
+def buildkit(env: Mapping[str, str] | None = None) -> bool:
+    """Whether `docker build` on the engine `env` points at is BuildKit."""
+    return engine_kind(env)[3].startswith("BuildKit")
+
+
+def failed_run_exit_code(code: int) -> int:
+    """What `docker build` exits with when a RUN step exits with `code`: the classic
+    builder passes the step's code on, BuildKit's CLI exits 1."""
+    return 1 if buildkit() else code
+
+
 def run_tool(repo: Path, *args: str, registry: Registry | None = None, env=None, timeout=900):
     """Runs manage_images.py as a subprocess from `repo`."""
     argv = [sys.executable, str(SCRIPT)]
@@ -417,6 +428,28 @@ def change_stamp(repo: Path, image: str, text: str) -> str:
     (repo / "build_tools" / "docker" / image / "stamp").write_text(text)
     fake_tree.git(repo, "commit", "-q", "-am", f"Change {image}")
     return text
+
+
+def local_image(ref: str, env=None) -> dict:
+    result = subprocess.run(
+        ("docker", "image", "inspect", "--format", "{{json .}}", ref), env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_holds_the_pins_content(registry, image: str, pinned: str, ref: str, env=None) -> None:
+    """The local image `ref` has the layers, runtime config and creation time of the config
+    the registry serves for the pin."""
+    built, config = local_image(ref, env), registry.image_config(image, pinned)
+    assert built["RootFS"]["Layers"] == config["rootfs"]["diff_ids"], image
+    assert built["Created"] == config["created"], image
+    runtime = {key: value for key, value in built["Config"].items() if value}
+    assert runtime == {key: value for key, value in config["config"].items() if value}, (
+        image,
+        runtime,
+        config,
+    )
 
 
 def assert_pinned_to_registry(repo: Path, registry, images, tag: str = "latest") -> None:

@@ -175,10 +175,12 @@ private() {
 classic() {
   if [ "$codename" = bookworm ] && [ "${MANAGE_IMAGES_CLASSIC:-system}" != private ]; then
     mkdir -p "$state/classic/docker-config"
-    echo '{"features": {}}' >"$state/classic/daemon.json"
+    # A cold engine of this kind reads what the system engine reads.
+    local config=""
+    [ -f /etc/docker/daemon.json ] && config=/etc/docker/daemon.json
     write_env classic \
       "MANAGE_IMAGES_ENGINE_DOCKERD=$(command -v dockerd)" \
-      "MANAGE_IMAGES_ENGINE_DAEMON_JSON=$state/classic/daemon.json" \
+      "MANAGE_IMAGES_ENGINE_DAEMON_JSON=$config" \
       "MANAGE_IMAGES_ENGINE_BUILDX=" \
       "MANAGE_IMAGES_ENGINE_PACKAGES=docker.io=$(dpkg-query -W -f '${Version}' docker.io)" \
       "DOCKER_HOST=unix:///var/run/docker.sock" \

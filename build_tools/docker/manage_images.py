@@ -201,6 +201,23 @@ TEMPORARY_RE = re.compile(r"\.manage_images\.[0-9a-f]{12}\.tmp\Z")
 # BuildKit's own record of its cache in an image config: build bookkeeping,
 # not content (a cold engine writes another one for the same layers).
 CACHE_RECORD_KEY = "moby.buildkit.cache.v0"
+# The runtime config of an image (the OCI image spec's `config`): what a container of it
+# gets. Docker's own extra fields (Image, Hostname, ...) are bookkeeping, and newer CLIs
+# leave them out of `docker image inspect`.
+RUNTIME_CONFIG_KEYS = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+)
 # The image store of an engine that keeps its images in containerd.
 CONTAINERD_SNAPSHOTTER = ["driver-type", "io.containerd.snapshotter.v1"]
 # What Go's strconv.ParseBool accepts, as docker reads DOCKER_BUILDKIT.
@@ -524,7 +541,7 @@ Identity = Literal["identical", "same content", "differs"]
 
 
 class Engine(NamedTuple):
-    """The Docker engine a run builds with, found once per run (`detect_engine`)."""
+    """The Docker engine a run builds with, found once per run (`check_docker`)."""
 
     client: str  # the docker CLI's version
     server: str  # the engine's version
@@ -1562,7 +1579,9 @@ def cache_export(engine: Engine | None, url: str, tag: str, push: bool) -> str:
     if engine is None or engine.builder != "buildkit":
         return ""
     if engine.containerd():
-        return f"type=registry,ref={url}:{build_cache_tag(tag)},mode=max" if push and engine.buildx else ""
+        # A registry that fails the export (down, or refusing) fails the push, not the build.
+        registry_cache = f"type=registry,ref={url}:{build_cache_tag(tag)},mode=max,ignore-error=true"
+        return registry_cache if push and engine.buildx else ""
     return "type=inline"
 
 
@@ -1631,10 +1650,12 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
 
 
 def _nonzero(config: object) -> dict[str, object]:
-    """A runtime config without its unset fields (docker shows them as "", null or false)."""
+    """The runtime config's fields that are set (docker shows the others as "", null or false)."""
     if not isinstance(config, dict):
         return {}
-    return {key: value for key, value in config.items() if value not in (None, "", False, [], {}, 0)}
+    return {
+        key: config[key] for key in RUNTIME_CONFIG_KEYS if config.get(key) not in (None, "", False, [], {}, 0)
+    }
 
 
 def _platform(os_name: object, architecture: object, variant: object) -> str:
@@ -4517,6 +4538,7 @@ def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str =
 
 
 _PUSHED_RE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
+_CACHE_MANIFEST_RE = re.compile(r"\bwriting cache (?:image )?manifest (sha256:[0-9a-f]{64})\b")
 
 
 def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
@@ -4538,17 +4560,29 @@ def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
     return served
 
 
-def keep_build_cache(runner: Runner, image: str, digest: str) -> None:
-    """Tags the registry cache this run's build wrote (URL:TAG.cache) as the cache of the
-    pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
+def keep_build_cache(runner: Runner, image: str, digest: str, build_output: Sequence[str]) -> None:
+    """Tags the registry cache this run's build wrote (the cache manifest its output names) as
+    the cache of the pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     target = pinned_cache_tag(digest)
-    runner.say(f"Keeping the build cache {url}:{build_cache_tag(settings.tag)} as {url}:{target}", image)
+    written = [
+        match.group(1) for line in build_output for match in [_CACHE_MANIFEST_RE.search(line)] if match
+    ]
     if settings.dry_run:
+        runner.say(f"Dry run: would keep the build's registry cache as {url}:{target}", image)
         return
+    if not written:
+        runner.say(
+            f"The build of {image} wrote no registry cache (its export failed), so none is kept beside "
+            f"{url}@{digest[:19]}: a cold engine will rerun its steps",
+            image,
+        )
+        runner.note(image, "no registry cache kept")
+        return
+    runner.say(f"Keeping the build cache {url}@{written[-1][:19]} as {url}:{target}", image)
     client = runner.registry()
-    client.put_manifest(url, target, client.get_manifest(url, build_cache_tag(settings.tag)))
+    client.put_manifest(url, target, client.get_manifest(url, written[-1]))
 
 
 def registry_identity(client: RegistryClient, url: str, pinned: str, other: str, platform: str) -> Identity:
@@ -4642,6 +4676,7 @@ def docker_steps(
     engine = runner.engine
     url = image_url(settings.registry, image)
     metadata = ""
+    build_output: list[str] = []
     if steps.pull:
         runner.begin(image, "pull")
         runner.run(pull_argv(url, settings.tag), image)
@@ -4661,7 +4696,7 @@ def docker_steps(
             metadata,
             steps.attestations,
         )
-        runner.run(argv, image)
+        build_output = runner.run(argv, image)
         if steps.verify_pinned:
             verify_built(runner, image, pins.get(image), metadata)
     pushed = None
@@ -4670,7 +4705,7 @@ def docker_steps(
         output = runner.run(push_argv(url, settings.tag), image)
         pushed = None if settings.dry_run else pushed_digest(runner, image, output)
         if steps.build and cache_to.startswith("type=registry,"):
-            keep_build_cache(runner, image, pushed or "sha256:<pushed>")
+            keep_build_cache(runner, image, pushed or "sha256:<pushed>", build_output)
     if not steps.update_references:
         return None
     if settings.dry_run and (steps.build or steps.push):
@@ -4692,7 +4727,7 @@ def docker_steps(
         return digest
     digest = pin_digest(runner, image, pins.get(image), pushed, metadata)
     if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
-        keep_build_cache(runner, image, digest)
+        keep_build_cache(runner, image, digest, build_output)
     return digest
 
 
