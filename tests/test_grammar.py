@@ -47,6 +47,8 @@ def test_each_form_is_one_reference_with_its_parts(registry, text, name, tag, he
     if hexdigits is not None:
         assert reference.hexdigits == hexdigits
         assert data[reference.hex_start : reference.end] == hexdigits
+    else:
+        assert (reference.hex_start, reference.hexdigits) == (-1, b"")  # as Reference documents
     assert mi.parse_reference(whole.decode(), registry) == reference._replace(
         start=0, end=len(whole), hex_start=reference.hex_start - len(before) if reference.pinned() else -1
     )
@@ -231,3 +233,24 @@ def test_changed_since_and_the_json_report_count_a_tagged_pin(world, standin, ca
     (image,) = json.loads(Path("report.json").read_text())["images"]
     assert (image["name"], image["digest"]["new"]) == ("cmake-python-nvidia", NEW)
     assert relative in image["files"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{REGISTRY}/cmake:$TAG",  # no reference at all
+        f"x {REGISTRY}/cmake",  # one, but not the whole text
+        f"{REGISTRY}/cmake {REGISTRY}/util",  # two
+        f"{REGISTRY}/cmake:latest,target=/b",
+    ],
+)
+def test_parse_reference_takes_exactly_one_whole_reference(text):
+    assert mi.parse_reference(text, REGISTRY) is None
+
+
+def test_a_parent_the_grammar_cannot_read_is_an_unpinned_parent_named_as_far_as_it_reads():
+    data = f"FROM {REGISTRY}/base:$TAG AS final\nCOPY --from={REGISTRY}/$UTIL /a /a\n".encode()
+    assert mi.registry_parents(data, REGISTRY) == [
+        mi.ParentRef(1, "FROM", f"{REGISTRY}/base:$TAG", "base", ""),
+        mi.ParentRef(2, "COPY --from", f"{REGISTRY}/$UTIL", f"{REGISTRY}/$UTIL", ""),
+    ]
