@@ -3558,7 +3558,7 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
                 f"cannot write {shown(change.path)}: {error.strerror}; no file was changed for this image, "
                 "fix the cause and run again"
             )
-        kept = _commit(staged)
+        _commit(staged, kept)
     finally:
         for item in staged:
             item.temporary.unlink(missing_ok=True)
@@ -3568,12 +3568,12 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
         lock.record(())
 
 
-def _commit(staged: Sequence[Staged]) -> set[Path]:
+def _commit(staged: Sequence[Staged], kept: set[Path]) -> None:
     """Renames every temporary file over its target; then each old file must
     still hold what its change was computed from (the disk is the truth: an
     edit saved while the tool ran is never written over). On any failure
-    every file of the image is put back. Returns the backups that must be
-    kept (none, unless putting one back failed)."""
+    every file of the image is put back; the backup of one that cannot be
+    is added to `kept`, and named."""
     errors = _each(_replace, staged)
     replaced = [item for item, error in zip(staged, errors) if error is None]
     failed = [(item, error) for item, error in zip(staged, errors) if error is not None]
@@ -3582,13 +3582,14 @@ def _commit(staged: Sequence[Staged]) -> set[Path]:
         held = _each(lambda item: not item.existed or _holds(item.backup, item.change.old), replaced)
         moved = [item.change.path for item, ok in zip(replaced, held) if not ok]
     if not failed and not moved:
-        return set()
+        return
     stuck = _put_back(replaced)
     if stuck:
-        backups = {item.backup for item in replaced if item.change.path in stuck}
+        backups = {item.change.path: item.backup for item in replaced if item.change.path in stuck}
+        kept.update(backups.values())
         raise ManageImagesError(
             f"cannot put back {shown(stuck[0])} after a failed write: its old content is in "
-            f"{shown(str(min(backups)))}; move it back by hand"
+            f"{shown(str(backups[stuck[0]]))}; move it back by hand"
         )
     if moved:
         raise ChangedOnDisk(moved)
