@@ -53,7 +53,9 @@ class Pane:
         self.socket = f"mi-test-{uuid.uuid4().hex[:12]}"
         script = folder / f"{self.socket}.sh"
         script.write_text(
-            f'#!/bin/sh\ncd {shlex.quote(str(repo))}\n{shlex.join(argv)}\necho "[exit $?]"\nexec sleep 3600\n'
+            # Ctrl-C is for the tool: the shell lives on to say how it ended.
+            "#!/bin/sh\ntrap true INT\n"
+            f'cd {shlex.quote(str(repo))}\n{shlex.join(argv)}\necho "[exit $?]"\nexec sleep 3600\n'
         )
         script.chmod(0o755)
         env = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "TMUX")}
@@ -202,3 +204,27 @@ def test_the_terminal_view_at_j1_shows_one_running_line(repo, registry, tmux, tm
     )
     assert_clean_end(final, 0)
     assert_pinned_to_registry(repo, registry, images)
+
+
+def test_ctrl_c_during_the_view_leaves_a_clean_screen_and_the_summary(repo, registry, tmux, tmp_path):
+    change_stamp(repo, "base", "base interrupted\n")
+    pane = Pane(tmux, tmp_path, repo, tool(registry, "--images", "all", *STEPS, "-j", "4"))
+    interrupted = []
+
+    def interrupt(pane: Pane, screen: str) -> None:
+        if not interrupted and RUNNING.search(screen):
+            pane.command("send-keys", "-t", "run", "C-c")
+            interrupted.append(True)
+
+    try:
+        code, _ = pane.watch(during=interrupt)
+        final = pane.screen(history=True)
+        cursor = pane.cursor_shown()
+    finally:
+        pane.close()
+
+    assert interrupted
+    assert code == 130, final
+    assert "Interrupted by SIGINT: stopping the running commands" in final
+    assert_clean_end(final, 130)
+    assert cursor, "the cursor was left hidden"

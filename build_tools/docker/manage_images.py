@@ -2536,6 +2536,7 @@ class Progress:
         self._estimate: tuple[float, float] | None = None  # (seconds left, when), until the next event
         self.version = 0  # changes at each start, step and finish: the view redraws at once
         self._position: dict[str, int] = {}
+        self._name_width = 5
         self._lock = threading.Lock()
 
     def plan(
@@ -2548,6 +2549,7 @@ class Progress:
         """The run about to start; the history (if any) gives the images' expected costs."""
         self._order, self._graph, self._schedule = list(order), graph, schedule
         self._position = {image: index for index, image in enumerate(order)}
+        self._name_width = max([len(image) for image in order] + [5])
         self._started = time.monotonic()
         if self.logs is not None:
             self.costs = expected_costs(order, steps, self.logs.history())
@@ -2628,7 +2630,7 @@ class Progress:
                 running,
                 self._started,
                 self._left(now),
-                max([len(image) for image in self._order] + [5]),
+                self._name_width,
             )
 
 
