@@ -243,6 +243,18 @@ def test_the_json_report_names_the_engine(tree, standin, capsys):
     }
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_only_a_dry_run_prints_the_engine_and_json_names_it_in_every_run(tree, standin, capsys, dry_run):
+    # #19 shows the engine "in --json and in -n output"; a real run's output stays the original's (#22).
+    standin.set(engine={"client": "26.1.5", "server": "26.1.5", "store": "overlay2", "buildx": "0.13.1"})
+    argv = ["--image", "cmake-python-nvidia", "--build", "--json", "report.json"]
+    assert mi.main([*argv, "-n"] if dry_run else argv) == 0
+    line = "Engine: Docker 26.1.5 (client 26.1.5), BuildKit (buildx 0.13.1), the overlay2 image store\n"
+    assert (line in capsys.readouterr().out) == dry_run
+    assert json.loads((tree / "report.json").read_text())["engine"]["builder"] == "buildkit"
+    assert standin.commands()[:2] == [list(mi.ENGINE_VERSION_ARGV), list(mi.ENGINE_INFO_ARGV)]
+
+
 def test_an_unchanged_image_keeps_its_pin_even_under_a_new_digest(tree, standin, capsys):
     # The registry serves the pin D1 and, under :latest, NEW: both hold what was built.
     standin.set(

@@ -1,6 +1,12 @@
 """`--progress plain` is the output of the tool before --progress existed, byte
 for byte apart from timings: the module as it was (from git history) and as it
-is run the same commands, through a stand-in docker, on two copies of a tree."""
+is run the same commands, through a stand-in docker, on two copies of a tree.
+
+The original takes a pushed image's digest from `docker image inspect`'s
+RepoDigests; the module now asks the registry (#19, #20), here the stand-in
+registry, which serves what the stand-in docker's RepoDigests say. Every
+image's :latest is pushed as NEW, whose content differs from its pin's (D1),
+so both modules pin NEW: the same work, and so the same output."""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import fake_tree
-from helpers import E2E_REQUIRED, SCRIPT, all_digests
+from helpers import D1, E2E_REQUIRED, NEW, all_digests
+from standin import script_argv
 
 # The last commit of the module before --progress: the output plain must keep.
 BASELINE = "d071efa334f960051e065dce90438f6b31c609be"
@@ -37,18 +44,18 @@ def original(tmp_path) -> Path:
     return path
 
 
-def run(script: Path, repo: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    result = subprocess.run(
-        (sys.executable, str(script), *args), cwd=repo, env=env, capture_output=True, text=True, timeout=120
-    )
+def run(argv: list[str], repo: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    result = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     return result.returncode, TIMING.sub("X.Xs", result.stdout), TIMING.sub("X.Xs", result.stderr)
 
 
 def both(original: Path, tree: Path, tmp_path: Path, env: dict[str, str], *args: str):
     """The original's output and `--progress plain`'s, each on its own copy of `tree`."""
     copy = fake_tree.clone(tree, tmp_path / "copy")
-    before = run(original, copy, env, *args)
-    after = run(SCRIPT, tree, env, *args, "--progress", "plain")
+    before = run([sys.executable, str(original), *args], copy, env)
+    # The module as it is, its registry questions answered by the stand-in registry (a
+    # process of its own: the `standin` fixture's in-process registry does not reach it).
+    after = run(script_argv(*args, "--progress", "plain"), tree, env)
     # The same work (with -j, new lines of prod_digests.txt come in the order images finish).
     assert {name: sorted(data.splitlines()) for name, data in fake_tree.tracked_files(copy).items()} == {
         name: sorted(data.splitlines()) for name, data in fake_tree.tracked_files(tree).items()
@@ -68,9 +75,17 @@ def by_image(out: str) -> dict[str, list[str]]:
 ARGS = ("--images", "all", "--build", "--push", "--update_references")
 
 
+def repinned(tree: Path) -> bool:
+    """Whether the run re-pinned cmake and cmake-python from D1 to NEW (the pushed
+    image differs from its pin), so that the two runs compared did real work."""
+    text = (tree / "ci/build.sh").read_text()
+    return D1 not in text and text.count(NEW) == 2
+
+
 def test_plain_is_the_original_output_one_image_at_a_time(tree, standin, tmp_path, original):
     standin.set(repo_digests=all_digests())
     before, after = both(original, tree, tmp_path, standin.environ(), *ARGS)
+    assert repinned(tree)
     assert after == before
     assert before[0] == 0 and "Running: `docker build" in before[1]
 
@@ -79,6 +94,7 @@ def test_plain_is_the_original_output_four_at_a_time(tree, standin, tmp_path, or
     standin.set(repo_digests=all_digests())
     before, after = both(original, tree, tmp_path, standin.environ(), *ARGS, "-j", "4")
     assert after[0] == before[0] == 0
+    assert repinned(tree)
     # Lines of images running together interleave by timing, and the k of
     # `[k/n]` is the order they start in; each image's own lines, and the
     # lines about no image, come in the same order.

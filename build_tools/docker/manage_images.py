@@ -4321,15 +4321,18 @@ def check_docker(settings: Settings) -> Engine:
 
 def engine_for_plan(runner: Runner) -> Engine | None:
     """The engine, also in a dry run (which asks docker read-only); None, said in a line,
-    when a dry run finds no engine: the commands shown are then the classic builder's."""
+    when a dry run finds no engine: the commands shown are then the classic builder's.
+    Only a dry run prints the `Engine:` line (#19: in -n output and in --json): a real
+    run's output stays the original's (#22), and --json names the engine in every run."""
     try:
         engine = check_docker(runner.settings)
     except ManageImagesError as error:
         if not runner.settings.dry_run:
             raise
-        runner.console.line(f"Engine: unknown ({error}); showing the classic builder's commands")
+        runner.say(f"Engine: unknown ({error}); showing the classic builder's commands")
         return None
-    runner.console.line(f"Engine: {engine.describe()}")
+    if runner.settings.dry_run:
+        runner.say(f"Engine: {engine.describe()}")
     return engine
 
 
