@@ -438,18 +438,28 @@ def local_image(ref: str, env=None) -> dict:
     return json.loads(result.stdout)
 
 
+def holds_the_pins_content(registry, image: str, pinned: str, ref: str, env=None) -> bool:
+    """Whether the local image `ref` (on the engine `env` points at) has the layers, runtime config
+    and creation time of the config the registry serves for the pin; False if there is none."""
+    if image_id(ref, env) is None:
+        return False
+    try:
+        assert_holds_the_pins_content(registry, image, pinned, ref, env)
+    except AssertionError:
+        return False
+    return True
+
+
 def assert_holds_the_pins_content(registry, image: str, pinned: str, ref: str, env=None) -> None:
     """The local image `ref` has the layers, runtime config and creation time of the config
     the registry serves for the pin."""
     built, config = local_image(ref, env), registry.image_config(image, pinned)
     assert built["RootFS"]["Layers"] == config["rootfs"]["diff_ids"], image
     assert built["Created"] == config["created"], image
-    runtime = {key: value for key, value in built["Config"].items() if value}
-    assert runtime == {key: value for key, value in config["config"].items() if value}, (
-        image,
-        runtime,
-        config,
-    )
+    # The runtime config (newer CLIs show only the OCI spec's fields of it).
+    keys = manage_images.RUNTIME_CONFIG_KEYS
+    runtime = {key: built["Config"][key] for key in keys if built["Config"].get(key)}
+    assert runtime == {key: config["config"][key] for key in keys if config["config"].get(key)}, image
 
 
 def assert_pinned_to_registry(repo: Path, registry, images, tag: str = "latest") -> None:
