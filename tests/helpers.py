@@ -24,6 +24,7 @@ import pytest
 import fake_tree
 import manage_images
 from registry import Registry
+from standin import script_argv
 
 GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
 # The original tool's graph (IREE, late 2020), frozen: the tests that pin its exact
@@ -211,11 +212,14 @@ def fresh_engine(environ: Mapping[str, str] | None = None) -> Iterator[dict[str,
 
 class Tool:
     """manage_images.py running in the background; threads read its output, so
-    waiting for a line has a deadline that holds even when the tool is silent."""
+    waiting for a line has a deadline that holds even when the tool is silent.
+    With the stand-in docker (the `standin` fixture), the stand-in registry
+    answers the tool's registry questions too, as in `run_script`."""
 
     def __init__(self, repo: Path, *args: str) -> None:
+        argv = script_argv(*args) if "STANDIN_CONFIG" in os.environ else [sys.executable, str(SCRIPT), *args]
         self.process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args],
+            argv,
             cwd=repo,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -32,6 +32,7 @@ import pytest
 import fake_tree
 import manage_images as mi
 from helpers import D1, E2E_REQUIRED, NEW, SCRIPT, Tool, all_digests, files, ref, usage_error, write
+from standin import script_argv
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -79,6 +80,10 @@ def wait_for(path: Path, timeout: float = 60) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.02)
+
+
+# What the tool asks docker before anything else: which engine builds (`docker version`, `docker info`).
+ENGINE_QUESTIONS = [argv[1] for argv in (mi.ENGINE_VERSION_ARGV, mi.ENGINE_INFO_ARGV)]
 
 
 def kill_quietly(pid: int) -> None:
@@ -445,7 +450,7 @@ def test_sighup_during_a_docker_step_stops_the_command(tree, standin, tmp_path):
     finally:
         kill_quietly(child)
     assert json.loads(report.read_text())["exit_code"] == 129
-    assert [command[1] for command in standin.commands()] == ["version", "build"]
+    assert [command[1] for command in standin.commands()] == [*ENGINE_QUESTIONS, "build"]
 
 
 def test_a_command_that_ignores_sigterm_is_killed_after_a_short_grace_period(tree, standin, tmp_path):
@@ -483,8 +488,8 @@ def test_a_closed_standard_output_stops_the_run_with_one_line_and_changes_nothin
     standin.set(repo_digests=all_digests())
     before = files(tree)
     result = subprocess.run(
-        [system_tool("bash"), "-c", 'exec "$@" >&-', "-", sys.executable, str(SCRIPT)]
-        + ["--image", "cmake-python", "--update_references"],
+        [system_tool("bash"), "-c", 'exec "$@" >&-', "-"]
+        + script_argv("--image", "cmake-python", "--update_references"),
         cwd=tree,
         capture_output=True,
         text=True,
@@ -495,7 +500,7 @@ def test_a_closed_standard_output_stops_the_run_with_one_line_and_changes_nothin
         result.stderr == "manage_images.py: cannot write to standard output: Bad file descriptor; stopped\n"
     )
     assert files(tree) == before
-    assert [command[1] for command in standin.commands()] == ["version"]
+    assert [command[1] for command in standin.commands()] == ENGINE_QUESTIONS  # none after the first line
 
 
 def piped(
@@ -515,6 +520,15 @@ def piped(
 def test_a_pipe_closed_early_stops_the_run_quietly_and_stops_its_commands(tree, standin, tmp_path, reader):
     # `head -1` leaves after the first line, before any docker command or
     # while the first one starts; `grep -m1` once the build prints.
+    # The line `head` must get: the first of the same run, read to its end.
+    whole = subprocess.run(
+        [sys.executable, str(SCRIPT), "--image", "cmake", "--build"],
+        cwd=tree,
+        capture_output=True,
+        timeout=60,
+    )
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    standin.log.unlink()
     pidfile = tmp_path / "build.pid"
     standin.set(hang={"build": {"pidfile": str(pidfile), "tick": 0.1}})
     tool, head = piped(tree, [system_tool(reader[0]), *reader[1:]], "--image", "cmake", "--build")
@@ -527,9 +541,10 @@ def test_a_pipe_closed_early_stops_the_run_quietly_and_stops_its_commands(tree, 
             kill_quietly(int(pidfile.read_text()))
     assert tool.returncode == 128 + signal.SIGPIPE
     assert err == b""
-    assert first.startswith(
-        b"Also processing dependent images." if reader[0].endswith("head") else b"standin"
-    )
+    if reader[0].endswith("head"):
+        assert first == whole.stdout.splitlines(keepends=True)[0]
+    else:
+        assert first.startswith(b"standin")
     builds = [command for command in standin.commands() if command[1] == "build"]
     assert len(builds) <= 1  # nothing started after the pipe closed
     if reader[0].endswith("grep"):
@@ -543,7 +558,7 @@ def test_dev_full_as_standard_output_gives_one_line(tree, standin):
     before = files(tree)
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [sys.executable, str(SCRIPT), "--image", "cmake-python", "--update_references"],
+            script_argv("--image", "cmake-python", "--update_references"),
             cwd=tree,
             stdout=full,
             stderr=subprocess.PIPE,
