@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NoReturn
 
 import pytest
 
@@ -58,6 +58,14 @@ SCRIPT = Path(
 # When set (CI always sets CI), a missing engine or registry fails the
 # end-to-end tests instead of skipping them.
 E2E_REQUIRED = bool(os.environ.get("CI") or os.environ.get("MANAGE_IMAGES_E2E"))
+
+
+def unavailable(message: str) -> NoReturn:
+    """What a test does when the machine lacks something it needs: fail where the
+    whole suite is required (CI, MANAGE_IMAGES_E2E), skip with `message` elsewhere."""
+    if E2E_REQUIRED:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 # --- The engine the tests run on ----------------------------------------------

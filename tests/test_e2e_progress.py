@@ -23,13 +23,13 @@ import fake_tree
 import manage_images
 from helpers import (
     ALL,
-    E2E_REQUIRED,
     GRAPH,
     SCRIPT,
     STEPS,
     assert_pinned_to_registry,
     change_stamp,
     failed_run_exit_code,
+    unavailable,
 )
 
 pytestmark = pytest.mark.e2e
@@ -48,9 +48,7 @@ def tmux(engine) -> str:
     path = shutil.which("tmux")
     if path is None:
         message = "tmux is not installed; run tests/provision-terminal.sh"
-        if E2E_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return path
 
 

@@ -28,7 +28,6 @@ import fake_tree
 import manage_images as mi
 from helpers import (
     D1,
-    E2E_REQUIRED,
     GRAPH,
     NEW,
     SCRIPT,
@@ -38,6 +37,7 @@ from helpers import (
     ref,
     small_tree,
     write,
+    unavailable,
 )
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -77,9 +77,7 @@ def new_repo(root: Path) -> Path:
 def needs_root() -> None:
     if os.geteuid() != 0:
         message = "needs root, to add a user and own files as them"
-        if E2E_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 @pytest.fixture

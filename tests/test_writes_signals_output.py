@@ -31,7 +31,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, E2E_REQUIRED, NEW, SCRIPT, Tool, all_digests, files, ref, usage_error, write
+from helpers import D1, NEW, SCRIPT, Tool, all_digests, files, ref, unavailable, usage_error, write
 from standin import script_argv
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -42,9 +42,7 @@ def system_tool(name: str) -> str:
     found = shutil.which(name, path=SYSTEM_PATH)
     if found is None:
         message = f"`{name}` is not installed (.ci/run installs it with tests/provision-docker.sh)"
-        if E2E_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return found
 
 
@@ -139,9 +137,7 @@ def user():
     """A real user and its group, made for the test and removed after it."""
     if os.geteuid() != 0:
         message = "making a user needs root"
-        if E2E_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     name = f"mi{uuid.uuid4().hex[:10]}"
     run(system_tool("useradd"), "--no-create-home", "--user-group", "--shell", "/bin/sh", name)
     try:
@@ -269,9 +265,7 @@ def unreplaceable(request, tree, tmp_path):
         error = "Device or resource busy"
     if result.returncode != 0:
         message = f"cannot make a file unreplaceable here ({request.param}): {result.stderr.strip()}"
-        if E2E_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     try:
         yield f"{error} {hint}"
     finally:
