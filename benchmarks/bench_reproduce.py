@@ -21,7 +21,12 @@ Goal, on each engine: the cached flow within 1.5 x the pull time, with 17 of
 17 reproduced; exits 1 if it is missed on any. A flow that fails or changes
 references is reported in the table (its exit code), not stopped.
 
-Usage: python3 benchmarks/bench_reproduce.py [--engine NAME]... [--seconds S] [--repeat N]
+`--layer-mb M` gives every image a layer of M MB of random bytes of its own
+(`RUN head -c ... /dev/urandom`), as real CI images carry hundreds of MB:
+the pull and the cold build then move the same bytes, and the ratio shows
+what each build costs beyond them.
+
+Usage: python3 benchmarks/bench_reproduce.py [--engine NAME]... [--seconds S] [--repeat N] [--layer-mb M]
 """
 
 from __future__ import annotations
@@ -120,11 +125,19 @@ SCENARIOS = {
 }
 
 
-def bench_engine(engine: str | None, folder: Path, seconds: float, repeat: int) -> bool:
+def bench_engine(engine: str | None, folder: Path, seconds: float, repeat: int, layer_mb: float) -> bool:
     """Prints the table for one engine; whether it met the goal."""
     environ = engine_environ(engine, folder / "docker-config")
     with running(folder / "registry") as registry:
         repo = fake_tree.make_tree(folder / "repo", registry.url, GRAPH, sleep=seconds)
+        if layer_mb:
+            for image in GRAPH:
+                dockerfile = repo / "build_tools" / "docker" / image / "Dockerfile"
+                dockerfile.write_text(
+                    dockerfile.read_text()
+                    + f"RUN head -c {int(layer_mb * 1e6)} /dev/urandom > /layer-{image}\n"
+                )
+            fake_tree.git(repo, "commit", "-q", "-am", f"A layer of {layer_mb:g} MB in each image")
         tool(
             repo, registry, environ, "--images", "all", "--build", "--push", "--update_references", "-j", "4"
         )
@@ -134,7 +147,12 @@ def bench_engine(engine: str | None, folder: Path, seconds: float, repeat: int) 
     version, driver, store, builder = engine_kind(environ)
     print(
         f"Engine {engine or 'from the environment'}: Docker {version}, {builder} builder, "
-        f"{driver} ({store} image store)\n"
+        f"{driver} ({store} image store); "
+        + (
+            f"each image adds a layer of {layer_mb:g} MB of random bytes\n"
+            if layer_mb
+            else "busybox images\n"
+        )
     )
     print("| scenario on a fresh engine | wall time | ratio to pulling | reproduced | problem |")
     print("|---|---:|---:|---:|---|")
@@ -164,6 +182,9 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=3, help="RUN sleep S in every image (default 3)")
     parser.add_argument("--repeat", type=int, default=3, help="fresh engines per scenario (default 3)")
+    parser.add_argument(
+        "--layer-mb", type=float, default=0, help="a layer of M MB of random bytes in each image (default 0)"
+    )
     args = parser.parse_args()
     engines: list[str | None] = list(args.engine or [os.environ.get("MANAGE_IMAGES_ENGINE") or None])
     if "all" in engines:
@@ -173,7 +194,7 @@ def main() -> int:
     met = []
     for engine in dict.fromkeys(engines):
         with tempfile.TemporaryDirectory(prefix="bench-reproduce-") as scratch:
-            met.append(bench_engine(engine, Path(scratch), args.seconds, args.repeat))
+            met.append(bench_engine(engine, Path(scratch), args.seconds, args.repeat, args.layer_mb))
     return 0 if all(met) else 1
 
 

@@ -84,9 +84,9 @@ if argv[0] == "docker" and argv[1:3] == ["image", "inspect"]:
             digests = config["repo_digests"][ref]
             own = [entry for entry in digests if entry.partition("@")[0] == ref.rpartition(":")[0]] or digests
             content = config.get("local_content", {{}}).get(ref) or (own[0].partition("@")[2] if own else ref)
-            print(json.dumps(inspected(content, digests)))
-        elif form.startswith("{{{{json .RepoTags}}}}"):
-            print(json.dumps([ref]), json.dumps(config["repo_digests"][ref]))
+            print(json.dumps({{**inspected(content, digests), "RepoTags": [ref]}}))
+        elif form == "{{{{json .RepoTags}}}}":
+            print(json.dumps([ref]))
         else:
             print(json.dumps(config["repo_digests"][ref]))
     sys.exit(code)

@@ -168,7 +168,7 @@ def test_dry_run_of_update_references_shows_the_diff_it_would_make(repo, registr
         registry=registry,
     )
     assert unknown.returncode == 0, unknown.stderr
-    assert "has no repository digest on this machine" in unknown.stdout
+    assert "the engine holds no" in unknown.stdout and "the new digest is unknown" in unknown.stdout
     assert fake_tree.tracked_files(repo) == before
 
 

@@ -12,6 +12,7 @@ layers of the config its pin serves.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -25,6 +26,7 @@ IMAGE_MANIFESTS = (DOCKER_MANIFEST, OCI_MANIFEST)
 PROD_FLOW = ("--images", "all", "--tag", "prod", "--build", "--update_references", "-j", "4")
 REPRODUCE = ("--cache_from_pinned", "--verify_pinned")
 LEAF = "cmake-python-nvidia"  # no image depends on it
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def assert_every_reference_is_served(repo, registry) -> None:
@@ -145,6 +147,18 @@ def test_a_built_image_no_registry_serves_is_never_pinned(repo, registry):
     )
     assert fake_tree.tracked_files(repo) == before
     assert_every_reference_is_served(repo, registry)
+
+    # A dry run asks the registry too: it refuses as the real run did, and its
+    # diff names no digest (on the containerd store, RepoDigests lists the
+    # local, never-pushed one).
+    dry = run_tool(repo, "--image", LEAF, "--update_references", "--dry_run", registry=registry)
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert f"{registry.url}/{LEAF}:latest differs from every image" in dry.stderr
+    shown = {
+        digest for line in dry.stdout.splitlines() if line.startswith("+") for digest in DIGEST.findall(line)
+    }
+    assert {digest for digest in shown if registry.digest(LEAF, digest) != digest} == set()
+    assert fake_tree.tracked_files(repo) == before
 
 
 def wrap_in_an_index(registry, image: str, digest: str) -> str:

@@ -7,6 +7,7 @@ test_e2e.py.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import stat
@@ -206,16 +207,25 @@ def test_parse_prod_digests_reports_path_and_line(line, message):
 
 
 @pytest.mark.parametrize(
-    ("digests", "url", "expected"),
+    ("tags", "url", "expected"),
     [
-        (["gcr.io/iree-oss/cmake-python@" + D1, "gcr.io/iree-oss/cmake@" + D2], "gcr.io/iree-oss/cmake", D2),
-        (["mirror.gcr.io/iree-oss/cmake@" + D1], "gcr.io/iree-oss/cmake", None),
+        (
+            [["gcr.io/iree-oss/cmake-python:latest"], ["gcr.io/iree-oss/cmake:latest"]],
+            "gcr.io/iree-oss/cmake",
+            1,
+        ),
+        ([["gcr.io/iree-oss/cmake:prod"]], "gcr.io/iree-oss/cmake", None),
+        ([["mirror.gcr.io/iree-oss/cmake:latest"]], "gcr.io/iree-oss/cmake", None),
         ([], "gcr.io/iree-oss/cmake", None),
-        (["user/base@" + D1], "docker.io/user/base", D1),
+        ([["user/base:latest"]], "docker.io/user/base", 0),
+        ([["base:latest", "base:prod"]], "docker.io/library/base", 0),
     ],
 )
-def test_pick_repo_digest_takes_the_entry_of_the_repository(digests, url, expected):
-    assert mi.pick_repo_digest(digests, url) == expected
+def test_inspected_among_finds_the_document_of_the_tag(tags, url, expected):
+    documents = [{"Id": f"sha256:{n}", "RepoTags": names} for n, names in enumerate(tags)]
+    output = "\n".join(["not json", "[]", *map(json.dumps, documents)])
+    found = mi.inspected_among(output, url, "latest")
+    assert found == (None if expected is None else documents[expected])
 
 
 @pytest.mark.parametrize(

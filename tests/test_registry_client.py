@@ -180,6 +180,33 @@ def test_served_digest_is_one_head_and_none_when_nothing_is_served(plain_registr
     ]
 
 
+def test_what_a_digest_names_is_asked_once_and_a_tag_every_time(plain_registry, client):
+    digest = plain_registry.push_image("asked", "v1", label="asked")
+    url = f"{plain_registry.url}/asked"
+    before = plain_registry.log_size()
+    for _ in range(3):
+        assert client.served_digest(url, digest) == digest
+        assert client.served_digest(url, "v1") == digest
+        assert client.image_config(url, digest) == client.image_config(url, "v1")
+    config = json.loads(plain_registry.manifest("asked", digest)[1])["config"]["digest"]
+    asked = [request[:2] for request in plain_registry.requests(before, agent=mi.USER_AGENT)]
+    manifest, blob = f"/v2/iree-oss/asked/manifests/{digest}", f"/v2/iree-oss/asked/blobs/{config}"
+    assert [request for request in asked if request[1] in (manifest, blob)] == [
+        ("HEAD", manifest),
+        ("GET", manifest),
+        ("GET", blob),
+    ]
+    assert asked.count(("HEAD", "/v2/iree-oss/asked/manifests/v1")) == 3
+    assert asked.count(("GET", "/v2/iree-oss/asked/manifests/v1")) == 3
+    # A digest not served is asked again: a push during the run may serve it.
+    missing = "sha256:" + "0" * 64
+    assert client.served_digest(url, missing) is None
+    plain_registry.push_image("asked", "v2", label="other")
+    assert client.served_digest(url, missing) is None
+    asked = [request[:2] for request in plain_registry.requests(before, agent=mi.USER_AGENT)]
+    assert asked.count(("HEAD", f"/v2/iree-oss/asked/manifests/{missing}")) == 2
+
+
 @pytest.mark.parametrize("kind", ["oci", "docker", "index"])
 def test_get_then_put_keeps_the_bytes_the_media_type_and_the_digest(plain_registry, client, kind):
     image = f"copy-{kind}"

@@ -1751,13 +1751,13 @@ def push_argv(url: str, tag: str) -> tuple[str, ...]:
 
 
 def inspect_many_argv(refs: Sequence[str]) -> tuple[str, ...]:
-    """One `docker image inspect` for many images: a line of tags and digests for each one found."""
-    return ("docker", "image", "inspect", "--format", "{{json .RepoTags}} {{json .RepoDigests}}", *refs)
+    """One `docker image inspect` for many images: a line of JSON for each one found."""
+    return ("docker", "image", "inspect", "--format", "{{json .}}", *refs)
 
 
-def repo_digest_among(output: str, url: str, tag: str) -> str | None:
-    """The digest of url:tag in the output of `inspect_many_argv`, or None if it is not there
-    or not well formed (a dry run then says the digest is unknown)."""
+def inspected_among(output: str, url: str, tag: str) -> dict[str, object] | None:
+    """The document of url:tag in the output of `inspect_many_argv` (Docker shortens
+    Docker Hub repositories: `docker.io/library/x` -> `x`), or None if it is not there."""
     import json
 
     wanted = {
@@ -1765,16 +1765,16 @@ def repo_digest_among(output: str, url: str, tag: str) -> str | None:
         f"{url.removeprefix('docker.io/')}:{tag}",
         f"{url.removeprefix('docker.io/library/')}:{tag}",
     }
-    decoder = json.JSONDecoder()
     for line in output.splitlines():
         try:
-            tags, end = decoder.raw_decode(line)
-            digests = json.loads(line[end:])
+            document: object = json.loads(line)
         except ValueError:
             continue
-        if isinstance(tags, list) and wanted.intersection(tags) and isinstance(digests, list):
-            digest = pick_repo_digest([str(entry) for entry in digests], url)
-            return digest if digest and DIGEST_RE.match(digest) else None
+        if not isinstance(document, dict):
+            continue
+        tags = document.get("RepoTags")
+        if isinstance(tags, list) and wanted.intersection(tags):
+            return document
     return None
 
 
@@ -1819,17 +1819,6 @@ def gcloud_argv(registry: str) -> tuple[str, ...]:
 
 def is_google_registry(registry: str) -> bool:
     return bool(GOOGLE_REGISTRY_RE.match(registry.split("/", 1)[0]))
-
-
-def pick_repo_digest(repo_digests: Sequence[str], url: str) -> str | None:
-    """The digest of the RepoDigests entry whose repository is exactly `url`."""
-    # Docker shortens Docker Hub repositories (`docker.io/library/x` -> `x`).
-    wanted = {url, url.removeprefix("docker.io/"), url.removeprefix("docker.io/library/")}
-    for entry in repo_digests:
-        repository, at, digest = entry.partition("@")
-        if at and repository in wanted:
-            return digest
-    return None
 
 
 def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
@@ -3810,6 +3799,10 @@ class RegistryClient:
     Basic and Bearer token flows, TLS with certs.d, plain HTTP only on loopback, retries.
 
     Thread-safe: images promoted in parallel share one client (and its tokens).
+
+    What a digest names never changes, so within a run a digest the registry
+    served, and the manifest and config bytes read by digest (each checked
+    against its digest), are asked for once; tags are asked every time.
     """
 
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -3823,11 +3816,15 @@ class RegistryClient:
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
         self._authorizations: dict[tuple[str, str], str] = {}  # (host, scope) -> Authorization
         self._openers: dict[str, urllib.request.OpenerDirector] = {}
+        self._served: set[tuple[str, str]] = set()  # (url, digest) the registry served
+        self._by_digest: dict[tuple[str, str], Manifest | bytes] = {}  # manifests and blobs read
 
     # --- the public operations ----------------------------------------------
 
     def served_digest(self, url: str, reference: str) -> str | None:
         """The digest the registry serves for `reference` (a tag or a digest): one HEAD; None on 404."""
+        if (url, reference) in self._served:
+            return reference
         host, repository = split_url(url)
         answer = self._call("HEAD", host, repository, f"manifests/{reference}", "pull")
         if answer.status == 404:
@@ -3836,12 +3833,19 @@ class RegistryClient:
         digest = answer.headers.get("docker-content-digest")
         if digest is None:  # the header is optional in the spec: hash the bytes instead
             return self.get_manifest(url, reference).digest
-        return check_digest(
+        digest = check_digest(
             digest, f"{url}{_separator(reference)}{reference} (Docker-Content-Digest of {host})"
         )
+        if digest == reference:
+            with self._lock:
+                self._served.add((url, digest))
+        return digest
 
     def get_manifest(self, url: str, reference: str) -> Manifest:
         """The manifest `reference` names, of any media type; for a digest, its sha256 is checked."""
+        known = self._by_digest.get((url, reference))
+        if isinstance(known, Manifest):
+            return known
         host, repository = split_url(url)
         name = f"{url}{_separator(reference)}{reference}"
         answer = self._call("GET", host, repository, f"manifests/{reference}", "pull")
@@ -3859,7 +3863,12 @@ class RegistryClient:
                 "between it and this machine changed the manifest; nothing was written"
             )
         media_type = answer.headers.get("content-type", "").split(";", 1)[0].strip()
-        return Manifest(media_type or _declared_media_type(answer.body), answer.body, digest)
+        manifest = Manifest(media_type or _declared_media_type(answer.body), answer.body, digest)
+        if digest == reference:
+            with self._lock:
+                self._served.add((url, digest))
+                self._by_digest[url, digest] = manifest
+        return manifest
 
     def put_manifest(self, url: str, tag: str, manifest: Manifest) -> str:
         """Stores `manifest` (the same bytes, the same media type) under `tag`; returns the
@@ -3891,11 +3900,16 @@ class RegistryClient:
         digest = check_digest(
             str(config.get("digest") if isinstance(config, dict) else ""), f"the config of {name}"
         )
+        known = self._by_digest.get((url, digest))
+        if isinstance(known, bytes):
+            return digest, known
         host, repository = split_url(url)
         answer = self._call("GET", host, repository, f"blobs/{digest}", "pull")
         self._expect(answer, (200,), host, f"GET of the config {digest} of {name}")
         if body_digest(answer.body) != digest:
             raise RegistryError(f"{host} answered the config {digest} of {name} with other bytes")
+        with self._lock:
+            self._by_digest[url, digest] = answer.body
         return digest, answer.body
 
     # --- requests, authentication and transport ---------------------------
@@ -4393,6 +4407,16 @@ def local_image(settings: Settings, engine: Engine | None, ref: str, metadata: s
         return None
     try:
         document = json.loads(result.stdout)
+    except ValueError:
+        document = None
+    return local_from(document, ref, engine, metadata)
+
+
+def local_from(document: object, ref: str, engine: Engine | None, metadata: str = "") -> LocalImage:
+    """The LocalImage of `document`, what `docker image inspect` printed for `ref`."""
+    try:
+        if not isinstance(document, dict):
+            raise TypeError(document)
         image_id = check_digest(str(document["Id"]), f"the ID of {ref}")
         repo_digests = tuple(str(entry) for entry in document.get("RepoDigests") or ())
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -4502,14 +4526,15 @@ def _no_cache(runner: Runner, image: str, pinned: str) -> tuple[str, ...]:
     return ()
 
 
-def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str = "") -> None:
+def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str = "") -> LocalImage | None:
     """Compares the image just built with the one the tree pins, by content (see
-    `identity_of`); fails, before any push, if they differ."""
+    `identity_of`); fails, before any push, if they differ. What the engine holds
+    (None in a dry run)."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     if settings.dry_run:
         runner.say(f"Dry run: would compare {url}:{settings.tag} with the pinned {url}@{pinned}", image)
-        return
+        return None
     if pinned is None:
         runner.note(image, "not pinned")
         raise ManageImagesError(
@@ -4533,7 +4558,7 @@ def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str =
         what = "the same config" if identity == "identical" else "the same content, another config digest"
         runner.say(f"Reproduced the pinned image {url}@{pinned[:19]}: {what}", image)
         runner.note(image, "reproduced" if identity == "identical" else "reproduced (same content)")
-        return
+        return local
     runner.note(image, "differs")
     raise ManageImagesError(
         f"{image} differs from the image the tree pins: built {str(local.config_digest or local.id)[:19]}, "
@@ -4603,18 +4628,26 @@ def registry_identity(client: RegistryClient, url: str, pinned: str, other: str,
     return "same content" if same_config(pinned_bytes, other_bytes) else "differs"
 
 
-def pin_digest(runner: Runner, image: str, pinned: str | None, pushed: str | None, metadata: str = "") -> str:
+def pin_digest(
+    runner: Runner,
+    image: str,
+    pinned: str | None,
+    pushed: str | None,
+    metadata: str = "",
+    local: LocalImage | None = None,
+) -> str:
     """The digest to pin IMAGE to: one the registry serves, never a local guess.
 
     The pin stays when what was pushed or built has its content (no churn
     from manifest bytes or key order); else the push's digest; without a
     push, the digest the registry serves under TAG, or one of the image's
     RepoDigests, if it is the local image. Otherwise one line, and no file
-    changes."""
+    changes. `local`: what the engine holds, when this run already asked."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     client = runner.registry()
-    local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
+    if local is None:
+        local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if pushed is not None:
         if pinned is not None and client.served_digest(url, pinned) is not None:
             engine = runner.engine
@@ -4650,10 +4683,14 @@ def pin_digest(runner: Runner, image: str, pinned: str | None, pushed: str | Non
     )
 
 
-def prefetched_digests(runner: Runner, images: Sequence[str], steps: Steps) -> dict[str, str | None] | None:
-    """In a dry run that only rewrites references, every digest comes from one
-    `docker image inspect` of all the images; otherwise None (a real run
-    inspects each image after its push, the only time its digest exists)."""
+def held_images(
+    runner: Runner, images: Sequence[str], steps: Steps
+) -> dict[str, dict[str, object] | None] | None:
+    """In a dry run that only rewrites references, what the engine holds of
+    each image under TAG (its `docker image inspect` document, or None), from
+    one `docker image inspect` of them all: a dry run asks the registry about
+    those it holds, as a real run would, and says the digest of the others is
+    unknown. None otherwise."""
     settings = runner.settings
     if not (settings.dry_run and steps.update_references) or steps.build or steps.push:
         return None
@@ -4664,8 +4701,8 @@ def prefetched_digests(runner: Runner, images: Sequence[str], steps: Steps) -> d
     except CommandError:  # killed by a signal: 128 + N
         raise
     except ManageImagesError:  # no docker here: a dry run goes on without digests
-        return {image: None for image in images}
-    return {image: repo_digest_among(result.stdout, url, settings.tag) for image, url in urls.items()}
+        return dict.fromkeys(images)
+    return {image: inspected_among(result.stdout, url, settings.tag) for image, url in urls.items()}
 
 
 def docker_steps(
@@ -4673,7 +4710,7 @@ def docker_steps(
     image: str,
     steps: Steps,
     pins: Mapping[str, str],
-    known: Mapping[str, str | None] | None = None,
+    held: Mapping[str, dict[str, object] | None] | None = None,
 ) -> str | None:
     """Pull, build and push one image; returns the digest to pin when
     references are to be updated and it can be known (see `pin_digest`).
@@ -4683,6 +4720,7 @@ def docker_steps(
     url = image_url(settings.registry, image)
     metadata = ""
     build_output: list[str] = []
+    local = None
     if steps.pull:
         runner.begin(image, "pull")
         runner.run(pull_argv(url, settings.tag), image)
@@ -4704,7 +4742,7 @@ def docker_steps(
         )
         build_output = runner.run(argv, image)
         if steps.verify_pinned:
-            verify_built(runner, image, pins.get(image), metadata)
+            local = verify_built(runner, image, pins.get(image), metadata)
     pushed = None
     if steps.push:
         runner.begin(image, "push")
@@ -4721,17 +4759,19 @@ def docker_steps(
             image,
         )
         return None
-    if known is not None:
-        digest = known[image]
-        if digest is None:
-            runner.say(
-                f"Dry run: {url}:{settings.tag} has no repository digest on this machine "
-                "(not pushed or pulled yet), so the new digest is unknown; listing "
-                "the files that would be updated",
-                image,
-            )
-        return digest
-    digest = pin_digest(runner, image, pins.get(image), pushed, metadata)
+    if held is not None and held[image] is None:
+        runner.say(
+            f"Dry run: the engine holds no {url}:{settings.tag} (not built, pulled or pushed "
+            "here), so the new digest is unknown; listing the files that would be updated",
+            image,
+        )
+        return None
+    # A dry run asks the registry (it only reads) as a real run does, so its
+    # diff shows the digest a real run would pin, never a local guess.
+    if held is not None:
+        ref = f"{url}:{settings.tag}"
+        local = local_from(held[image] or {}, ref, runner.engine, metadata)
+    digest = pin_digest(runner, image, pins.get(image), pushed, metadata, local)
     if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
         keep_build_cache(runner, image, digest, build_output)
     return digest
@@ -5258,8 +5298,8 @@ def run_steps(
 ) -> int:
     """--pull, --build, --push and --update_references, for each image in order."""
     with repository_lock(runner, command, needed=steps.update_references) as lock:
-        # A dry run asks docker for every digest while git greps the tree.
-        prefetched = in_background(lambda: prefetched_digests(runner, images, steps))
+        # A dry run asks docker which images it holds while git greps the tree.
+        holding = in_background(lambda: held_images(runner, images, steps))
         if steps.build:
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
@@ -5269,7 +5309,13 @@ def run_steps(
                 runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
             )
             pins = pins_by_name(entries, runner.settings.registry)
-        if steps.build or steps.push or (steps.any() and not runner.settings.dry_run):
+        held = holding()
+        if (
+            steps.build
+            or steps.push
+            or (steps.any() and not runner.settings.dry_run)
+            or any((held or {}).values())
+        ):
             runner.engine = engine_for_plan(runner)
             runner.report.head["engine"] = runner.engine.as_json() if runner.engine else None
         if steps.push and is_google_registry(runner.settings.registry):
@@ -5282,7 +5328,6 @@ def run_steps(
             return 0
 
         files = TrackedFiles(runner.settings.root, scan, runner.settings.registry) if scan else None
-        known = prefetched()
 
         def finish(image: str, digest: str | None) -> str | None:
             if files is not None:
@@ -5290,7 +5335,7 @@ def run_steps(
             return digest
 
         def work(image: str) -> str | None:
-            return docker_steps(runner, image, steps, pins, known)
+            return docker_steps(runner, image, steps, pins, held)
 
         try:
             return process_images(runner, images, graph, schedule, work, finish, steps.names())
