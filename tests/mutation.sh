@@ -20,7 +20,7 @@ cp -r "$here/build_tools/kokoro" "$work/build_tools/"
 for file in conftest.py helpers.py fake_tree.py standin.py registry.py \
             test_manage_images.py test_scheduler.py test_check.py test_guarantees.py \
             test_core.py test_cost.py test_presubmit.py test_reproduce.py \
-            test_grammar.py test_new_image.py; do
+            test_grammar.py test_new_image.py test_progress.py; do
   cp "$here/tests/$file" "$work/tests/"
 done
 cat > "$work/pyproject.toml" <<'TOML'
@@ -36,7 +36,8 @@ pytest_add_cli_args_test_selection = ["tests"]
 also_copy = ["README.md", "build_tools"]
 TOML
 cd "$work"
-# The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler.
+# The pure core: graph order, references, WORKSPACE, prod_digests.txt, Edits, the scheduler,
+# and the progress view's arithmetic (the estimate, durations, the rendered lines).
 core=(
   validate_graph dependents_map ordered_images_to_process expand_selection
   reference_scanner find_references _reference pinned_names parse_reference 'Reference'
@@ -45,6 +46,8 @@ core=(
   _line_starts _literal_span _rbe_rule parse_rbe_rules rules_naming rewrite_workspace workspace_findings
   parse_prod_digests usable_prod_digests prod_digest_findings append_prod_digest
   'Edits' run_graph _finished _with_the_rest
+  resolve_progress expected_costs remaining_images estimate_left format_duration format_left fit
+  render_view failure_tail
 )
 if [ $# -gt 1 ]; then core=("${@:2}"); fi
 patterns=()
