@@ -566,6 +566,46 @@ def test_dev_full_as_standard_output_gives_one_line(tree, standin):
     assert files(tree) == before
 
 
+def unwritable_standard_error(kind: str):
+    """A standard error that takes no line: /dev/full, or a pipe whose reader is gone."""
+    if kind == "/dev/full":
+        return open("/dev/full", "w")
+    read, write = os.pipe()
+    os.close(read)
+    return os.fdopen(write, "w")
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["summary", "json"])
+@pytest.mark.parametrize("kind", ["/dev/full", "closed pipe"])
+def test_a_standard_error_that_cannot_be_written_drops_its_lines_and_the_run_ends_as_it_would(
+    tree, standin, kind, json_out
+):
+    # The failed build's line goes to standard error, which cannot take it: the
+    # run still ends as it would have, the command's own exit code passed on,
+    # and standard output holds its summary (or, with --json -, the report).
+    standin.set(fail={"build": 7}, repo_digests=all_digests())
+    before = files(tree)
+    args = ("--image", "cmake", "--build", "--update_references", "-j", "2")
+    with unwritable_standard_error(kind) as stderr:
+        result = subprocess.run(
+            script_argv(*args, *(("--json", "-") if json_out else ())),
+            cwd=tree,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 7, result.stdout
+    if json_out:
+        report = json.loads(result.stdout)
+        results = {image["name"]: image["result"] for image in report["images"]}
+        assert report["exit_code"] == 7 and results["cmake"] == "failed", report
+    else:
+        assert "Summary:" in result.stdout and "Traceback" not in result.stdout
+    assert [command[1] for command in standin.commands()].count("build") == 1  # its dependents wait
+    assert files(tree) == before
+
+
 def test_json_with_an_empty_file_name_is_a_usage_error(capsys):
     assert "--json '': give a file name, or - for standard output" in usage_error(
         ["--check", "--image", "cmake", "--json", ""], capsys

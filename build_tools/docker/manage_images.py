@@ -263,7 +263,7 @@ RUN_FOLDER_RE = re.compile(r"\d{8}T\d{6}Z-\d+(?:-\d+)?\Z")  # a run's folder of 
 KEEP_RUNS = 5  # runs whose logs are kept, this one included
 DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last step durations
 TAIL_LINES = 20  # lines of a failed image's log shown under the summary
-REDRAW_SECONDS = 0.25  # the terminal view is redrawn at most this often
+REDRAW_SECONDS = 0.5  # the terminal view is redrawn at most this often
 _ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
 
 T = TypeVar("T")
@@ -2183,17 +2183,21 @@ def failure_tail(image: str, log: str, tail: Sequence[str]) -> str:
 class Console:
     """Prints whole lines, never interleaved, from any thread.
 
-    The one place the tool writes its output: when that output cannot be
-    written (standard output closed, a pipe whose reader left, a full disk),
-    the run stops as a Unix tool's does, its commands stopped and nothing
-    half-written, and the output is dropped from then on.
+    The one place the tool writes its output: when standard output cannot be
+    written (closed, a pipe whose reader left, a full disk), the run stops as
+    a Unix tool's does, its commands stopped and nothing half-written, and the
+    output is dropped from then on. Standard error (`name`) is only where the
+    tool explains itself: when it cannot be written, its lines are dropped
+    and the run goes on, its exit code (and --json report) still saying how
+    it went, as Unix tools treat their standard error.
 
     In the terminal view it also keeps a block of live lines below what it
     printed: each line printed goes above the block, which is redrawn under it.
     """
 
-    def __init__(self, out: TextIO | None) -> None:
-        self._out = out  # None: standard output was closed when the tool started
+    def __init__(self, out: TextIO | None, name: str = "standard output") -> None:
+        self._out = out  # None: the stream was closed when the tool started
+        self.name = name
         # Under any locale (Latin-1, ASCII): a character it cannot encode is printed as an escape.
         reconfigure = getattr(out, "reconfigure", None)
         if reconfigure is not None:
@@ -2236,21 +2240,22 @@ class Console:
         finally:
             self._lock.release()
 
-    def show(self, block: Sequence[str], lengths: Sequence[int]) -> None:
-        """Replaces the live block (lines cut to the terminal's width; `lengths`
-        are their widths on screen); an empty block leaves none and the cursor shown."""
+    def show(self, block: Sequence[str], lengths: Sequence[int], columns: int | None = None) -> None:
+        """Replaces the live block (lines cut to the terminal's width, `columns`
+        if the caller just read it; `lengths` are their widths on screen); an
+        empty block leaves none and the cursor shown."""
         with self._lock:
             hide = "\x1b[?25l" if block and not self._block else ""  # no cursor jumping about the block
             show = "\x1b[?25h" if self._block and not block else ""
-            erase = self._erasing()
+            erase = self._erasing(columns)
             self._block, self._lengths = list(block), list(lengths)
             self.write(f"{erase}{hide}{self._drawing()}{show}")
 
-    def _erasing(self) -> str:
+    def _erasing(self, columns: int | None = None) -> str:
         if not self._lengths:
             return ""
         # A terminal that got narrower rewraps each line over more rows.
-        columns = self.columns()
+        columns = columns or self.columns()
         rows = sum(max(1, -(-length // columns)) for length in self._lengths)
         return f"\r\x1b[{rows}A\x1b[J"
 
@@ -2302,10 +2307,28 @@ class Console:
             # last flush cannot fail with a traceback.
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+        if self.name != "standard output":
+            return
         if number == errno.EPIPE:  # the reader left (`| head -1`): stop quietly, as SIGPIPE would
             CHILDREN.stop(128 + signal.SIGPIPE, "standard output is a pipe its reader closed; stopped")
         else:
             CHILDREN.stop(1, f"cannot write to standard output: {os.strerror(number or errno.EIO)}; stopped")
+
+
+_errors: list[Console] = []  # the console of standard error, made at the first line
+
+
+def error_console() -> Console:
+    """The console of standard error (see Console: a standard error that cannot
+    be written drops the lines, and the run goes on)."""
+    if not _errors or _errors[0].stream is not sys.stderr:
+        _errors[:] = [Console(sys.stderr, "standard error")]
+    return _errors[0]
+
+
+def error_line(text: str) -> None:
+    """Prints `text` on standard error, as whole lines."""
+    error_console().line(text)
 
 
 class Children:
@@ -2650,7 +2673,7 @@ class LiveView:
         state, now = self._progress.state(), time.monotonic()
         lines = render_view(state, now, columns, rows, colour=self._progress.colour)
         lengths = [len(_ESCAPE_RE.sub("", line)) for line in lines] if self._progress.colour else None
-        self._console.show(lines, lengths or [len(line) for line in lines])
+        self._console.show(lines, lengths or [len(line) for line in lines], columns)
 
     def close(self) -> None:
         """Erases the view, leaving the screen as the lines printed made it."""
@@ -2817,10 +2840,9 @@ def find_repo_root(start: Path) -> Path:
     for name, found in (("GIT_DIR", git_dir), ("GIT_WORK_TREE", top)):
         value = os.environ.get(name)
         if value is not None and os.path.realpath(value) != os.path.realpath(found):
-            print(
+            error_line(
                 f"warning: ignoring {name}={shown(value)}: the tool works on the repository at "
-                f"{shown(top)} (--repo_root, or the one holding the current folder)",
-                file=sys.stderr,
+                f"{shown(top)} (--repo_root, or the one holding the current folder)"
             )
     return Path(top)
 
@@ -2872,10 +2894,7 @@ def grep_registry(root: Path, registry: str, *options: str) -> list[str]:
     except ManageImagesError as error:
         if "Perl-compatible" not in str(error):
             raise
-    print(
-        "warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched",
-        file=sys.stderr,
-    )
+    error_line("warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched")
     return git_lines(root, *args, "-F", "-e", f"{registry}/", "--", ok=(0, 1), shown_as=what)
 
 
@@ -4962,16 +4981,16 @@ def preflight_rewrite(settings: Settings, images: Sequence[str]) -> TreeScan:
             f"{shown(scan.hidden[0])}{more}: {sparse_message(settings.registry)}; then run again"
         )
     for path, why in scan.skipped:
-        print(f"warning: not updating {shown(path)}: {why}", file=sys.stderr)
+        error_line(f"warning: not updating {shown(path)}: {why}")
     for finding in scan.untouched:
-        print(f"warning: not updating {shown(finding.path)}: {finding.message}", file=sys.stderr)
+        error_line(f"warning: not updating {shown(finding.path)}: {finding.message}")
     workspace = scan.workspace
     if RBE_IMAGE in images and workspace in scan.tracked and workspace not in scan.problems:
         data = (settings.root / workspace).read_bytes()
         rules_naming(parse_rbe_rules(data, workspace), image_url(settings.registry, RBE_IMAGE), workspace)
     if RBE_IMAGE in images:
         for finding in rules_elsewhere(settings.root, scan, settings.registry):
-            print(f"warning: not updating {finding}", file=sys.stderr)
+            error_line(f"warning: not updating {finding}")
     return scan
 
 
@@ -5280,7 +5299,7 @@ def process_images(
         key=lambda item: item.finished,
     )
     for item in failures[1:]:
-        print(shown(f"{item.image}: {item.error}"), file=sys.stderr)
+        error_line(f"{item.image}: {item.error}")
     if failures and failures[0].error:
         raise failures[0].error
     if failed_after is not None:
@@ -5970,7 +5989,7 @@ def main(
     try:
         validate_graph(graph)
     except ManageImagesError as error:
-        print(error, file=sys.stderr)
+        error_line(str(error))
         return 1
     occupy_closed_descriptors()
     args = parse_arguments(build_parser(graph), argv, graph)
@@ -5979,7 +5998,7 @@ def main(
     CHILDREN.reset()
     # With --json -, standard output carries the document alone.
     out = Console(sys.stdout)
-    console = Console(sys.stderr) if args.json == "-" else out
+    console = error_console() if args.json == "-" else out
     with signals_stop_the_run(console):
         code = run_and_report(args, graph, arguments, report, console, out)
     return code
@@ -6001,19 +6020,19 @@ def run_and_report(
         if isinstance(error, UsageError):
             message = f"manage_images.py: error: {message}"
         if not CHILDREN.stopping:  # else it is what the stop did (a command killed), not news
-            print(shown(message), file=sys.stderr)
+            error_line(message)
         report.error = message
         code = error.returncode if isinstance(error, ManageImagesError) else 1
     if CHILDREN.stopping:
         code = CHILDREN.code
         report.error = CHILDREN.reason
         if CHILDREN.reason.startswith("cannot write"):
-            print(f"manage_images.py: {CHILDREN.reason}", file=sys.stderr)
+            error_line(f"manage_images.py: {CHILDREN.reason}")
     if args.json:
         try:
             write_report(args.json, report.document(code), out)
         except ManageImagesError as error:
-            print(shown(str(error)), file=sys.stderr)
+            error_line(str(error))
             return code or 1
     return code
 
