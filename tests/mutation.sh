@@ -14,9 +14,12 @@ python=${PYTHON:-$here/.venv/bin/python}
 mkdir -p "$work/src" "$work/tests"
 cp "$here/build_tools/docker/manage_images.py" "$work/src/"
 cp "$here/README.md" "$work/"
-# fake_tree reads the real CI jobs from build_tools/kokoro.
-mkdir -p "$work/build_tools"
+# fake_tree reads the real CI jobs from build_tools/kokoro; the tests that
+# run the tool as a process of its own (standin.environ's PYTHONPATH) find
+# the module where the real tree has it.
+mkdir -p "$work/build_tools/docker"
 cp -r "$here/build_tools/kokoro" "$work/build_tools/"
+cp "$here/build_tools/docker/manage_images.py" "$work/build_tools/docker/"
 for file in conftest.py helpers.py fake_tree.py standin.py registry.py \
             test_manage_images.py test_scheduler.py test_check.py test_guarantees.py \
             test_core.py test_cost.py test_presubmit.py test_reproduce.py \

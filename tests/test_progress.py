@@ -64,6 +64,19 @@ def test_an_image_without_history_counts_as_the_median_of_the_others():
     assert costs == {"a": 12.0, "b": 7.0, "c": 22.0, "d": 12.0}
     even = mi.expected_costs(["x"], ["build"], {"a": {"build": 4.0}, "b": {"build": 6.0}})
     assert even == {"x": 5.0}
+    five = {name: {"build": float(seconds)} for name, seconds in zip("abcde", (1, 2, 3, 4, 50))}
+    assert mi.expected_costs(["x"], ["build"], five) == {"x": 3.0}
+
+
+def test_a_step_no_image_has_a_record_of_adds_nothing():
+    # No run recorded a push yet: the estimate is the builds alone.
+    costs = mi.expected_costs(["a", "x"], ["build", "push"], {"a": {"build": 7.0}})
+    assert costs == {"a": 7.0, "x": 7.0}
+
+
+def test_an_image_whose_parents_never_finish_adds_nothing_to_the_estimate():
+    # Only a graph the tool refuses (a cycle) could hold one: the estimate still ends.
+    assert mi.estimate_left(["x", "e"], {"x": ("x",), "e": ()}, {"x": 5.0, "e": 2.0}, 1) == 2.0
 
 
 def test_no_record_of_any_step_run_means_no_estimate():
@@ -92,10 +105,37 @@ def test_what_remains_after_a_failure():
         (60, "~1m left"),
         (1020, "~17m left"),
     ]
-    + [(3599, "~60m left"), (3600, "~1h00m left"), (3690, "~1h02m left"), (7620, "~2h07m left")],
+    + [(3599, "~60m left"), (3600, "~1h00m left"), (3690, "~1h02m left"), (7620, "~2h07m left")]
+    + [(3629, "~1h00m left"), (3630, "~1h01m left")],  # to the nearest minute
 )
 def test_time_left_as_a_person_reads_it(seconds, text):
     assert mi.format_left(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0, "0s"), (59.9, "59s"), (60, "1m00s"), (61, "1m01s"), (3599, "59m59s")]
+    + [(3600, "1h00m"), (3659, "1h00m"), (3661, "1h01m"), (7325, "2h02m")],
+)
+def test_durations_as_a_person_reads_them(seconds, text):
+    assert mi.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "text, width, expected",
+    [
+        ("abc", 3, "abc"),
+        ("abcdef", 5, "ab..."),
+        ("abcdef", 4, "a..."),
+        ("abcdef", 3, "..."),
+        ("abcdef", 1, "."),
+        ("abcdef", 0, ""),
+        ("a\tb\x1b[1mc", 20, "a b [1mc"),
+        ("é\u200bz", 20, "é z"),
+    ],
+)
+def test_a_line_is_fitted_to_the_width_with_its_control_characters_as_spaces(text, width, expected):
+    assert mi.fit(text, width) == expected
 
 
 # --- The mode, the view and the console's block -----------------------------------
@@ -139,6 +179,18 @@ def test_the_view_fits_the_terminal_height():
     lines = mi.render_view(view_state(running), 101.0, 80, 6)
     assert len(lines) == 5
     assert lines[-1] == "  ... and 5 more running"
+    assert len(mi.render_view(view_state(running), 101.0, 80, 3)) == 2  # the header and one line
+
+
+def test_the_view_fits_the_narrowest_terminal_and_shows_no_estimate_it_lacks():
+    running = [mi.Running("cmake", "build", 150.0, "Step 1/2")]
+    for columns in (1, 2, 3):
+        assert all(
+            len(line) <= max(columns - 1, 1)
+            for line in mi.render_view(view_state(running), 160.0, columns, 24)
+        )
+    header = mi.render_view(view_state(running, left=None), 160.0, 120, 24)[0]
+    assert header == "[4/17] 3 done, 1 running, 1 failed, 12 left | 1m00s elapsed"
 
 
 def test_colour_only_adds_escapes():
@@ -147,6 +199,7 @@ def test_colour_only_adds_escapes():
     coloured = mi.render_view(view_state(running), 160.0, 80, 24, colour=True)
     assert coloured != plain
     assert [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in coloured] == plain
+    assert coloured[1].startswith("  \x1b[36mcmake\x1b[0m ")  # the name alone in cyan
 
 
 class Terminal(io.StringIO):
