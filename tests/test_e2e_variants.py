@@ -78,7 +78,7 @@ def legacy_builder_on_containerd(engine, tmp_path) -> dict[str, str]:
     """The containerd-store engine (26.1.5) with DOCKER_BUILDKIT=0 and no buildx plugin."""
     env = variant("containerd", tmp_path)
     plugins = Path(env["DOCKER_CONFIG"]) / "cli-plugins" / "docker-buildx"
-    plugins.unlink()
+    plugins.unlink(missing_ok=True)
     env["DOCKER_BUILDKIT"] = "0"
     assert engine_kind(env)[2:] == ("containerd", "classic")
     return env

@@ -379,6 +379,19 @@ def test_dry_run_of_update_references_prints_the_diff(tree, standin, capsys):
     assert "+  " + ref("cmake-python", NEW).decode() + " \\\n" in out
 
 
+def test_a_docker_hub_image_is_pinned_to_its_shortened_repo_digest(tree, standin):
+    # Docker lists a Docker Hub image's RepoDigests as `user/NAME@...`; the
+    # registry serves it as docker.io/user/NAME.
+    leaf = "cmake-python-nvidia"
+    standin.set(
+        repo_digests={f"docker.io/user/{leaf}:latest": [f"user/{leaf}@" + NEW]},
+        manifests={f"docker.io/user/{leaf}@" + NEW: NEW},
+    )
+    assert mi.main(["--image", leaf, "--update_references", "--registry", "docker.io/user"]) == 0
+    prod = (tree / "build_tools" / "docker" / "prod_digests.txt").read_text()
+    assert f"docker.io/user/{leaf}@{NEW}\n" in prod
+
+
 def test_commands_run_in_order_from_a_subdirectory(tree, standin, monkeypatch):
     monkeypatch.chdir(tree / "ci")
     standin.set(

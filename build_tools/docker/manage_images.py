@@ -4683,7 +4683,9 @@ def pin_digest(
             f"the engine holds no {url}:{settings.tag}, so there is no digest to pin: build or pull it first"
         )
     tagged = client.served_digest(url, settings.tag)
-    known = [entry.partition("@")[2] for entry in local.repo_digests if entry.partition("@")[0] == url]
+    # Docker shortens Docker Hub repositories (`docker.io/library/x` -> `x`).
+    names = {url, url.removeprefix("docker.io/"), url.removeprefix("docker.io/library/")}
+    known = [entry.partition("@")[2] for entry in local.repo_digests if entry.partition("@")[0] in names]
     for candidate in dict.fromkeys(digest for digest in (pinned, tagged, *known) if digest):
         if candidate != tagged and client.served_digest(url, candidate) is None:
             continue
@@ -5996,6 +5998,7 @@ def main(
     arguments = list(sys.argv[1:] if argv is None else argv)
     report = Report(arguments)
     CHILDREN.reset()
+    _registry_client.cache_clear()  # what the registry served is remembered for one run only
     # With --json -, standard output carries the document alone.
     out = Console(sys.stdout)
     console = error_console() if args.json == "-" else out
