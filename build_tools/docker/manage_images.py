@@ -1755,16 +1755,17 @@ def inspect_many_argv(refs: Sequence[str]) -> tuple[str, ...]:
     return ("docker", "image", "inspect", "--format", "{{json .}}", *refs)
 
 
+def docker_names(url: str) -> set[str]:
+    """The names docker lists the repository `url` under in RepoTags and RepoDigests:
+    it shortens Docker Hub repositories (`docker.io/library/x` -> `x`)."""
+    return {url, url.removeprefix("docker.io/"), url.removeprefix("docker.io/library/")}
+
+
 def inspected_among(output: str, url: str, tag: str) -> dict[str, object] | None:
-    """The document of url:tag in the output of `inspect_many_argv` (Docker shortens
-    Docker Hub repositories: `docker.io/library/x` -> `x`), or None if it is not there."""
+    """The document of url:tag in the output of `inspect_many_argv`, or None if it is not there."""
     import json
 
-    wanted = {
-        f"{url}:{tag}",
-        f"{url.removeprefix('docker.io/')}:{tag}",
-        f"{url.removeprefix('docker.io/library/')}:{tag}",
-    }
+    wanted = {f"{name}:{tag}" for name in docker_names(url)}
     for line in output.splitlines():
         try:
             document: object = json.loads(line)
@@ -4683,8 +4684,7 @@ def pin_digest(
             f"the engine holds no {url}:{settings.tag}, so there is no digest to pin: build or pull it first"
         )
     tagged = client.served_digest(url, settings.tag)
-    # Docker shortens Docker Hub repositories (`docker.io/library/x` -> `x`).
-    names = {url, url.removeprefix("docker.io/"), url.removeprefix("docker.io/library/")}
+    names = docker_names(url)
     known = [entry.partition("@")[2] for entry in local.repo_digests if entry.partition("@")[0] in names]
     for candidate in dict.fromkeys(digest for digest in (pinned, tagged, *known) if digest):
         if candidate != tagged and client.served_digest(url, candidate) is None:
@@ -4780,18 +4780,18 @@ def docker_steps(
             image,
         )
         return None
-    if held is not None and held[image] is None:
-        runner.say(
-            f"Dry run: the engine holds no {url}:{settings.tag} (not built, pulled or pushed "
-            "here), so the new digest is unknown; listing the files that would be updated",
-            image,
-        )
-        return None
-    # A dry run asks the registry (it only reads) as a real run does, so its
-    # diff shows the digest a real run would pin, never a local guess.
     if held is not None:
-        ref = f"{url}:{settings.tag}"
-        local = local_from(held[image] or {}, ref, runner.engine, metadata)
+        # A dry run asks the registry (it only reads) as a real run does, so its
+        # diff shows the digest a real run would pin, never a local guess.
+        document = held[image]
+        if document is None:
+            runner.say(
+                f"Dry run: the engine holds no {url}:{settings.tag} (not built, pulled or pushed "
+                "here), so the new digest is unknown; listing the files that would be updated",
+                image,
+            )
+            return None
+        local = local_from(document, f"{url}:{settings.tag}", runner.engine, metadata)
     digest = pin_digest(runner, image, pins.get(image), pushed, metadata, local)
     if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
         keep_build_cache(runner, image, digest, build_output)
@@ -5998,6 +5998,7 @@ def main(
     arguments = list(sys.argv[1:] if argv is None else argv)
     report = Report(arguments)
     CHILDREN.reset()
+    _errors.clear()  # a standard error lost in an earlier run of this process is asked again
     _registry_client.cache_clear()  # what the registry served is remembered for one run only
     # With --json -, standard output carries the document alone.
     out = Console(sys.stdout)
