@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import queue
 import re
 import shutil
@@ -178,7 +179,7 @@ def shared_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_as(user, shared: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_as(user: pwd.struct_passwd, shared: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """manage_images.py ARGS run in `repo` by the system's python3 as `user`,
     with only the user's own group. The user may be unable to read the
     checkout (a clone in /root or in a `mktemp -d` folder, both 0700) or this
