@@ -16,7 +16,6 @@ import http.server
 import ipaddress
 import json
 import ssl
-import sys
 import threading
 import time
 import urllib.error
@@ -30,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from standin import python_executable
 
 SERVICE = "manage-images-test-registry"
 ISSUER = "manage-images-test-issuer"
@@ -247,8 +248,7 @@ class TokenServer:
 
 # --- A credential helper -------------------------------------------------------------
 
-HELPER = """#!{python}
-# docker-credential-test: docker's credential helper protocol (`get`: the server
+HELPER = """# docker-credential-test: docker's credential helper protocol (`get`: the server
 # URL on stdin, JSON on stdout; "credentials not found" and exit 1 when it has none).
 import json, sys
 store = json.load(open({store!r}))
@@ -273,8 +273,7 @@ def credential_helper(
     (folder / "store.json").write_text(json.dumps(store))
     log = folder / "asked.log"
     helper = folder / f"docker-credential-{name}"
-    helper.write_text(HELPER.format(python=sys.executable, store=str(folder / "store.json"), log=str(log)))
-    helper.chmod(0o755)
+    python_executable(helper, HELPER.format(store=str(folder / "store.json"), log=str(log)))
     return folder, log
 
 

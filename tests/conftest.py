@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,15 @@ import manage_images
 from helpers import (
     E2E_REQUIRED,
     ENGINES,
+    SYSTEM_PATH,
     engine_environ,
     engine_file,
     engine_kind,
     fresh_engine,
     run_tool,
+    shared_folder,
     small_tree,
+    unavailable,
 )
 from registry import Registry, running
 from standin import StandIn
@@ -45,6 +50,14 @@ def pytest_configure(config) -> None:
         os.environ["DOCKER_CONFIG"] = str(docker_config)
         return
     os.environ.update(engine_environ(ENGINE, docker_config))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    # Every test that makes a second user is marked as_user: tests/test_clone_anywhere.py
+    # runs them from a clone the second user cannot read.
+    for item in items:
+        if "user" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.as_user)
 
 
 def pytest_report_header(config) -> str:
@@ -198,3 +211,31 @@ def second_engine(engine):
     """Another, empty dockerd; yields the environment that points docker at it."""
     with fresh_engine() as env:
         yield env
+
+
+@pytest.fixture
+def user():
+    """A real user of this machine and its own group, made for the test and
+    removed after it. It may be unable to read the checkout: run the tool as it
+    with helpers.run_as."""
+    if os.geteuid() != 0:
+        message = "making a user needs root"
+        unavailable(message)
+    name = f"mi{uuid.uuid4().hex[:10]}"
+    command = shutil.which("useradd", path=SYSTEM_PATH) or "useradd"
+    subprocess.run(
+        (command, "--no-create-home", "--user-group", "--shell", "/bin/sh", name),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run((shutil.which("userdel", path=SYSTEM_PATH) or "userdel", name), capture_output=True)
+
+
+@pytest.fixture(name="shared_folder")
+def shared_folder_fixture():
+    """A folder every user may enter (helpers.shared_folder), removed after the test."""
+    with shared_folder() as folder:
+        yield folder

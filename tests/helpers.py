@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import queue
 import re
 import shutil
@@ -55,6 +56,8 @@ TESTS = Path(__file__).resolve().parent
 SCRIPT = Path(
     os.environ.get("MANAGE_IMAGES_SCRIPT", TESTS.parent / "build_tools" / "docker" / "manage_images.py")
 )
+# The system's own commands, for what runs outside the stand-in's PATH.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # When set (CI always sets CI), a missing engine or registry fails the
 # end-to-end tests instead of skipping them.
 E2E_REQUIRED = bool(os.environ.get("CI") or os.environ.get("MANAGE_IMAGES_E2E"))
@@ -161,6 +164,50 @@ def run_tool(repo: Path, *args: str, registry: Registry | None = None, env=None,
         argv += ["--registry", registry.url]
     return subprocess.run(
         argv + list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[Path]:
+    """A folder every user may enter, for what a second user needs: pytest's
+    tmp_path is root's alone, and the checkout may be too."""
+    folder = Path(tempfile.mkdtemp(prefix="mi-shared-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_as(user: pwd.struct_passwd, shared: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """manage_images.py ARGS run in `repo` by the system's python3 as `user`,
+    with only the user's own group. The user may be unable to read the
+    checkout (a clone in /root or in a `mktemp -d` folder, both 0700) or this
+    session's interpreter (a venv there), so what it runs is put first in
+    `shared` (a shared_folder), readable by all: a copy of the module, and a
+    home of the user's own."""
+    tool = shared / "tool"
+    tool.mkdir(exist_ok=True)
+    tool.chmod(0o755)  # whatever the umask
+    script = tool / SCRIPT.name
+    if not script.exists():
+        script.write_bytes(SCRIPT.read_bytes())
+        script.chmod(0o644)
+    home = shared / f"home-{user.pw_name}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    python = shutil.which("python3", path=SYSTEM_PATH)
+    assert python is not None, "the system has no python3"
+    return subprocess.run(
+        [python, str(script), *args],
+        cwd=repo,
+        env={"PATH": SYSTEM_PATH, "HOME": str(home), "LC_ALL": "C.UTF-8"},
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

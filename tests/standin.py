@@ -29,8 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-STANDIN = """#!{python}
-import json, os, sys
+STANDIN = """import json, os, sys
 argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
 with open(os.environ["STANDIN_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\\n")
@@ -130,6 +129,21 @@ _shared: dict = {"json": json}
 exec(HELPERS, _shared)
 
 
+def python_executable(path: Path, source: str) -> Path:
+    """SOURCE as the executable PATH, run by this interpreter with PATH as its
+    sys.argv[0]. Not a `#!INTERPRETER` line: the kernel cuts that line at its
+    first space, and .ci/run's interpreter is in the checkout's .venv, whose
+    path may hold one. The shell runs the second line as `exec INTERPRETER
+    PATH ARGS...`; Python reads it as a string (pip's launchers do the same)."""
+    python = sys.executable
+    unquotable = sorted(set(python) & set('"$`\\\n'))
+    if unquotable:
+        raise ValueError(f"cannot write a launcher for an interpreter path holding {unquotable}: {python}")
+    path.write_bytes(b'#!/bin/sh\n"exec" "' + os.fsencode(python) + b'" "$0" "$@"\n' + source.encode())
+    path.chmod(0o755)
+    return path
+
+
 TESTS = Path(__file__).resolve().parent
 SCRIPT_DIR = TESTS.parent / "build_tools" / "docker"
 # manage_images.py as a process of its own whose registry questions StandInRegistry answers.
@@ -212,9 +226,7 @@ class StandIn:
         self.registry = StandInRegistry(self.config_path)
         self.save()
         for name in ("docker", "gcloud"):
-            path = self.bin / name
-            path.write_text(STANDIN.format(python=sys.executable, helpers=HELPERS))
-            path.chmod(0o755)
+            python_executable(self.bin / name, STANDIN.format(helpers=HELPERS))
 
     def save(self) -> None:
         self.config_path.write_text(json.dumps(self.config))

@@ -16,10 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -31,16 +28,16 @@ from helpers import (
     GRAPH,
     NEW,
     SCRIPT,
+    SYSTEM_PATH,
     WORKSPACE,
     all_digests,
     files,
     ref,
+    run_as,
     small_tree,
     write,
-    unavailable,
 )
 
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 OTHER = "sha256:" + "e" * 64
 PROD = "build_tools/docker/prod_digests.txt"
 LATIN1 = "en_US.ISO-8859-1"
@@ -72,39 +69,6 @@ def new_repo(root: Path) -> Path:
     fake_tree.git(root, "config", "user.email", "test@example.com")
     fake_tree.git(root, "config", "user.name", "Test")
     return root
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        message = "needs root, to add a user and own files as them"
-        unavailable(message)
-
-
-@pytest.fixture
-def user():
-    """A real user of this machine, removed after the test."""
-    needs_root()
-    name = f"mi{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        [shutil.which("useradd", path=SYSTEM_PATH) or "useradd", "--no-create-home", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run([shutil.which("userdel", path=SYSTEM_PATH) or "userdel", name], capture_output=True)
-
-
-@pytest.fixture
-def shared_folder():
-    """A folder any user can enter (pytest's tmp_path is root's alone)."""
-    folder = Path(tempfile.mkdtemp(prefix="mi-owned-", dir="/tmp"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def owned_tree(folder: Path, owner: pwd.struct_passwd) -> Path:
@@ -203,25 +167,8 @@ def test_an_unwritable_git_directory_is_one_line_naming_the_lock_and_the_fix(use
     prod = repo / PROD
     prod.write_bytes(prod.read_bytes().replace(D1.encode(), NEW.encode()))  # so the run would change files
     (repo / ".git").chmod(0o555)
-    home = shared_folder / "home"
-    home.mkdir()
-    os.chown(home, user.pw_uid, user.pw_gid)
     before = files(repo)
-
-    def as_user(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [shutil.which("python3", path=SYSTEM_PATH) or "python3", str(SCRIPT), *args],
-            cwd=repo,
-            env={"PATH": SYSTEM_PATH, "HOME": str(home), "LC_ALL": "C.UTF-8"},
-            user=user.pw_uid,
-            group=user.pw_gid,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    result = as_user("--image", "cmake", "--only_references")
+    result = run_as(user, shared_folder, repo, "--image", "cmake", "--only_references")
     lock = repo / ".git" / "manage_images.lock"
     assert result.returncode == 1
     assert result.stderr == (
@@ -231,7 +178,7 @@ def test_an_unwritable_git_directory_is_one_line_naming_the_lock_and_the_fix(use
     )
     assert files(repo) == before
     # What takes no lock still works.
-    checked = as_user("--check", "--image", "cmake")
+    checked = run_as(user, shared_folder, repo, "--check", "--image", "cmake")
     assert checked.stderr == "" and "Checked 8 images" in checked.stdout
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 import grp
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -31,10 +29,21 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, NEW, SCRIPT, Tool, all_digests, files, ref, unavailable, usage_error, write
+from helpers import (
+    D1,
+    NEW,
+    SCRIPT,
+    SYSTEM_PATH,
+    Tool,
+    all_digests,
+    files,
+    ref,
+    run_as,
+    unavailable,
+    usage_error,
+    write,
+)
 from standin import script_argv
-
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def system_tool(name: str) -> str:
@@ -132,20 +141,6 @@ def test_a_file_that_changed_after_its_change_was_computed_is_never_written(tmp_
     assert temporaries(tmp_path) == []
 
 
-@pytest.fixture
-def user():
-    """A real user and its group, made for the test and removed after it."""
-    if os.geteuid() != 0:
-        message = "making a user needs root"
-        unavailable(message)
-    name = f"mi{uuid.uuid4().hex[:10]}"
-    run(system_tool("useradd"), "--no-create-home", "--user-group", "--shell", "/bin/sh", name)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run((system_tool("userdel"), name), capture_output=True)
-
-
 def test_a_run_as_root_in_a_users_checkout_leaves_every_file_the_users(tree, standin, user, monkeypatch):
     # `sudo manage_images.py ...` where docker needs root: sudo sets SUDO_UID,
     # which is also how git accepts the user's repository from root.
@@ -205,40 +200,27 @@ def other_group():
         subprocess.run((system_tool("groupdel"), name), capture_output=True)
 
 
-def test_a_file_whose_group_cannot_be_kept_is_refused_naming_it(tree, user, other_group):
+def test_a_file_whose_group_cannot_be_kept_is_refused_naming_it(tree, user, other_group, shared_folder):
     # The user runs the tool in its own checkout, where one file belongs to a
     # group the user is not in: only root could give the new file that group.
     pin_cmake_anew(tree)
-    folder = Path(tempfile.mkdtemp(prefix="mi-user-", dir="/tmp"))
-    try:
-        folder.chmod(0o755)
-        repo = folder / "repo"
-        shutil.copytree(tree, repo, symlinks=True)
-        for path in [repo, *repo.rglob("*")]:
-            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
-        script = repo / "ci" / "build.sh"
-        os.chown(script, user.pw_uid, other_group.gr_gid)
-        before = files(repo)
-        result = subprocess.run(
-            [system_tool("setpriv"), f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-            + [system_tool("python3"), str(SCRIPT), "--image", "cmake", "--only_references"],
-            cwd=repo,
-            env={"PATH": SYSTEM_PATH, "HOME": str(folder), "LANG": "C.UTF-8"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert result.stderr == (
-            f"cannot write ci/build.sh: cannot keep its owner and group (uid {user.pw_uid}, gid "
-            f"{other_group.gr_gid}): Operation not permitted; run as its owner, or as root; no file was "
-            "changed for this image, fix the cause and run again\n"
-        )
-        assert files(repo) == before
-        assert (script.stat().st_uid, script.stat().st_gid) == (user.pw_uid, other_group.gr_gid)
-        assert temporaries(repo) == []
-    finally:
-        shutil.rmtree(folder)
+    repo = shared_folder / "repo"
+    shutil.copytree(tree, repo, symlinks=True)
+    for path in [repo, *repo.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    script = repo / "ci" / "build.sh"
+    os.chown(script, user.pw_uid, other_group.gr_gid)
+    before = files(repo)
+    result = run_as(user, shared_folder, repo, "--image", "cmake", "--only_references")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == (
+        f"cannot write ci/build.sh: cannot keep its owner and group (uid {user.pw_uid}, gid "
+        f"{other_group.gr_gid}): Operation not permitted; run as its owner, or as root; no file was "
+        "changed for this image, fix the cause and run again\n"
+    )
+    assert files(repo) == before
+    assert (script.stat().st_uid, script.stat().st_gid) == (user.pw_uid, other_group.gr_gid)
+    assert temporaries(repo) == []
 
 
 # --- 2. All or nothing, through a rename that fails midway --------------------
