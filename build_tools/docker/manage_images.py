@@ -265,6 +265,27 @@ DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last
 TAIL_LINES = 20  # lines of a failed image's log shown under the summary
 REDRAW_SECONDS = 0.5  # the terminal view is redrawn at most this often
 _ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
+# Text from outside the tool (a registry, a token server, a credential helper, a build's
+# output) is data: how much of it is kept, and what replaces a credential found in it.
+OUTSIDE_TEXT_MAX = 300  # characters of a registry's, token server's or helper's own words
+OUTPUT_LINE_MAX = 8192  # characters of one line of a command's output (the rest is dropped)
+ERROR_MAX = 4000  # characters of an error's line, whatever it quotes
+SECRET_MIN = 4  # shorter credentials would blank ordinary words and digests, and guard nothing
+REDACTED = "***"
+# What a terminal acts on, in 7-bit and 8-bit (C1) forms: a CSI sequence (cursor moves,
+# erasing, colours); an OSC, DCS, SOS, PM or APC string up to BEL or ST (window titles,
+# hyperlinks, clipboard writes); any other ESC sequence, or a lone ESC.
+_SEQUENCE_RE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# Characters that move the cursor, erase or reorder what is shown: the C0 controls but
+# tab and newline, DEL, the C1 controls, Unicode's line separators and bidi controls.
+_MORE_CONTROLS = r"\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL_RE = re.compile(rf"[\x00-\x08\x0b-\x1f{_MORE_CONTROLS}]")
+# At an output boundary a carriage return that ends a line (a CRLF file in a diff) is harmless.
+_UNPRINTABLE_RE = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f{_MORE_CONTROLS}]|\r(?!\n|\Z)")
 
 T = TypeVar("T")
 
@@ -282,10 +303,48 @@ if TYPE_CHECKING:  # imported where used, so --help and --graph start fast
 # Errors, and the helpers that format what they show.
 
 
+class Secrets:
+    """The credentials in use in this process (passwords, their base64 forms, tokens), each in
+    every form a server could echo it in (see `secret_forms`).
+
+    Process-wide by nature, as CHILDREN is: whichever thread or client learned a credential,
+    every path out of the tool (the consoles, the logs, the report, an error's text) must
+    remove it. The registry client adds what it obtains; `main` starts each run with none.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._forms: tuple[str, ...] = ()
+
+    def add(self, *secrets: object) -> None:
+        """Adds each credential of `secrets` that is text (a token server's answer may hold anything)."""
+        with self._lock:
+            texts = [secret for secret in secrets if isinstance(secret, str)]
+            found = set(self._forms).union(*(secret_forms(secret) for secret in texts))
+            self._forms = tuple(sorted(found, key=lambda form: (-len(form), form)))
+
+    def forms(self) -> tuple[str, ...]:
+        """Every form of every credential, longest first (so a longer form goes before its part)."""
+        return self._forms
+
+    def reset(self) -> None:
+        with self._lock:
+            self._forms = ()
+
+
+SECRETS = Secrets()
+
+
 class ManageImagesError(Exception):
-    """A failure the user can act on; `main` prints it as one line and exits with `returncode`."""
+    """A failure the user can act on; `main` prints it as one line and exits with `returncode`.
+
+    Its text is safe to show wherever it goes: no credential in use, no control character,
+    at most ERROR_MAX characters, whatever outside text it quotes."""
 
     returncode = 1
+
+    def __str__(self) -> str:
+        return cut(printable(super().__str__(), SECRETS.forms()), ERROR_MAX)
 
 
 class UsageError(ManageImagesError):
@@ -342,6 +401,67 @@ def _signal_name(number: int) -> str:
 def shown(text: str) -> str:
     """`text` safe to print: bytes of a file name that are not UTF-8 appear as escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and `...` when it is longer."""
+    return text if len(text) <= limit else f"{text[: max(limit - 3, 0)]}..."
+
+
+def secret_forms(secret: str) -> set[str]:
+    """A credential as text may carry it: as it is, JSON-escaped, URL-encoded (a form or a
+    query), and as an output boundary shows it; none when it is shorter than SECRET_MIN."""
+    import json
+    import urllib.parse
+
+    if len(secret) < SECRET_MIN:
+        return set()
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        printable(secret),
+    }
+    return {form for form in forms if len(form) >= SECRET_MIN}
+
+
+def basic_credentials(username: str, password: str) -> str:
+    """The base64 of `user:password`: Basic auth's header value, config.json's `auth`."""
+    import base64
+
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def without_secrets(text: str, secrets: Sequence[str]) -> str:
+    """`text` with each of `secrets` (longest first) replaced by REDACTED."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def outside_text(text: str, secrets: Sequence[str] = (), limit: int = OUTSIDE_TEXT_MAX) -> str:
+    """Text from outside (a registry, a token server, a credential helper, a command's
+    output) as the tool may show it: on one line, every escape sequence and control
+    character removed (after carriage returns, only what a terminal would show: the
+    text after the last one), every form of `secrets` replaced, cut to `limit` characters.
+    Secrets go before the cut, so a cut never leaves part of one."""
+    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+    text = _CONTROL_RE.sub("", _SEQUENCE_RE.sub("", " ".join(lines)))
+    return cut(without_secrets(text, secrets), limit)
+
+
+def printable(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` as an output boundary writes it (a console, a log, the report): every control
+    character but tab, newline and a line's closing carriage return shown as an escape
+    (`\\x1b`), bytes that are not UTF-8 too, and every form of `secrets` replaced. What
+    quoted outside text is had it removed already: this is the last line of defence."""
+    text = shown(text)
+    if _UNPRINTABLE_RE.search(text):
+        text = _UNPRINTABLE_RE.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+    return without_secrets(text, secrets)
 
 
 def unexpected(error: BaseException) -> str:
@@ -2235,7 +2355,8 @@ class Console:
             threading.Thread(target=self.line, args=(text, prefix), daemon=True).start()
             return
         try:
-            body = "".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""]))
+            text = printable(text, SECRETS.forms())
+            body = "".join(f"{prefix}{part}\n" for part in (text.split("\n") if text else [""]))
             # One write: a line-buffered terminal stream makes a system call per write.
             self.write(f"{self._erasing()}{body}{self._drawing()}")
         finally:
@@ -2473,7 +2594,7 @@ class RunLogs:
                 log = self._files[image] = open(
                     self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
                 )
-        log.write(f"{text}\n")
+        log.write(f"{printable(text, SECRETS.forms())}\n")
 
     def tail(self, image: str, count: int = TAIL_LINES) -> list[str]:
         """The last `count` lines of the image's log."""
@@ -2673,6 +2794,7 @@ class LiveView:
         columns, rows = self._console.size()
         state, now = self._progress.state(), time.monotonic()
         lines = render_view(state, now, columns, rows, colour=self._progress.colour)
+        lines = [without_secrets(line, SECRETS.forms()) for line in lines]  # its own escapes stay
         lengths = [len(_ESCAPE_RE.sub("", line)) for line in lines] if self._progress.colour else None
         self._console.show(lines, lengths or [len(line) for line in lines], columns)
 
@@ -2687,6 +2809,16 @@ def _missing_tool(name: str) -> ManageImagesError:
         "git": "install git and try again",
     }
     return ManageImagesError(f"`{name}` not found on PATH: {hints.get(name, 'install it')}")
+
+
+def capped_lines(stream: IO[bytes], limit: int) -> Iterator[bytes]:
+    """The lines of `stream`, each cut to its first `limit` bytes: a command that prints
+    an endless line costs no more memory than one line of `limit` bytes."""
+    while line := stream.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 class Runner:
@@ -2773,8 +2905,11 @@ class Runner:
         tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
             assert process.stdout is not None  # stdout=PIPE
-            for raw in process.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            # A build prints whatever its steps print: data, never escapes for our terminal.
+            # (At most 4 bytes a character in UTF-8.)
+            for raw in capped_lines(process.stdout, 4 * OUTPUT_LINE_MAX):
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                line = outside_text(text, SECRETS.forms(), OUTPUT_LINE_MAX)
                 tail.append(line)
                 self.say(line, image)
             returncode = process.wait()
@@ -3647,6 +3782,12 @@ class Credentials(NamedTuple):
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, source={self.source!r})"
 
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be shown: the password, its Basic form (user:password in base64, as
+        in config.json's `auth`), the identity token."""
+        basic = basic_credentials(self.username, self.password) if self.password else ""
+        return (self.password, basic, self.identity_token)
+
 
 class Answer(NamedTuple):
     """One HTTP answer: its status, headers and body."""
@@ -3811,7 +3952,7 @@ def registry_said(answer: Answer) -> str:
         said = "; ".join(f"{error.get('code', '')}: {error.get('message', '')}" for error in errors[:2])
     except (ValueError, TypeError, KeyError, AttributeError):
         said = ""
-    return " ".join(said.split())[:200]
+    return " ".join(outside_text(said, SECRETS.forms()).split())
 
 
 class RegistryClient:
@@ -4023,10 +4164,7 @@ class RegistryClient:
                         f"the registry {host} asks for a user and password and {self._config_path} has none "
                         f"for it: {login_hint(host)}, then run again"
                     )
-                import base64
-
-                pair = f"{credentials.username}:{credentials.password}".encode()
-                value = f"Basic {base64.b64encode(pair).decode()}"
+                value = f"Basic {basic_credentials(credentials.username, credentials.password)}"
             elif scheme == "bearer" and params.get("realm"):
                 value = f"Bearer {self._token(host, params, scope, credentials)}"
             else:
@@ -4042,7 +4180,6 @@ class RegistryClient:
     ) -> str:
         """A Bearer token from the challenge's realm: the refresh-token grant for an identity
         token, else a GET with Basic credentials (or none), as docker asks."""
-        import base64
         import json
         import urllib.parse
 
@@ -4069,8 +4206,7 @@ class RegistryClient:
             method = "GET"
             url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(form)}"
             if credentials is not None and (credentials.username or credentials.password):
-                pair = f"{credentials.username}:{credentials.password}".encode()
-                authorization = f"Basic {base64.b64encode(pair).decode()}"
+                authorization = f"Basic {basic_credentials(credentials.username, credentials.password)}"
         answer = self._send(method, url, host, headers, body, authorization)
         if answer.status in (401, 403):
             raise self._refused(host, answer, f"a token for {scope} from {realm}")
@@ -4082,6 +4218,7 @@ class RegistryClient:
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token server {realm} of {host} answered no token; check the registry")
+        SECRETS.add(token, document.get("refresh_token"))
         return token
 
     def _credentials_for(self, host: str) -> Credentials | None:
@@ -4089,7 +4226,9 @@ class RegistryClient:
         credsStore), else the `auths` entry; None means anonymous."""
         with self._lock:
             if host not in self._credentials:
-                self._credentials[host] = self._find_credentials(host)
+                self._credentials[host] = found = self._find_credentials(host)
+                if found is not None:
+                    SECRETS.add(*found.secrets())
             return self._credentials[host]
 
     def _find_credentials(self, host: str) -> Credentials | None:
@@ -4137,7 +4276,10 @@ class RegistryClient:
             said = (result.stdout + result.stderr).decode("utf-8", "replace")
             if "credentials not found" in said.lower():
                 return None
-            first = " ".join(result.stderr.decode("utf-8", "replace").split())[:200]
+            # A failing helper may still have answered: what it answered is a secret all the same.
+            with contextlib.suppress(RegistryError):
+                SECRETS.add(*helper_credentials(result.stdout, helper).secrets())
+            first = outside_text(result.stderr.decode("utf-8", "replace"), SECRETS.forms(), 200)
             raise RegistryError(
                 f"`{helper} get` failed with exit code {result.returncode} for {host}"
                 f"{': ' + first if first else ''}; {login_hint(host)} or fix the helper"
@@ -5067,7 +5209,8 @@ class Report:
             )
 
     def document(self, exit_code: int) -> dict[str, object]:
-        return {
+        """The report, every string in it as an output boundary writes it (see `printable`)."""
+        document = {
             **self.head,
             "images": self.images,
             "findings": [
@@ -5078,6 +5221,18 @@ class Report:
             "exit_code": exit_code,
             "error": self.error,
         }
+        return {key: safe_document(value, SECRETS.forms()) for key, value in document.items()}
+
+
+def safe_document(value: object, secrets: Sequence[str]) -> object:
+    """`value` (JSON data) with every string in it made `printable`."""
+    if isinstance(value, str):
+        return printable(value, secrets)
+    if isinstance(value, dict):
+        return {key: safe_document(item, secrets) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [safe_document(item, secrets) for item in value]
+    return value
 
 
 def write_report(destination: str, document: Mapping[str, object], out: Console) -> None:
@@ -5998,6 +6153,7 @@ def main(
     arguments = list(sys.argv[1:] if argv is None else argv)
     report = Report(arguments)
     CHILDREN.reset()
+    SECRETS.reset()  # this run's client finds its credentials anew
     _errors.clear()  # a standard error lost in an earlier run of this process is asked again
     _registry_client.cache_clear()  # what the registry served is remembered for one run only
     # With --json -, standard output carries the document alone.

@@ -1,0 +1,350 @@
+"""What the tool shows of what others say, and what it does with bad local state (#28).
+
+A registry, a token server, a credential helper and a build's output are data:
+they reach standard output, standard error, the per-image logs, the --json
+report and an error's text with every credential in use removed (the
+password, its base64 form, the tokens, the identity token), no control
+character, and cut to a sane length. The servers here are real ones on
+127.0.0.1 that put what they were sent, and escape sequences, into their
+error bodies; the credential helper is a real program on PATH.
+
+Then: a corrupt or hostile durations.json, a full log folder and an
+unexpected error are each one clear line; the terminal view survives a
+shrinking terminal (tmux); the report's `files` are the files written.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pytest
+
+import fake_tree
+import manage_images as mi
+from helpers import GRAPH, SCRIPT, run_tool
+from standin import StandIn
+
+USER = "alice"
+PASSWORD = f"hunter2-{uuid.uuid4().hex}"
+BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+TOKEN = f"bearer-{uuid.uuid4().hex}"
+REFRESH = f"refresh+/={uuid.uuid4().hex}"  # characters a form encodes
+SECRETS = (PASSWORD, BASIC, TOKEN, REFRESH, urllib.parse.quote_plus(REFRESH))
+# What a hostile server writes to a terminal: a window title (OSC, in 7-bit and C1
+# forms), a cleared screen and erased lines (CSI, also as C1), backspaces, a
+# right-to-left override, and a carriage return before a fake verdict.
+ESCAPES = "\x1b]0;pwned-title\x07\x1b[2J\x1b[1A\x1b[2K\x9b2J\x9d0;c1-title\x9c\x08\x08\u202e"
+CONTROLS = ("\x1b", "\x07", "\x08", "\x9b", "\x9c", "\x9d", "\u202e")
+LEAF = "cmake-python-nvidia"  # nothing depends on it: promoting it promotes it alone
+
+
+def manifest_of(repository: str) -> bytes:
+    """The manifest the hostile registry serves for every tag of `repository`."""
+    return json.dumps({"schemaVersion": 2, "repository": repository}).encode()
+
+
+class HostileRegistry:
+    """A registry on 127.0.0.1 (plain HTTP, as a loopback registry may be) that is its own
+    token server, and answers one kind of request with an error body quoting what it was
+    sent, escape sequences around it: `echo` is "manifest" (the registry's manifest
+    requests), "token" (the token server's GET, Basic credentials in hand) or "refresh"
+    (the refresh-token POST), or "" for none. `auth` is "basic" or "bearer". Each
+    repository serves `manifest_of(repository)` under any tag and its digest."""
+
+    def __init__(self, auth: str, echo: str) -> None:
+        self.auth, self.echo = auth, echo
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.answer(self, "GET")
+
+            def do_HEAD(self) -> None:
+                server.answer(self, "HEAD")
+
+            def do_POST(self) -> None:
+                server.answer(self, "POST")
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.host}/iree-oss"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def answer(self, handler, method: str) -> None:
+        path, _, query = handler.path.partition("?")
+        authorization = handler.headers.get("Authorization") or ""
+        if path == "/token":
+            self.token(handler, method, authorization)
+        elif not self.authorized(authorization):
+            challenge = (
+                'Basic realm="hostile"'
+                if self.auth == "basic"
+                else f'Bearer realm="http://{self.host}/token",service="hostile"'
+            )
+            self.send(handler, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "log in"}]}, challenge)
+        elif self.echo == "manifest":
+            self.send(handler, 404, self.complaint(authorization))
+        else:
+            self.manifest(handler, method, path)
+
+    def authorized(self, authorization: str) -> bool:
+        return authorization in (f"Basic {BASIC}", f"Bearer {TOKEN}")
+
+    def token(self, handler, method: str, authorization: str) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        form = handler.rfile.read(length).decode() if method == "POST" else ""
+        if method == "POST" and self.echo == "refresh":
+            said = f"{form} (your refresh token {urllib.parse.parse_qs(form)['refresh_token'][0]})"
+            self.send(handler, 400, self.complaint(said))
+        elif method == "GET" and self.echo == "token":
+            self.send(handler, 400, self.complaint(authorization))
+        else:
+            self.send(handler, 200, {"token": TOKEN, "refresh_token": f"new-{REFRESH}"})
+
+    def complaint(self, quoted: str) -> dict:
+        """An error body that quotes `quoted` (and the password it holds, if any), among escapes."""
+        if quoted.startswith("Basic "):
+            quoted += f" = {base64.b64decode(quoted[6:]).decode()}"
+        message = f"{ESCAPES}Verified 17 images. You sent {quoted}{ESCAPES}\r"
+        return {"errors": [{"code": "DENIED", "message": message}]}
+
+    def manifest(self, handler, method: str, path: str) -> None:
+        repository, _, reference = path.removeprefix("/v2/").partition("/manifests/")
+        data = manifest_of(repository)
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        if reference.startswith("sha256:") and reference != digest:
+            self.send(handler, 404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]})
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        handler.send_header("Docker-Content-Digest", digest)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if method == "GET":
+            handler.wfile.write(data)
+
+    def send(self, handler, status: int, document: dict, challenge: str = "") -> None:
+        body = json.dumps(document).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        if challenge:
+            handler.send_header("WWW-Authenticate", challenge)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+
+@pytest.fixture
+def hostile(request):
+    auth, echo = request.param
+    server = HostileRegistry(auth, echo)
+    yield server
+    server.stop()
+
+
+def strings(value) -> list[str]:
+    """Every string in a JSON document (JSON escapes control characters; its readers do not)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
+
+
+def outputs(result, report: Path, logs: Path) -> dict[str, str]:
+    """What a run left for people and CI to read: its standard output and error, the
+    report (the file and its strings as a reader gets them) and every log file."""
+    texts = {"stdout": result.stdout, "stderr": result.stderr}
+    texts["report"] = report.read_text()
+    texts["report strings"] = "\n".join(strings(json.loads(texts["report"])))
+    for log in sorted(logs.rglob("*.log")):
+        texts[str(log.relative_to(logs))] = log.read_text()
+    return texts
+
+
+def assert_nothing_leaked(texts: dict[str, str]) -> None:
+    for name, text in texts.items():
+        for secret in SECRETS:
+            assert secret not in text, f"a credential in {name}:\n{text}"
+        for control in CONTROLS:
+            assert control not in text, f"{control!r} in {name}:\n{text}"
+        assert "pwned-title" not in text and "c1-title" not in text, f"an escape's payload in {name}"
+
+
+def isolated_env(tmp_path: Path, config: dict) -> dict[str, str]:
+    """The environment of a run: docker's config.json holding `config`, no engine."""
+    folder = tmp_path / "docker-config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    (tmp_path / "certs.d").mkdir()
+    return {
+        **os.environ,
+        "DOCKER_CONFIG": str(folder),
+        "HOME": str(tmp_path),
+        mi.CERTS_D_ENV: str(tmp_path / "certs.d"),
+        "DOCKER_HOST": f"unix://{tmp_path / 'no-engine.sock'}",
+    }
+
+
+def auth_entry(user: str, password: str) -> dict[str, str]:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def leaf_tree(registry: HostileRegistry, tmp_path: Path) -> Path:
+    data = manifest_of(f"iree-oss/{LEAF}")
+    pin = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    return fake_tree.make_tree(tmp_path / "repo", registry.url, GRAPH, {LEAF: pin})
+
+
+def promote(registry, root: Path, tmp_path: Path, env: dict[str, str]):
+    report, logs = tmp_path / "report.json", tmp_path / "logs"
+    argv = ["--registry", registry.url, "--image", LEAF, "--promote", "--tag", "prod"]
+    argv += ["--json", str(report), "--log_dir", str(logs)]
+    result = run_tool(root, *argv, env=env, timeout=120)
+    return result, outputs(result, report, logs)
+
+
+# --- 2. Nothing a registry says is trusted as text ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hostile, config, said",
+    [
+        (("basic", "manifest"), {"auths": "basic"}, "(HTTP 404: "),
+        (("bearer", "manifest"), {"auths": "basic"}, "(HTTP 404: "),
+        (("bearer", "token"), {"auths": "basic"}, "token request to http://"),
+        (("bearer", "refresh"), {"auths": "refresh"}, "token request to http://"),
+    ],
+    indirect=["hostile"],
+    ids=["registry-echoes-basic", "registry-echoes-bearer", "token-server-echoes-basic", "echoes-refresh"],
+)
+def test_a_server_s_echo_of_the_credentials_and_escapes_reaches_no_output(hostile, config, said, tmp_path):
+    entry = auth_entry(USER, PASSWORD) if config["auths"] == "basic" else {"identitytoken": REFRESH}
+    env = isolated_env(tmp_path, {"auths": {hostile.host: entry}})
+    root = leaf_tree(hostile, tmp_path)
+    result, texts = promote(hostile, root, tmp_path, env)
+    assert result.returncode == 1, texts
+    assert_nothing_leaked(texts)
+    # Still one line that says what failed, with the server's own words (made safe).
+    (line,) = result.stderr.splitlines()
+    assert said in line and "DENIED: Verified 17 images. You sent" in line, line
+    document = json.loads(texts["report"])
+    assert document["error"] == line
+    assert line in Path(document["images"][0]["log"]).read_text()
+    assert line in result.stdout  # the failed image's last log lines, under the summary
+
+
+@pytest.mark.parametrize("hostile", [("bearer", "manifest")], indirect=True)
+def test_an_error_s_text_holds_no_credential_and_no_escape(hostile, tmp_path):
+    env = isolated_env(tmp_path, {"auths": {hostile.host: auth_entry(USER, PASSWORD)}})
+    client = mi.RegistryClient(env)
+    with pytest.raises(mi.RegistryError) as error:
+        client.get_manifest(f"{hostile.url}/{LEAF}", "latest")
+    assert_nothing_leaked({"the error": str(error.value)})
+    assert str(error.value).startswith(f"{hostile.host} does not serve {hostile.url}/{LEAF}:latest (HTTP 404")
+
+
+HELPER = """#!{python}
+import json, sys
+sys.stdin.read()
+print(json.dumps({{"Username": "alice", "Secret": {password!r}}}))
+sys.stderr.write({complaint!r})
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("hostile", [("basic", "")], indirect=True)
+def test_a_credential_helper_s_complaint_is_shown_without_its_secret_or_escapes(hostile, tmp_path):
+    helper = tmp_path / "bin" / "docker-credential-hostile"
+    helper.parent.mkdir()
+    complaint = f"{ESCAPES}keychain locked for alice:{PASSWORD}{ESCAPES}\n"
+    helper.write_text(HELPER.format(python=sys.executable, password=PASSWORD, complaint=complaint))
+    helper.chmod(0o755)
+    env = isolated_env(tmp_path, {"credHelpers": {hostile.host: "hostile"}})
+    env["PATH"] = f"{helper.parent}{os.pathsep}{env['PATH']}"
+    root = leaf_tree(hostile, tmp_path)
+    result, texts = promote(hostile, root, tmp_path, env)
+    assert result.returncode == 1, texts
+    assert_nothing_leaked(texts)
+    assert result.stderr.startswith(
+        "`docker-credential-hostile get` failed with exit code 1 for "
+        f"{hostile.host}: keychain locked for alice:***"
+    ), result.stderr
+
+
+@pytest.mark.parametrize("hostile", [("basic", "")], indirect=True)
+@pytest.mark.parametrize("progress", ["plain", "tty"])
+def test_a_build_s_output_reaches_the_screen_and_logs_without_escapes_or_credentials(
+    hostile, progress, tmp_path
+):
+    env = isolated_env(tmp_path, {"auths": {hostile.host: auth_entry(USER, PASSWORD)}})
+    fake = StandIn(tmp_path / "standin")
+    env.update(fake.environ())
+    env.pop("DOCKER_BUILDKIT", None)
+    # The second image's build prints the password the run's first push used, among escapes,
+    # and a line far longer than any terminal's; each stays shown long enough for the view.
+    images = mi.ordered_images_to_process(["cmake-python-vulkan"], GRAPH)
+    hostile_line = f"{ESCAPES}npm ERR! Authorization: Basic {BASIC} ({PASSWORD}){ESCAPES}\r"
+    fake.set(say={"build": [[f"/{images[1]}:", hostile_line, 1.2], [f"/{images[1]}:", "x" * 100_000, 0]]})
+    root = fake_tree.make_tree(tmp_path / "repo", hostile.url, GRAPH)
+    report, logs = tmp_path / "report.json", tmp_path / "logs"
+    argv = [sys.executable, str(SCRIPT), "--registry", hostile.url, "--images", images[0]]
+    argv += ["--build", "--push", "--update_references", "--progress", progress]
+    argv += ["--json", str(report), "--log_dir", str(logs)]
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    texts = outputs(result, report, logs)
+    # The view's own sequences (hide the cursor, erase its lines) are the tool's.
+    texts["stdout"] = re.sub(r"\x1b\[(?:\?25[lh]|\d*A|2?K|J)", "", texts["stdout"])
+    assert_nothing_leaked(texts)
+    (log,) = logs.glob(f"*/{images[1]}.log")
+    text = log.read_text()
+    assert "npm ERR! Authorization: Basic *** (***)\n" in text
+    assert f"{'x' * (mi.OUTPUT_LINE_MAX - 3)}...\n" in text  # cut, and the rest of the line dropped
+    if progress == "tty":  # the view drew the line (cut to the width) while it was the last one
+        assert re.search(rf"  {images[1]} +build +\S+  npm ERR! Auth", result.stdout), result.stdout
+    # The digests the tool pinned are the registry's, whatever the build printed.
+    pins = (root / "build_tools/docker/prod_digests.txt").read_text()
+    for image in images:
+        digest = hashlib.sha256(manifest_of(f"iree-oss/{image}")).hexdigest()
+        assert f"{hostile.url}/{image}@sha256:{digest}" in pins
+
+
+def test_outside_text_is_one_safe_line():
+    text = f"{ESCAPES}a\nb\tc\x00d\x7fe{ESCAPES} {PASSWORD}\nprogress 10%\rprogress 100%\r"
+    assert mi.outside_text(text, mi.secret_forms(PASSWORD), 300) == "a b\tcde *** progress 100%"
+    assert mi.outside_text("y" * 500, (), 10) == "yyyyyyy..."
+    # A secret is replaced before the cut, so no part of it is left at the end.
+    assert mi.outside_text(f"{'z' * 5}{PASSWORD}", mi.secret_forms(PASSWORD), 10) == "zzzzz***"
+
+
+def test_printable_shows_controls_as_escapes_and_removes_every_form_of_a_secret():
+    secret = 'p@ss "w/+rd"'
+    forms = mi.secret_forms(secret)
+    text = f"a\x1b[2Jb\x9bc\u202ed\r\n{secret} {json.dumps(secret)} {urllib.parse.quote(secret, safe='')}\r"
+    assert (
+        mi.printable(text, sorted(forms, key=len, reverse=True))
+        == 'a\\x1b[2Jb\\x9bc\\u202ed\r\n*** "***" ***\r'
+    )
+    assert mi.secret_forms("abc") == set()  # too short to tell from ordinary words
