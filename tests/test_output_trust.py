@@ -21,9 +21,13 @@ import http.server
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import threading
+import time
+import unicodedata
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -32,7 +36,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import GRAPH, SCRIPT, run_tool
+from helpers import GRAPH, SCRIPT, run_tool, small_tree, unavailable
 from standin import StandIn
 
 USER = "alice"
@@ -348,3 +352,98 @@ def test_printable_shows_controls_as_escapes_and_removes_every_form_of_a_secret(
         == 'a\\x1b[2Jb\\x9bc\\u202ed\r\n*** "***" ***\r'
     )
     assert mi.secret_forms("abc") == set()  # too short to tell from ordinary words
+
+
+# --- 8. The live view survives a shrinking terminal ----------------------------------------
+
+HEADER = re.compile(r"\[\d+/\d+\] \d+ done, \d+ running, \d+ failed")
+NAMES = "|".join(sorted(map(re.escape, GRAPH), key=len, reverse=True))
+RUNNING = re.compile(rf"^  (?:{NAMES}) +build\b", re.M)
+
+
+class Pane:
+    """A command in a tmux window of its own server, `columns` by `rows`; the window stays
+    once the command ends, saying `[exit N]`."""
+
+    def __init__(self, tmux: str, folder: Path, cwd: Path, argv: list[str], env: dict[str, str]) -> None:
+        self.tmux, self.env = tmux, env
+        self.socket = f"mi-trust-{uuid.uuid4().hex[:12]}"
+        script = folder / f"{self.socket}.sh"
+        sleep = shutil.which("sleep")
+        script.write_text(
+            f'#!/bin/sh\ncd {shlex.quote(str(cwd))}\n{shlex.join(argv)}\necho "[exit $?]"\nexec {sleep} 600\n'
+        )
+        script.chmod(0o755)
+        self.command("new-session", "-d", "-s", "run", "-x", "100", "-y", "30", str(script))
+
+    def command(self, *args: str) -> str:
+        argv = (self.tmux, "-L", self.socket, "-f", "/dev/null", *args)
+        return subprocess.run(argv, env=self.env, check=True, capture_output=True, text=True).stdout
+
+    def screen(self, history: bool = False) -> str:
+        """What the window shows (with `history`, every line since the start), wrapped lines joined."""
+        return self.command("capture-pane", "-p", "-J", *(["-S", "-"] if history else []), "-t", "run")
+
+    def wait_for(self, found, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if found(screen):
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"not seen within {timeout} s:\n{self.screen(history=True)}")
+
+    def close(self) -> None:
+        subprocess.run((self.tmux, "-L", self.socket, "kill-server"), capture_output=True)
+
+
+@pytest.fixture
+def tmux() -> str:
+    path = shutil.which("tmux")
+    if path is None:
+        unavailable("tmux is not installed; run tests/provision-terminal.sh")
+    return path
+
+
+def test_the_view_leaves_no_old_frame_when_the_terminal_shrinks(tmux, git_repo, tmp_path):
+    """The view is redrawn below the lines printed; once the terminal is as short as the
+    view, the view starts at the top-left corner, where erasing "to the end of the screen"
+    clears the screen, which tmux (as other terminals) scrolls into its history first:
+    every redraw would leave a frame there, stacked above the summary. (The width shrinks
+    first: a terminal that rewraps a frame taller than itself scrolls part of it away
+    before any program can erase it.)"""
+    root = small_tree(git_repo)
+    fake = StandIn(tmp_path / "standin")
+    go = tmp_path / "go"
+    fake.set(hang={"build": {"tick": 0.1, "until": str(go)}})
+    env = {**os.environ, **fake.environ(), "TERM": "xterm-256color"}
+    for name in ("TMUX", "NO_COLOR", "DOCKER_BUILDKIT"):
+        env.pop(name, None)
+    argv = [sys.executable, str(SCRIPT), "--images", "all", "--build", "-j", "4"]
+    pane = Pane(tmux, tmp_path, root, [*argv, "--log_dir", str(tmp_path / "logs")], env)
+    try:
+        pane.wait_for(lambda screen: HEADER.search(screen) and len(RUNNING.findall(screen)) == 2)
+        pane.command("resize-window", "-t", "run", "-x", "60")
+        time.sleep(1.5)
+        pane.command("resize-window", "-t", "run", "-y", "4")
+        time.sleep(2.5)  # two redraws at least (one a second)
+        shrunk = pane.screen()
+        go.write_text("")
+        pane.wait_for(lambda screen: "[exit " in screen)
+        pane.command("resize-window", "-t", "run", "-x", "100", "-y", "30")
+        time.sleep(0.3)
+        final = pane.screen(history=True)
+    finally:
+        pane.close()
+    assert len(HEADER.findall(shrunk)) == 1 and len(RUNNING.findall(shrunk)) == 2, shrunk
+    assert "[exit 0]" in final and "Summary:" in final, final
+    assert not HEADER.search(final), f"an old frame was left on screen:\n{final}"
+    assert not RUNNING.search(final), final
+
+
+def test_a_line_of_wide_characters_is_cut_to_the_terminal_s_columns():
+    # A build's output in CJK or with emoji: two columns a character on a terminal.
+    line = mi.fit("日本語のテキスト 🐳 build step", 9)
+    assert sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in line) <= 9
+    assert line == "日本語..."
+    assert mi.fit("e\u0301" * 5, 5) == "e\u0301" * 5  # a combining accent takes no column

@@ -46,6 +46,7 @@ See README.md for the workflows.
 from __future__ import annotations
 
 import argparse
+import bisect
 import codecs
 import collections
 import contextlib
@@ -53,6 +54,7 @@ import errno
 import fcntl
 import functools
 import graphlib
+import itertools
 import os
 import re
 import signal
@@ -2223,14 +2225,33 @@ def format_left(seconds: float) -> str:
     return f"~{format_duration(whole + 30)} left"
 
 
+def char_width(char: str) -> int:
+    """The columns a terminal gives `char`: 2 for a wide one (CJK, most emoji), 0 for a
+    combining mark, else 1."""
+    import unicodedata
+
+    if unicodedata.combining(char) or unicodedata.category(char) == "Me":
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def text_width(text: str) -> int:
+    """The columns `text` (printable, on one line) takes on a terminal."""
+    return len(text) if text.isascii() else sum(map(char_width, text))
+
+
 def fit(text: str, width: int) -> str:
-    """`text` on one terminal line of at most `width` columns: control
-    characters as spaces, cut with `...` when longer."""
+    """`text` on one terminal line of at most `width` columns (wide characters count
+    two): control characters as spaces, cut with `...` when wider."""
     if not text.isascii() or not text.isprintable():
         text = "".join(char if char.isprintable() else " " for char in text)
-    if len(text) <= width:
+    if text_width(text) <= width:
         return text
-    return text[: max(width - 3, 0)] + "..."[: max(width, 0)]
+    room = max(width - 3, 0)
+    if not text.isascii():
+        widths = list(itertools.accumulate(map(char_width, text)))
+        room = bisect.bisect_right(widths, room)
+    return text[:room] + "..."[: max(width, 0)]
 
 
 class Running(NamedTuple):
@@ -2376,10 +2397,13 @@ class Console:
     def _erasing(self, columns: int | None = None) -> str:
         if not self._lengths:
             return ""
-        # A terminal that got narrower rewraps each line over more rows.
+        # A terminal that got narrower rewraps each line over more rows. Each row is erased
+        # on its own, from the bottom up: erasing "to the end of the screen" from its top-left
+        # corner (where a view as tall as the screen starts) is clearing the screen, which
+        # tmux and others first scroll into their history: frames would pile up there.
         columns = columns or self.columns()
         rows = sum(max(1, -(-length // columns)) for length in self._lengths)
-        return f"\r\x1b[{rows}A\x1b[J"
+        return "\r" + "\x1b[1A\x1b[2K" * rows
 
     def _drawing(self) -> str:
         return "".join(f"{line}\n" for line in self._block)
@@ -2795,8 +2819,7 @@ class LiveView:
         state, now = self._progress.state(), time.monotonic()
         lines = render_view(state, now, columns, rows, colour=self._progress.colour)
         lines = [without_secrets(line, SECRETS.forms()) for line in lines]  # its own escapes stay
-        lengths = [len(_ESCAPE_RE.sub("", line)) for line in lines] if self._progress.colour else None
-        self._console.show(lines, lengths or [len(line) for line in lines], columns)
+        self._console.show(lines, [text_width(_ESCAPE_RE.sub("", line)) for line in lines], columns)
 
     def close(self) -> None:
         """Erases the view, leaving the screen as the lines printed made it."""
