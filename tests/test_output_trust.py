@@ -16,15 +16,18 @@ shrinking terminal (tmux); the report's `files` are the files written.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -36,7 +39,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import GRAPH, SCRIPT, run_tool, small_tree, unavailable
+from helpers import D1, GRAPH, NEW, SCRIPT, files, run_tool, small_tree, unavailable
 from standin import StandIn
 
 USER = "alice"
@@ -68,6 +71,7 @@ class HostileRegistry:
 
     def __init__(self, auth: str, echo: str) -> None:
         self.auth, self.echo = auth, echo
+        self.tags: dict[tuple[str, str], str] = {}  # (repository, tag) -> the digest put there
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -82,6 +86,9 @@ class HostileRegistry:
 
             def do_POST(self) -> None:
                 server.answer(self, "POST")
+
+            def do_PUT(self) -> None:
+                server.answer(self, "PUT")
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
@@ -106,8 +113,20 @@ class HostileRegistry:
             self.send(handler, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "log in"}]}, challenge)
         elif self.echo == "manifest":
             self.send(handler, 404, self.complaint(authorization))
+        elif method == "PUT":
+            self.put(handler, path)
         else:
             self.manifest(handler, method, path)
+
+    def put(self, handler, path: str) -> None:
+        repository, _, tag = path.removeprefix("/v2/").partition("/manifests/")
+        data = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        self.tags[(repository, tag)] = digest
+        handler.send_response(201)
+        handler.send_header("Docker-Content-Digest", digest)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
 
     def authorized(self, authorization: str) -> bool:
         return authorization in (f"Basic {BASIC}", f"Bearer {TOKEN}")
@@ -447,3 +466,210 @@ def test_a_line_of_wide_characters_is_cut_to_the_terminal_s_columns():
     assert sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in line) <= 9
     assert line == "日本語..."
     assert mi.fit("e\u0301" * 5, 5) == "e\u0301" * 5  # a combining accent takes no column
+
+
+# --- 7. Bad local state is one clear line, never "unexpected" ------------------------------
+
+HOSTILE_DURATIONS = {
+    "a huge number": b'{"schema": 1, "images": {"%s": {"promote": 1e999}}}',
+    "a 100,000-digit number": b'{"schema": 1, "images": {"%s": {"promote": ' + b"9" * 100_000 + b"}}}",
+    "NaN": b'{"schema": 1, "images": {"%s": {"promote": NaN}}}',
+    "a negative duration": b'{"schema": 1, "images": {"%s": {"promote": -5}}}',
+    "a string": b'{"schema": 1, "images": {"%s": {"promote": "12"}}}',
+    "a list of images": b'{"schema": 1, "images": ["%s"]}',
+    "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "bytes that are not UTF-8": b"\xff\xfe%s",
+    "more than a record could be": b'{"images": {}, "padding": "' + b"x" * (2 << 20) + b'"}',
+    "a FIFO": None,  # a read would wait for a writer forever
+}
+
+
+@pytest.mark.parametrize("hostile", [("basic", "")], indirect=True)
+@pytest.mark.parametrize("what", list(HOSTILE_DURATIONS))
+def test_a_hostile_durations_json_is_one_warning_and_the_promote_goes_on(hostile, what, tmp_path):
+    env = isolated_env(tmp_path, {"auths": {hostile.host: auth_entry(USER, PASSWORD)}})
+    root = leaf_tree(hostile, tmp_path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    durations = logs / mi.DURATIONS_NAME
+    if HOSTILE_DURATIONS[what] is None:
+        os.mkfifo(durations)
+    else:
+        durations.write_bytes(HOSTILE_DURATIONS[what].replace(b"%s", LEAF.encode()))
+    argv = ["--registry", hostile.url, "--image", LEAF, "--promote", "--tag", "prod", "--log_dir", str(logs)]
+    result = run_tool(root, *argv, env=env, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"warning: ignoring {durations}: "), line
+    assert line.endswith("it only feeds the time-left estimate, and this run's durations replace it"), line
+    assert hostile.tags[(f"iree-oss/{LEAF}", "prod")] == fake_tree_pin(root, hostile)
+    # This run's record replaced it.
+    assert set(mi.parse_durations(durations.read_bytes())) == {LEAF}
+
+
+def fake_tree_pin(root: Path, registry: HostileRegistry) -> str:
+    pins = (root / "build_tools/docker/prod_digests.txt").read_text()
+    return re.search(rf"^{re.escape(registry.url)}/{LEAF}@(sha256:[0-9a-f]{{64}})$", pins, re.M).group(1)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, nearly full: the first two files written on it fit, the third does not."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    tool = shutil.which("mount", path="/usr/sbin:/usr/bin:/sbin:/bin") or "mount"
+    result = subprocess.run([tool, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        filler = mount / "filler"
+        with open(filler, "wb", buffering=0) as file:
+            with contextlib.suppress(OSError):
+                while True:
+                    file.write(b"x" * 1024)
+        os.truncate(filler, filler.stat().st_size - 8192)
+        yield mount
+    finally:
+        subprocess.run(
+            [shutil.which("umount", path="/usr/sbin:/usr/bin:/sbin:/bin") or "umount", "-l", str(mount)]
+        )
+
+
+def test_a_log_folder_that_fills_up_mid_run_is_one_warning_and_the_run_s_work_goes_on(
+    tree, standin, small_disk, capsys
+):
+    code = mi.main(["--images", "all", "--build", "--log_dir", str(small_disk), "--progress", "plain"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (line,) = err.splitlines()
+    (run,) = small_disk.glob("2*")
+    assert line == (
+        f"warning: cannot write the logs in {run}: No space left on device; the run goes on, its logs "
+        "stop here (pass --log_dir DIR with room to keep them)"
+    )
+    assert sorted(argv[2:] for argv in standin.commands() if argv[1] == "build") == sorted(
+        ["--tag", f"gcr.io/iree-oss/{image}:latest", f"build_tools/docker/{image}"] for image in GRAPH
+    )
+    assert "Total wall time: " in out and f"({len(GRAPH)} done)" in out
+
+
+BUG_LINE = (
+    r"unexpected KeyError: 'injected'\. This is a bug: please report it with (\S+), which holds its traceback"
+)
+
+
+def assert_bug_report(path: Path, argv: list[str], function: str) -> None:
+    text = path.read_text()
+    assert text.startswith(f"manage_images.py {mi.__version__}: unexpected KeyError\n"), text
+    assert f"command: manage_images.py {' '.join(argv)}\n" in text
+    assert f"python: {platform.python_version()} ({sys.executable}) on " in text
+    assert "Traceback (most recent call last):" in text and f"in {function}\n" in text
+    assert text.rstrip("\n").endswith("KeyError: 'injected'")
+
+
+def injected(*args, **kwargs):
+    raise KeyError("injected")
+
+
+def test_a_bug_in_an_image_s_work_leaves_its_traceback_in_the_run_s_log_folder(
+    tree, standin, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(mi, "build_argv", injected)
+    argv = [
+        "--image",
+        LEAF,
+        "--build",
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    assert mi.main(argv) == 1
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    match = re.fullmatch(rf"{LEAF}: {BUG_LINE}", line)
+    assert match, line
+    (run,) = (tmp_path / "logs").glob("2*")
+    assert Path(match.group(1)).parent == run
+    assert_bug_report(Path(match.group(1)), argv, "injected")
+    assert "docker client: 20.10.24\n" in Path(match.group(1)).read_text()  # the stand-in's
+    assert line in (run / f"{LEAF}.log").read_text()
+    assert json.loads((tmp_path / "r.json").read_text())["images"][0]["error"] == line
+    assert "Traceback" not in out + err
+
+
+def test_a_bug_outside_any_image_leaves_its_traceback_in_a_temporary_file(
+    tree, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no run folder in --check: the temporary one
+    monkeypatch.setattr(mi, "check", injected)
+    argv = ["--check", "--image", "cmake"]
+    assert mi.main(argv) == 1
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    match = re.fullmatch(BUG_LINE, line)
+    assert match, line
+    assert Path(match.group(1)).parent == tmp_path
+    assert_bug_report(Path(match.group(1)), argv, "injected")
+    assert "docker client: not asked\n" in Path(match.group(1)).read_text()
+
+
+def test_a_bug_in_a_run_as_a_process_of_its_own_is_one_line_naming_its_report(git_repo, tmp_path):
+    root = small_tree(git_repo)
+    fake = StandIn(tmp_path / "standin")
+    env = {**os.environ, **fake.environ()}
+    env.pop("DOCKER_BUILDKIT", None)
+    # The bug comes once every image is built: in the summary.
+    program = (
+        "import manage_images as mi\n"
+        "def injected(*args, **kwargs):\n"
+        "    raise KeyError('injected')\n"
+        "mi.format_summary = injected\n"
+        "raise SystemExit(mi.main())\n"
+    )
+    argv = ["--image", LEAF, "--build", "--log_dir", str(tmp_path / "logs")]
+    result = subprocess.run(
+        [sys.executable, "-c", program, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    match = re.fullmatch(BUG_LINE, line)
+    assert match, line
+    (run,) = (tmp_path / "logs").glob("2*")
+    assert Path(match.group(1)).parent == run
+    assert_bug_report(Path(match.group(1)), argv, "injected")
+    assert "in process_images\n" in Path(match.group(1)).read_text()
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+# --- 9. Reports are exact ------------------------------------------------------------------
+
+
+def test_a_failed_image_s_files_are_the_files_written_and_none_when_its_write_was_refused(
+    tree, standin, tmp_path
+):
+    # --only_references writes once for every image: refused (a read-only file), nothing is written.
+    images = mi.ordered_images_to_process(["cmake"], GRAPH)
+    prod = tree / "build_tools/docker/prod_digests.txt"
+    prod.write_text(
+        "".join(f"gcr.io/iree-oss/{image}@{NEW if image == 'cmake' else D1}\n" for image in images)
+    )
+    (tree / "ci/build.sh").chmod(0o444)
+    before = files(tree)
+    report = tmp_path / "report.json"
+    assert mi.main(["--image", "cmake", "--only_references", "--json", str(report)]) == 1
+    assert files(tree) == before
+    cmake = next(image for image in json.loads(report.read_text())["images"] if image["name"] == "cmake")
+    assert cmake["result"] == "failed"
+    assert cmake["files"] == []
+    assert cmake["planned_files"] == ["build_tools/docker/cmake-python/Dockerfile", "ci/build.sh"]
+    # Writable again: the same run writes them, and says so.
+    (tree / "ci/build.sh").chmod(0o755)
+    assert mi.main(["--image", "cmake", "--only_references", "--json", str(report)]) == 0
+    cmake = next(image for image in json.loads(report.read_text())["images"] if image["name"] == "cmake")
+    assert (
+        cmake["files"]
+        == cmake["planned_files"]
+        == ["build_tools/docker/cmake-python/Dockerfile", "ci/build.sh"]
+    )
+    assert NEW.encode() in (tree / "ci/build.sh").read_bytes()

@@ -264,6 +264,8 @@ LOGS_NAME = "manage_images-logs"  # in the git directory, beside the lock: one f
 RUN_FOLDER_RE = re.compile(r"\d{8}T\d{6}Z-\d+(?:-\d+)?\Z")  # a run's folder of logs; only these are pruned
 KEEP_RUNS = 5  # runs whose logs are kept, this one included
 DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last step durations
+DURATIONS_MAX_BYTES = 1 << 20  # a bigger durations.json is none the tool wrote
+DURATION_MAX = 7 * 24 * 3600.0  # seconds; a longer step is no record of one
 TAIL_LINES = 20  # lines of a failed image's log shown under the summary
 REDRAW_SECONDS = 0.5  # the terminal view is redrawn at most this often
 _ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
@@ -466,12 +468,11 @@ def printable(text: str, secrets: Sequence[str] = ()) -> str:
     return without_secrets(text, secrets)
 
 
-def unexpected(error: BaseException) -> str:
-    """The one line for an error the tool did not foresee."""
-    return (
-        f"unexpected {type(error).__name__}: {error}; nothing more was started. "
-        "Please report this with the command you ran"
-    )
+def unexpected(error: BaseException, evidence: str = "") -> str:
+    """The one line for an error the tool did not foresee (a bug); `evidence` is the file
+    holding its traceback, or why there is none."""
+    where = f"with {evidence}, which holds its traceback" if evidence else "with the command you ran"
+    return f"unexpected {type(error).__name__}: {error}. This is a bug: please report it {where}"
 
 
 # ---------------------------------------------------------------------------
@@ -2144,6 +2145,41 @@ def expected_costs(
     }
 
 
+def parse_durations(data: bytes) -> dict[str, dict[str, float]]:
+    """The records of a durations.json (image -> step -> seconds); ValueError saying what is
+    wrong with one the tool did not write: not JSON, nested too deep, another shape, a
+    duration that is no number of seconds from 0 to DURATION_MAX (NaN, 1e999, a string)."""
+    import json
+
+    try:
+        # Integers as floats: a 100,000-digit one is then too big, not a conversion error;
+        # NaN and Infinity become floats that no duration is.
+        document = json.loads(data, parse_int=float, parse_constant=float)
+    except RecursionError:
+        raise ValueError("it nests deeper than any record") from None
+    except ValueError:
+        raise ValueError("it is not JSON") from None
+    images = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(images, dict):
+        raise ValueError("it holds no `images` object")
+    records: dict[str, dict[str, float]] = {}
+    for image, steps in images.items():
+        if not isinstance(steps, dict):
+            raise ValueError(f"the record of {cut(repr(image), 60)} is not an object")
+        for step, seconds in steps.items():
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, float)
+                or not 0 <= seconds <= DURATION_MAX
+            ):
+                raise ValueError(
+                    f"the {cut(repr(step), 60)} of {cut(repr(image), 60)} is no number of seconds "
+                    f"from 0 to {DURATION_MAX:.0f}"
+                )
+            records.setdefault(image, {})[step] = seconds
+    return records
+
+
 def remaining_images(
     order: Sequence[str],
     graph: Mapping[str, Sequence[str]],
@@ -2587,6 +2623,8 @@ class RunLogs:
         self.folder = folder
         self._files: dict[str, TextIO] = {}
         self._lock = threading.Lock()
+        self.lost = False  # a write failed (a full disk): the run goes on without its logs
+        self._warned = False  # about durations.json
 
     @classmethod
     def create(cls, base: Path) -> RunLogs:
@@ -2611,14 +2649,34 @@ class RunLogs:
         return self.folder / f"{image}.log"
 
     def write(self, image: str, text: str) -> None:
-        """Appends `text` (one or more lines) to the image's log."""
+        """Appends `text` (one or more lines) to the image's log. A log that cannot be written
+        (a full disk) is one warning, and the run goes on without its logs: they only record it."""
+        try:
+            with self._lock:
+                if self.lost:
+                    return
+                log = self._files.get(image)
+                if log is None:
+                    log = self._files[image] = open(
+                        self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
+                    )
+            log.write(f"{printable(text, SECRETS.forms())}\n")
+        except OSError as error:
+            self._lose(error)
+
+    def _lose(self, error: OSError) -> None:
         with self._lock:
-            log = self._files.get(image)
-            if log is None:
-                log = self._files[image] = open(
-                    self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
-                )
-        log.write(f"{printable(text, SECRETS.forms())}\n")
+            if self.lost:
+                return
+            self.lost = True
+            for log in self._files.values():
+                with contextlib.suppress(OSError):
+                    log.close()
+            self._files.clear()
+        error_line(
+            f"warning: cannot write the logs in {shown(str(self.folder))}: {error.strerror}; the run goes "
+            "on, its logs stop here (pass --log_dir DIR with room to keep them)"
+        )
 
     def tail(self, image: str, count: int = TAIL_LINES) -> list[str]:
         """The last `count` lines of the image's log."""
@@ -2629,23 +2687,30 @@ class RunLogs:
             return []
 
     def close(self) -> None:
-        with self._lock:
-            for log in self._files.values():
-                log.close()
-            self._files.clear()
+        try:
+            with self._lock:
+                while self._files:
+                    self._files.popitem()[1].close()
+        except OSError as error:  # what a full disk left in a buffer
+            self._lose(error)
 
     def history(self) -> dict[str, dict[str, float]]:
-        """image -> step -> seconds it took last time; {} when there is no readable record."""
-        import json
-
+        """image -> step -> seconds it took last time; {} when there is no record. A record
+        the tool did not write (corrupt, hostile) is ignored with a warning: it only feeds
+        the time-left estimate, and this run's durations replace it."""
+        path = self.base / DURATIONS_NAME
         try:
-            document = json.loads((self.base / DURATIONS_NAME).read_text(encoding="utf-8"))
-            images = document["images"]
-            return {
-                str(image): {str(step): float(seconds) for step, seconds in steps.items()}
-                for image, steps in images.items()
-            }
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return parse_durations(read_small(path, DURATIONS_MAX_BYTES))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            if not self._warned:
+                self._warned = True
+                why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                error_line(
+                    f"warning: ignoring {shown(str(path))}: {why}; it only feeds the time-left "
+                    "estimate, and this run's durations replace it"
+                )
             return {}
 
     def record(self, durations: Mapping[str, Mapping[str, float]]) -> None:
@@ -2865,7 +2930,8 @@ class Runner:
         self.prefix_output = prefix_output
         self.progress = progress or Progress()
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
-        self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
+        self.planned_files: dict[str, list[str]] = {}  # image -> files its update changes (or would)
+        self.written_files: dict[str, list[str]] = {}  # image -> files its update did change
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
         self.engine: Engine | None = None  # what builds, when a step needs to know
 
@@ -3391,6 +3457,19 @@ def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
         except ValueError:
             continue
     return header, temporaries
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`; ValueError when it is no regular file (a FIFO
+    would hang the read, a device never end it) or holds more than `limit` bytes."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError("it is not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it is bigger than {limit} bytes")
+    return data
 
 
 def read_file(path: Path) -> bytes:
@@ -4973,15 +5052,20 @@ def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence
 
 
 def written_anew_if_changed(
-    runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, plan: Callable[[Edits], None]
+    runner: Runner,
+    files: TrackedFiles,
+    lock: RepositoryLock | None,
+    plan: Callable[[Edits], None],
+    planned: Callable[[Sequence[FileChange]], None] = lambda changes: None,
 ) -> list[FileChange]:
-    """Plans the edits and writes them; when a file changed on disk since it
-    was read (someone saved it while the tool ran), plans them again from what
-    is there now, up to three times. The changes written."""
+    """Plans the edits (`planned` is told the changes, before they are written) and writes
+    them; when a file changed on disk since it was read (someone saved it while the tool
+    ran), plans them again from what is there now, up to three times. The changes written."""
     for attempt in range(3):
         edits = Edits(files)
         plan(edits)
         changes = edits.changes()
+        planned(changes)
         try:
             apply_changes(runner, lock, changes)
             return changes
@@ -5021,13 +5105,17 @@ def update_references(
     runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, image: str, digest: str | None
 ) -> None:
     """Points every reference to IMAGE in the tracked files at `digest`, and writes them."""
+
+    def planned(changes: Sequence[FileChange]) -> None:
+        runner.planned_files[image] = [change.path for change in changes]
+
     changes = written_anew_if_changed(
-        runner, files, lock, lambda edits: plan_references(runner, edits, image, digest)
+        runner, files, lock, lambda edits: plan_references(runner, edits, image, digest), planned
     )
     if not runner.settings.dry_run:
         for change in changes:
             files.written(change.path, change.new())
-    runner.changed_files[image] = [change.path for change in changes]
+        runner.written_files[image] = [change.path for change in changes]
 
 
 def plan_references(
@@ -5207,9 +5295,11 @@ class Report:
         self.images: list[dict[str, object]] = []
         self.findings: list[Finding] = []
         self.error: str | None = None
+        self.folder: Path | None = None  # where the run keeps its files: a bug's report goes there
 
     def add_results(self, results: Mapping[str, ImageResult], runner: Runner, old: Mapping[str, str]) -> None:
         logs = runner.progress.logs
+        written, planned = runner.written_files, runner.planned_files
         for item in results.values():
             error = item.error
             self.images.append(
@@ -5218,7 +5308,9 @@ class Report:
                     "result": "planned" if runner.settings.dry_run and item.result == "done" else item.result,
                     "digest": {"old": old.get(item.image), "new": item.digest},
                     "seconds": round(item.seconds, 3),
-                    "files": runner.changed_files.get(item.image, []),
+                    # What the update wrote (would write, in a dry run); what it set out to write.
+                    "files": (written if not runner.settings.dry_run else planned).get(item.image, []),
+                    "planned_files": planned.get(item.image, []),
                     "note": runner.notes.get(item.image, ""),
                     "identity": runner.identities.get(item.image),
                     "exit_code": error.returncode if error else None,
@@ -5256,6 +5348,55 @@ def safe_document(value: object, secrets: Sequence[str]) -> object:
     if isinstance(value, (list, tuple)):
         return [safe_document(item, secrets) for item in value]
     return value
+
+
+def bug_line(error: BaseException, report: Report) -> str:
+    """The one line for a bug, naming the file that holds its evidence (see `write_bug_report`)."""
+    try:
+        return unexpected(error, shown(str(write_bug_report(error, report))))
+    except OSError as problem:
+        return f"{unexpected(error)} (its traceback could not be written: {problem.strerror or problem})"
+
+
+def write_bug_report(error: BaseException, report: Report) -> Path:
+    """Writes what a report of the bug `error` needs (its traceback, the command, the versions
+    of Python, the tool and the docker client) to a new file of the run's folder, else of the
+    temporary folder; the file. Secrets and control characters are no part of it."""
+    import platform
+    import tempfile
+    import traceback
+
+    engine, command = report.head.get("engine"), report.head.get("command")
+    client = engine.get("client") if isinstance(engine, dict) else None
+    words = [str(word) for word in command] if isinstance(command, list) else []
+    text = "".join(
+        [
+            f"manage_images.py {__version__}: unexpected {type(error).__name__}\n",
+            f"command: {format_command(['manage_images.py', *words])}\n",
+            f"python: {platform.python_version()} ({sys.executable}) on {platform.platform()}\n",
+            f"docker client: {client or 'not asked'}\n",
+            f"time: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n\n",
+            *traceback.format_exception(type(error), error, error.__traceback__),
+        ]
+    )
+    problem: OSError | None = None
+    for folder in [*([report.folder] if report.folder is not None else []), None]:
+        try:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            descriptor, name = tempfile.mkstemp(prefix="manage_images-bug-", suffix=".txt", dir=folder)
+        except OSError as failed:
+            problem = failed
+            continue
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8", errors="backslashreplace") as file:
+                file.write(printable(text, SECRETS.forms()))
+            return Path(name)
+        except OSError as failed:  # a full disk: the next folder, if any
+            problem = failed
+            Path(name).unlink(missing_ok=True)
+    assert problem is not None
+    raise problem
 
 
 def write_report(destination: str, document: Mapping[str, object], out: Console) -> None:
@@ -5365,6 +5506,7 @@ def showing_progress(
     if progress.log_base is not None:
         try:
             progress.logs = RunLogs.create(progress.log_base)
+            runner.report.folder = progress.logs.folder
         except OSError as error:
             raise ManageImagesError(
                 f"cannot write the logs under {progress.log_base}: {error.strerror}; "
@@ -5399,9 +5541,18 @@ def tracked(
 ]:
     """The scheduler's callbacks with the run's progress kept: `on_start`
     (which prints `Processing image NAME [k/n]`, with the time left once there
-    is an estimate), `work` and `finish` timed step by step, and `on_finish`
-    (a failed image's error ends its log)."""
+    is an estimate), `work` and `finish` timed step by step (a bug in them fails
+    its image with one line naming the file that holds its traceback), and
+    `on_finish` (a failed image's error ends its log)."""
     progress = runner.progress
+
+    def reported(image: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except ManageImagesError:
+            raise
+        except Exception as error:  # a bug: this image fails, and its evidence is kept
+            raise ManageImagesError(f"{image}: {bug_line(error, runner.report)}") from error
 
     def on_start(image: str, number: int) -> None:
         progress.start(image)
@@ -5411,14 +5562,14 @@ def tracked(
 
     def timed_work(image: str) -> str | None:
         progress.begin(image, step_names[0])
-        value = work(image)
+        value = reported(image, lambda: work(image))
         progress.end(image)
         return value
 
     def timed_finish(image: str, value: str | None) -> str | None:
         if "update_references" in step_names:
             progress.begin(image, "update_references")
-        digest = finish(image, value)
+        digest = reported(image, lambda: finish(image, value))
         progress.end(image)
         return digest
 
@@ -5464,7 +5615,7 @@ def process_images(
             after_run(results)
         except ManageImagesError as error:
             failed_after = error
-            results = refused(results, runner.changed_files, error)
+            results = refused(results, runner.planned_files, error)
     wall = time.monotonic() - start
     runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
     logs = runner.progress.logs
@@ -5572,7 +5723,7 @@ def only_references(
             plan_references(runner, edits, image, digest, rewrite_files=False)
             hexes = digest_hexes(registry, {image: digest})
             stale = [path for path in files.naming(image) if reference_splices(files.references(path), hexes)]
-            runner.changed_files[image] = list(
+            runner.planned_files[image] = list(
                 dict.fromkeys([change.path for change in edits.changes()] + stale)
             )
             edits.merge()
@@ -5597,6 +5748,8 @@ def only_references(
                     plan_all(edits)
 
                 written_anew_if_changed(runner, files, lock, again)
+            if not runner.settings.dry_run:
+                runner.written_files.update((image, runner.planned_files[image]) for image in done)
 
         return process_images(
             runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"], write
@@ -6153,6 +6306,7 @@ def dispatch(
     if args.verify_pinned and not steps.any():
         return verify_registry(settings, images, console, report)
     runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
+    report.folder = runner.progress.log_base
     schedule = Schedule(args.jobs, args.keep_going)
     if args.promote:
         return promote(runner, images, graph, schedule)
@@ -6199,7 +6353,7 @@ def run_and_report(
     try:
         code = dispatch(args, graph, " ".join(["manage_images.py", *arguments]), report, console)
     except Exception as error:  # a bug or an unforeseen OS error too: one line, never a traceback
-        message = str(error) if isinstance(error, ManageImagesError) else unexpected(error)
+        message = str(error) if isinstance(error, ManageImagesError) else bug_line(error, report)
         if isinstance(error, UsageError):
             message = f"manage_images.py: error: {message}"
         if not CHILDREN.stopping:  # else it is what the stop did (a command killed), not news
