@@ -275,7 +275,11 @@ OUTSIDE_TEXT_MAX = 300  # characters of a registry's, token server's or helper's
 OUTPUT_LINE_MAX = 8192  # characters of one line of a command's output (the rest is dropped)
 ERROR_MAX = 4000  # characters of an error's line, whatever it quotes
 SECRET_MIN = 4  # shorter credentials would blank ordinary words and digests, and guard nothing
+SECRET_PART = 20  # characters: this much of a credential (a server may quote it cut) is one too
 REDACTED = "***"
+# A run of the characters tokens, base64 and URL-encoded text are made of: where part of a
+# credential may be.
+_TOKEN_RUN_RE = re.compile(rf"[A-Za-z0-9+/=_.~%-]{{{SECRET_PART},}}")
 # What a terminal acts on, in 7-bit and 8-bit (C1) forms: a CSI sequence (cursor moves,
 # erasing, colours); an OSC, DCS, SOS, PM or APC string up to BEL or ST (window titles,
 # hyperlinks, clipboard writes); any other ESC sequence, or a lone ESC.
@@ -342,13 +346,15 @@ SECRETS = Secrets()
 class ManageImagesError(Exception):
     """A failure the user can act on; `main` prints it as one line and exits with `returncode`.
 
-    Its text is safe to show wherever it goes: no credential in use, no control character,
-    at most ERROR_MAX characters, whatever outside text it quotes."""
+    Its text is safe to show wherever it goes, whatever outside text it quotes: one line
+    (a line break in it shown as `\\n`), no credential in use, no control character, at
+    most ERROR_MAX characters."""
 
     returncode = 1
 
     def __str__(self) -> str:
-        return cut(printable(super().__str__(), SECRETS.forms()), ERROR_MAX)
+        text = super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+        return cut(printable(text, SECRETS.forms()), ERROR_MAX)
 
 
 class UsageError(ManageImagesError):
@@ -439,11 +445,37 @@ def basic_credentials(username: str, password: str) -> str:
 
 
 def without_secrets(text: str, secrets: Sequence[str]) -> str:
-    """`text` with each of `secrets` (longest first) replaced by REDACTED."""
+    """`text` with each of `secrets` (longest first) replaced by REDACTED, and then each
+    run of SECRET_PART characters or more that any of them holds (a token quoted cut)."""
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    parts = secret_parts(tuple(secrets))
+    return _TOKEN_RUN_RE.sub(lambda match: _without_parts(match.group(), parts), text) if parts else text
+
+
+@functools.lru_cache(maxsize=8)
+def secret_parts(secrets: tuple[str, ...]) -> frozenset[str]:
+    """Every SECRET_PART characters in a row of `secrets`."""
+    return frozenset(
+        secret[start : start + SECRET_PART]
+        for secret in secrets
+        for start in range(len(secret) - SECRET_PART + 1)
+    )
+
+
+def _without_parts(run: str, parts: frozenset[str]) -> str:
+    """`run` with every stretch covered by some of `parts` replaced by REDACTED."""
+    covered: list[list[int]] = []
+    for start in range(len(run) - SECRET_PART + 1):
+        if run[start : start + SECRET_PART] in parts:
+            if covered and start <= covered[-1][1]:
+                covered[-1][1] = start + SECRET_PART
+            else:
+                covered.append([start, start + SECRET_PART])
+    for start, end in reversed(covered):
+        run = f"{run[:start]}{REDACTED}{run[end:]}"
+    return run
 
 
 def outside_text(text: str, secrets: Sequence[str] = (), limit: int = OUTSIDE_TEXT_MAX) -> str:
