@@ -2693,6 +2693,9 @@ class RunLogs:
                         self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
                     )
             log.write(f"{printable(text, SECRETS.forms())}\n")
+        except ValueError:  # another thread lost the logs and closed this one meanwhile
+            if not self.lost:
+                raise
         except OSError as error:
             self._lose(error)
 
@@ -5386,8 +5389,9 @@ def bug_line(error: BaseException, report: Report) -> str:
     """The one line for a bug, naming the file that holds its evidence (see `write_bug_report`)."""
     try:
         return unexpected(error, shown(str(write_bug_report(error, report))))
-    except OSError as problem:
-        return f"{unexpected(error)} (its traceback could not be written: {problem.strerror or problem})"
+    except Exception as problem:  # no evidence, but still the one line
+        why = problem.strerror if isinstance(problem, OSError) and problem.strerror else problem
+        return f"{unexpected(error)} (its traceback could not be written: {why})"
 
 
 def write_bug_report(error: BaseException, report: Report) -> Path:
