@@ -25,6 +25,7 @@ import platform
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -686,3 +687,32 @@ def test_a_failed_image_s_files_are_the_files_written_and_none_when_its_write_wa
         == ["build_tools/docker/cmake-python/Dockerfile", "ci/build.sh"]
     )
     assert NEW.encode() in (tree / "ci/build.sh").read_bytes()
+
+
+def test_a_server_that_answers_no_http_is_named_in_a_short_line_without_its_escapes(tmp_path):
+    # Its "status line" is what http.client's error quotes: the server's own bytes.
+    junk = f"HTTP/1.1 {ESCAPES}{'x' * 10_000} {PASSWORD}\r\n\r\n".encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+    host = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def serve() -> None:
+        for _ in range(20):  # bounded: the TLS probe, the plain-HTTP requests and their retries
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(junk)
+
+    threading.Thread(target=serve, daemon=True).start()
+    env = isolated_env(tmp_path, {"auths": {host: auth_entry(USER, PASSWORD)}})
+    try:
+        with pytest.raises(mi.RegistryError) as error:
+            mi.RegistryClient(env).served_digest(f"{host}/iree-oss/{LEAF}", "latest")
+    finally:
+        listener.close()
+    text = str(error.value)
+    assert text.startswith(f"cannot reach the registry {host}: "), text
+    assert len(text) < 2 * mi.OUTSIDE_TEXT_MAX
+    assert_nothing_leaked({"the error": text})

@@ -4505,7 +4505,8 @@ class RegistryClient:
             )
         if isinstance(reason, ssl.SSLError):
             return f"TLS with {subject} failed: {reason.reason or reason}; check its HTTPS set-up"
-        detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        # What the other side sent may be in it (a status line that is none): outside text.
+        detail = outside_text(getattr(reason, "strerror", None) or str(reason) or type(reason).__name__)
         server = f"the registry {host}" if subject == host else subject
         return f"cannot reach {server}: {detail}; check that it is up and that --registry is right"
 
