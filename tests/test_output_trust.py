@@ -40,7 +40,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, GRAPH, NEW, SCRIPT, files, run_tool, small_tree, unavailable
+from helpers import D1, GRAPH, NEW, SCRIPT, all_digests, files, run_tool, small_tree, unavailable
 from standin import StandIn
 
 USER = "alice"
@@ -526,27 +526,40 @@ def fake_tree_pin(root: Path, registry: HostileRegistry) -> str:
     return re.search(rf"^{re.escape(registry.url)}/{LEAF}@(sha256:[0-9a-f]{{64}})$", pins, re.M).group(1)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KiB tmpfs, nearly full: the first two files written on it fit, the third does not."""
-    mount = tmp_path / "disk"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str, room: int):
+    """A tmpfs of `size` at `mount`, filled but for `room` bytes once the caller's `yield` resumes."""
     mount.mkdir()
-    tool = shutil.which("mount", path="/usr/sbin:/usr/bin:/sbin:/bin") or "mount"
-    result = subprocess.run([tool, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    tool = shutil.which("mount", path=SYSTEM_PATH) or "mount"
+    result = subprocess.run(
+        [tool, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
     if result.returncode != 0:
         unavailable(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    try:
+
+    def fill() -> None:
         filler = mount / "filler"
         with open(filler, "wb", buffering=0) as file:
             with contextlib.suppress(OSError):
                 while True:
-                    file.write(b"x" * 1024)
-        os.truncate(filler, filler.stat().st_size - 8192)
-        yield mount
+                    file.write(b"x" * 4096)
+        os.truncate(filler, max(filler.stat().st_size - room, 0))
+
+    try:
+        yield fill
     finally:
-        subprocess.run(
-            [shutil.which("umount", path="/usr/sbin:/usr/bin:/sbin:/bin") or "umount", "-l", str(mount)]
-        )
+        subprocess.run([shutil.which("umount", path=SYSTEM_PATH) or "umount", "-l", str(mount)])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, nearly full: the first two files written on it fit, the third does not."""
+    with tmpfs(tmp_path / "disk", "64k", 8192) as fill:
+        fill()
+        yield tmp_path / "disk"
 
 
 def test_a_log_folder_that_fills_up_mid_run_is_one_warning_and_the_run_s_work_goes_on(
@@ -565,6 +578,43 @@ def test_a_log_folder_that_fills_up_mid_run_is_one_warning_and_the_run_s_work_go
         ["--tag", f"gcr.io/iree-oss/{image}:latest", f"build_tools/docker/{image}"] for image in GRAPH
     )
     assert "Total wall time: " in out and f"({len(GRAPH)} done)" in out
+
+
+def test_a_full_disk_under_the_git_directory_is_one_line_and_the_work_that_needs_no_write_goes_on(
+    tmp_path, standin, capsys, monkeypatch
+):
+    # The lock and, by default, the logs live in the git directory: here on a disk that fills up.
+    with tmpfs(tmp_path / "disk", "4m", 0) as fill:
+        root = tmp_path / "repo"
+        fake_tree.git(
+            tmp_path, "init", "-q", "-b", "main", f"--separate-git-dir={tmp_path / 'disk' / 'git'}", str(root)
+        )
+        fake_tree.git(root, "config", "user.email", "test@example.com")
+        fake_tree.git(root, "config", "user.name", "Test")
+        monkeypatch.chdir(small_tree(root))
+        standin.set(repo_digests=all_digests())
+        fill()
+        before = files(root)
+        assert mi.main(["--image", "cmake", "--update_references"]) == 1
+        lock = tmp_path / "disk" / "git" / mi.LOCK_NAME
+        assert capsys.readouterr().err == (
+            f"cannot write the repository lock {lock}: No space left on device; make room there (or fix its "
+            "permissions) and run again; the files it was to change are as they were\n"
+        )
+        assert files(root) == before and not lock.exists()
+        # A build changes no file and needs no lock: its logs are lost, its work is done.
+        assert mi.main(["--image", LEAF, "--build"]) == 0
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(
+            f"warning: cannot write the logs in {tmp_path / 'disk' / 'git' / mi.LOGS_NAME}/"
+        )
+        assert [
+            "docker",
+            "build",
+            "--tag",
+            f"gcr.io/iree-oss/{LEAF}:latest",
+            f"build_tools/docker/{LEAF}",
+        ] in (standin.commands())
 
 
 BUG_LINE = (

@@ -3463,14 +3463,25 @@ class RepositoryLock:
                 "files it was writing. Its files each hold their old or their new content."
             )
         lock = cls(path, descriptor, f"pid {os.getpid()}: {command}\n")
-        lock.record(())
+        try:
+            lock.record(())
+        except ManageImagesError:
+            lock.release()
+            raise
         return lock
 
     def record(self, temporaries: Iterable[Path]) -> None:
-        """Notes the temporary files about to be written, before they exist."""
+        """Notes the temporary files about to be written, before they exist; one line when
+        it cannot (a full disk), before any of them is written."""
         text = self._header + "".join(f"{os.fsencode(path).hex()}\n" for path in temporaries)
-        os.ftruncate(self._descriptor, 0)
-        os.pwrite(self._descriptor, text.encode(), 0)
+        try:
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, text.encode(), 0)
+        except OSError as error:
+            raise ManageImagesError(
+                f"cannot write the repository lock {shown(str(self.path))}: {error.strerror}; make room "
+                "there (or fix its permissions) and run again; the files it was to change are as they were"
+            ) from None
 
     def release(self) -> None:
         try:
@@ -3848,7 +3859,9 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
             if item.backup not in kept:
                 item.backup.unlink(missing_ok=True)
     if lock is not None:
-        lock.record(())
+        # The files are written: the list only tells a killed run's successor what to remove.
+        with contextlib.suppress(ManageImagesError):
+            lock.record(())
 
 
 def _commit(staged: Sequence[Staged], kept: set[Path]) -> None:
