@@ -50,8 +50,8 @@ TOKEN = f"bearer-{uuid.uuid4().hex}"
 REFRESH = f"refresh+/={uuid.uuid4().hex}"  # characters a form encodes
 SECRETS = (PASSWORD, BASIC, TOKEN, REFRESH, urllib.parse.quote_plus(REFRESH))
 # What a hostile server writes to a terminal: a window title (OSC, in 7-bit and C1
-# forms), a cleared screen and erased lines (CSI, also as C1), backspaces, a
-# right-to-left override, and a carriage return before a fake verdict.
+# forms), a cleared screen and erased lines (CSI, also as C1), backspaces and a
+# right-to-left override (its messages add a fake verdict and a carriage return).
 ESCAPES = "\x1b]0;pwned-title\x07\x1b[2J\x1b[1A\x1b[2K\x9b2J\x9d0;c1-title\x9c\x08\x08\u202e"
 CONTROLS = ("\x1b", "\x07", "\x08", "\x9b", "\x9c", "\x9d", "\u202e")
 LEAF = "cmake-python-nvidia"  # nothing depends on it: promoting it promotes it alone
