@@ -3,6 +3,7 @@
 It appends each argv as a JSON line to $STANDIN_LOG and behaves as
 $STANDIN_CONFIG (a JSON file) says:
   {"fail": {"build": 7}, "signal": {"build": 9, "image": 9},
+   "say": {"build": [["MATCH", "a line to print when MATCH is in the argv", SECONDS to wait after]]},
    "hang": {"build": {"pidfile": "PATH", "ignore_term": true, "tick": 0.2, "match": "cmake:",
                       "until": "PATH"}},
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
@@ -37,6 +38,11 @@ config = json.load(open(os.environ["STANDIN_CONFIG"]))
 step = argv[1] if len(argv) > 1 else argv[0]
 if step in config.get("signal", {{}}):
     os.kill(os.getpid(), config["signal"][step])
+for match, text, seconds in config.get("say", {{}}).get(step, []):
+    if match in " ".join(argv):
+        import time
+        print(text, flush=True)
+        time.sleep(seconds)
 hang = config.get("hang", {{}}).get(step)
 if hang and hang.get("match", "") in " ".join(argv):
     import signal, time

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -671,11 +672,12 @@ def test_a_docker_command_killed_by_a_signal_exits_128_plus_n(tree, standin, cap
     )
 
 
-def test_an_unexpected_exception_in_main_is_one_line(tree, standin, capsys, monkeypatch):
+def test_an_unexpected_exception_in_main_is_one_line(tree, standin, capsys, monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(mi, "check", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its traceback goes (--check has no logs)
     assert mi.main(["--check", "--image", "cmake"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("unexpected OSError: [Errno 5] Input/output error")

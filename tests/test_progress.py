@@ -221,8 +221,8 @@ def test_lines_printed_under_a_live_block_go_above_it(monkeypatch):
     console.show([], [])
     assert out.getvalue() == (
         "\x1b[?25l" + "header\n  base  build\n"
-        "\r\x1b[2A\x1b[J" + "Interrupted by SIGINT\n" + "header\n  base  build\n"
-        "\r\x1b[5A\x1b[J" + "\x1b[?25h"
+        "\r" + "\x1b[1A\x1b[2K" * 2 + "Interrupted by SIGINT\n" + "header\n  base  build\n"
+        "\r" + "\x1b[1A\x1b[2K" * 5 + "\x1b[?25h"
     )
 
 

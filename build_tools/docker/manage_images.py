@@ -46,6 +46,7 @@ See README.md for the workflows.
 from __future__ import annotations
 
 import argparse
+import bisect
 import codecs
 import collections
 import contextlib
@@ -53,6 +54,7 @@ import errno
 import fcntl
 import functools
 import graphlib
+import itertools
 import os
 import re
 import signal
@@ -262,9 +264,39 @@ LOGS_NAME = "manage_images-logs"  # in the git directory, beside the lock: one f
 RUN_FOLDER_RE = re.compile(r"\d{8}T\d{6}Z-\d+(?:-\d+)?\Z")  # a run's folder of logs; only these are pruned
 KEEP_RUNS = 5  # runs whose logs are kept, this one included
 DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last step durations
+DURATIONS_MAX_BYTES = 1 << 20  # a bigger durations.json is none the tool wrote
+DURATION_MAX = 7 * 24 * 3600.0  # seconds; a longer step is no record of one
 TAIL_LINES = 20  # lines of a failed image's log shown under the summary
 REDRAW_SECONDS = 0.5  # the terminal view is redrawn at most this often
 _ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
+# Text from outside the tool (a registry, a token server, a credential helper, a build's
+# output) is data: how much of it is kept, and what replaces a credential found in it.
+OUTSIDE_TEXT_MAX = 300  # characters of a registry's, token server's or helper's own words
+OUTPUT_LINE_MAX = 8192  # characters of one line of a command's output (the rest is dropped)
+ERROR_MAX = 4000  # characters of an error's line, whatever it quotes
+SECRET_MIN = 4  # shorter credentials would blank ordinary words and digests, and guard nothing
+SECRET_PART = 20  # characters: this much of a credential (a server may quote it cut) is one too
+# How part of one is found: windows of 12 characters looked up every 8 characters of a
+# run see any part of 12 + 8 - 1 <= SECRET_PART characters, at an eighth of the cost.
+_WINDOW, _STRIDE = 12, 8
+REDACTED = "***"
+# A run of the characters tokens, base64 and URL-encoded text are made of: where part of a
+# credential may be.
+_TOKEN_RUN_RE = re.compile(rf"(?<![\w+/=.~%-])[A-Za-z0-9+/=_.~%-]{{{SECRET_PART},}}")
+# What a terminal acts on, in 7-bit and 8-bit (C1) forms: a CSI sequence (cursor moves,
+# erasing, colours); an OSC, DCS, SOS, PM or APC string up to BEL or ST (window titles,
+# hyperlinks, clipboard writes); any other ESC sequence, or a lone ESC.
+_SEQUENCE_RE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# Characters that move the cursor, erase or reorder what is shown: the C0 controls but
+# tab and newline, DEL, the C1 controls, Unicode's line separators and bidi controls.
+_MORE_CONTROLS = r"\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL_RE = re.compile(rf"[\x00-\x08\x0b-\x1f{_MORE_CONTROLS}]")
+# At an output boundary a carriage return that ends a line (a CRLF file in a diff) is harmless.
+_UNPRINTABLE_RE = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f{_MORE_CONTROLS}]|\r(?!\n|\Z)")
 
 T = TypeVar("T")
 
@@ -282,10 +314,50 @@ if TYPE_CHECKING:  # imported where used, so --help and --graph start fast
 # Errors, and the helpers that format what they show.
 
 
+class Secrets:
+    """The credentials in use in this process (passwords, their base64 forms, tokens), each in
+    every form a server could echo it in (see `secret_forms`).
+
+    Process-wide by nature, as CHILDREN is: whichever thread or client learned a credential,
+    every path out of the tool (the consoles, the logs, the report, an error's text) must
+    remove it. The registry client adds what it obtains; `main` starts each run with none.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._forms: tuple[str, ...] = ()
+
+    def add(self, *secrets: object) -> None:
+        """Adds each credential of `secrets` that is text (a token server's answer may hold anything)."""
+        with self._lock:
+            texts = [secret for secret in secrets if isinstance(secret, str)]
+            found = set(self._forms).union(*(secret_forms(secret) for secret in texts))
+            self._forms = tuple(sorted(found, key=lambda form: (-len(form), form)))
+
+    def forms(self) -> tuple[str, ...]:
+        """Every form of every credential, longest first (so a longer form goes before its part)."""
+        return self._forms
+
+    def reset(self) -> None:
+        with self._lock:
+            self._forms = ()
+
+
+SECRETS = Secrets()
+
+
 class ManageImagesError(Exception):
-    """A failure the user can act on; `main` prints it as one line and exits with `returncode`."""
+    """A failure the user can act on; `main` prints it as one line and exits with `returncode`.
+
+    Its text is safe to show wherever it goes, whatever outside text it quotes: one line
+    (a line break in it shown as `\\n`), no credential in use, no control character, at
+    most ERROR_MAX characters."""
 
     returncode = 1
+
+    def __str__(self) -> str:
+        text = super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+        return cut(printable(text, SECRETS.forms()), ERROR_MAX)
 
 
 class UsageError(ManageImagesError):
@@ -344,12 +416,110 @@ def shown(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def unexpected(error: BaseException) -> str:
-    """The one line for an error the tool did not foresee."""
-    return (
-        f"unexpected {type(error).__name__}: {error}; nothing more was started. "
-        "Please report this with the command you ran"
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and `...` when it is longer."""
+    return text if len(text) <= limit else f"{text[: max(limit - 3, 0)]}..."
+
+
+def secret_forms(secret: str) -> set[str]:
+    """A credential as text may carry it: as it is, JSON-escaped, URL-encoded (a form or a
+    query), and as an output boundary shows it; none when it is shorter than SECRET_MIN."""
+    import json
+    import urllib.parse
+
+    if len(secret) < SECRET_MIN:
+        return set()
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        printable(secret),
+    }
+    return {form for form in forms if len(form) >= SECRET_MIN}
+
+
+def basic_credentials(username: str, password: str) -> str:
+    """The base64 of `user:password`: Basic auth's header value, config.json's `auth`."""
+    import base64
+
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def without_secrets(text: str, secrets: Sequence[str]) -> str:
+    """`text` with each of `secrets` (longest first) replaced by REDACTED, and then each
+    run of SECRET_PART characters or more that any of them holds (a token quoted cut)."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    parts = secret_parts(tuple(secrets))
+    return _TOKEN_RUN_RE.sub(lambda match: _without_parts(match.group(), parts), text) if parts else text
+
+
+@functools.lru_cache(maxsize=8)
+def secret_parts(secrets: tuple[str, ...]) -> frozenset[str]:
+    """Every _WINDOW characters in a row of those of `secrets` at least SECRET_PART long."""
+    return frozenset(
+        secret[start : start + _WINDOW]
+        for secret in secrets
+        if len(secret) >= SECRET_PART
+        for start in range(len(secret) - _WINDOW + 1)
     )
+
+
+def _without_parts(run: str, parts: frozenset[str]) -> str:
+    """`run` with every stretch that `parts` cover replaced by REDACTED: each window found
+    (looked up every _STRIDE characters) grows to all the windows around it that are parts."""
+    covered: list[tuple[int, int]] = []
+    last, probe = len(run) - _WINDOW, 0
+    while probe <= last:
+        if run[probe : probe + _WINDOW] in parts:
+            start = end = probe
+            while start > 0 and run[start - 1 : start - 1 + _WINDOW] in parts:
+                start -= 1
+            while end < last and run[end + 1 : end + 1 + _WINDOW] in parts:
+                end += 1
+            covered.append((start, end + _WINDOW))
+            probe = end + 1
+        elif probe < last:
+            probe = min(probe + _STRIDE, last)
+        else:
+            break
+    for start, stop in reversed(covered):
+        run = f"{run[:start]}{REDACTED}{run[stop:]}"
+    return run
+
+
+def outside_text(text: str, secrets: Sequence[str] = (), limit: int = OUTSIDE_TEXT_MAX) -> str:
+    """Text from outside (a registry, a token server, a credential helper, a command's
+    output) as the tool may show it: on one line, every escape sequence and control
+    character removed (after carriage returns, only what a terminal would show: the
+    text after the last one), every form of `secrets` replaced, cut to `limit` characters.
+    Secrets go before the cut, so a cut never leaves part of one."""
+    if "\n" in text or "\r" in text:
+        text = " ".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+    if _CONTROL_RE.search(text):  # every sequence starts with one (ESC, or a C1 control)
+        text = _CONTROL_RE.sub("", _SEQUENCE_RE.sub("", text))
+    return cut(without_secrets(text, secrets), limit)
+
+
+def printable(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` as an output boundary writes it (a console, a log, the report): every control
+    character but tab, newline and a line's closing carriage return shown as an escape
+    (`\\x1b`), bytes that are not UTF-8 too, and every form of `secrets` replaced. What
+    quoted outside text is had it removed already: this is the last line of defence."""
+    text = shown(text)
+    if _UNPRINTABLE_RE.search(text):
+        text = _UNPRINTABLE_RE.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+    return without_secrets(text, secrets)
+
+
+def unexpected(error: BaseException, evidence: str = "") -> str:
+    """The one line for an error the tool did not foresee (a bug); `evidence` is the file
+    holding its traceback, or why there is none."""
+    where = f"with {evidence}, which holds its traceback" if evidence else "with the command you ran"
+    return f"unexpected {type(error).__name__}: {error}. This is a bug: please report it {where}"
 
 
 # ---------------------------------------------------------------------------
@@ -2022,6 +2192,41 @@ def expected_costs(
     }
 
 
+def parse_durations(data: bytes) -> dict[str, dict[str, float]]:
+    """The records of a durations.json (image -> step -> seconds); ValueError saying what is
+    wrong with one the tool did not write: not JSON, nested too deep, another shape, a
+    duration that is no number of seconds from 0 to DURATION_MAX (NaN, 1e999, a string)."""
+    import json
+
+    try:
+        # Integers as floats: a 100,000-digit one is then too big, not a conversion error;
+        # NaN and Infinity become floats that no duration is.
+        document = json.loads(data, parse_int=float, parse_constant=float)
+    except RecursionError:
+        raise ValueError("it nests deeper than any record") from None
+    except ValueError:
+        raise ValueError("it is not JSON") from None
+    images = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(images, dict):
+        raise ValueError("it holds no `images` object")
+    records: dict[str, dict[str, float]] = {}
+    for image, steps in images.items():
+        if not isinstance(steps, dict):
+            raise ValueError(f"the record of {cut(repr(image), 60)} is not an object")
+        for step, seconds in steps.items():
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, float)
+                or not 0 <= seconds <= DURATION_MAX
+            ):
+                raise ValueError(
+                    f"the {cut(repr(step), 60)} of {cut(repr(image), 60)} is no number of seconds "
+                    f"from 0 to {DURATION_MAX:.0f}"
+                )
+            records.setdefault(image, {})[step] = seconds
+    return records
+
+
 def remaining_images(
     order: Sequence[str],
     graph: Mapping[str, Sequence[str]],
@@ -2103,14 +2308,33 @@ def format_left(seconds: float) -> str:
     return f"~{format_duration(whole + 30)} left"
 
 
+def char_width(char: str) -> int:
+    """The columns a terminal gives `char`: 2 for a wide one (CJK, most emoji), 0 for a
+    combining mark, else 1."""
+    import unicodedata
+
+    if unicodedata.combining(char) or unicodedata.category(char) == "Me":
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def text_width(text: str) -> int:
+    """The columns `text` (printable, on one line) takes on a terminal."""
+    return len(text) if text.isascii() else sum(map(char_width, text))
+
+
 def fit(text: str, width: int) -> str:
-    """`text` on one terminal line of at most `width` columns: control
-    characters as spaces, cut with `...` when longer."""
+    """`text` on one terminal line of at most `width` columns (wide characters count
+    two): control characters as spaces, cut with `...` when wider."""
     if not text.isascii() or not text.isprintable():
         text = "".join(char if char.isprintable() else " " for char in text)
-    if len(text) <= width:
+    if text_width(text) <= width:
         return text
-    return text[: max(width - 3, 0)] + "..."[: max(width, 0)]
+    room = max(width - 3, 0)
+    if not text.isascii():
+        widths = list(itertools.accumulate(map(char_width, text)))
+        room = bisect.bisect_right(widths, room)
+    return text[:room] + "..."[: max(width, 0)]
 
 
 class Running(NamedTuple):
@@ -2235,7 +2459,8 @@ class Console:
             threading.Thread(target=self.line, args=(text, prefix), daemon=True).start()
             return
         try:
-            body = "".join(f"{prefix}{part}\n" for part in (shown(text).split("\n") if text else [""]))
+            text = printable(text, SECRETS.forms())
+            body = "".join(f"{prefix}{part}\n" for part in (text.split("\n") if text else [""]))
             # One write: a line-buffered terminal stream makes a system call per write.
             self.write(f"{self._erasing()}{body}{self._drawing()}")
         finally:
@@ -2255,10 +2480,13 @@ class Console:
     def _erasing(self, columns: int | None = None) -> str:
         if not self._lengths:
             return ""
-        # A terminal that got narrower rewraps each line over more rows.
+        # A terminal that got narrower rewraps each line over more rows. Each row is erased
+        # on its own, from the bottom up: erasing "to the end of the screen" from its top-left
+        # corner (where a view as tall as the screen starts) is clearing the screen, which
+        # tmux and others first scroll into their history: frames would pile up there.
         columns = columns or self.columns()
         rows = sum(max(1, -(-length // columns)) for length in self._lengths)
-        return f"\r\x1b[{rows}A\x1b[J"
+        return "\r" + "\x1b[1A\x1b[2K" * rows
 
     def _drawing(self) -> str:
         return "".join(f"{line}\n" for line in self._block)
@@ -2442,6 +2670,8 @@ class RunLogs:
         self.folder = folder
         self._files: dict[str, TextIO] = {}
         self._lock = threading.Lock()
+        self.lost = False  # a write failed (a full disk): the run goes on without its logs
+        self._warned = False  # about durations.json
 
     @classmethod
     def create(cls, base: Path) -> RunLogs:
@@ -2466,14 +2696,37 @@ class RunLogs:
         return self.folder / f"{image}.log"
 
     def write(self, image: str, text: str) -> None:
-        """Appends `text` (one or more lines) to the image's log."""
+        """Appends `text` (one or more lines) to the image's log. A log that cannot be written
+        (a full disk) is one warning, and the run goes on without its logs: they only record it."""
+        try:
+            with self._lock:
+                if self.lost:
+                    return
+                log = self._files.get(image)
+                if log is None:
+                    log = self._files[image] = open(
+                        self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
+                    )
+            log.write(f"{printable(text, SECRETS.forms())}\n")
+        except ValueError:  # another thread lost the logs and closed this one meanwhile
+            if not self.lost:
+                raise
+        except OSError as error:
+            self._lose(error)
+
+    def _lose(self, error: OSError) -> None:
         with self._lock:
-            log = self._files.get(image)
-            if log is None:
-                log = self._files[image] = open(
-                    self.path(image), "a", encoding="utf-8", errors="backslashreplace", buffering=1
-                )
-        log.write(f"{text}\n")
+            if self.lost:
+                return
+            self.lost = True
+            for log in self._files.values():
+                with contextlib.suppress(OSError):
+                    log.close()
+            self._files.clear()
+        error_line(
+            f"warning: cannot write the logs in {shown(str(self.folder))}: {error.strerror}; the run goes "
+            "on, its logs stop here (pass --log_dir DIR with room to keep them)"
+        )
 
     def tail(self, image: str, count: int = TAIL_LINES) -> list[str]:
         """The last `count` lines of the image's log."""
@@ -2484,23 +2737,30 @@ class RunLogs:
             return []
 
     def close(self) -> None:
-        with self._lock:
-            for log in self._files.values():
-                log.close()
-            self._files.clear()
+        try:
+            with self._lock:
+                while self._files:
+                    self._files.popitem()[1].close()
+        except OSError as error:  # what a full disk left in a buffer
+            self._lose(error)
 
     def history(self) -> dict[str, dict[str, float]]:
-        """image -> step -> seconds it took last time; {} when there is no readable record."""
-        import json
-
+        """image -> step -> seconds it took last time; {} when there is no record. A record
+        the tool did not write (corrupt, hostile) is ignored with a warning: it only feeds
+        the time-left estimate, and this run's durations replace it."""
+        path = self.base / DURATIONS_NAME
         try:
-            document = json.loads((self.base / DURATIONS_NAME).read_text(encoding="utf-8"))
-            images = document["images"]
-            return {
-                str(image): {str(step): float(seconds) for step, seconds in steps.items()}
-                for image, steps in images.items()
-            }
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return parse_durations(read_small(path, DURATIONS_MAX_BYTES))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            if not self._warned:
+                self._warned = True
+                why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                error_line(
+                    f"warning: ignoring {shown(str(path))}: {why}; it only feeds the time-left "
+                    "estimate, and this run's durations replace it"
+                )
             return {}
 
     def record(self, durations: Mapping[str, Mapping[str, float]]) -> None:
@@ -2673,8 +2933,8 @@ class LiveView:
         columns, rows = self._console.size()
         state, now = self._progress.state(), time.monotonic()
         lines = render_view(state, now, columns, rows, colour=self._progress.colour)
-        lengths = [len(_ESCAPE_RE.sub("", line)) for line in lines] if self._progress.colour else None
-        self._console.show(lines, lengths or [len(line) for line in lines], columns)
+        lines = [without_secrets(line, SECRETS.forms()) for line in lines]  # its own escapes stay
+        self._console.show(lines, [text_width(_ESCAPE_RE.sub("", line)) for line in lines], columns)
 
     def close(self) -> None:
         """Erases the view, leaving the screen as the lines printed made it."""
@@ -2687,6 +2947,16 @@ def _missing_tool(name: str) -> ManageImagesError:
         "git": "install git and try again",
     }
     return ManageImagesError(f"`{name}` not found on PATH: {hints.get(name, 'install it')}")
+
+
+def capped_lines(stream: IO[bytes], limit: int) -> Iterator[bytes]:
+    """The lines of `stream`, each cut to its first `limit` bytes: a command that prints
+    an endless line costs no more memory than one line of `limit` bytes."""
+    while line := stream.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 class Runner:
@@ -2710,7 +2980,8 @@ class Runner:
         self.prefix_output = prefix_output
         self.progress = progress or Progress()
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
-        self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
+        self.planned_files: dict[str, list[str]] = {}  # image -> files its update changes (or would)
+        self.written_files: dict[str, list[str]] = {}  # image -> files its update did change
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
         self.engine: Engine | None = None  # what builds, when a step needs to know
 
@@ -2773,8 +3044,11 @@ class Runner:
         tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
             assert process.stdout is not None  # stdout=PIPE
-            for raw in process.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            # A build prints whatever its steps print: data, never escapes for our terminal.
+            # (At most 4 bytes a character in UTF-8.)
+            for raw in capped_lines(process.stdout, 4 * OUTPUT_LINE_MAX):
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                line = outside_text(text, SECRETS.forms(), OUTPUT_LINE_MAX)
                 tail.append(line)
                 self.say(line, image)
             returncode = process.wait()
@@ -3204,14 +3478,25 @@ class RepositoryLock:
                 "files it was writing. Its files each hold their old or their new content."
             )
         lock = cls(path, descriptor, f"pid {os.getpid()}: {command}\n")
-        lock.record(())
+        try:
+            lock.record(())
+        except ManageImagesError:
+            lock.release()
+            raise
         return lock
 
     def record(self, temporaries: Iterable[Path]) -> None:
-        """Notes the temporary files about to be written, before they exist."""
+        """Notes the temporary files about to be written, before they exist; one line when
+        it cannot (a full disk), before any of them is written."""
         text = self._header + "".join(f"{os.fsencode(path).hex()}\n" for path in temporaries)
-        os.ftruncate(self._descriptor, 0)
-        os.pwrite(self._descriptor, text.encode(), 0)
+        try:
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, text.encode(), 0)
+        except OSError as error:
+            raise ManageImagesError(
+                f"cannot write the repository lock {shown(str(self.path))}: {error.strerror}; make room "
+                "there (or fix its permissions) and run again; the files it was to change are as they were"
+            ) from None
 
     def release(self) -> None:
         try:
@@ -3233,6 +3518,19 @@ def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
         except ValueError:
             continue
     return header, temporaries
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`; ValueError when it is no regular file (a FIFO
+    would hang the read, a device never end it) or holds more than `limit` bytes."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError("it is not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it is bigger than {limit} bytes")
+    return data
 
 
 def read_file(path: Path) -> bytes:
@@ -3576,7 +3874,9 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
             if item.backup not in kept:
                 item.backup.unlink(missing_ok=True)
     if lock is not None:
-        lock.record(())
+        # The files are written: the list only tells a killed run's successor what to remove.
+        with contextlib.suppress(ManageImagesError):
+            lock.record(())
 
 
 def _commit(staged: Sequence[Staged], kept: set[Path]) -> None:
@@ -3646,6 +3946,12 @@ class Credentials(NamedTuple):
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, source={self.source!r})"
+
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be shown: the password, its Basic form (user:password in base64, as
+        in config.json's `auth`), the identity token."""
+        basic = basic_credentials(self.username, self.password) if self.password else ""
+        return (self.password, basic, self.identity_token)
 
 
 class Answer(NamedTuple):
@@ -3811,7 +4117,7 @@ def registry_said(answer: Answer) -> str:
         said = "; ".join(f"{error.get('code', '')}: {error.get('message', '')}" for error in errors[:2])
     except (ValueError, TypeError, KeyError, AttributeError):
         said = ""
-    return " ".join(said.split())[:200]
+    return " ".join(outside_text(said, SECRETS.forms()).split())
 
 
 class RegistryClient:
@@ -4023,10 +4329,7 @@ class RegistryClient:
                         f"the registry {host} asks for a user and password and {self._config_path} has none "
                         f"for it: {login_hint(host)}, then run again"
                     )
-                import base64
-
-                pair = f"{credentials.username}:{credentials.password}".encode()
-                value = f"Basic {base64.b64encode(pair).decode()}"
+                value = f"Basic {basic_credentials(credentials.username, credentials.password)}"
             elif scheme == "bearer" and params.get("realm"):
                 value = f"Bearer {self._token(host, params, scope, credentials)}"
             else:
@@ -4042,7 +4345,6 @@ class RegistryClient:
     ) -> str:
         """A Bearer token from the challenge's realm: the refresh-token grant for an identity
         token, else a GET with Basic credentials (or none), as docker asks."""
-        import base64
         import json
         import urllib.parse
 
@@ -4069,8 +4371,7 @@ class RegistryClient:
             method = "GET"
             url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(form)}"
             if credentials is not None and (credentials.username or credentials.password):
-                pair = f"{credentials.username}:{credentials.password}".encode()
-                authorization = f"Basic {base64.b64encode(pair).decode()}"
+                authorization = f"Basic {basic_credentials(credentials.username, credentials.password)}"
         answer = self._send(method, url, host, headers, body, authorization)
         if answer.status in (401, 403):
             raise self._refused(host, answer, f"a token for {scope} from {realm}")
@@ -4082,6 +4383,7 @@ class RegistryClient:
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token server {realm} of {host} answered no token; check the registry")
+        SECRETS.add(token, document.get("refresh_token"))
         return token
 
     def _credentials_for(self, host: str) -> Credentials | None:
@@ -4089,7 +4391,9 @@ class RegistryClient:
         credsStore), else the `auths` entry; None means anonymous."""
         with self._lock:
             if host not in self._credentials:
-                self._credentials[host] = self._find_credentials(host)
+                self._credentials[host] = found = self._find_credentials(host)
+                if found is not None:
+                    SECRETS.add(*found.secrets())
             return self._credentials[host]
 
     def _find_credentials(self, host: str) -> Credentials | None:
@@ -4137,7 +4441,10 @@ class RegistryClient:
             said = (result.stdout + result.stderr).decode("utf-8", "replace")
             if "credentials not found" in said.lower():
                 return None
-            first = " ".join(result.stderr.decode("utf-8", "replace").split())[:200]
+            # A failing helper may still have answered: what it answered is a secret all the same.
+            with contextlib.suppress(RegistryError):
+                SECRETS.add(*helper_credentials(result.stdout, helper).secrets())
+            first = outside_text(result.stderr.decode("utf-8", "replace"), SECRETS.forms(), 200)
             raise RegistryError(
                 f"`{helper} get` failed with exit code {result.returncode} for {host}"
                 f"{': ' + first if first else ''}; {login_hint(host)} or fix the helper"
@@ -4226,7 +4533,8 @@ class RegistryClient:
             )
         if isinstance(reason, ssl.SSLError):
             return f"TLS with {subject} failed: {reason.reason or reason}; check its HTTPS set-up"
-        detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        # What the other side sent may be in it (a status line that is none): outside text.
+        detail = outside_text(getattr(reason, "strerror", None) or str(reason) or type(reason).__name__)
         server = f"the registry {host}" if subject == host else subject
         return f"cannot reach {server}: {detail}; check that it is up and that --registry is right"
 
@@ -4808,15 +5116,20 @@ def apply_changes(runner: Runner, lock: RepositoryLock | None, changes: Sequence
 
 
 def written_anew_if_changed(
-    runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, plan: Callable[[Edits], None]
+    runner: Runner,
+    files: TrackedFiles,
+    lock: RepositoryLock | None,
+    plan: Callable[[Edits], None],
+    planned: Callable[[Sequence[FileChange]], None] = lambda changes: None,
 ) -> list[FileChange]:
-    """Plans the edits and writes them; when a file changed on disk since it
-    was read (someone saved it while the tool ran), plans them again from what
-    is there now, up to three times. The changes written."""
+    """Plans the edits (`planned` is told the changes, before they are written) and writes
+    them; when a file changed on disk since it was read (someone saved it while the tool
+    ran), plans them again from what is there now, up to three times. The changes written."""
     for attempt in range(3):
         edits = Edits(files)
         plan(edits)
         changes = edits.changes()
+        planned(changes)
         try:
             apply_changes(runner, lock, changes)
             return changes
@@ -4856,13 +5169,17 @@ def update_references(
     runner: Runner, files: TrackedFiles, lock: RepositoryLock | None, image: str, digest: str | None
 ) -> None:
     """Points every reference to IMAGE in the tracked files at `digest`, and writes them."""
+
+    def planned(changes: Sequence[FileChange]) -> None:
+        runner.planned_files[image] = [change.path for change in changes]
+
     changes = written_anew_if_changed(
-        runner, files, lock, lambda edits: plan_references(runner, edits, image, digest)
+        runner, files, lock, lambda edits: plan_references(runner, edits, image, digest), planned
     )
     if not runner.settings.dry_run:
         for change in changes:
             files.written(change.path, change.new())
-    runner.changed_files[image] = [change.path for change in changes]
+        runner.written_files[image] = [change.path for change in changes]
 
 
 def plan_references(
@@ -5042,9 +5359,11 @@ class Report:
         self.images: list[dict[str, object]] = []
         self.findings: list[Finding] = []
         self.error: str | None = None
+        self.folder: Path | None = None  # where the run keeps its files: a bug's report goes there
 
     def add_results(self, results: Mapping[str, ImageResult], runner: Runner, old: Mapping[str, str]) -> None:
         logs = runner.progress.logs
+        written, planned = runner.written_files, runner.planned_files
         for item in results.values():
             error = item.error
             self.images.append(
@@ -5053,7 +5372,9 @@ class Report:
                     "result": "planned" if runner.settings.dry_run and item.result == "done" else item.result,
                     "digest": {"old": old.get(item.image), "new": item.digest},
                     "seconds": round(item.seconds, 3),
-                    "files": runner.changed_files.get(item.image, []),
+                    # What the update wrote (would write, in a dry run); what it set out to write.
+                    "files": (written if not runner.settings.dry_run else planned).get(item.image, []),
+                    "planned_files": planned.get(item.image, []),
                     "note": runner.notes.get(item.image, ""),
                     "identity": runner.identities.get(item.image),
                     "exit_code": error.returncode if error else None,
@@ -5067,7 +5388,8 @@ class Report:
             )
 
     def document(self, exit_code: int) -> dict[str, object]:
-        return {
+        """The report, every string in it as an output boundary writes it (see `printable`)."""
+        document = {
             **self.head,
             "images": self.images,
             "findings": [
@@ -5078,6 +5400,68 @@ class Report:
             "exit_code": exit_code,
             "error": self.error,
         }
+        return {key: safe_document(value, SECRETS.forms()) for key, value in document.items()}
+
+
+def safe_document(value: object, secrets: Sequence[str]) -> object:
+    """`value` (JSON data) with every string in it made `printable`."""
+    if isinstance(value, str):
+        return printable(value, secrets)
+    if isinstance(value, dict):
+        return {key: safe_document(item, secrets) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [safe_document(item, secrets) for item in value]
+    return value
+
+
+def bug_line(error: BaseException, report: Report) -> str:
+    """The one line for a bug, naming the file that holds its evidence (see `write_bug_report`)."""
+    try:
+        return unexpected(error, shown(str(write_bug_report(error, report))))
+    except Exception as problem:  # no evidence, but still the one line
+        why = problem.strerror if isinstance(problem, OSError) and problem.strerror else problem
+        return f"{unexpected(error)} (its traceback could not be written: {why})"
+
+
+def write_bug_report(error: BaseException, report: Report) -> Path:
+    """Writes what a report of the bug `error` needs (its traceback, the command, the versions
+    of Python, the tool and the docker client) to a new file of the run's folder, else of the
+    temporary folder; the file. Secrets and control characters are no part of it."""
+    import platform
+    import tempfile
+    import traceback
+
+    engine, command = report.head.get("engine"), report.head.get("command")
+    client = engine.get("client") if isinstance(engine, dict) else None
+    words = [str(word) for word in command] if isinstance(command, list) else []
+    text = "".join(
+        [
+            f"manage_images.py {__version__}: unexpected {type(error).__name__}\n",
+            f"command: {format_command(['manage_images.py', *words])}\n",
+            f"python: {platform.python_version()} ({sys.executable}) on {platform.platform()}\n",
+            f"docker client: {client or 'not asked'}\n",
+            f"time: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n\n",
+            *traceback.format_exception(type(error), error, error.__traceback__),
+        ]
+    )
+    problem: OSError | None = None
+    for folder in [*([report.folder] if report.folder is not None else []), None]:
+        try:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            descriptor, name = tempfile.mkstemp(prefix="manage_images-bug-", suffix=".txt", dir=folder)
+        except OSError as failed:
+            problem = failed
+            continue
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8", errors="backslashreplace") as file:
+                file.write(printable(text, SECRETS.forms()))
+            return Path(name)
+        except OSError as failed:  # a full disk: the next folder, if any
+            problem = failed
+            Path(name).unlink(missing_ok=True)
+    assert problem is not None
+    raise problem
 
 
 def write_report(destination: str, document: Mapping[str, object], out: Console) -> None:
@@ -5187,6 +5571,7 @@ def showing_progress(
     if progress.log_base is not None:
         try:
             progress.logs = RunLogs.create(progress.log_base)
+            runner.report.folder = progress.logs.folder
         except OSError as error:
             raise ManageImagesError(
                 f"cannot write the logs under {progress.log_base}: {error.strerror}; "
@@ -5221,9 +5606,18 @@ def tracked(
 ]:
     """The scheduler's callbacks with the run's progress kept: `on_start`
     (which prints `Processing image NAME [k/n]`, with the time left once there
-    is an estimate), `work` and `finish` timed step by step, and `on_finish`
-    (a failed image's error ends its log)."""
+    is an estimate), `work` and `finish` timed step by step (a bug in them fails
+    its image with one line naming the file that holds its traceback), and
+    `on_finish` (a failed image's error ends its log)."""
     progress = runner.progress
+
+    def reported(image: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except ManageImagesError:
+            raise
+        except Exception as error:  # a bug: this image fails, and its evidence is kept
+            raise ManageImagesError(f"{image}: {bug_line(error, runner.report)}") from error
 
     def on_start(image: str, number: int) -> None:
         progress.start(image)
@@ -5233,14 +5627,14 @@ def tracked(
 
     def timed_work(image: str) -> str | None:
         progress.begin(image, step_names[0])
-        value = work(image)
+        value = reported(image, lambda: work(image))
         progress.end(image)
         return value
 
     def timed_finish(image: str, value: str | None) -> str | None:
         if "update_references" in step_names:
             progress.begin(image, "update_references")
-        digest = finish(image, value)
+        digest = reported(image, lambda: finish(image, value))
         progress.end(image)
         return digest
 
@@ -5286,7 +5680,7 @@ def process_images(
             after_run(results)
         except ManageImagesError as error:
             failed_after = error
-            results = refused(results, runner.changed_files, error)
+            results = refused(results, runner.planned_files, error)
     wall = time.monotonic() - start
     runner.console.line(format_summary(results, step_names, wall, runner.settings.dry_run, runner.notes))
     logs = runner.progress.logs
@@ -5394,7 +5788,7 @@ def only_references(
             plan_references(runner, edits, image, digest, rewrite_files=False)
             hexes = digest_hexes(registry, {image: digest})
             stale = [path for path in files.naming(image) if reference_splices(files.references(path), hexes)]
-            runner.changed_files[image] = list(
+            runner.planned_files[image] = list(
                 dict.fromkeys([change.path for change in edits.changes()] + stale)
             )
             edits.merge()
@@ -5419,6 +5813,8 @@ def only_references(
                     plan_all(edits)
 
                 written_anew_if_changed(runner, files, lock, again)
+            if not runner.settings.dry_run:
+                runner.written_files.update((image, runner.planned_files[image]) for image in done)
 
         return process_images(
             runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"], write
@@ -5975,6 +6371,7 @@ def dispatch(
     if args.verify_pinned and not steps.any():
         return verify_registry(settings, images, console, report)
     runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
+    report.folder = runner.progress.log_base
     schedule = Schedule(args.jobs, args.keep_going)
     if args.promote:
         return promote(runner, images, graph, schedule)
@@ -5998,6 +6395,7 @@ def main(
     arguments = list(sys.argv[1:] if argv is None else argv)
     report = Report(arguments)
     CHILDREN.reset()
+    SECRETS.reset()  # this run's client finds its credentials anew
     _errors.clear()  # a standard error lost in an earlier run of this process is asked again
     _registry_client.cache_clear()  # what the registry served is remembered for one run only
     # With --json -, standard output carries the document alone.
@@ -6020,7 +6418,7 @@ def run_and_report(
     try:
         code = dispatch(args, graph, " ".join(["manage_images.py", *arguments]), report, console)
     except Exception as error:  # a bug or an unforeseen OS error too: one line, never a traceback
-        message = str(error) if isinstance(error, ManageImagesError) else unexpected(error)
+        message = str(error) if isinstance(error, ManageImagesError) else bug_line(error, report)
         if isinstance(error, UsageError):
             message = f"manage_images.py: error: {message}"
         if not CHILDREN.stopping:  # else it is what the stop did (a command killed), not news
