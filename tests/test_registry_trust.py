@@ -972,6 +972,23 @@ def test_a_proxy_that_fails_is_named_as_the_proxy(servers, tls, authority, far, 
         assert proxy.headers[0]["proxy-authorization"] == basic("user", "secret")
 
 
+def test_a_proxy_this_tool_cannot_speak_to_is_one_line_and_nothing_is_sent(
+    servers, tls, authority, far, clean, monkeypatch
+):
+    server = serve(servers, FakeRegistry(), address=far, context=tls)
+    authority.trust_in(clean["certs.d"], server.host)
+    proxy = ConnectProxy()
+    servers.append(proxy)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "https://user:secret@"))
+    with pytest.raises(mi.RegistryError) as error:
+        client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+    assert str(error.value) == (
+        f"HTTPS_PROXY names {proxy.url.replace('http://', 'https://')}: this tool reaches proxies in plain HTTP "
+        f"only (CONNECT for HTTPS); name an http:// proxy, or list {server.host} in NO_PROXY"
+    )
+    assert proxy.lines == [] and server.seen == []
+
+
 # --- 7. Odd answers: a bounded retry or one clear line, never "unexpected" ----------------------
 
 
