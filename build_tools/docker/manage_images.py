@@ -1745,10 +1745,14 @@ def image_json_argv(ref: str) -> tuple[str, ...]:
 
 
 def is_loopback_registry(registry: str) -> bool:
+    host = registry.split("/", 1)[0]
+    return is_loopback_name(host[1 : host.find("]")] if host.startswith("[") else host.split(":", 1)[0])
+
+
+def is_loopback_name(name: str) -> bool:
+    """Whether the host `name` (no port, no brackets) is this machine's loopback."""
     import ipaddress
 
-    host = registry.split("/", 1)[0]
-    name = host[1 : host.find("]")] if host.startswith("[") else host.split(":", 1)[0]
     try:
         return name == "localhost" or ipaddress.ip_address(name).is_loopback
     except ValueError:  # a host name
@@ -3886,12 +3890,12 @@ def uses_proxy(host: str, port: str, no_proxy: str) -> bool:
     import ipaddress
 
     host = host.strip().lower()
+    if is_loopback_name(host):
+        return False
     try:
         address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    if host == "localhost" or (address is not None and address.is_loopback):
-        return False
     entries = (entry.strip().lower() for entry in no_proxy.split(","))
     return not any(_no_proxy_matches(entry, host, port, address) for entry in entries if entry)
 
