@@ -4035,7 +4035,8 @@ class ProxyFailure(OSError):
     """No way through the proxy (refused, timed out, its CONNECT answer not 200 or not HTTP)."""
 
     def __init__(self, proxy: str, reason: Exception) -> None:
-        super().__init__(getattr(reason, "strerror", None) or str(reason) or type(reason).__name__)
+        said = getattr(reason, "strerror", None) or str(reason)
+        super().__init__(" ".join(said.split())[:200] or type(reason).__name__)  # a proxy's words: one line
         self.proxy = proxy
 
 
