@@ -239,9 +239,18 @@ MANIFEST_MEDIA_TYPES = (
 )
 INDEX_MEDIA_TYPES = frozenset(MANIFEST_MEDIA_TYPES[:2])
 REGISTRY_TIMEOUT = 30  # seconds, to connect and for each read of one request
+REGISTRY_DEADLINE = 120  # seconds for one request in all, its redirects and whole answer included
 REGISTRY_ATTEMPTS = 4  # in all, for a request answered 429 or 5xx or whose connection dropped
 RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
 RETRY_AFTER_MAX = 30.0  # seconds; a longer Retry-After is cut to this
+# The most bytes read of an answer: a manifest or an index (distribution's limit, which
+# containerd's nearly is), an image config and a token server's answer (containers/image's),
+# and any other body, such as an error's, of which only this much is kept (containerd's).
+MANIFEST_LIMIT = 4 << 20
+CONFIG_LIMIT = 4 << 20
+TOKEN_LIMIT = 1 << 20
+ERROR_BODY_LIMIT = 64000
+HELPER_TIMEOUT = 60  # seconds a credential helper has to answer (it may refresh a token first)
 # docker's per-registry TLS folders (HOST[:PORT]/ca.crt); the variable points elsewhere (tests).
 CERTS_D = "/etc/docker/certs.d"
 # OpenSSL's reasons for a TLS hello answered in plain HTTP: a loopback registry then gets HTTP.
@@ -305,6 +314,9 @@ if TYPE_CHECKING:  # imported where used, so --help and --graph start fast
     import concurrent.futures
     import email.message
     import http.client
+    import ipaddress
+    import socket
+    import ssl
     import subprocess
     import urllib.error
     import urllib.request
@@ -1861,10 +1873,9 @@ def inspect_view(document: Mapping[str, object]) -> dict[str, object]:
 def same_config(one: bytes, other: bytes) -> bool:
     """Two image configs hold the same content: equal as JSON once BuildKit's cache record is
     left out (so neither that record, nor key order, nor white space tells them apart)."""
-    import json
 
     def content(data: bytes) -> object:
-        document = json.loads(data)
+        document = registry_json(data)
         if isinstance(document, dict):
             document.pop(CACHE_RECORD_KEY, None)
         return document
@@ -1880,12 +1891,10 @@ def identity_of(local: LocalImage, manifest_digest: str, config_digest: str, con
     (whose config for the local image's platform is `config`, of digest `config_digest`):
     `identical` (the same manifest or the same config bytes), `same content` (see
     `config_view`), or `differs`."""
-    import json
-
     if local.id == manifest_digest or local.config_digest == config_digest:
         return "identical"
     try:
-        document = json.loads(config)
+        document = registry_json(config)
     except ValueError:
         return "differs"
     if isinstance(document, dict) and config_view(document) == local.view:
@@ -1906,10 +1915,14 @@ def image_json_argv(ref: str) -> tuple[str, ...]:
 
 
 def is_loopback_registry(registry: str) -> bool:
+    host = registry.split("/", 1)[0]
+    return is_loopback_name(host[1 : host.find("]")] if host.startswith("[") else host.split(":", 1)[0])
+
+
+def is_loopback_name(name: str) -> bool:
+    """Whether the host `name` (no port, no brackets) is this machine's loopback."""
     import ipaddress
 
-    host = registry.split("/", 1)[0]
-    name = host[1 : host.find("]")] if host.startswith("[") else host.split(":", 1)[0]
     try:
         return name == "localhost" or ipaddress.ip_address(name).is_loopback
     except ValueError:  # a host name
@@ -2561,26 +2574,33 @@ def error_line(text: str) -> None:
 
 
 class Children:
-    """The commands the tool runs, from every thread, and the request to stop the run.
+    """The commands the tool runs and its registry requests in flight, from every
+    thread, and the request to stop the run.
 
     Process-wide by nature, as signals and standard output are: a signal
     handler or a failed write must reach every running command. So there is
     one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
     SIGTERM to each command (its whole process group when it has its own
     session) and SIGKILL after STOP_GRACE seconds to any that is still there;
-    no command starts after it.
+    it cuts each request that only reads at once, and one that writes (a PUT)
+    after the same grace, so that the run can still say whether it took
+    effect. No command or request starts after it, and no wait goes on.
     """
 
     def __init__(self) -> None:
         # Reentrant: a signal handler may stop the run while its thread starts a command.
         self._lock = threading.RLock()
         self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
+        self._requests: set[Exchange] = set()
+        self._stopped = threading.Event()
         self.code = 0  # the run's exit code once stopped: 128 + N for signal N
         self.reason = ""  # the line to print about the stop ("" for none)
 
     def reset(self) -> None:
         with self._lock:
             self._running.clear()
+            self._requests.clear()
+            self._stopped.clear()
             self.code, self.reason = 0, ""
 
     @property
@@ -2609,17 +2629,45 @@ class Children:
         with self._lock:
             self._running.pop(process, None)
 
+    def begin(self, request: Exchange) -> None:
+        """Tracks a registry request (unless the run is stopping) until `end`."""
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before {request.method} {request.url}")
+            self._requests.add(request)
+
+    def end(self, request: Exchange) -> None:
+        with self._lock:
+            self._requests.discard(request)
+
+    def sleep(self, seconds: float, what: str) -> None:
+        """Waits `seconds`, unless the run stops first: then raises, so that `what` never starts."""
+        if self._stopped.wait(seconds) or self.stopping:
+            raise ManageImagesError(f"stopped before {what}")
+
     def stop(self, code: int, reason: str) -> None:
         """Stops the run: the first call's code and reason are the run's."""
         with self._lock:
             if not self.stopping:
                 self.code, self.reason = code, reason
             running = list(self._running.items())
+            requests = list(self._requests)
+        self._stopped.set()
         self._signal(running, signal.SIGTERM)
-        if running:
-            timer = threading.Timer(STOP_GRACE, self._signal, (running, signal.SIGKILL))
+        for request in requests:
+            if not request.writes:
+                request.cut("stop")
+        if running or requests:
+            timer = threading.Timer(STOP_GRACE, self._kill, (running, requests))
             timer.daemon = True
             timer.start()
+
+    def _kill(
+        self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], requests: Iterable[Exchange]
+    ) -> None:
+        self._signal(running, signal.SIGKILL)
+        for request in requests:
+            request.cut("stop")
 
     def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
         for process, own_session in running:
@@ -4051,11 +4099,9 @@ def auths_credentials(auths: object, host: str, source: str) -> Credentials | No
 
 def helper_credentials(output: bytes, helper: str) -> Credentials:
     """The answer of `docker-credential-NAME get` (`{"Username": ..., "Secret": ...}`)."""
-    import json
-
     try:
-        answer = json.loads(output)
-        username, secret = str(answer["Username"]), str(answer["Secret"])
+        answer = registry_json(output)
+        username, secret = str(answer["Username"]), str(answer["Secret"])  # type: ignore[index]
     except (ValueError, TypeError, KeyError):
         raise RegistryError(
             f"`{helper} get` did not answer the credential helper protocol (JSON with Username and "
@@ -4068,20 +4114,125 @@ def helper_credentials(output: bytes, helper: str) -> Credentials:
 
 def retry_delay(retry_after: str | None, attempt: int) -> float:
     """Seconds to wait before attempt `attempt + 1`: the registry's Retry-After (seconds or an
-    HTTP date), else an exponential back-off; never more than RETRY_AFTER_MAX."""
+    HTTP date), else an exponential back-off; never more than RETRY_AFTER_MAX. A Retry-After
+    that names no time (NaN, garbage, a date out of range) counts as none."""
+    import email.utils
+    import math
+
+    seconds = math.nan
     if retry_after:
         try:
-            return min(max(float(retry_after), 0.0), RETRY_AFTER_MAX)
+            seconds = float(retry_after)
         except ValueError:
-            import email.utils
-
             try:
-                when = email.utils.parsedate_to_datetime(retry_after).timestamp()
-            except (TypeError, ValueError):
+                seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+            except (TypeError, ValueError, OverflowError, OSError, IndexError):
                 pass
-            else:
-                return min(max(when - time.time(), 0.0), RETRY_AFTER_MAX)
-    return min(0.5 * 2.0 ** (attempt - 1), RETRY_AFTER_MAX)
+    if math.isnan(seconds):
+        seconds = 0.5 * 2.0 ** (attempt - 1)
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+def registry_json(data: bytes) -> object:
+    """`data` as JSON. Anything else is a ValueError, a nesting deeper than Python's parser
+    goes (its RecursionError) included: what a registry sends is not trusted to be sane."""
+    import json
+
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+def in_clear(url: str) -> bool:
+    """Whether a request to `url` crosses the network in clear: not HTTPS, and not to loopback."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower() != "https" and not is_loopback_registry(parts.netloc.rpartition("@")[2])
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of `url`, the port made explicit: what credentials are given for."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme, -1)
+
+
+def proxy_for(url: str, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The proxy docker's client would send a request to `url` through, and the variable that
+    names it; None for none. As Go's net/http (golang.org/x/net/http/httpproxy): HTTPS_PROXY
+    for HTTPS, HTTP_PROXY for HTTP, upper case first; a value without a scheme is http://;
+    NO_PROXY lists the hosts reached directly (`uses_proxy`), and loopback is never proxied."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    variable = {"http": "HTTP_PROXY", "https": "HTTPS_PROXY"}.get(parts.scheme.lower())
+    if variable is None:
+        return None
+    name = variable if env.get(variable) else variable.lower()
+    proxy = env.get(name, "")
+    port = str(origin(url)[2])
+    if not proxy or not uses_proxy(
+        parts.hostname or "", port, env.get("NO_PROXY") or env.get("no_proxy") or ""
+    ):
+        return None
+    if urllib.parse.urlsplit(proxy).scheme.lower() not in ("http", "https", "socks5"):
+        proxy = f"http://{proxy}"
+    return proxy, name
+
+
+def uses_proxy(host: str, port: str, no_proxy: str) -> bool:
+    """Whether a request to HOST:PORT goes through a proxy, NO_PROXY being `no_proxy`: not for
+    localhost and loopback addresses, nor for `*`, an address in a listed CIDR range, a listed
+    address, a listed domain (`example.com` and `.example.com` both match its subdomains, the
+    first also itself), each with an optional `:port`."""
+    import ipaddress
+
+    host = host.strip().lower()
+    if is_loopback_name(host):
+        return False
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    entries = (entry.strip().lower() for entry in no_proxy.split(","))
+    return not any(_no_proxy_matches(entry, host, port, address) for entry in entries if entry)
+
+
+def _no_proxy_matches(
+    entry: str, host: str, port: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> bool:
+    import ipaddress
+
+    if entry == "*":
+        return True
+    if "/" in entry:
+        try:
+            return address is not None and address in ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return False
+    name, wanted = entry, ""
+    if entry.startswith("[") and "]:" in entry:
+        name, _, wanted = entry[1:].partition("]:")
+    elif entry.count(":") == 1:
+        name, _, wanted = entry.partition(":")
+    if not name or wanted not in ("", port):
+        return False
+    try:
+        listed = ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:  # an address matches only that address
+        return address == listed
+    suffix = name[1:] if name.startswith("*.") else name
+    return host.endswith(suffix if suffix.startswith(".") else f".{suffix}") or host == suffix
 
 
 def pick_platform(index: object, platform: str, what: str) -> str:
@@ -4110,19 +4261,96 @@ def body_digest(data: bytes) -> str:
 
 def registry_said(answer: Answer) -> str:
     """The registry's own words about a failed request (the spec's `errors` list), shortened."""
-    import json
-
     try:
-        errors = json.loads(answer.body)["errors"]
+        errors = registry_json(answer.body)["errors"]  # type: ignore[index]
         said = "; ".join(f"{error.get('code', '')}: {error.get('message', '')}" for error in errors[:2])
     except (ValueError, TypeError, KeyError, AttributeError):
         said = ""
     return " ".join(outside_text(said, SECRETS.forms()).split())
 
 
+class Exchange:
+    """One registry request in flight, its redirects included. `cut` ends it at once,
+    wherever it waits (to connect, in TLS, for an answer or the rest of one), by shutting
+    its sockets down: at REGISTRY_DEADLINE, or when the run stops (see Children)."""
+
+    def __init__(self, host: str, method: str, url: str) -> None:
+        self.host, self.method, self.url = host, method, url
+        self.writes = method == "PUT"  # the tool's one request that changes the registry
+        self.proxy = ""  # the proxy of the current hop, as messages name it ("" for none)
+        self.reason = ""  # why it was cut: "stop" or "deadline" ("" while it is not)
+        # Reentrant: a signal handler may cut it in the thread that is attaching a socket.
+        self._lock = threading.RLock()
+        self._sockets: list[socket.socket] = []  # duplicates: the same sockets once TLS wraps them
+        self._timer = threading.Timer(REGISTRY_DEADLINE, self.cut, ("deadline",))
+        self._timer.daemon = True
+
+    def __enter__(self) -> Exchange:
+        CHILDREN.begin(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._timer.cancel()
+        CHILDREN.end(self)
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def cut(self, reason: str) -> None:
+        import socket
+
+        with self._lock:
+            self.reason = self.reason or reason
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def connect(
+        self, address: tuple[str, int], timeout: float | None, source_address: object = None
+    ) -> socket.socket:
+        """socket.create_connection, each socket known before it connects, so that a cut
+        ends the connect too."""
+        import socket
+
+        failure = OSError(f"{address[0]} has no address")
+        for family, kind, protocol, _, where in socket.getaddrinfo(*address, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, protocol)
+            try:
+                with self._lock:
+                    if self.reason:
+                        raise TimeoutError(f"cut ({self.reason})")
+                    self._sockets.append(sock.dup())
+                sock.settimeout(timeout)
+                sock.connect(where)
+                return sock
+            except OSError as error:
+                sock.close()
+                failure = error
+        raise failure
+
+    def failure(self, error: Exception) -> OSError:
+        """What a failure on the way to the server is: the proxy's, when there is one."""
+        if self.proxy and not self.reason:
+            return ProxyFailure(self.proxy, error)
+        return error if isinstance(error, OSError) else OSError(str(error))
+
+
+class ProxyFailure(OSError):
+    """No way through the proxy (refused, timed out, its CONNECT answer not 200 or not HTTP)."""
+
+    def __init__(self, proxy: str, reason: Exception) -> None:
+        said = getattr(reason, "strerror", None) or str(reason)
+        super().__init__(" ".join(said.split())[:200] or type(reason).__name__)  # a proxy's words: one line
+        self.proxy = proxy
+
+
 class RegistryClient:
     """Speaks the registry HTTP API as docker does: credentials from docker's config, the
-    Basic and Bearer token flows, TLS with certs.d, plain HTTP only on loopback, retries.
+    Basic and Bearer token flows, TLS with certs.d, plain HTTP only on loopback, proxies
+    from the environment, retries. Credentials never cross the network in clear; every
+    request has a deadline and every answer a size limit; a stop of the run ends them.
 
     Thread-safe: images promoted in parallel share one client (and its tokens).
 
@@ -4141,7 +4369,8 @@ class RegistryClient:
         self._bases: dict[str, str] = {}  # host -> "https://host" or, on loopback, "http://host"
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
         self._authorizations: dict[tuple[str, str], str] = {}  # (host, scope) -> Authorization
-        self._openers: dict[str, urllib.request.OpenerDirector] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._helper_failures: dict[tuple[str, str], RegistryError] = {}  # (helper, host) -> why
         self._served: set[tuple[str, str]] = set()  # (url, digest) the registry served
         self._by_digest: dict[tuple[str, str], Manifest | bytes] = {}  # manifests and blobs read
 
@@ -4159,9 +4388,10 @@ class RegistryClient:
         digest = answer.headers.get("docker-content-digest")
         if digest is None:  # the header is optional in the spec: hash the bytes instead
             return self.get_manifest(url, reference).digest
-        digest = check_digest(
-            digest, f"{url}{_separator(reference)}{reference} (Docker-Content-Digest of {host})"
-        )
+        name = f"{url}{_separator(reference)}{reference}"
+        digest = check_digest(digest, f"{name} (Docker-Content-Digest of {host})")
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(_other_digest(host, f"HEAD of {name}", digest))
         if digest == reference:
             with self._lock:
                 self._served.add((url, digest))
@@ -4174,7 +4404,9 @@ class RegistryClient:
             return known
         host, repository = split_url(url)
         name = f"{url}{_separator(reference)}{reference}"
-        answer = self._call("GET", host, repository, f"manifests/{reference}", "pull")
+        answer = self._call(
+            "GET", host, repository, f"manifests/{reference}", "pull", limit=(MANIFEST_LIMIT, "a manifest")
+        )
         if answer.status == 404:
             said = registry_said(answer)
             raise RegistryError(
@@ -4188,6 +4420,9 @@ class RegistryClient:
                 f"{host} answered {name} with bytes whose sha256 is {digest}: the registry or something "
                 "between it and this machine changed the manifest; nothing was written"
             )
+        said = answer.headers.get("docker-content-digest", reference)
+        if reference.startswith("sha256:") and said != reference:
+            raise RegistryError(_other_digest(host, f"GET of {name}", said))
         media_type = answer.headers.get("content-type", "").split(";", 1)[0].strip()
         manifest = Manifest(media_type or _declared_media_type(answer.body), answer.body, digest)
         if digest == reference:
@@ -4230,7 +4465,9 @@ class RegistryClient:
         if isinstance(known, bytes):
             return digest, known
         host, repository = split_url(url)
-        answer = self._call("GET", host, repository, f"blobs/{digest}", "pull")
+        answer = self._call(
+            "GET", host, repository, f"blobs/{digest}", "pull", limit=(CONFIG_LIMIT, "an image config")
+        )
         self._expect(answer, (200,), host, f"GET of the config {digest} of {name}")
         if body_digest(answer.body) != digest:
             raise RegistryError(f"{host} answered the config {digest} of {name} with other bytes")
@@ -4249,8 +4486,10 @@ class RegistryClient:
         actions: str,
         body: bytes | None = None,
         content_type: str | None = None,
+        limit: tuple[int, str] | None = None,
     ) -> Answer:
-        """One API request, authenticated as the registry asks; a refusal after auth is an error."""
+        """One API request, authenticated as the registry asks; a refusal after auth is an error.
+        `limit`: the most bytes of its answer, and what they are (see `_send`)."""
         scope = f"repository:{repository}:{actions}"
         base = self._base(host)
         headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES), "User-Agent": USER_AGENT}
@@ -4258,13 +4497,13 @@ class RegistryClient:
             headers["Content-Type"] = content_type
         url = f"{base}/v2/{repository}/{path}"
         authorization = self._authorization(host, scope)
-        answer = self._send(method, url, host, headers, body, authorization)
+        answer = self._send(method, url, host, headers, body, authorization, limit=limit)
         if answer.status == 401:
             with self._lock:
                 self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
                 self._authorizations.pop((host, scope), None)
             authorization = self._authorization(host, scope, required=True)
-            answer = self._send(method, url, host, headers, body, authorization)
+            answer = self._send(method, url, host, headers, body, authorization, limit=limit)
         if answer.status in (401, 403):
             raise self._refused(host, answer, f"{method} {repository}/{path}")
         return answer
@@ -4345,13 +4584,12 @@ class RegistryClient:
     ) -> str:
         """A Bearer token from the challenge's realm: the refresh-token grant for an identity
         token, else a GET with Basic credentials (or none), as docker asks."""
-        import json
         import urllib.parse
 
         realm = params["realm"]
-        realm_host = urllib.parse.urlsplit(realm).netloc
-        plain = not realm.startswith("https://") and not is_loopback_registry(realm_host)
-        if plain and credentials is not None:
+        if urllib.parse.urlsplit(realm).scheme.lower() not in ("http", "https"):
+            raise RegistryError(f"the registry {host} names a token server that is not an HTTP URL: {realm}")
+        if in_clear(realm) and credentials is not None:
             raise RegistryError(
                 f"refusing to send the credentials for {host} to its token server {realm}: it is not HTTPS "
                 "and not on loopback"
@@ -4372,15 +4610,19 @@ class RegistryClient:
             url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(form)}"
             if credentials is not None and (credentials.username or credentials.password):
                 authorization = f"Basic {basic_credentials(credentials.username, credentials.password)}"
-        answer = self._send(method, url, host, headers, body, authorization)
+        answer = self._send(
+            method, url, host, headers, body, authorization, limit=(TOKEN_LIMIT, "a token server's answer")
+        )
         if answer.status in (401, 403):
             raise self._refused(host, answer, f"a token for {scope} from {realm}")
         self._expect(answer, (200,), host, f"token request to {realm}")
         try:
-            document = json.loads(answer.body)
-            token = document.get("token") or document.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+            document = registry_json(answer.body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            document = {}
+        token = document.get("token") or document.get("access_token")
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token server {realm} of {host} answered no token; check the registry")
         SECRETS.add(token, document.get("refresh_token"))
@@ -4397,11 +4639,9 @@ class RegistryClient:
             return self._credentials[host]
 
     def _find_credentials(self, host: str) -> Credentials | None:
-        import json
-
         if self._config is None:
             try:
-                loaded = json.loads(self._config_path.read_bytes())
+                loaded = registry_json(self._config_path.read_bytes())
             except FileNotFoundError:
                 loaded = {}
             except (OSError, ValueError) as error:
@@ -4419,47 +4659,67 @@ class RegistryClient:
         return auths_credentials(self._config.get("auths"), host, str(self._config_path))
 
     def _ask_helper(self, helper: str, host: str) -> Credentials | None:
-        """`docker-credential-NAME get`, given the server on stdin; None when it has nothing for it."""
+        """`docker-credential-NAME get`, given the server on stdin; None when it has nothing for
+        it. A helper that failed is not asked again in the run: each image would wait for it."""
+        with self._lock:
+            if (helper, host) in self._helper_failures:
+                raise self._helper_failures[(helper, host)]
+            try:
+                returncode, stdout, stderr = self._run_helper(helper, host)
+                if returncode != 0:
+                    said = (stdout + stderr).decode("utf-8", "replace")
+                    if "credentials not found" in said.lower():
+                        return None
+                    # A failing helper may still have answered: what it answered is a secret all the same.
+                    with contextlib.suppress(RegistryError):
+                        SECRETS.add(*helper_credentials(stdout, helper).secrets())
+                    first = outside_text(stderr.decode("utf-8", "replace"), SECRETS.forms(), 200)
+                    raise RegistryError(
+                        f"`{helper} get` failed with exit code {returncode} for {host}"
+                        f"{': ' + first if first else ''}; {login_hint(host)} or fix the helper"
+                    )
+                return helper_credentials(stdout, helper)
+            except RegistryError as error:
+                self._helper_failures[(helper, host)] = error
+                raise
+
+    def _run_helper(self, helper: str, host: str) -> tuple[int, bytes, bytes]:
+        """Runs a credential helper as docker commands run: a child of the run's own (a stop
+        ends it, SIGTERM then SIGKILL), in a session of its own, for HELPER_TIMEOUT seconds."""
+        import shutil
         import subprocess
 
-        try:
-            result = subprocess.run(
-                (helper, "get"),
-                input=credentials_key(host).encode(),
-                capture_output=True,
-                env=self._env,
-                timeout=COMMAND_TIMEOUT,
-            )
-        except FileNotFoundError:
+        if shutil.which(helper, path=self._env.get("PATH", os.defpath)) is None:
             raise RegistryError(
                 f"{helper}, the credential helper {self._config_path} names for {host}, is not on PATH: "
                 "install it or fix that file"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise RegistryError(f"`{helper} get` did not answer within {COMMAND_TIMEOUT} s") from None
-        if result.returncode != 0:
-            said = (result.stdout + result.stderr).decode("utf-8", "replace")
-            if "credentials not found" in said.lower():
-                return None
-            # A failing helper may still have answered: what it answered is a secret all the same.
-            with contextlib.suppress(RegistryError):
-                SECRETS.add(*helper_credentials(result.stdout, helper).secrets())
-            first = outside_text(result.stderr.decode("utf-8", "replace"), SECRETS.forms(), 200)
-            raise RegistryError(
-                f"`{helper} get` failed with exit code {result.returncode} for {host}"
-                f"{': ' + first if first else ''}; {login_hint(host)} or fix the helper"
             )
-        return helper_credentials(result.stdout, helper)
+        pipe = subprocess.PIPE
+        process = CHILDREN.start((helper, "get"), True, stdin=pipe, stdout=pipe, stderr=pipe, env=self._env)
+        try:
+            stdout, stderr = process.communicate(credentials_key(host).encode(), timeout=HELPER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise RegistryError(
+                f"`{helper} get` did not answer within {HELPER_TIMEOUT} s for {host}, so it was stopped "
+                "and is not asked again in this run; fix the helper (or log in anew) and run again"
+            ) from None
+        finally:
+            CHILDREN.done(process)
+        if CHILDREN.stopping:
+            raise ManageImagesError(f"stopped while `{helper} get` ran")
+        return process.returncode, stdout, stderr
 
-    def _opener(self, host: str) -> urllib.request.OpenerDirector:
-        """An opener trusting the system's CAs plus certs.d/HOST (docker's per-registry
-        folder: *.crt are CAs, a *.cert with its *.key is a client certificate)."""
+    def _context(self, host: str) -> ssl.SSLContext:
+        """TLS trusting the system's CAs plus certs.d/HOST (docker's per-registry folder:
+        *.crt are CAs, a *.cert with its *.key is a client certificate)."""
         import ssl
-        import urllib.request
 
         with self._lock:
-            if host in self._openers:
-                return self._openers[host]
+            if host in self._contexts:
+                return self._contexts[host]
             context = ssl.create_default_context()
             folder = self._certs_d / host
             try:
@@ -4472,11 +4732,25 @@ class RegistryClient:
                 raise RegistryError(
                     f"cannot load the certificates in {folder}: {error}; fix them (docker reads the same folder)"
                 ) from None
-            opener = urllib.request.build_opener(
-                urllib.request.HTTPSHandler(context=context), _redirect_handler()
-            )
-            self._openers[host] = opener
-            return opener
+            self._contexts[host] = context
+            return context
+
+    def _opener(self, host: str, exchange: Exchange) -> urllib.request.OpenerDirector:
+        """An opener for one request: only HTTP and HTTPS, through the proxy docker would use,
+        following redirects as `_redirect_handler` allows, each socket known to `exchange`."""
+        import urllib.request
+
+        opener = urllib.request.OpenerDirector()
+        for handler in (
+            _proxy_handler(self._env, exchange),
+            *_connection_handlers(exchange, self._context(host)),
+            _redirect_handler(exchange),
+            urllib.request.HTTPDefaultErrorHandler(),
+            urllib.request.HTTPErrorProcessor(),
+            urllib.request.UnknownHandler(),
+        ):
+            opener.add_handler(handler)
+        return opener
 
     def _send(
         self,
@@ -4487,45 +4761,110 @@ class RegistryClient:
         body: bytes | None,
         authorization: str | None,
         probe: bool = False,
+        limit: tuple[int, str] | None = None,
     ) -> Answer:
         """Sends one request, again after a 429, a 5xx or a dropped connection (at most
-        REGISTRY_ATTEMPTS in all, waiting as Retry-After says); follows redirects."""
+        REGISTRY_ATTEMPTS in all, waiting as Retry-After says), unless the run stops; follows
+        redirects. A body longer than `limit` (its bytes, and what it is) is refused; any
+        other is cut at ERROR_BODY_LIMIT. Credentials never go in clear off loopback."""
+        if authorization is not None and in_clear(url):
+            raise RegistryError(
+                f"refusing to send the credentials for {host} to {url}: it is plain HTTP to a host off "
+                "loopback, where anyone on the way could read them; use HTTPS"
+            )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = self._attempt(method, url, host, headers, body, authorization, limit)
+            except _TransportError as error:
+                if attempt < REGISTRY_ATTEMPTS and _retryable(error.reason):
+                    CHILDREN.sleep(retry_delay(None, attempt), f"retrying {method} {url}")
+                    continue
+                if probe:  # the caller decides: a loopback registry may speak plain HTTP
+                    raise
+                raise RegistryError(self._transport_message(host, error.reason, url)) from None
+            if answer.status in RETRY_STATUSES and attempt < REGISTRY_ATTEMPTS:
+                CHILDREN.sleep(
+                    retry_delay(answer.headers.get("retry-after"), attempt), f"retrying {method} {url}"
+                )
+                continue
+            return answer
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        host: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        authorization: str | None,
+        limit: tuple[int, str] | None,
+    ) -> Answer:
+        """One try of a request, its redirects included, cut at REGISTRY_DEADLINE or when the
+        run stops; no HTTP answer at all is a _TransportError."""
         import http.client
         import urllib.error
         import urllib.request
 
-        opener = self._opener(host)
-        attempt = 0
-        while True:
-            attempt += 1
-            request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
-            if authorization is not None:
-                # Not copied to a redirect's request by urllib: the handler below decides.
-                request.add_unredirected_header("Authorization", authorization)
+        request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
+        if authorization is not None:
+            # Not copied to a redirect's request by urllib: the redirect handler decides.
+            request.add_unredirected_header("Authorization", authorization)
+        size = limit[0] if limit else ERROR_BODY_LIMIT
+        with Exchange(host, method, url) as exchange:
             try:
-                with opener.open(request, timeout=REGISTRY_TIMEOUT) as response:
-                    answer = Answer(response.status, _lower(response.headers), response.read())
+                with self._opener(host, exchange).open(request, timeout=REGISTRY_TIMEOUT) as response:
+                    status, found, data = response.status, response.headers, response.read(size + 1)
             except urllib.error.HTTPError as error:
-                answer = Answer(error.code, _lower(error.headers), _read_quietly(error))
+                status, found, data = error.code, error.headers, _read_quietly(error, ERROR_BODY_LIMIT)
             except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-                reason = error.reason if isinstance(error, urllib.error.URLError) else error
-                if attempt < REGISTRY_ATTEMPTS and _retryable(reason):
-                    time.sleep(retry_delay(None, attempt))
-                    continue
-                if probe:  # the caller decides: a loopback registry may speak plain HTTP
-                    raise _TransportError(reason) from None
-                raise RegistryError(self._transport_message(host, reason, url)) from None
-            if answer.status in RETRY_STATUSES and attempt < REGISTRY_ATTEMPTS:
-                time.sleep(retry_delay(answer.headers.get("retry-after"), attempt))
-                continue
-            return answer
+                self._check_cut(exchange)
+                raise _TransportError(
+                    error.reason if isinstance(error, urllib.error.URLError) else error
+                ) from None
+            self._check_cut(exchange)
+        if status == 407 and exchange.proxy:
+            raise RegistryError(
+                f"{exchange.proxy} refused {method} {url} (HTTP 407, it asks for credentials): put them in "
+                f"its URL, or list {host} in NO_PROXY"
+            )
+        if len(data) > size and limit is not None and 200 <= status < 300:
+            raise RegistryError(
+                f"{self._subject(host, url)} answered {method} {url} with more than {size} bytes, the most "
+                f"{limit[1]} may have (as docker reads it): refused; check what it serves"
+            )
+        return Answer(status, _lower(found), data[:size])
 
-    def _transport_message(self, host: str, reason: object, url: str = "") -> str:
-        import ssl
+    def _check_cut(self, exchange: Exchange) -> None:
+        """Raises what a cut request ended in: the run's stop, or its deadline."""
+        if exchange.reason == "stop":
+            unknown = "; whether the registry took it is not known" if exchange.writes else ""
+            raise ManageImagesError(f"stopped during {exchange.method} {exchange.url}{unknown}")
+        if exchange.reason == "deadline":
+            raise RegistryError(
+                f"{self._subject(exchange.host, exchange.url)} did not answer {exchange.method} {exchange.url} "
+                f"in full within {REGISTRY_DEADLINE} s (the deadline of one request); check that it is up "
+                "and not overloaded, and run again"
+            )
+
+    def _subject(self, host: str, url: str) -> str:
+        """The server of `url` as messages name it: the registry, or its token server."""
         import urllib.parse
 
         where = urllib.parse.urlsplit(url).netloc if url else api_host(host)
-        subject = host if where == api_host(host) else f"the token server {where} of {host}"
+        return f"the registry {host}" if where == api_host(host) else f"the token server {where} of {host}"
+
+    def _transport_message(self, host: str, reason: object, url: str = "") -> str:
+        import ssl
+
+        server = self._subject(host, url)
+        subject = host if server == f"the registry {host}" else server
+        if isinstance(reason, ProxyFailure):
+            return (
+                f"{reason.proxy} failed on the way to {server}: {reason}; check the proxy, or list {host} "
+                "in NO_PROXY"
+            )
         if isinstance(reason, ssl.SSLCertVerificationError):
             return (
                 f"cannot verify the TLS certificate of {subject}: {reason.verify_message}; if your own CA "
@@ -4535,7 +4874,6 @@ class RegistryClient:
             return f"TLS with {subject} failed: {reason.reason or reason}; check its HTTPS set-up"
         # What the other side sent may be in it (a status line that is none): outside text.
         detail = outside_text(getattr(reason, "strerror", None) or str(reason) or type(reason).__name__)
-        server = f"the registry {host}" if subject == host else subject
         return f"cannot reach {server}: {detail}; check that it is up and that --registry is right"
 
 
@@ -4547,13 +4885,13 @@ class _TransportError(Exception):
         self.reason = reason
 
 
-def _redirect_handler() -> urllib.request.HTTPRedirectHandler:
-    """Follows redirects (blob and manifest reads), sending the Authorization header on
-    only to the same host: a blob store elsewhere gets its own signed URL, never our token."""
-    import urllib.parse
+def _redirect_handler(exchange: Exchange) -> urllib.request.HTTPRedirectHandler:
+    """Follows redirects (blob and manifest reads). The Authorization header goes on only to
+    the same scheme, host and port: a blob store elsewhere gets its own signed URL, never our
+    credentials. HTTPS never turns into plain HTTP off loopback."""
     import urllib.request
 
-    class SameHostAuthorization(urllib.request.HTTPRedirectHandler):
+    class Redirects(urllib.request.HTTPRedirectHandler):
         def redirect_request(
             self,
             req: urllib.request.Request,
@@ -4563,21 +4901,106 @@ def _redirect_handler() -> urllib.request.HTTPRedirectHandler:
             headers: http.client.HTTPMessage,
             newurl: str,
         ) -> urllib.request.Request | None:
+            if not in_clear(req.full_url) and in_clear(newurl):
+                raise RegistryError(
+                    f"{exchange.host} redirected {req.get_method()} {req.full_url} to {shown(newurl)}, plain HTTP "
+                    "off loopback: refused, as all sent there crosses the network in clear; check the registry"
+                )
             new = super().redirect_request(req, fp, code, msg, headers, newurl)
             authorization = req.unredirected_hdrs.get("Authorization")
-            same = urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
-            if new is not None and authorization and same:
+            if new is not None and authorization and origin(newurl) == origin(req.full_url):
                 new.add_unredirected_header("Authorization", authorization)
             return new
 
-    return SameHostAuthorization()
+    return Redirects()
 
 
-def _read_quietly(error: urllib.error.HTTPError) -> bytes:
+def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request.BaseHandler:
+    """Sends each request (each redirect too) through the proxy `proxy_for` names, if any."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    class Proxies(urllib.request.BaseHandler):
+        handler_order = 100  # before the handlers that connect
+
+        def http_open(self, request: urllib.request.Request) -> None:
+            exchange.proxy = ""
+            chosen = proxy_for(request.full_url, env)
+            if chosen is None:
+                return
+            parts = urllib.parse.urlsplit(chosen[0])
+            where = parts.netloc.rpartition("@")[2]
+            exchange.proxy = f"the proxy {parts.scheme}://{where} ({chosen[1]})"
+            if parts.scheme.lower() != "http":
+                raise RegistryError(
+                    f"{chosen[1]} names {parts.scheme}://{where}: this tool reaches proxies in plain HTTP "
+                    f"only (CONNECT for HTTPS); name an http:// proxy, or list {exchange.host} in NO_PROXY"
+                )
+            if parts.username is not None:
+                user = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+                value = f"Basic {base64.b64encode(user.encode()).decode()}"
+                # Unredirected: a redirect that goes elsewhere never carries it.
+                request.add_unredirected_header("Proxy-Authorization", value)
+            request.set_proxy(where, "http")
+
+        https_open = http_open
+
+    return Proxies()
+
+
+def _connection_handlers(
+    exchange: Exchange, context: ssl.SSLContext
+) -> tuple[urllib.request.HTTPHandler, urllib.request.HTTPSHandler]:
+    """HTTP and HTTPS as urllib speaks them, each socket known to `exchange`, and a failure
+    on the way to a proxy (connecting to it, its CONNECT) the proxy's."""
+    import http.client
+    import urllib.request
+
+    class Plain(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self._create_connection = exchange.connect
+            try:
+                super().connect()
+            except (OSError, http.client.HTTPException) as error:
+                raise exchange.failure(error) from None
+
+    class Tls(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            self._create_connection = exchange.connect
+            try:
+                http.client.HTTPConnection.connect(self)  # TCP, and a proxy's CONNECT: TLS is below
+            except (OSError, http.client.HTTPException) as error:
+                raise exchange.failure(error) from None
+            name = getattr(self, "_tunnel_host", None) or self.host
+            self.sock = context.wrap_socket(self.sock, server_hostname=name)
+
+    class PlainHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Plain, req)
+
+    class TlsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Tls, req, context=context)
+
+    return PlainHandler(), TlsHandler()
+
+
+def _read_quietly(error: urllib.error.HTTPError, limit: int) -> bytes:
+    import http.client
+
     try:
-        return error.read()
-    except OSError:
+        return error.read(limit)
+    except (OSError, http.client.HTTPException):
         return b""
+
+
+def _other_digest(host: str, what: str, digest: str) -> str:
+    return (
+        f"{host} answered the {what} with Docker-Content-Digest {digest}, another digest than the one "
+        "asked for, so it does not serve it as asked; check the registry and what stands between it and "
+        "this machine"
+    )
 
 
 def _retryable(reason: object) -> bool:
@@ -4599,22 +5022,20 @@ def _separator(reference: str) -> str:
 
 
 def _declared_media_type(data: bytes) -> str:
-    import json
-
     try:
-        declared = json.loads(data).get("mediaType")
+        declared = registry_json(data).get("mediaType")  # type: ignore[attr-defined]
     except (ValueError, AttributeError):
         declared = None
     return str(declared) if declared else "application/vnd.oci.image.manifest.v1+json"
 
 
 def _json_object(data: bytes, what: str) -> dict[str, object]:
-    import json
-
     try:
-        document = json.loads(data)
-    except ValueError:
-        document = None
+        document = registry_json(data)
+    except ValueError as error:
+        raise RegistryError(
+            f"the manifest of {what} is not JSON this tool reads ({error}); check what was pushed"
+        ) from None
     if not isinstance(document, dict):
         raise RegistryError(f"the manifest of {what} is not a JSON object; check what was pushed")
     return document
@@ -4836,12 +5257,10 @@ def registry_cache_beside(client: RegistryClient, url: str, pinned: str, platfor
 
 def platform_manifest(client: RegistryClient, url: str, digest: str, platform: str) -> tuple[str, ...]:
     """The digest of the image manifest for `platform` when URL@DIGEST is an index, else ()."""
-    import json
-
     manifest = client.get_manifest(url, digest)
     if manifest.media_type not in INDEX_MEDIA_TYPES:
         return ()
-    return (pick_platform(json.loads(manifest.data), platform, f"{url}@{digest}"),)
+    return (pick_platform(_json_object(manifest.data, f"{url}@{digest}"), platform, f"{url}@{digest}"),)
 
 
 def _no_cache(runner: Runner, image: str, pinned: str) -> tuple[str, ...]:
