@@ -5907,7 +5907,8 @@ def pin_descriptions(settings: Settings, images: Sequence[str]) -> list[dict[str
         try:
             manifest = client.get_manifest(image_url(settings.registry, image), pins[image])
         except ManageImagesError as error:
-            return {**described, "kind": None, "media_type": None, "platforms": None, "error": str(error)}
+            unknown = dict.fromkeys(("kind", "media_type", "platforms", "attestations"))
+            return {**described, **unknown, "error": str(error)}
         return {**described, **pin_kind(manifest), "error": None}
 
     selected = [image for image in images if image in pins]
