@@ -131,3 +131,20 @@ def test_a_platform_flag_a_parent_lacks_stops_naming_both_images(world, capsys):
         f"is built for the engine's platform, {own} alone; list {other} for base too{STOP}\n"
     )
     untouched(registry, path, root, tracked)
+
+
+def test_an_image_without_an_entry_whose_parent_lacks_the_engines_platform_stops(world, capsys):
+    registry, path, root = world
+    own = own_platform()
+    other = foreign(own, [])
+    tracked = fake_tree.tracked_files(root)
+    args = ["--registry", path, "--image", "cmake", "--build", "--push", "--update_references"]
+    assert mi.main(args, graph=SMALL, platforms={"base": (other,), "util": (own, other)}) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"refusing to build: cmake is built for the engine's platform, {own} (it has no IMAGE_PLATFORMS "
+        f"entry), but its parent base is not (base: {other}); build it on an engine of one of base's "
+        f"platforms, or list the platforms of cmake in IMAGE_PLATFORMS{STOP}\n"
+    )
+    untouched(registry, path, root, tracked)

@@ -174,17 +174,26 @@ def test_a_child_is_built_only_for_platforms_each_parent_has(platforms, engine, 
 
 def test_a_conflict_names_both_images_and_the_platforms():
     lacks = mi.PlatformConflict("cmake", "util", (ARM64,), (AMD64,))
-    assert mi.conflict_message(lacks, {"util": (AMD64,)}) == (
+    assert mi.conflict_message(lacks, {"util": (AMD64,), "cmake": BOTH}) == (
         "cmake is built for linux/arm64 but its parent util is not (util: linux/amd64); add linux/arm64 to "
         "util in IMAGE_PLATFORMS, or drop it from cmake"
     )
     unknown = mi.PlatformConflict("cmake", "util", BOTH, ())
-    assert mi.conflict_message(unknown, {}) == (
+    assert mi.conflict_message(unknown, {"cmake": BOTH}) == (
         "cmake is built for linux/amd64, linux/arm64 but its parent util has no IMAGE_PLATFORMS entry, so it "
         "is built for the engine's platform alone; list linux/amd64, linux/arm64 for util too"
     )
     engine = mi.PlatformConflict("cmake", "util", (ARM64,), (AMD64,))
-    assert "so it is built for the engine's platform, linux/amd64 alone" in mi.conflict_message(engine, {})
+    assert "so it is built for the engine's platform, linux/amd64 alone" in mi.conflict_message(
+        engine, {"cmake": BOTH}
+    )
+    # Once the engine is known, a child without an entry is built for the engine's platform.
+    child = mi.PlatformConflict("cmake", "base", (AMD64,), (ARM64,))
+    assert mi.conflict_message(child, {"base": (ARM64,)}) == (
+        "cmake is built for the engine's platform, linux/amd64 (it has no IMAGE_PLATFORMS entry), but its parent "
+        "base is not (base: linux/arm64); build it on an engine of one of base's platforms, or list the "
+        "platforms of cmake in IMAGE_PLATFORMS"
+    )
 
 
 # --- What an engine can build --------------------------------------------------------

@@ -822,11 +822,17 @@ def platform_conflicts(
 def conflict_message(conflict: PlatformConflict, platforms: Mapping[str, Sequence[str]]) -> str:
     """The line that names both images of a conflict and the platforms at stake."""
     child, parent, missing = conflict.child, conflict.parent, ", ".join(conflict.missing)
+    offered = ", ".join(conflict.offered)
+    if child not in platforms:  # only once the engine is known: its platform is the child's
+        return (
+            f"{child} is built for the engine's platform, {missing} (it has no IMAGE_PLATFORMS entry), but "
+            f"its parent {parent} is not ({parent}: {offered}); build it on an engine of one of {parent}'s "
+            f"platforms, or list the platforms of {child} in IMAGE_PLATFORMS"
+        )
     if parent in platforms:
         return (
-            f"{child} is built for {missing} but its parent {parent} is not ({parent}: "
-            f"{', '.join(conflict.offered)}); add {missing} to {parent} in IMAGE_PLATFORMS, or drop it "
-            f"from {child}"
+            f"{child} is built for {missing} but its parent {parent} is not ({parent}: {offered}); add "
+            f"{missing} to {parent} in IMAGE_PLATFORMS, or drop it from {child}"
         )
     alone = f"the engine's platform, {conflict.offered[0]}" if conflict.offered else "the engine's platform"
     return (
@@ -5323,9 +5329,10 @@ def preflight_platforms(
     """Before any build, one line if the engine cannot build an image of the run for its
     platforms (`build_refusal`), or an image is built for a platform a parent lacks
     (`platform_conflicts`, the engine's platform standing for an image without an entry).
-    Nothing is asked of docker when no image of the run has platforms."""
+    Nothing is asked of docker when no image of the run is built for another platform than
+    the engine's."""
     engine = runner.engine
-    if engine is None or not any(platforms.get(image) for image in images):
+    if engine is None or not platforms:
         return
     own = normalize_platform(*engine.platform.split("/"))
     stop = "; nothing was built or changed"
