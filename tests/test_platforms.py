@@ -416,6 +416,10 @@ def test_an_index_holds_exactly_the_platforms_wanted(held, gaps):
         (["--check", "--platform", AMD64], "--platform goes with --build or --verify_pinned"),
         (["--push", "--platform", AMD64], "--platform goes with --build or --verify_pinned"),
         (["--promote", "--platform", AMD64], "--platform goes with --build or --verify_pinned"),
+        (
+            ["--build", "--update_references", "--platform", AMD64],
+            "--platform does not go with --update_references",
+        ),
     ],
 )
 def test_a_bad_platform_flag_is_a_usage_error(args, message, capsys, tmp_path, monkeypatch):

@@ -6165,7 +6165,7 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         help="With --build, or --verify_pinned: build (or check the pins of) every image of this run for "
         "exactly these platforms, comma-separated OS/ARCH[/VARIANT] (linux/amd64,linux/arm64), in place of "
         "its IMAGE_PLATFORMS entry; images outside the run keep theirs, and no image may be built for a "
-        "platform its parent lacks.",
+        "platform its parent lacks. Not with --update_references: pins follow IMAGE_PLATFORMS.",
     )
     steps.add_argument(
         "--attestations",
@@ -6370,6 +6370,12 @@ def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error(f"{flag} goes with --build: it changes how images are built")
     if args.platform is not None and not (args.build or args.verify_pinned):
         parser.error("--platform goes with --build or --verify_pinned: it says what a run builds or checks")
+    if args.platform is not None and args.update_references:
+        # A pin holds what the graph says, so --verify_pinned and the graph never disagree.
+        parser.error(
+            "--platform does not go with --update_references: a pin holds the platforms IMAGE_PLATFORMS "
+            "lists; change the entry to pin other platforms"
+        )
     if args.verify_pinned and not step_flags:
         step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
     modes = [
