@@ -148,6 +148,13 @@ IMAGES_TO_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "vulkan": ("util",),
 }
 
+# The platforms (OS/ARCH[/VARIANT]) an image is built for when it is not the engine's own
+# alone: beside IMAGES_TO_DEPENDENCIES, written once. Such an image is pinned as one index
+# holding exactly these platforms, and an image built from it may use only platforms it
+# has. An image without an entry is built for the engine's platform, as it always was.
+# Empty here: this tree's pins are single-platform (linux/amd64) image manifests.
+IMAGE_PLATFORMS: dict[str, tuple[str, ...]] = {}
+
 # Docker refuses a repository name (registry and path) longer than this.
 MAX_REFERENCE_NAME = 255
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
@@ -229,6 +236,21 @@ GO_BOOLS = {
 }
 # The docker CLI that runs `docker build` through buildx when the plugin is there.
 BUILDX_DEFAULT_SINCE = 23
+# Platforms, as containerd's `platforms` package knows them (database.go): an OS or an
+# architecture outside these is a typo, not a platform.
+KNOWN_OS = frozenset(
+    "aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 "
+    "solaris wasip1 windows zos".split()
+)
+KNOWN_ARCHITECTURES = frozenset(
+    "386 amd64 amd64p32 arm armbe arm64 arm64be ppc64 ppc64le loong64 mips mipsle mips64 mips64le "
+    "mips64p32 mips64p32le ppc riscv riscv64 s390 s390x sparc sparc64 wasm".split()
+)
+_PLATFORM_PART_RE = re.compile(r"[A-Za-z0-9_-]+\Z")  # containerd's grammar of each part
+# What BuildKit annotates the attestation manifests of an index with: not a platform's image.
+REFERENCE_TYPE_ANNOTATION = "vnd.docker.reference.type"
+ATTESTATION_MANIFEST = "attestation-manifest"
+BUILDER_INSPECT_ARGV = ("docker", "buildx", "inspect")  # the current builder, its platforms among it
 # The registry's HTTP API: every manifest media type (indexes first), and how
 # the client waits and retries.
 MANIFEST_MEDIA_TYPES = (
@@ -559,6 +581,8 @@ FindingKind = Literal[
     "encoding",
     "assume-unchanged",
     "submodule",
+    "platforms",
+    "pin-platforms",
 ]
 
 
@@ -773,6 +797,15 @@ class Settings(NamedTuple):
     env: Mapping[str, str] | None = None  # for every command; None: ours
 
 
+class PlatformConflict(NamedTuple):
+    """A child built for platforms its parent is not built for (the subset rule)."""
+
+    child: str
+    parent: str
+    missing: tuple[str, ...]  # the child's platforms the parent lacks
+    offered: tuple[str, ...]  # the parent's platforms; () when it has no entry and the engine is unknown
+
+
 # ---------------------------------------------------------------------------
 # The pure core. The graph: validation, closure and order.
 
@@ -838,6 +871,281 @@ def expand_selection(names: Sequence[str], graph: Mapping[str, Sequence[str]]) -
 
 def images_help(graph: Mapping[str, Sequence[str]]) -> str:
     return ", ".join(f"`{name}`" for name in sorted(graph)) + " or `all`"
+
+
+# ---------------------------------------------------------------------------
+# Platforms: their grammar, the subset rule, and what an engine can build.
+
+
+def normalize_platform(os_name: str, architecture: str, variant: str = "") -> str:
+    """OS/ARCH[/VARIANT] in the one form containerd compares platforms in (its
+    platforms.Normalize): lower case, `x86_64` is amd64, `aarch64` and `arm64/v8` are
+    arm64, `arm` is arm/v7, `armhf` arm/v7, `armel` arm/v6, `i386` 386. Nothing is
+    refused here: an index may describe a platform no one knows."""
+    os_name, architecture, variant = os_name.lower(), architecture.lower(), variant.lower()
+    os_name = "darwin" if os_name == "macos" else os_name
+    if architecture == "i386":
+        architecture, variant = "386", ""
+    elif architecture in ("x86_64", "x86-64", "amd64"):
+        architecture, variant = "amd64", "" if variant == "v1" else variant
+    elif architecture in ("aarch64", "arm64"):
+        architecture = "arm64"
+        variant = {"8": "", "v8": "", "v8.0": "", "9": "v9", "9.0": "v9", "v9.0": "v9"}.get(variant, variant)
+    elif architecture in ("armhf", "armel"):
+        architecture, variant = "arm", "v7" if architecture == "armhf" else "v6"
+    elif architecture == "arm":
+        variant = {"": "v7", "5": "v5", "6": "v6", "7": "v7", "8": "v8"}.get(variant, variant)
+    return "/".join(part for part in (os_name, architecture, variant) if part)
+
+
+def parse_platform(text: str) -> str:
+    """A platform as a user writes it (`linux/arm64`, `linux/arm64/v8`, `arm64`), in the
+    form of `normalize_platform`; ValueError saying what is wrong.
+
+    Read as containerd's platforms.Parse reads it (an architecture alone is for
+    linux), but stricter where its reading would depend on the machine or hide a
+    typo: an OS alone (containerd adds the host's architecture) and an OS or an
+    architecture it does not know are refused.
+    """
+    parts = text.split("/")
+    example = "write OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64"
+    if len(parts) > 3 or not all(_PLATFORM_PART_RE.match(part) for part in parts):
+        raise ValueError(f"{text!r} is not a platform: {example}")
+    if len(parts) == 1 and parts[0].lower() in KNOWN_OS:
+        raise ValueError(f"{text!r} names an operating system alone: {example}")
+    platform = normalize_platform(*(["linux", *parts] if len(parts) == 1 else parts))
+    os_name, architecture = platform.split("/")[:2]
+    if os_name not in KNOWN_OS:
+        raise ValueError(f"{text!r}: {os_name!r} is no operating system containerd knows; {example}")
+    if architecture not in KNOWN_ARCHITECTURES:
+        raise ValueError(
+            f"{text!r}: {architecture!r} is no architecture containerd knows (amd64, arm64, arm, 386, "
+            f"ppc64le, s390x, riscv64, ...); {example}"
+        )
+    return platform
+
+
+def parse_platforms(text: str) -> tuple[str, ...]:
+    """A comma-separated list of platforms (--platform), each as `parse_platform` reads it,
+    in order; ValueError for a bad one or one listed twice (`linux/arm64` and `linux/arm64/v8`)."""
+    found: dict[str, str] = {}  # platform -> as written
+    for item in (item.strip() for item in text.split(",")):
+        platform = parse_platform(item)
+        if platform in found:
+            raise ValueError(f"{found[platform]!r} and {item!r} are both {platform}: list it once")
+        found[platform] = item
+    return tuple(found)
+
+
+def validate_platforms(
+    platforms: Mapping[str, Sequence[str]], graph: Mapping[str, Sequence[str]]
+) -> dict[str, tuple[str, ...]]:
+    """IMAGE_PLATFORMS with each platform in canonical form; ManageImagesError for an entry
+    naming no image of `graph`, listing no platform, or one that is not a platform."""
+    canonical = {}
+    for image, listed in platforms.items():
+        if image not in graph:
+            raise ManageImagesError(
+                f"IMAGE_PLATFORMS lists {image}, which is not an image of IMAGES_TO_DEPENDENCIES; "
+                "fix the name or add the image to the graph"
+            )
+        if isinstance(listed, str) or not listed:
+            raise ManageImagesError(
+                f"IMAGE_PLATFORMS: {image} must list its platforms as a tuple of one or more "
+                f'("linux/amd64", "linux/arm64"); to build it for the engine\'s platform, remove its entry'
+            )
+        try:
+            canonical[image] = parse_platforms(",".join(listed))
+        except ValueError as error:
+            raise ManageImagesError(f"IMAGE_PLATFORMS: {image}: {error}") from None
+    return canonical
+
+
+def run_platforms(
+    images: Sequence[str], platforms: Mapping[str, tuple[str, ...]], override: Sequence[str] | None
+) -> dict[str, tuple[str, ...]]:
+    """What each image is built for in a run: its IMAGE_PLATFORMS entry, or, with
+    --platform, that list for every image of the run (images outside it keep theirs)."""
+    run = dict(platforms)
+    if override:
+        run.update(dict.fromkeys(images, tuple(override)))
+    return run
+
+
+def platform_conflicts(
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    platforms: Mapping[str, Sequence[str]],
+    engine_platform: str | None = None,
+) -> list[PlatformConflict]:
+    """Each child among `images` built for a platform one of its parents is not built for.
+
+    An image without an entry in `platforms` is built for `engine_platform`. Without
+    an engine (--check) that platform is unknown: a child without an entry is never
+    a conflict (the run that builds it checks it), and a child with one conflicts with
+    each parent without one, since nothing says that parent exists for those platforms.
+    """
+
+    def built_for(image: str) -> tuple[str, ...]:
+        listed = tuple(platforms.get(image) or ())
+        return listed or ((engine_platform,) if engine_platform else ())
+
+    conflicts = []
+    for child in images:
+        wanted = built_for(child)
+        for parent in graph[child]:
+            offered = built_for(parent)
+            missing = tuple(platform for platform in wanted if platform not in offered)
+            if missing:
+                conflicts.append(PlatformConflict(child, parent, missing, offered))
+    return conflicts
+
+
+def conflict_message(conflict: PlatformConflict, platforms: Mapping[str, Sequence[str]]) -> str:
+    """The line that names both images of a conflict and the platforms at stake."""
+    child, parent, missing = conflict.child, conflict.parent, ", ".join(conflict.missing)
+    offered = ", ".join(conflict.offered)
+    if child not in platforms:  # only once the engine is known: its platform is the child's
+        return (
+            f"{child} is built for the engine's platform, {missing} (it has no IMAGE_PLATFORMS entry), but "
+            f"its parent {parent} is not ({parent}: {offered}); build it on an engine of one of {parent}'s "
+            f"platforms, or list the platforms of {child} in IMAGE_PLATFORMS"
+        )
+    if parent in platforms:
+        return (
+            f"{child} is built for {missing} but its parent {parent} is not ({parent}: {offered}); add "
+            f"{missing} to {parent} in IMAGE_PLATFORMS, or drop it from {child}"
+        )
+    alone = f"the engine's platform, {conflict.offered[0]}" if conflict.offered else "the engine's platform"
+    return (
+        f"{child} is built for {missing} but its parent {parent} has no IMAGE_PLATFORMS entry, so it is "
+        f"built for {alone} alone; list {missing} for {parent} too"
+    )
+
+
+def builder_platforms(inspect_output: str) -> tuple[str, ...]:
+    """The platforms `docker buildx inspect` says the builder's nodes build, canonical,
+    each once (the `*` of a platform the builder was configured with dropped)."""
+    found: dict[str, None] = {}
+    for line in inspect_output.splitlines():
+        key, colon, value = line.partition(":")
+        if not colon or key.strip() != "Platforms":
+            continue
+        for item in value.split(","):
+            parts = item.strip().rstrip("*").split("/")
+            if 2 <= len(parts) <= 3 and all(parts):
+                found[normalize_platform(*parts)] = None
+    return tuple(found)
+
+
+def first_run_line(dockerfile: bytes) -> int:
+    """The line of the Dockerfile's first RUN instruction, or 0: without one, a build for
+    a foreign platform runs nothing of it, so it needs no emulation."""
+    for line, text in dockerfile_instructions(dockerfile):
+        if text.split(None, 1)[0].upper() == "RUN":
+            return line
+    return 0
+
+
+def build_refusal(
+    image: str, wanted: Sequence[str], engine: Engine, offered: Sequence[str], run_line: int
+) -> str:
+    """Why `engine` cannot build IMAGE for `wanted` (canonical platforms), or "".
+
+    `offered` is what the builder lists (`builder_platforms`): the engine's own,
+    and those its binfmt handlers (QEMU) can run. `run_line` is the line of the
+    Dockerfile's first RUN (`first_run_line`): without one, a foreign platform
+    needs no emulation. The engine's own platform alone is always possible.
+    """
+    own = normalize_platform(*engine.platform.split("/"))
+    listed = ", ".join(wanted)
+    if not wanted or list(wanted) == [own]:
+        return ""
+    several = len(wanted) > 1
+    what = f"several platforms ({listed})" if several else f"{listed}, not the engine's {own}"
+    if engine.builder == "classic":
+        return (
+            f"{image} is to be built for {what}, and the classic builder builds for the engine's platform "
+            "only: build with BuildKit on the containerd image store (install docker-buildx, and leave "
+            "DOCKER_BUILDKIT unset or 1)"
+        )
+    if not engine.buildx:
+        return f"{image} is to be built for {what}, and BuildKit built into this docker CLI cannot: install docker-buildx"
+    if several and not engine.containerd():
+        return (
+            f"{image} is to be built for {what}, and BuildKit's docker driver on the {engine.store} image "
+            'store cannot build an index: turn on the containerd image store ("features": '
+            '{"containerd-snapshotter": true} in the engine\'s daemon.json), or build with a builder of '
+            "another driver (docker buildx create --driver docker-container --use)"
+        )
+    missing = [platform for platform in wanted if platform not in offered]
+    if missing and run_line:
+        architecture = missing[0].split("/")[1]
+        return (
+            f"{image} is to be built for {missing[0]} and runs commands (RUN on line {run_line} of "
+            f"{DOCKER_DIR}/{image}/Dockerfile), but the builder cannot run {missing[0]} programs (it lists "
+            f"{', '.join(offered) or 'no platform'}): install QEMU's binfmt handlers (apt-get install "
+            f"qemu-user-static binfmt-support, or docker run --privileged --rm tonistiigi/binfmt --install "
+            f"{architecture}), or build on a {missing[0]} machine"
+        )
+    return ""
+
+
+def index_entries(document: object) -> list[tuple[str, str]]:
+    """(platform, digest) of each image an index holds, canonical; the attestation
+    manifests BuildKit adds (`unknown/unknown`, annotated as such) left out."""
+    entries = document.get("manifests") if isinstance(document, dict) else None
+    found = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        annotations = entry.get("annotations")
+        if (
+            isinstance(annotations, dict)
+            and annotations.get(REFERENCE_TYPE_ANNOTATION) == ATTESTATION_MANIFEST
+        ):
+            continue
+        described = entry.get("platform")
+        parts = (
+            [str(described.get(key) or "") for key in ("os", "architecture", "variant")]
+            if isinstance(described, dict)
+            else []
+        )
+        platform = normalize_platform(*parts) if parts and all(parts[:2]) else "unknown"
+        found.append((platform, str(entry.get("digest") or "")))
+    return found
+
+
+def pin_kind(manifest: Manifest) -> dict[str, object]:
+    """What a pin is, from its manifest alone (--check --json): `index` or `manifest`, the
+    media type the registry served, and an index's platforms (attestations left out, counted
+    apart). An image manifest's platform is in its config, another request: null here."""
+    import json
+
+    try:
+        document = json.loads(manifest.data)
+    except ValueError:
+        document = None
+    index = manifest.media_type in INDEX_MEDIA_TYPES or (
+        isinstance(document, dict) and "manifests" in document
+    )
+    entries = index_entries(document) if index else []
+    listed = document.get("manifests") if isinstance(document, dict) else None
+    return {
+        "kind": "index" if index else "manifest",
+        "media_type": manifest.media_type,
+        "platforms": [platform for platform, _ in entries] if index else None,
+        "attestations": len(listed) - len(entries) if index and isinstance(listed, list) else 0,
+    }
+
+
+def platform_gaps(wanted: Sequence[str], held: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """What an index holding images for `held` lacks of `wanted`, what it holds beyond
+    it, and what it holds twice."""
+    missing = [platform for platform in wanted if platform not in held]
+    extra = [platform for platform in dict.fromkeys(held) if platform not in wanted]
+    twice = [platform for platform in dict.fromkeys(held) if held.count(platform) > 1]
+    return missing, extra, twice
 
 
 # ---------------------------------------------------------------------------
@@ -5082,6 +5390,22 @@ def check_docker(settings: Settings) -> Engine:
     return engine_from(result.stdout, info, environ.get("DOCKER_BUILDKIT"))
 
 
+def offered_platforms(settings: Settings, engine: Engine) -> tuple[str, ...]:
+    """The platforms the engine's builder can build for (`docker buildx inspect`): its own,
+    and those its binfmt handlers run; only its own without buildx to ask."""
+    own = (normalize_platform(*engine.platform.split("/")),)
+    if engine.builder != "buildkit" or not engine.buildx:
+        return own
+    result = capture(BUILDER_INSPECT_ARGV, settings.root, settings.env)
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())[:200]
+        raise ManageImagesError(
+            f"`{format_command(BUILDER_INSPECT_ARGV)}` failed, so the platforms the builder can build for "
+            f"are unknown: {said or f'exit code {result.returncode}'}; fix the builder and run again"
+        )
+    return builder_platforms(result.stdout) or own
+
+
 def engine_for_plan(runner: Runner) -> Engine | None:
     """The engine, also in a dry run (which asks docker read-only); None, said in a line,
     when a dry run finds no engine: the commands shown are then the classic builder's.
@@ -5732,6 +6056,43 @@ def preflight_rewrite(settings: Settings, images: Sequence[str]) -> TreeScan:
     return scan
 
 
+def preflight_platforms(
+    runner: Runner,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    platforms: Mapping[str, tuple[str, ...]],
+) -> None:
+    """Before any build, one line if the engine cannot build an image of the run for its
+    platforms (`build_refusal`), or an image is built for a platform a parent lacks
+    (`platform_conflicts`, the engine's platform standing for an image without an entry).
+    Nothing is asked of docker when no image of the run is built for another platform than
+    the engine's."""
+    engine = runner.engine
+    if engine is None or not platforms:
+        return
+    own = normalize_platform(*engine.platform.split("/"))
+    stop = "; nothing was built or changed"
+    conflicts = platform_conflicts(images, graph, platforms, own)
+    if conflicts:
+        raise ManageImagesError(f"refusing to build: {conflict_message(conflicts[0], platforms)}{stop}")
+    offered: tuple[str, ...] | None = None
+    for image in images:
+        wanted = platforms.get(image) or (own,)
+        if list(wanted) == [own]:
+            continue
+        offered = offered_platforms(runner.settings, engine) if offered is None else offered
+        dockerfile = (runner.settings.root / DOCKER_DIR / image / "Dockerfile").read_bytes()
+        reason = build_refusal(image, wanted, engine, offered, first_run_line(dockerfile))
+        # The build of other platforms than the engine's is #32's second part: until it
+        # lands, a run that would build the engine's platform alone stops instead.
+        reason = reason or (
+            f"{image} is to be built for {', '.join(wanted)}, and this version of manage_images.py builds "
+            f"for the engine's platform ({own}) only: build it with `docker buildx build --platform "
+            f"{','.join(wanted)} --push`, or leave out --platform and its IMAGE_PLATFORMS entry"
+        )
+        raise ManageImagesError(f"refusing to build: {reason}{stop}")
+
+
 def preflight_build(settings: Settings, images: Sequence[str]) -> None:
     """Every build context is a real folder inside the work tree, with a Dockerfile."""
     cache: dict[str, str] = {}
@@ -6129,8 +6490,10 @@ def run_steps(
     steps: Steps,
     schedule: Schedule,
     command: str,
+    platforms: Mapping[str, tuple[str, ...]] | None = None,
 ) -> int:
-    """--pull, --build, --push and --update_references, for each image in order."""
+    """--pull, --build, --push and --update_references, for each image in order; `platforms`:
+    what each image is built for (`run_platforms`), none meaning the engine's platform."""
     with repository_lock(runner, command, needed=steps.update_references) as lock:
         # A dry run asks docker which images it holds while git greps the tree.
         holding = in_background(lambda: held_images(runner, images, steps))
@@ -6152,6 +6515,8 @@ def run_steps(
         ):
             runner.engine = engine_for_plan(runner)
             runner.report.head["engine"] = runner.engine.as_json() if runner.engine else None
+        if steps.build:
+            preflight_platforms(runner, images, graph, platforms or {})
         if steps.push and is_google_registry(runner.settings.registry):
             configure_gcloud_auth(runner)
         runner.say(f"Also processing dependent images. Will process: {list(images)}")
@@ -6240,8 +6605,16 @@ def only_references(
         )
 
 
-def verify_registry(settings: Settings, images: Sequence[str], console: Console, report: Report) -> int:
-    """--verify_pinned alone: does the registry serve each pinned digest, and TAG as it?"""
+def verify_registry(
+    settings: Settings,
+    images: Sequence[str],
+    console: Console,
+    report: Report,
+    platforms: Mapping[str, tuple[str, ...]] | None = None,
+) -> int:
+    """--verify_pinned alone: does the registry serve each pinned digest, and TAG as it? And is
+    the pin of an image with platforms (IMAGE_PLATFORMS, or --platform) an index of exactly those?"""
+    platforms = platforms or {}
     entries = {
         entry.url: entry
         for entry in read_prod_digests(settings.root, scan_tree(settings.root, settings.registry))
@@ -6255,9 +6628,14 @@ def verify_registry(settings: Settings, images: Sequence[str], console: Console,
                 Finding(PROD_DIGESTS_PATH, 1, f"{url} has no line, so there is no pin to verify", "unlisted")
             )
             continue
-        findings += registry_findings(settings, image, entry)
+        drift = registry_findings(settings, image, entry)
+        findings += drift
+        if platforms.get(image) and not any(finding.kind == "not-served" for finding in drift):
+            findings += pin_platform_findings(settings, image, entry, platforms[image])
     report.findings = findings
     agree = f"{settings.registry} serves every pinned digest, and :{settings.tag} as it."
+    if any(platforms.get(image) for image in images):
+        agree = agree[:-1] + "; each pin holds the platforms its image is built for."
     return print_findings(
         console, findings, f"Verified {len(images)}", images, f" in {settings.registry}", agree
     )
@@ -6282,6 +6660,82 @@ def registry_findings(settings: Settings, image: str, entry: ProdDigest) -> list
         )
         findings.append(Finding(PROD_DIGESTS_PATH, entry.line, message, "drift"))
     return findings
+
+
+def pin_platform_findings(
+    settings: Settings, image: str, entry: ProdDigest, wanted: Sequence[str]
+) -> list[Finding]:
+    """Where a served pin differs from the platforms its image is built for: several platforms
+    want an index holding exactly them, each image of it served; one platform may also be an
+    image manifest of that platform (what a one-platform build pushes). Each finding names the
+    image and the platform."""
+    import json
+
+    client = registry_client(settings)
+    url = image_url(settings.registry, image)
+    pinned = f"{url}@{entry.digest[:19]}"
+    advice = f"rebuild and re-pin it: manage_images.py --image {image} --build --push --update_references"
+    manifest = client.get_manifest(url, entry.digest)
+    if pin_kind(manifest)["kind"] != "index":
+        _, config = client.image_config(url, entry.digest, wanted[0])
+        document = _json_object(config, f"the config of {pinned}")
+        parts = [str(document.get(key) or "") for key in ("os", "architecture", "variant")]
+        platform = normalize_platform(*parts) if all(parts[:2]) else "an unknown platform"
+        if list(wanted) == [platform]:
+            return []
+        lacks = ", ".join(other for other in wanted if other != platform)
+        message = (
+            f"{image}: the pin {pinned} is one image manifest ({platform}), not an index of "
+            f"{', '.join(wanted)}: it has no {lacks}; {advice}"
+        )
+        return [Finding(PROD_DIGESTS_PATH, entry.line, message, "pin-platforms")]
+    held = index_entries(json.loads(manifest.data))
+    missing, extra, twice = platform_gaps(wanted, [platform for platform, _ in held])
+    problems = [f"has no {platform} image, which {image} is built for" for platform in missing]
+    problems += [f"holds a {platform} image, which {image} is not built for" for platform in extra]
+    problems += [f"holds {platform} twice" for platform in twice]
+    findings = [
+        Finding(
+            PROD_DIGESTS_PATH, entry.line, f"{image}: the index {pinned} {problem}; {advice}", "pin-platforms"
+        )
+        for problem in problems
+    ]
+    for platform, digest in held:
+        if platform in wanted and (not DIGEST_RE.match(digest) or client.served_digest(url, digest) is None):
+            message = (
+                f"{image}: the index {pinned} lists a {platform} image {digest[:19]} the registry does not "
+                f"serve; push it again ({advice.split(': ', 1)[1]})"
+            )
+            findings.append(Finding(PROD_DIGESTS_PATH, entry.line, message, "not-served"))
+    return findings
+
+
+def pin_descriptions(settings: Settings, images: Sequence[str]) -> list[dict[str, object]]:
+    """For --check --json: what the registry says each selected image's pin is (`pin_kind`),
+    one GET of its manifest each, a few at a time; a pin it could not describe carries the
+    reason in `error` (the check's findings and exit code never depend on the registry)."""
+    import concurrent.futures
+
+    path = settings.root / PROD_DIGESTS_PATH
+    if path_problem(settings.root, PROD_DIGESTS_PATH) or not path.is_file():
+        return []
+    pins = pins_by_name(
+        parse_prod_digests(path.read_bytes(), PROD_DIGESTS_PATH, settings.registry)[0], settings.registry
+    )
+    client = registry_client(settings)
+
+    def describe(image: str) -> dict[str, object]:
+        described: dict[str, object] = {"name": image, "digest": pins[image]}
+        try:
+            manifest = client.get_manifest(image_url(settings.registry, image), pins[image])
+        except ManageImagesError as error:
+            unknown = dict.fromkeys(("kind", "media_type", "platforms", "attestations"))
+            return {**described, **unknown, "error": str(error)}
+        return {**described, **pin_kind(manifest), "error": None}
+
+    selected = [image for image in images if image in pins]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(describe, selected))
 
 
 def promote(
@@ -6315,14 +6769,16 @@ def check(
     console: Console,
     presubmit: Presubmit | None = None,
     report: Report | None = None,
+    platforms: Mapping[str, Sequence[str]] | None = None,
 ) -> int:
-    """Reports every disagreement between the graph, the Dockerfiles, the
+    """Reports every disagreement between the graph, its platforms, the Dockerfiles, the
     references and prod_digests.txt (and, with --changed_since, every changed
     image that was not pinned anew); returns 1 if there was any."""
     scanned = in_background(lambda: scan_tree(root, registry))  # git grep reads every file meanwhile
     dockerfiles, findings = read_dockerfiles(root, images)
     checked, covered = dockerfile_check(registry, images, graph, dockerfiles)
     findings += checked
+    findings += platform_findings(registry, images, graph, platforms or {}, dockerfiles)
     scan = scanned()
     findings += [Finding(path, 1, f"not checked: {why}", "unsafe-path") for path, why in scan.skipped]
     findings += [finding._replace(message=f"not checked: {finding.message}") for finding in scan.untouched]
@@ -6414,6 +6870,30 @@ def dockerfile_check(
     return findings, covered
 
 
+def platform_findings(
+    registry: str,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    platforms: Mapping[str, Sequence[str]],
+    dockerfiles: Mapping[str, bytes | None],
+) -> list[Finding]:
+    """The subset rule without an engine (see `platform_conflicts`): each finding on the child's
+    Dockerfile line that uses the parent (line 1 when none does: a finding of its own)."""
+    findings = []
+    for conflict in platform_conflicts(images, graph, platforms):
+        path = f"{DOCKER_DIR}/{conflict.child}/Dockerfile"
+        data = dockerfiles.get(conflict.child)
+        uses = [
+            parent.line
+            for parent in registry_parents(data or b"", registry)
+            if parent.image == conflict.parent
+        ]
+        findings.append(
+            Finding(path, uses[0] if uses else 1, conflict_message(conflict, platforms), "platforms")
+        )
+    return findings
+
+
 def prod_digests_check(
     root: Path, registry: str, graph: Mapping[str, Sequence[str]], scan: TreeScan
 ) -> tuple[dict[str, str] | None, list[Finding]]:
@@ -6490,8 +6970,17 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="With --build: after each build, compare the image's content with the config the registry "
         "serves for its pin and fail, before any push, if they differ. Alone: ask the registry API (one "
-        "HEAD each, no engine) whether it serves every pinned digest and REGISTRY/NAME:TAG is it; exit 1 "
-        "on any drift.",
+        "HEAD each, no engine) whether it serves every pinned digest and REGISTRY/NAME:TAG is it, and, for "
+        "an image built for several platforms (IMAGE_PLATFORMS, --platform), whether its pin is an index of "
+        "exactly those, each served (one GET more, and a HEAD per platform); exit 1 on any drift.",
+    )
+    steps.add_argument(
+        "--platform",
+        metavar="LIST",
+        help="With --build, or --verify_pinned: build (or check the pins of) every image of this run for "
+        "exactly these platforms, comma-separated OS/ARCH[/VARIANT] (linux/amd64,linux/arm64), in place of "
+        "its IMAGE_PLATFORMS entry; images outside the run keep theirs, and no image may be built for a "
+        "platform its parent lacks. Not with --update_references: pins follow IMAGE_PLATFORMS.",
     )
     steps.add_argument(
         "--attestations",
@@ -6531,8 +7020,10 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
         help="Report, as PATH:LINE: MESSAGE, every disagreement between the graph, "
         "the Dockerfiles' registry parents, the digest references and "
         "prod_digests.txt, every reference not pinned by digest, and every image missing a "
-        "Dockerfile, a prod_digests.txt line or a use; exit 1 if there is any. Needs no Docker; "
-        "changes nothing.",
+        "Dockerfile, a prod_digests.txt line or a use, and every image built for a platform its parent "
+        "lacks (IMAGE_PLATFORMS); exit 1 if there is any. Needs no Docker and no registry; changes "
+        "nothing. With --json, the report also says what each pin is (index or image manifest, its media "
+        "type, an index's platforms), which the registry answers: one GET per pin.",
     )
     modes.add_argument(
         "--graph",
@@ -6651,6 +7142,11 @@ def _check_values(
         )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
+    if args.platform is not None:
+        try:
+            args.platform = parse_platforms(args.platform)
+        except ValueError as error:
+            parser.error(f"--platform: {error}")
     if args.json is not None:
         problem = report_path_problem(args.json)
         if problem:
@@ -6687,6 +7183,14 @@ def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for flag, on in (("--cache_from_pinned", args.cache_from_pinned), ("--attestations", args.attestations)):
         if on and not args.build:
             parser.error(f"{flag} goes with --build: it changes how images are built")
+    if args.platform is not None and not (args.build or args.verify_pinned):
+        parser.error("--platform goes with --build or --verify_pinned: it says what a run builds or checks")
+    if args.platform is not None and args.update_references:
+        # A pin holds what the graph says, so --verify_pinned and the graph never disagree.
+        parser.error(
+            "--platform does not go with --update_references: a pin holds the platforms IMAGE_PLATFORMS "
+            "lists; change the entry to pin other platforms"
+        )
     if args.verify_pinned and not step_flags:
         step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
     modes = [
@@ -6756,8 +7260,9 @@ def dispatch(
     command: str,
     report: Report,
     console: Console,
+    platforms: Mapping[str, tuple[str, ...]] | None = None,
 ) -> int:
-    """Runs the mode the arguments ask for."""
+    """Runs the mode the arguments ask for; `platforms` is IMAGE_PLATFORMS, validated."""
     steps = Steps(
         args.pull,
         args.build,
@@ -6785,10 +7290,16 @@ def dispatch(
     needed = args.check or args.only_references or args.promote or args.verify_pinned or steps.build
     root = root or resolve_root(args.repo_root, needed or steps.update_references)
     settings = Settings(args.registry, args.tag, args.dry_run, root)
+    platforms = platforms or {}
     if args.check:
-        return check(settings.root, settings.registry, images, graph, console, presubmit, report)
+        pins = in_background(lambda: pin_descriptions(settings, images)) if args.json else None
+        code = check(settings.root, settings.registry, images, graph, console, presubmit, report, platforms)
+        if pins is not None:
+            report.head["pins"] = pins()
+        return code
+    wanted = run_platforms(images, platforms, args.platform)
     if args.verify_pinned and not steps.any():
-        return verify_registry(settings, images, console, report)
+        return verify_registry(settings, images, console, report, wanted)
     runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
     report.folder = runner.progress.log_base
     schedule = Schedule(args.jobs, args.keep_going)
@@ -6796,16 +7307,20 @@ def dispatch(
         return promote(runner, images, graph, schedule)
     if args.only_references:
         return only_references(runner, images, graph, schedule, command)
-    return run_steps(runner, images, graph, steps, schedule, command)
+    return run_steps(runner, images, graph, steps, schedule, command, wanted)
 
 
 def main(
-    argv: Sequence[str] | None = None, graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES
+    argv: Sequence[str] | None = None,
+    graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES,
+    platforms: Mapping[str, Sequence[str]] = IMAGE_PLATFORMS,
 ) -> int:
     """The command line. `graph` is the image graph to work on: IMAGES_TO_DEPENDENCIES, or a
-    copy of it with an image added (the tests' way to try a new image in a scratch tree)."""
+    copy of it with an image added (the tests' way to try a new image in a scratch tree);
+    `platforms` its IMAGE_PLATFORMS."""
     try:
         validate_graph(graph)
+        canonical = validate_platforms(platforms, graph)
     except ManageImagesError as error:
         error_line(str(error))
         return 1
@@ -6821,7 +7336,7 @@ def main(
     out = Console(sys.stdout)
     console = error_console() if args.json == "-" else out
     with signals_stop_the_run(console):
-        code = run_and_report(args, graph, arguments, report, console, out)
+        code = run_and_report(args, graph, arguments, report, console, out, canonical)
     return code
 
 
@@ -6832,10 +7347,12 @@ def run_and_report(
     report: Report,
     console: Console,
     out: Console,
+    platforms: Mapping[str, tuple[str, ...]] | None = None,
 ) -> int:
     """Runs the mode, prints the one line of a failure, writes --json; the exit code."""
     try:
-        code = dispatch(args, graph, " ".join(["manage_images.py", *arguments]), report, console)
+        command = " ".join(["manage_images.py", *arguments])
+        code = dispatch(args, graph, command, report, console, platforms)
     except Exception as error:  # a bug or an unforeseen OS error too: one line, never a traceback
         message = str(error) if isinstance(error, ManageImagesError) else bug_line(error, report)
         if isinstance(error, UsageError):
