@@ -12,7 +12,6 @@ import os
 import signal
 import stat
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -700,13 +699,11 @@ def test_help_documents_every_flag_and_alias(capsys):
         mi.main(["--help"])
     assert exit.value.code == 0
     text = capsys.readouterr().out
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    # Read from the parser: a new flag fails this test until the README documents it.
+    # Read from the parser (test_docs.py holds the front page and the manual to the same list).
     flags = [flag for action in mi.build_parser()._actions for flag in action.option_strings]
     assert "--update_references" in flags and "-j" in flags
     for flag in [flag for flag in flags if flag not in ("-h", "--help")]:
         assert f"{flag} " in text or f"{flag}," in text or f"{flag}\n" in text, flag
-        assert f"`{flag}" in readme or f" {flag} " in readme, f"{flag} is not in README.md"
 
 
 def test_jobs_must_be_positive(capsys):

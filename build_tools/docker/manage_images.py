@@ -40,7 +40,7 @@ digest comes out the same:
   python3 build_tools/docker/manage_images.py --images all --build \
       --cache_from_pinned --verify_pinned
 
-See README.md for the workflows.
+See build_tools/docker/README.md, the manual, for the workflows in full.
 """
 
 from __future__ import annotations
@@ -5135,7 +5135,7 @@ def preflight_build(settings: Settings, images: Sequence[str]) -> None:
 class Report:
     """What a run did, gathered as it goes and written by --json at the end.
 
-    The keys are stable: see README.md, "JSON report".
+    The keys are stable: see build_tools/docker/README.md, "JSON report".
     """
 
     def __init__(self, command: Sequence[str]) -> None:
@@ -5738,7 +5738,7 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
             "by digest. An image is processed together with every image that "
             "depends on it, parents first."
         ),
-        epilog="See README.md for the workflows.",
+        epilog="See README.md for the workflows, and build_tools/docker/README.md (the manual) for each in full.",
     )
     parser.add_argument(
         "--images",
