@@ -35,7 +35,7 @@ python=${PYTHON:-python3}
 engines=${MANAGE_IMAGES_ENGINES_DIR:-/var/lib/manage-images-engines}
 if [ -n "${MANAGE_IMAGES_ENGINE:-}" ]; then
   [ -f "$engines/$MANAGE_IMAGES_ENGINE/engine.env" ] || {
-    echo "no $engines/$MANAGE_IMAGES_ENGINE/engine.env; run: sudo bash tests/provision-engines.sh $MANAGE_IMAGES_ENGINE" >&2
+    echo "no $engines/$MANAGE_IMAGES_ENGINE/engine.env; run: bash tests/provision-engines.sh $MANAGE_IMAGES_ENGINE" >&2
     exit 1
   }
   set -a

@@ -20,8 +20,10 @@ ROOT = TESTS.parent
 README = ROOT / "README.md"
 MANUAL = ROOT / "build_tools" / "docker" / "README.md"
 DOCUMENTS = (README, MANUAL, ROOT / "tests" / "README.md", ROOT / "benchmarks" / "README.md")
-# A front page a newcomer reads in minutes (the issue that split the README out of 1,689 lines).
-FRONT_PAGE_LINES = 300
+# A front page a newcomer reads in minutes (#29 split it out of a README of 1,689 lines): 300
+# lines with the graph of late 2020. The graph block and the tables' rows grow with each image
+# added; the rest, the prose, may not.
+PROSE_LINES = 225
 MANUAL_SECTIONS = ("Workflows", "Engines", "Registry access", "Guarantees", "Output", "JSON report", "Flags")
 
 
@@ -44,7 +46,10 @@ def test_every_flag_is_in_the_front_page_and_the_manual(document):
 
 
 def test_the_front_page_is_short_and_the_manual_has_its_sections():
-    assert len(README.read_text().splitlines()) <= FRONT_PAGE_LINES
+    text = README.read_text()
+    graph = re.search(r"<!-- graph:begin -->.*?<!-- graph:end -->\n", text, re.S).group(0)
+    prose = [line for line in text.replace(graph, "").splitlines() if not line.lstrip().startswith("|")]
+    assert len(prose) <= PROSE_LINES
     headings = re.findall(r"^## (.+)$", MANUAL.read_text(), re.M)
     assert [heading for heading in headings if heading in MANUAL_SECTIONS] == list(MANUAL_SECTIONS)
 

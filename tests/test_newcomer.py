@@ -117,8 +117,14 @@ def shell_blocks(path: Path) -> list[str]:
 
 def workflow_blocks() -> list[str]:
     """The README's shell blocks but the first, whose two commands are this file's first
-    test and CI itself."""
-    return shell_blocks(README)[1:]
+    test and CI itself; a block whose every line another block runs too is run there."""
+    blocks = shell_blocks(README)[1:]
+    lines = [set(block.splitlines()) for block in blocks]
+    return [
+        block
+        for index, block in enumerate(blocks)
+        if not any(lines[index] < other for other in lines[:index] + lines[index + 1 :])
+    ]
 
 
 def commands(path: Path) -> list[str]:
