@@ -77,7 +77,7 @@ def tool(
 def reproduced(registry: Registry, pinned: dict[str, str], env: dict[str, str]) -> int:
     """How many images built as REGISTRY/NAME:prod hold their pin's content: the layers,
     runtime config and creation time of the config the registry serves for the pin
-    (BuildKit's cache record in it may differ: see "Identity is content" in README.md)."""
+    (BuildKit's cache record in it may differ: see "Identity is content" in build_tools/docker/README.md)."""
     return sum(
         holds_the_pins_content(registry, image, digest, f"{registry.url}/{image}:prod", env)
         for image, digest in pinned.items()
@@ -207,4 +207,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import results  # benchmarks/README.md: --record writes this run's results there
+
+    raise SystemExit(results.recorded("bench_reproduce", main))

@@ -2,8 +2,10 @@
 # Try manage_images.py's main job for real on this machine, with no account:
 # build, push and re-pin a family of images across a repository.
 #
-#   sudo bash examples/try-locally.sh
+#   bash examples/try-locally.sh
 #
+# Run it as root or as a user with sudo: it asks for root (runs itself again
+# through sudo) only when no engine answers to this user, to start one.
 # It uses the Docker engine it finds: the one MANAGE_IMAGES_ENGINE names
 # (classic, buildkit or containerd, as tests/provision-engines.sh provisions
 # them), else the one DOCKER_HOST or the default socket answers on; only when
@@ -18,8 +20,12 @@
 # then shows the plan, the summary, `git diff --stat`, a Dockerfile's FROM
 # line before and after, and `--check` passing. It never touches this
 # repository or your docker config (DOCKER_CONFIG points into the scratch
-# folder, with your buildx plugin linked in). Safe to run again.
+# folder, with your buildx plugin linked in). Safe to run again. The scratch
+# repository is then the "try-it world" of README.md: its prod_digests.txt names
+# the local registry, so every workflow of the README runs there as written.
 set -euo pipefail
+# shellcheck source=../tests/as-root.sh
+. "$(dirname "$0")/../tests/as-root.sh"
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 port=${MANAGE_IMAGES_TRY_PORT:-5000}
@@ -29,7 +35,7 @@ python=${PYTHON:-python3}
 engines=${MANAGE_IMAGES_ENGINES_DIR:-/var/lib/manage-images-engines}
 if [ -n "${MANAGE_IMAGES_ENGINE:-}" ]; then
   [ -f "$engines/$MANAGE_IMAGES_ENGINE/engine.env" ] || {
-    echo "no $engines/$MANAGE_IMAGES_ENGINE/engine.env; run: sudo bash tests/provision-engines.sh $MANAGE_IMAGES_ENGINE" >&2
+    echo "no $engines/$MANAGE_IMAGES_ENGINE/engine.env; run: bash tests/provision-engines.sh $MANAGE_IMAGES_ENGINE" >&2
     exit 1
   }
   set -a
@@ -37,6 +43,8 @@ if [ -n "${MANAGE_IMAGES_ENGINE:-}" ]; then
   . "$engines/$MANAGE_IMAGES_ENGINE/engine.env"
   set +a
 fi
+# An engine this user can reach, or root to reach or start one.
+docker info >/dev/null 2>&1 || as_root "reaching or starting a Docker engine" "$0" "$@"
 # The buildx plugin of the docker config in use, before DOCKER_CONFIG moves.
 buildx="${DOCKER_CONFIG:-${HOME:-/root}/.docker}/cli-plugins/docker-buildx"
 export DOCKER_CONFIG="$state/docker-config"  # never ~/.docker/config.json
@@ -115,7 +123,8 @@ cp "$here/build_tools/docker/manage_images.py" "$repo/build_tools/docker/"
 cd "$repo"
 git add build_tools/docker/manage_images.py
 git -c commit.gpgsign=false commit -qm "Add manage_images.py"
-tool() { "$python" build_tools/docker/manage_images.py --registry "$registry" "$@"; }
+# No --registry: the tree's prod_digests.txt names the local registry, and the tool uses it.
+tool() { "$python" build_tools/docker/manage_images.py "$@"; }
 echo "$repo: $(git ls-files | wc -l) tracked files. Building, pushing and pinning all 17 images once..."
 tool --images all --build --push --update_references -j 4 >"$state/bootstrap.log" 2>&1 ||
   { tail -n 30 "$state/bootstrap.log" >&2; exit 1; }
@@ -130,7 +139,7 @@ before=$(grep -m1 '^FROM' build_tools/docker/cmake/Dockerfile)
 step "The plan: base and every image built on it, parents first"
 tool --image base --graph
 
-step "The main job: manage_images.py --image base --build --push --update_references -j 4 --registry $registry"
+step "The main job: manage_images.py --image base --build --push --update_references -j 4"
 tool --image base --build --push --update_references -j 4 >"$state/run.log" 2>&1 ||
   { tail -n 30 "$state/run.log" >&2; exit 1; }
 sed -n '/^Summary:/,$p' "$state/run.log"
@@ -156,3 +165,6 @@ else
 fi
 echo "  rm -rf $state             # the scratch repository, registry data and docker config"
 echo "  ${DOCKER_HOST:+DOCKER_HOST=$DOCKER_HOST }docker image ls '127.0.0.1:$port/iree-oss/*'   # the images it built; remove them with docker image rm"
+echo
+echo "Try the README's workflows there, as written (their digests go to the registry above):"
+echo "  cd $repo"

@@ -17,13 +17,16 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import manage_images
+
 BUSYBOX = Path("/bin/busybox")
 # Digests the tree starts from: well formed, in no registry. The first
 # `--build --push --update_references --images all` replaces them.
 PLACEHOLDER = "sha256:" + "0" * 64
 
 KOKORO_DIR = "build_tools/kokoro/gcp_ubuntu"
-REAL_KOKORO = Path(__file__).resolve().parent.parent / KOKORO_DIR
+REAL_ROOT = Path(__file__).resolve().parent.parent
+REAL_KOKORO = REAL_ROOT / KOKORO_DIR
 _RUNS = re.compile(r"gcr\.io/iree-oss/([a-z0-9-]+)(?::[\w.-]+)?@sha256:[0-9a-f]{64}")
 
 
@@ -39,8 +42,21 @@ def real_ci_jobs() -> dict[str, tuple[str, bool]]:
     return jobs
 
 
+def real_unreferenced() -> frozenset[str]:
+    """The real tree's images whose Dockerfile carries the marker that nothing else has to
+    refer to them (README, "Deploy a new image"). Their fake Dockerfiles carry it too, so an
+    image added by that route needs no reference in a fake tree either."""
+    marked = set()
+    for image in manage_images.IMAGES_TO_DEPENDENCIES:
+        path = REAL_ROOT / manage_images.DOCKER_DIR / image / "Dockerfile"
+        if path.is_file() and manage_images.ALLOW_UNREFERENCED in path.read_text(errors="replace"):
+            marked.add(image)
+    return frozenset(marked)
+
+
 # The CI scripts of the real tree and the image each one runs.
 CI_JOBS = real_ci_jobs()
+UNREFERENCED = real_unreferenced()
 CI_SCRIPTS = {script: image for script, (image, _) in CI_JOBS.items()}
 OTHER_RULE_DIGEST = "sha256:" + "1a8ed713f40267bb51fe17de012fa631a20c52df818ccb317aaed2ee068dfc61"
 
@@ -63,6 +79,8 @@ def dockerfile(
     # siblings built at the same time would otherwise each leave a copy of the
     # shared step, and a later cached build could pick either copy.
     lines = [f"# Test image {image}: busybox plus the stamps of its parents."]
+    if image in UNREFERENCED:
+        lines.append(f"# {manage_images.ALLOW_UNREFERENCED}")
     if not parents:
         lines += [
             "FROM scratch AS final",

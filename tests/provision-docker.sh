@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Provision a Docker engine for the end-to-end tests (Debian, as root).
+# Provision a Docker engine for the end-to-end tests (Debian). Root is needed
+# only to install a package or start dockerd: then it runs itself again
+# through sudo, or says to run it as root.
 #
 # Installs Debian's docker.io (the engine; not when another engine answers or
 # another dockerd is installed), docker-registry (a real registry,
@@ -10,6 +12,8 @@
 # then starts dockerd in the background unless an engine already answers, and
 # waits until `docker info` does. Safe to run any number of times.
 set -euo pipefail
+# shellcheck source=as-root.sh
+. "$(dirname "$0")/as-root.sh"
 
 log=${DOCKERD_LOG:-/tmp/manage-images-dockerd.log}
 
@@ -19,6 +23,11 @@ for package in docker.io docker-registry busybox-static acl attr; do
 done
 if [ "${missing[0]:-}" = docker.io ] && { command -v dockerd >/dev/null || docker info >/dev/null 2>&1; }; then
   missing=("${missing[@]:1}")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root "installing ${missing[*]}" "$0" "$@"
+elif ! docker info >/dev/null 2>&1; then
+  as_root "starting dockerd" "$0" "$@"
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "provision-docker: installing ${missing[*]}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provision the three Docker engines of the test matrix (Debian 12 or 13, as root).
+# Provision the three Docker engines of the test matrix (Debian 12 or 13; as root,
+# or as a user with sudo: it runs itself again through sudo).
 #
 #   bash tests/provision-engines.sh [classic] [buildkit] [containerd]   # default: all three
 #
@@ -30,6 +31,9 @@
 # engine, or run the tests with MANAGE_IMAGES_ENGINE=NAME. Safe to run any
 # number of times: a cached download is reused, a running engine is kept.
 set -euo pipefail
+# shellcheck source=as-root.sh
+. "$(dirname "$0")/as-root.sh"
+as_root "provisioning engines" "$0" "$@"
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MANAGE_IMAGES_ENGINES_CACHE:-/var/cache/manage-images-engines}

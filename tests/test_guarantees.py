@@ -304,7 +304,11 @@ def test_a_second_run_fails_at_once_naming_the_lock_holder(tree, standin):
         assert files(tree) == before
         # Read-only modes need no lock.
         checked = run_script(tree, "--check", "--image", "cmake", env=env)
-        assert "Checked 8 images" in checked.stdout and "lock" not in checked.stderr
+        assert (
+            f"Checked {len(mi.ordered_images_to_process(['cmake'], mi.IMAGES_TO_DEPENDENCIES))} images"
+            in checked.stdout
+        )
+        assert "lock" not in checked.stderr
         dry_run = run_script(tree, "-n", "--image", "cmake", "--update_references", env=env)
         assert dry_run.returncode == 0, dry_run.stderr
     finally:

@@ -1,6 +1,12 @@
 """`--progress plain` is the output of the tool before --progress existed, byte
-for byte apart from timings: the module as it was (from git history) and as it
-is run the same commands, through a stand-in docker, on two copies of a tree.
+for byte apart from timings and the departures README.md lists ("Where the
+output departs from the original's"), and only those: the module as it was
+(from git history) and as it is run the same commands, through a stand-in
+docker, on two copies of a tree.
+
+The module as it was has the 17 images of its time built in, so the module as
+it is runs on the same frozen graph (helpers.ORIGINAL_GRAPH): an image added
+to the live graph changes nothing here.
 
 The original takes a pushed image's digest from `docker image inspect`'s
 RepoDigests; the module now asks the registry (#19, #20), here the stand-in
@@ -10,6 +16,7 @@ so both modules pin NEW: the same work, and so the same output."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -18,13 +25,37 @@ from pathlib import Path
 import pytest
 
 import fake_tree
-from helpers import D1, NEW, all_digests, unavailable
-from standin import script_argv
+from helpers import D1, NEW, ORIGINAL_GRAPH, all_digests, unavailable
 
 # The last commit of the module before --progress: the output plain must keep.
 BASELINE = "d071efa334f960051e065dce90438f6b31c609be"
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = re.compile(r"\b\d+\.\ds\b")
+# manage_images.py on the frozen graph, its registry questions answered by the stand-in
+# registry (a process of its own: the `standin` fixture's in-process registry does not reach it).
+LAUNCHER = (
+    "import os, sys, pathlib, standin, manage_images as mi; "
+    "from helpers import ORIGINAL_GRAPH; "
+    "fake = standin.StandInRegistry(pathlib.Path(os.environ['STANDIN_CONFIG'])); "
+    "mi.Runner.registry = lambda runner: fake; "
+    "raise SystemExit(mi.main(graph=ORIGINAL_GRAPH))"
+)
+PLAN = re.compile(r"^((?:\[[a-z-]+\] )?)Also processing dependent images\. Will process: (\[.*\])$", re.M)
+
+
+def with_the_departures(original: str, selected: list[str]) -> str:
+    """The original's standard output with the README's departures applied, the ones
+    these commands meet: the plan line names dependent images only when the selection
+    brought some in, and a count of one file is `1 file`."""
+
+    def plan(match: re.Match[str]) -> str:
+        images = ast.literal_eval(match.group(2))  # the original's own repr of a list of names
+        added = any(image not in selected for image in images)
+        return match.group(0) if added else f"{match.group(1)}Will process: {match.group(2)}"
+
+    return PLAN.sub(plan, original).replace(
+        "Updating references in 1 files:", "Updating references in 1 file:"
+    )
 
 
 @pytest.fixture
@@ -51,9 +82,7 @@ def both(original: Path, tree: Path, tmp_path: Path, env: dict[str, str], *args:
     """The original's output and `--progress plain`'s, each on its own copy of `tree`."""
     copy = fake_tree.clone(tree, tmp_path / "copy")
     before = run([sys.executable, str(original), *args], copy, env)
-    # The module as it is, its registry questions answered by the stand-in registry (a
-    # process of its own: the `standin` fixture's in-process registry does not reach it).
-    after = run(script_argv(*args, "--progress", "plain"), tree, env)
+    after = run([sys.executable, "-c", LAUNCHER, *args, "--progress", "plain"], tree, env)
     # The same work (with -j, new lines of prod_digests.txt come in the order images finish).
     assert {name: sorted(data.splitlines()) for name, data in fake_tree.tracked_files(copy).items()} == {
         name: sorted(data.splitlines()) for name, data in fake_tree.tracked_files(tree).items()
@@ -80,11 +109,15 @@ def repinned(tree: Path) -> bool:
     return D1 not in text and text.count(NEW) == 2
 
 
+ALL = sorted(ORIGINAL_GRAPH)
+
+
 def test_plain_is_the_original_output_one_image_at_a_time(tree, standin, tmp_path, original):
     standin.set(repo_digests=all_digests())
     before, after = both(original, tree, tmp_path, standin.environ(), *ARGS)
     assert repinned(tree)
-    assert after == before
+    assert after == (before[0], with_the_departures(before[1], ALL), before[2])
+    assert "Will process: " in after[1] and "Also processing" not in after[1]
     assert before[0] == 0 and "Running: `docker build" in before[1]
 
 
@@ -97,7 +130,9 @@ def test_plain_is_the_original_output_four_at_a_time(tree, standin, tmp_path, or
     # `[k/n]` is the order they start in; each image's own lines, and the
     # lines about no image, come in the same order.
     started = re.compile(r"(Processing image \S+ \[)\d+/")
-    before_out, after_out = (started.sub(r"\1k/", out) for out in (before[1], after[1]))
+    before_out, after_out = (
+        started.sub(r"\1k/", out) for out in (with_the_departures(before[1], ALL), after[1])
+    )
     assert by_image(after_out) == by_image(before_out)
     assert sorted(after_out.splitlines()) == sorted(before_out.splitlines())
     assert after[2] == before[2]
@@ -113,5 +148,6 @@ def test_plain_after_a_failure_is_the_original_output_and_the_failed_log(tree, s
     end = after[1].index("\n", total) + 1
     tail = after[1][end:]
     assert tail.startswith("cmake-python failed; the last ")
-    assert after[1][:end] + after[1][end + len(tail) :] == before[1]
+    assert after[1][:end] + after[1][end + len(tail) :] == with_the_departures(before[1], ["cmake-python"])
+    assert "Also processing dependent images" in after[1]  # cmake-python brings its dependents in
     assert "  Command failed with exit code 5: `docker push gcr.io/iree-oss/cmake-python:latest`\n" in tail

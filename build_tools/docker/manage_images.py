@@ -40,7 +40,7 @@ digest comes out the same:
   python3 build_tools/docker/manage_images.py --images all --build \
       --cache_from_pinned --verify_pinned
 
-See README.md for the workflows.
+See build_tools/docker/README.md, the manual, for the workflows in full.
 """
 
 from __future__ import annotations
@@ -436,6 +436,11 @@ class WorkspaceError(ManageImagesError):
 
 def format_command(argv: Sequence[str]) -> str:
     return " ".join(argv)
+
+
+def counted(number: int, noun: str) -> str:
+    """`1 file`, `3 files`: a count and its noun, in the right number."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _signal_name(number: int) -> str:
@@ -871,6 +876,26 @@ def expand_selection(names: Sequence[str], graph: Mapping[str, Sequence[str]]) -
 
 def images_help(graph: Mapping[str, Sequence[str]]) -> str:
     return ", ".join(f"`{name}`" for name in sorted(graph)) + " or `all`"
+
+
+def unknown_image(name: str, graph: Mapping[str, Sequence[str]]) -> str:
+    """The one line for an --image the graph does not have: the closest names, or every name."""
+    import difflib
+
+    names = [*sorted(graph), "all"]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        options = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+        return f"no image named {name!r}; did you mean {options}?"
+    return f"no image named {name!r}; the images are {', '.join(names[:-1])}, or all"
+
+
+def plan_line(selected: Sequence[str], images: Sequence[str]) -> str:
+    """The run's plan, before the first image: the original's line when the
+    selection brought in dependent images, and only the list when it did not."""
+    if any(image not in selected for image in images):
+        return f"Also processing dependent images. Will process: {list(images)}"
+    return f"Will process: {list(images)}"
 
 
 # ---------------------------------------------------------------------------
@@ -1569,6 +1594,48 @@ def encoding_problem(line: bytes) -> str:
     if "\ufeff" in text:
         return "the line holds a byte-order mark (U+FEFF), allowed only at the very start of the file"
     return ""
+
+
+def registries_named(data: bytes) -> list[str]:
+    """The registries the well-formed lines of prod_digests.txt name (the REGISTRY of
+    each REGISTRY/NAME@DIGEST), each once, in the file's order."""
+    entries, _ = parse_prod_digests(data)
+    return list(dict.fromkeys(entry.url.rpartition("/")[0] for entry in entries if "/" in entry.url))
+
+
+def registry_to_use(given: str | None, named: Sequence[str]) -> tuple[str, str]:
+    """The registry a run works on, and a warning for the user ("" if none).
+
+    The tree is the source of truth: without --registry, the one registry its
+    prod_digests.txt names (DEFAULT_REGISTRY when it names none, or several).
+    A --registry the tree does not name is used as asked, with a warning,
+    since the tree's own references are then left alone.
+    """
+    if given is None:
+        if len(named) > 1:
+            return DEFAULT_REGISTRY, (
+                f"warning: {PROD_DIGESTS_PATH} names {len(named)} registries ({', '.join(named)}); "
+                f"using {DEFAULT_REGISTRY}: pass --registry to choose"
+            )
+        return (named[0] if named else DEFAULT_REGISTRY), ""
+    if named and given not in named:
+        return given, (
+            f"warning: --registry {given} is not the registry {PROD_DIGESTS_PATH} names "
+            f"({', '.join(named)}): the tree's references to {named[0]} are left alone; "
+            "leave --registry out to work on them"
+        )
+    return given, ""
+
+
+def registry_too_long(registry: str, graph: Mapping[str, Sequence[str]]) -> str:
+    """Why REGISTRY/NAME would be longer than Docker accepts for some image, or ""."""
+    longest = image_url(registry, max(graph, key=len))
+    if len(longest) <= MAX_REFERENCE_NAME:
+        return ""
+    return (
+        f"{longest!r} has {len(longest)} characters and Docker accepts at most "
+        f"{MAX_REFERENCE_NAME} in a repository name"
+    )
 
 
 def pins_by_name(entries: Iterable[ProdDigest], registry: str) -> dict[str, str]:
@@ -2718,7 +2785,10 @@ def render_view(state: ViewState, now: float, columns: int, rows: int, colour: b
 def failure_tail(image: str, log: str, tail: Sequence[str]) -> str:
     """What follows the summary for a failed image: its log, and that log's last lines."""
     return "\n".join(
-        [f"{image} failed; the last {len(tail)} lines of its log, {log}:", *(f"  {line}" for line in tail)]
+        [
+            f"{image} failed; the last {counted(len(tail), 'line')} of its log, {log}:",
+            *(f"  {line}" for line in tail),
+        ]
     )
 
 
@@ -3340,6 +3410,7 @@ class Runner:
         self.written_files: dict[str, list[str]] = {}  # image -> files its update did change
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
         self.engine: Engine | None = None  # what builds, when a step needs to know
+        self.selected: Sequence[str] = ()  # the images asked for, before their dependents were added
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel
@@ -3621,6 +3692,30 @@ def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None)
         if cache[prefix]:
             return cache[prefix]
     return ""
+
+
+def tree_registries(root: Path) -> list[str]:
+    """The registries the work tree's prod_digests.txt names; none when it is missing,
+    unreadable, or reached through a symbolic link."""
+    if path_problem(root, PROD_DIGESTS_PATH):
+        return []
+    try:
+        return registries_named((root / PROD_DIGESTS_PATH).read_bytes())
+    except OSError:
+        return []
+
+
+def resolve_registry(given: str | None, root: Path, graph: Mapping[str, Sequence[str]]) -> str:
+    """The registry of the run (see `registry_to_use`); its warning, if any, on standard error."""
+    registry, warning = registry_to_use(given, tree_registries(root))
+    if warning:
+        error_line(warning)
+    too_long = registry_too_long(registry, graph)
+    if too_long:
+        raise UsageError(
+            f"{PROD_DIGESTS_PATH} names the registry {registry}, but {too_long}; pass --registry"
+        )
+    return registry
 
 
 def in_background(call: Callable[[], T]) -> Callable[[], T]:
@@ -5897,11 +5992,16 @@ def update_workspace(runner: Runner, edits: Edits, image: str, digest: str | Non
     scan = edits.files.scan
     path = scan.workspace
     url = image_url(runner.settings.registry, image)
-    runner.say(f"Updating {path} file for {RBE_IMAGE}", image)
     if path in scan.problems or path not in scan.tracked:
+        runner.say(f"Updating {path} file for {RBE_IMAGE}", image)
         runner.say(f"Not updating {path}: {scan.problems.get(path, 'git does not track it')}", image)
         return
-    rules = rules_naming(parse_rbe_rules(edits.read(path), path), url, path)
+    data = edits.read(path)
+    rules = rules_naming(parse_rbe_rules(data, path), url, path)
+    if rules and digest is not None and rewrite_workspace(data, url, digest, path)[0] == data:
+        runner.say(f"The rbe_autoconfig rule in {path} already pins {digest}: no change", image)
+        return
+    runner.say(f"Updating {path} file for {RBE_IMAGE}", image)
     if not rules:
         runner.say(f"{path} has no rbe_autoconfig rule for {url}", image)
     elif digest is not None:
@@ -5950,12 +6050,26 @@ def plan_references(
     files += [path for path in edits.naming(image) if path not in files]
     if not files:
         runner.say(f"Found no references to {url}", image)
-    else:
-        runner.say(f"Updating references in {len(files)} files: {files}", image)
-        if digest is not None and rewrite_files:
-            hexes = digest_hexes(registry, {image: digest})
-            for path in files:
-                edits.patch(path, reference_splices(edits.references(path), hexes))
+        return
+    if digest is None:  # a dry run before the push: the files, not yet what changes in them
+        runner.say(f"Updating references in {counted(len(files), 'file')}: {files}", image)
+        return
+    hexes = digest_hexes(registry, {image: digest})
+    stale = {path: reference_splices(edits.references(path), hexes) for path in files}
+    edited = {change.path for change in edits.changes()}
+    changing = [path for path in files if stale[path] or path in edited]
+    if not changing:
+        runner.say(
+            f"Every reference to {url} ({counted(len(files), 'file')}) already pins {digest}: "
+            "no file to change",
+            image,
+        )
+        return
+    runner.say(f"Updating references in {counted(len(changing), 'file')}: {changing}", image)
+    if rewrite_files:
+        for path in changing:
+            if stale[path]:
+                edits.patch(path, stale[path])
 
 
 # ---------------------------------------------------------------------------
@@ -6118,7 +6232,7 @@ def preflight_build(settings: Settings, images: Sequence[str]) -> None:
 class Report:
     """What a run did, gathered as it goes and written by --json at the end.
 
-    The keys are stable: see README.md, "JSON report".
+    The keys are stable: see build_tools/docker/README.md, "JSON report".
     """
 
     def __init__(self, command: Sequence[str]) -> None:
@@ -6519,7 +6633,7 @@ def run_steps(
             preflight_platforms(runner, images, graph, platforms or {})
         if steps.push and is_google_registry(runner.settings.registry):
             configure_gcloud_auth(runner)
-        runner.say(f"Also processing dependent images. Will process: {list(images)}")
+        runner.say(plan_line(runner.selected, images))
         if not steps.any():
             runner.console.line(
                 "No step requested (--pull, --build, --push, --update_references): nothing done."
@@ -6556,7 +6670,7 @@ def only_references(
     with repository_lock(runner, command) as lock:
         scan = preflight_rewrite(runner.settings, images)
         digests = prod_digests_for(runner.settings.root, runner.settings.registry, images, scan)
-        runner.say(f"Also processing dependent images. Will process: {list(images)}")
+        runner.say(plan_line(runner.selected, images))
 
         registry = runner.settings.registry
         files = TrackedFiles(runner.settings.root, scan, registry)
@@ -6747,7 +6861,7 @@ def promote(
     pins = prod_digests_for(settings.root, settings.registry, images, scan, action="promote")
     if is_google_registry(settings.registry):
         configure_gcloud_auth(runner)
-    runner.say(f"Also processing dependent images. Will process: {list(images)}")
+    runner.say(plan_line(runner.selected, images))
 
     def work(image: str) -> str:
         return promote_image(runner, image, pins[image])
@@ -6825,8 +6939,7 @@ def print_findings(
         console.line(str(finding))
     noun = "image" if len(images) == 1 else "images"
     if findings:
-        plural = "s" if len(findings) != 1 else ""
-        console.line(f"{what} {noun}{where}: {len(findings)} problem{plural} found.")
+        console.line(f"{what} {noun}{where}: {counted(len(findings), 'problem')} found.")
         return 1
     console.line(f"{what} {noun}: {agree}")
     return 0
@@ -6920,7 +7033,7 @@ def build_parser(graph: Mapping[str, Sequence[str]] = IMAGES_TO_DEPENDENCIES) ->
             "by digest. An image is processed together with every image that "
             "depends on it, parents first."
         ),
-        epilog="See README.md for the workflows.",
+        epilog="See README.md for the workflows, and build_tools/docker/README.md (the manual) for each in full.",
     )
     parser.add_argument(
         "--images",
@@ -7062,8 +7175,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--registry",
-        default=DEFAULT_REGISTRY,
-        help=f"Registry and path the images live under. Defaults to {DEFAULT_REGISTRY}.",
+        help="Registry and path the images live under. Defaults to the one build_tools/docker/"
+        f"prod_digests.txt names (when all its lines agree), else {DEFAULT_REGISTRY}.",
     )
     parser.add_argument(
         "--changed_since",
@@ -7113,9 +7226,11 @@ def parse_arguments(
     args.images = args.images or []
     for image in args.images:
         if image != "all" and image not in graph:
-            parser.error(f"Expected --image to be one of:\n  {images_help(graph)}\nbut got `{image}`.")
+            # One line, with the names it may have meant: the usage block would bury it.
+            parser.exit(2, f"{parser.prog}: error: {unknown_image(image, graph)}\n")
     args.images = expand_selection(args.images, graph)
-    args.registry = args.registry.removesuffix("/")
+    if args.registry is not None:
+        args.registry = args.registry.removesuffix("/")
     _check_values(parser, args, graph)
     _check_modes(parser, args)
     return args
@@ -7129,17 +7244,14 @@ def _check_values(
             f"--tag {args.tag!r} is not a valid Docker tag: use up to 128 letters, "
             "digits, `_`, `.` and `-`, not starting with `.` or `-`"
         )
-    if not REGISTRY_RE.match(args.registry):
+    if args.registry is not None and not REGISTRY_RE.match(args.registry):
         parser.error(
             f"--registry {args.registry!r} is not a valid registry: use "
             "HOST[:PORT]/PATH with a lowercase path, e.g. gcr.io/iree-oss"
         )
-    longest = image_url(args.registry, max(graph, key=len))
-    if len(longest) > MAX_REFERENCE_NAME:
-        parser.error(
-            f"--registry is too long: {longest!r} has {len(longest)} characters and Docker "
-            f"accepts at most {MAX_REFERENCE_NAME} in a repository name"
-        )
+    too_long = registry_too_long(args.registry, graph) if args.registry is not None else ""
+    if too_long:
+        parser.error(f"--registry is too long: {too_long}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
     if args.platform is not None:
@@ -7274,7 +7386,7 @@ def dispatch(
     )
     report.head.update(
         mode=mode_of(args, steps),
-        registry=args.registry,
+        registry=args.registry or DEFAULT_REGISTRY,
         tag=args.tag,
         steps=["only_references"] if args.only_references else ["promote"] if args.promote else steps.names(),
         dry_run=args.dry_run,
@@ -7289,7 +7401,8 @@ def dispatch(
         return show_graph(images, graph, args.graph, console)
     needed = args.check or args.only_references or args.promote or args.verify_pinned or steps.build
     root = root or resolve_root(args.repo_root, needed or steps.update_references)
-    settings = Settings(args.registry, args.tag, args.dry_run, root)
+    settings = Settings(resolve_registry(args.registry, root, graph), args.tag, args.dry_run, root)
+    report.head["registry"] = settings.registry
     platforms = platforms or {}
     if args.check:
         pins = in_background(lambda: pin_descriptions(settings, images)) if args.json else None
@@ -7302,6 +7415,7 @@ def dispatch(
         return verify_registry(settings, images, console, report, wanted)
     runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
     report.folder = runner.progress.log_base
+    runner.selected = selection
     schedule = Schedule(args.jobs, args.keep_going)
     if args.promote:
         return promote(runner, images, graph, schedule)
