@@ -260,6 +260,8 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 INDEX_MEDIA_TYPES = frozenset(MANIFEST_MEDIA_TYPES[:2])
+_MEDIA_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # RFC 6838's restricted-name
+MEDIA_TYPE_RE = re.compile(rf"{_MEDIA_NAME}/{_MEDIA_NAME}\Z")
 REGISTRY_TIMEOUT = 30  # seconds, to connect and for each read of one request
 REGISTRY_DEADLINE = 120  # seconds for one request in all, its redirects and whole answer included
 REGISTRY_ATTEMPTS = 4  # in all, for a request answered 429 or 5xx or whose connection dropped
@@ -4460,6 +4462,17 @@ def in_clear(url: str) -> bool:
     return parts.scheme.lower() != "https" and not is_loopback_registry(parts.netloc.rpartition("@")[2])
 
 
+def is_url(url: str) -> bool:
+    """Whether `url` (absolute or relative) is one urllib can follow: its host (an IPv6 address
+    in brackets too) and its port (a number up to 65535) read."""
+    import urllib.parse
+
+    try:
+        return urllib.parse.urlsplit(url).port != -1  # reading the port raises for a bad one
+    except ValueError:
+        return False
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of `url`, the port made explicit: what credentials are given for."""
     import urllib.parse
@@ -4491,7 +4504,7 @@ def proxy_for(url: str, env: Mapping[str, str]) -> tuple[str, str] | None:
         parts.hostname or "", port, env.get("NO_PROXY") or env.get("no_proxy") or ""
     ):
         return None
-    if urllib.parse.urlsplit(proxy).scheme.lower() not in ("http", "https", "socks5"):
+    if is_url(proxy) and urllib.parse.urlsplit(proxy).scheme.lower() not in ("http", "https", "socks5"):
         proxy = f"http://{proxy}"
     return proxy, name
 
@@ -4650,7 +4663,7 @@ class ProxyFailure(OSError):
 
     def __init__(self, proxy: str, reason: Exception) -> None:
         said = getattr(reason, "strerror", None) or str(reason)
-        super().__init__(" ".join(said.split())[:200] or type(reason).__name__)  # a proxy's words: one line
+        super().__init__(outside_text(said, SECRETS.forms(), 200) or type(reason).__name__)  # a proxy's words
         self.proxy = proxy
 
 
@@ -4732,7 +4745,13 @@ class RegistryClient:
         if reference.startswith("sha256:") and said != reference:
             raise RegistryError(_other_digest(host, f"GET of {name}", said))
         media_type = answer.headers.get("content-type", "").split(";", 1)[0].strip()
-        manifest = Manifest(media_type or _declared_media_type(answer.body), answer.body, digest)
+        media_type = media_type or _declared_media_type(answer.body)
+        if not MEDIA_TYPE_RE.match(media_type):  # it is shown, and sent back with a PUT
+            raise RegistryError(
+                f"{host} answered {name} with a media type that is none ({outside_text(media_type, limit=80)}); "
+                "check the registry"
+            )
+        manifest = Manifest(media_type, answer.body, digest)
         if digest == reference:
             with self._lock:
                 self._served.add((url, digest))
@@ -4748,6 +4767,9 @@ class RegistryClient:
         )
         self._expect(answer, (200, 201, 202), host, f"PUT of {url}:{tag}")
         digest = answer.headers.get("docker-content-digest")
+        if digest is None and CHILDREN.stopping:
+            # It took these bytes, and no request may start now to ask: say what moved, as docker would.
+            return manifest.digest
         if digest is None:  # optional in the spec: ask what the tag now serves
             served = self.served_digest(url, tag)
             if served is None:
@@ -4934,6 +4956,11 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token server {realm} of {host} answered no token; check the registry")
         SECRETS.add(token, document.get("refresh_token"))
+        if not re.fullmatch(r"[!-~]+", token):  # it goes in a header: a line break would end it
+            raise RegistryError(
+                f"the token server {realm} of {host} answered a token with characters an HTTP header "
+                "cannot carry (spaces, line breaks, controls or non-ASCII); check the registry"
+            )
         return token
 
     def _credentials_for(self, host: str) -> Credentials | None:
@@ -5200,6 +5227,26 @@ def _redirect_handler(exchange: Exchange) -> urllib.request.HTTPRedirectHandler:
     import urllib.request
 
     class Redirects(urllib.request.HTTPRedirectHandler):
+        def http_error_302(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: http.client.HTTPMessage,
+        ) -> IO[bytes] | None:
+            # urllib reads a redirect's whole body before it follows it: never, however long it is.
+            fp.close()
+            location = headers.get("location") or headers.get("uri") or ""
+            if not is_url(location):
+                raise RegistryError(
+                    f"{exchange.host} redirected {req.get_method()} {req.full_url} to "
+                    f"{outside_text(location)}, which is no URL: refused; check the registry"
+                )
+            return super().http_error_302(req, fp, code, msg, headers)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
         def redirect_request(
             self,
             req: urllib.request.Request,
@@ -5225,7 +5272,6 @@ def _redirect_handler(exchange: Exchange) -> urllib.request.HTTPRedirectHandler:
 
 def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request.BaseHandler:
     """Sends each request (each redirect too) through the proxy `proxy_for` names, if any."""
-    import base64
     import urllib.parse
     import urllib.request
 
@@ -5237,6 +5283,11 @@ def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request
             chosen = proxy_for(request.full_url, env)
             if chosen is None:
                 return
+            if not is_url(chosen[0]):  # not shown: it may hold the proxy's password
+                raise RegistryError(
+                    f"{chosen[1]} is no proxy URL this tool reads (a bad address or port); name the proxy "
+                    f"as http://HOST:PORT, or list {exchange.host} in NO_PROXY"
+                )
             parts = urllib.parse.urlsplit(chosen[0])
             where = parts.netloc.rpartition("@")[2]
             exchange.proxy = f"the proxy {parts.scheme}://{where} ({chosen[1]})"
@@ -5246,8 +5297,9 @@ def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request
                     f"only (CONNECT for HTTPS); name an http:// proxy, or list {exchange.host} in NO_PROXY"
                 )
             if parts.username is not None:
-                user = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-                value = f"Basic {base64.b64encode(user.encode()).decode()}"
+                password = urllib.parse.unquote(parts.password or "")
+                value = f"Basic {basic_credentials(urllib.parse.unquote(parts.username), password)}"
+                SECRETS.add(password, value[6:])  # a proxy may quote them in its refusal
                 # Unredirected: a redirect that goes elsewhere never carries it.
                 request.add_unredirected_header("Proxy-Authorization", value)
             request.set_proxy(where, "http")
