@@ -1225,6 +1225,76 @@ def test_a_manifest_s_media_type_that_is_none_is_refused_not_shown_and_put_back(
     assert [seen for seen in server.seen if seen.method == "PUT"] == []
 
 
+def test_a_credential_helper_that_prints_past_its_limit_is_stopped_at_once(
+    servers, clean, tmp_path, monkeypatch
+):
+    # One that printed forever filled 5 GiB in 8 s: its output was read whole until its time was up.
+    folder = tmp_path / "bin"
+    helper_script(folder, "loud", f"head -c {2 * mi.HELPER_LIMIT} /dev/zero; sleep 60")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    registry = FakeRegistry(PASSWORD)
+    server = serve(servers, registry)
+    write_config(clean, {"credHelpers": {server.host: "loud"}})
+    started = time.monotonic()
+    with pytest.raises(mi.RegistryError) as error:
+        client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+    assert time.monotonic() - started < mi.HELPER_TIMEOUT / 4
+    assert str(error.value) == (
+        f"`docker-credential-loud get` did not answer in {mi.HELPER_LIMIT} bytes (it printed more) for "
+        f"{server.host}, so it was stopped and is not asked again in this run; fix the helper (or log in "
+        "anew) and run again"
+    )
+    (pid,) = runs(folder)
+    wait_until(lambda: gone(pid), timeout=5)
+
+
+def hangs_on(fifo: Path, call: Callable[[], object]) -> BaseException | None:
+    """What `call` raised (None if nothing), or an AssertionError when it hung on opening
+    `fifo` for 10 s; the open is released so no thread stays blocked."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            raised.append(None)
+        except BaseException as error:  # noqa: B036 - handed to the test
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        thread.join(10)
+        raise AssertionError(f"hung on opening the FIFO {fifo}")
+    return raised[0]
+
+
+@pytest.mark.parametrize("where", ["config.json", "certs.d"])
+def test_a_fifo_for_docker_s_config_or_a_certificate_is_one_line_not_a_hang(
+    servers, tls, authority, clean, where
+):
+    server = serve(servers, FakeRegistry(PASSWORD), context=tls)  # it asks for credentials
+    if where == "config.json":
+        authority.trust_in(clean["certs.d"], server.host)
+        fifo = clean["docker-config"] / "config.json"
+    else:
+        fifo = clean["certs.d"] / server.host / "ca.crt"
+        fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    error = hangs_on(fifo, lambda: client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest"))
+    assert isinstance(error, mi.RegistryError), error
+    assert (
+        str(error)
+        == {
+            "config.json": f"cannot read {fifo}: it is not a regular file; fix it or point DOCKER_CONFIG elsewhere",
+            "certs.d": f"cannot load the certificates in {fifo.parent}: ca.crt or its key is missing or not a "
+            "regular file (a FIFO hangs a read); fix them (docker reads the same folder)",
+        }[where]
+    )
+
+
 def test_a_stop_during_a_put_answered_without_a_digest_reports_the_tag_it_moved(servers, tmp_path):
     # The answer's Docker-Content-Digest is optional: without it the tool asks what the tag
     # serves, a request a stop forbids; the image was "failed" although its tag had moved.

@@ -275,8 +275,10 @@ CONFIG_LIMIT = 4 << 20
 TOKEN_LIMIT = 1 << 20
 ERROR_BODY_LIMIT = 64000
 HELPER_TIMEOUT = 60  # seconds a credential helper has to answer (it may refresh a token first)
+HELPER_LIMIT = 1 << 20  # bytes a credential helper may print in all (its answer is a few hundred)
 # docker's per-registry TLS folders (HOST[:PORT]/ca.crt); the variable points elsewhere (tests).
 CERTS_D = "/etc/docker/certs.d"
+DOCKER_CONFIG_LIMIT = 4 << 20  # bytes of docker's config.json (a few KiB): a FIFO or a device is none
 # OpenSSL's reasons for a TLS hello answered in plain HTTP: a loopback registry then gets HTTP.
 NOT_TLS_REASONS = frozenset(
     (
@@ -4976,7 +4978,7 @@ class RegistryClient:
     def _find_credentials(self, host: str) -> Credentials | None:
         if self._config is None:
             try:
-                loaded = registry_json(self._config_path.read_bytes())
+                loaded = registry_json(read_small(self._config_path, DOCKER_CONFIG_LIMIT))
             except FileNotFoundError:
                 loaded = {}
             except (OSError, ValueError) as error:
@@ -5032,17 +5034,24 @@ class RegistryClient:
         pipe = subprocess.PIPE
         process = CHILDREN.start((helper, "get"), True, stdin=pipe, stdout=pipe, stderr=pipe, env=self._env)
         try:
-            stdout, stderr = process.communicate(credentials_key(host).encode(), timeout=HELPER_TIMEOUT)
-        except subprocess.TimeoutExpired:
+            stdout, stderr = communicate_capped(
+                process, credentials_key(host).encode(), HELPER_TIMEOUT, HELPER_LIMIT
+            )
+        except (subprocess.TimeoutExpired, ValueError) as error:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            process.wait()
+            timed_out = isinstance(error, subprocess.TimeoutExpired)
+            what = f"within {HELPER_TIMEOUT} s" if timed_out else f"in {HELPER_LIMIT} bytes (it printed more)"
             raise RegistryError(
-                f"`{helper} get` did not answer within {HELPER_TIMEOUT} s for {host}, so it was stopped "
+                f"`{helper} get` did not answer {what} for {host}, so it was stopped "
                 "and is not asked again in this run; fix the helper (or log in anew) and run again"
             ) from None
         finally:
             CHILDREN.done(process)
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
         if CHILDREN.stopping:
             raise ManageImagesError(f"stopped while `{helper} get` ran")
         return process.returncode, stdout, stderr
@@ -5059,6 +5068,11 @@ class RegistryClient:
             folder = self._certs_d / host
             try:
                 for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    paired = (path, path.with_suffix(".key")) if path.suffix == ".cert" else (path,)
+                    if path.suffix in (".crt", ".cert") and not all(map(Path.is_file, paired)):
+                        raise OSError(
+                            f"{path.name} or its key is missing or not a regular file (a FIFO hangs a read)"
+                        )
                     if path.suffix == ".crt":
                         context.load_verify_locations(cafile=str(path))
                     elif path.suffix == ".cert":
@@ -5344,6 +5358,39 @@ def _connection_handlers(
             return self.do_open(Tls, req, context=context)
 
     return PlainHandler(), TlsHandler()
+
+
+def communicate_capped(
+    process: subprocess.Popen[bytes], data: bytes, timeout: float, limit: int
+) -> tuple[bytes, bytes]:
+    """`process.communicate(data, timeout)`, with at most `limit` bytes of output in all:
+    ValueError beyond (a program that prints forever would fill the memory before its time
+    is up). Both pipes are read as they fill, so neither blocks the program."""
+    import selectors
+    import subprocess
+
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    with contextlib.suppress(OSError):  # a program that does not read its input
+        process.stdin.write(data)
+        process.stdin.close()
+    deadline = time.monotonic() + timeout
+    read: dict[int, bytearray] = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as selector:
+        for descriptor in read:
+            selector.register(descriptor, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(process.args, timeout)
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                read[key.fd] += chunk
+                if sum(map(len, read.values())) > limit:
+                    raise ValueError(f"more than {limit} bytes of output")
+    process.wait(max(deadline - time.monotonic(), 0.0))
+    return bytes(read[process.stdout.fileno()]), bytes(read[process.stderr.fileno()])
 
 
 def _read_quietly(error: urllib.error.HTTPError, limit: int) -> bytes:
