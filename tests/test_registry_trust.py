@@ -37,7 +37,7 @@ import pytest
 import fake_tree
 import manage_images as mi
 from auth_servers import Authority, Proxy
-from helpers import GRAPH, Tool, unavailable
+from helpers import GRAPH, Tool, run_tool, unavailable
 from registry import OCI_MANIFEST, basic, free_port
 
 USER = "alice"
@@ -1329,3 +1329,54 @@ def test_a_stop_during_a_put_answered_without_a_digest_reports_the_tag_it_moved(
     (result,) = json.loads(report.read_text())["images"]
     assert result["result"] == "done" and result["digest"]["new"] == pins[LEAVES[0]], result
     assert [seen.method for seen in server.seen if "/manifests/" in seen.path] == ["GET", "PUT"]
+
+
+def test_a_pinned_index_nested_deeper_than_python_reads_is_one_line_in_check_and_verify(servers, tmp_path):
+    # --check --json and --verify_pinned with platforms read a pin's JSON with json.loads:
+    # "unexpected RecursionError ... This is a bug".
+    registry = FakeRegistry()
+    data = b'{"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": ' + NESTED + b"}"
+    registry.manifests[(f"iree-oss/{LEAVES[0]}", sha256(data))] = data
+    server = serve(servers, registry)
+    root = tree(tmp_path, server.host, {LEAVES[0]: sha256(data)})
+    registry_flag = ("--registry", f"{server.host}/iree-oss")
+    check = run_tool(root, *registry_flag, "--images", "all", "--check", "--json", str(tmp_path / "r.json"))
+    assert check.returncode == 0 and check.stderr == "", check.stderr
+    (pin,) = [
+        pin for pin in json.loads((tmp_path / "r.json").read_text())["pins"] if pin["name"] == LEAVES[0]
+    ]
+    assert pin["kind"] == "manifest" and pin["error"] is None, pin
+    verify = run_tool(
+        root, *registry_flag, "--image", LEAVES[0], "--verify_pinned", "--platform", "linux/amd64"
+    )
+    assert verify.returncode == 1 and "unexpected" not in verify.stderr, verify.stderr
+    assert verify.stderr == (
+        f"the manifest of {server.host}/iree-oss/{LEAVES[0]}@{sha256(data)} is not JSON this tool reads (JSON "
+        "nested too deeply to read); check what was pushed\n"
+    )
+
+
+def test_a_pinned_index_s_platform_names_are_shown_as_outside_text(servers, tmp_path):
+    # An index's platforms are the registry's words: one of 200,000 characters and escapes was
+    # a 200,000-character finding on stdout and in --check --json's "platforms".
+    registry = FakeRegistry()
+    odd = "x" * 200_000 + "\x1b]0;title\x07\u202e"
+    entries = [
+        {"digest": "sha256:" + "1" * 64, "platform": {"os": "linux", "architecture": odd}},
+        {"digest": "sha256:" + "2" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+    ]
+    data = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+    registry.manifests[(f"iree-oss/{LEAVES[0]}", sha256(data))] = data
+    server = serve(servers, registry)
+    root = tree(tmp_path, server.host, {LEAVES[0]: sha256(data)})
+    report = tmp_path / "r.json"
+    registry_flag = ("--registry", f"{server.host}/iree-oss")
+    check = run_tool(root, *registry_flag, "--images", "all", "--check", "--json", str(report))
+    verify = run_tool(
+        root, *registry_flag, "--image", LEAVES[0], "--verify_pinned", "--platform", "linux/amd64"
+    )
+    assert check.returncode == 0 and verify.returncode == 1, check.stderr + verify.stderr
+    (pin,) = [pin for pin in json.loads(report.read_text())["pins"] if pin["name"] == LEAVES[0]]
+    assert pin["platforms"] == [f"linux/{'x' * (mi.OUTSIDE_TEXT_MAX - 9)}...", "linux/amd64"]
+    assert "holds a linux/xxx" in verify.stdout and max(map(len, verify.stdout.splitlines())) < 1000
+    assert not any(control in verify.stdout for control in ("\x1b", "\\x1b", "\u202e", "\\u202e"))

@@ -1116,7 +1116,8 @@ def index_entries(document: object) -> list[tuple[str, str]]:
             else []
         )
         platform = normalize_platform(*parts) if parts and all(parts[:2]) else "unknown"
-        found.append((platform, str(entry.get("digest") or "")))
+        # What the registry wrote is shown in findings and reports: as any outside text.
+        found.append((outside_text(platform), str(entry.get("digest") or "")))
     return found
 
 
@@ -1124,10 +1125,8 @@ def pin_kind(manifest: Manifest) -> dict[str, object]:
     """What a pin is, from its manifest alone (--check --json): `index` or `manifest`, the
     media type the registry served, and an index's platforms (attestations left out, counted
     apart). An image manifest's platform is in its config, another request: null here."""
-    import json
-
     try:
-        document = json.loads(manifest.data)
+        document = registry_json(manifest.data)
     except ValueError:
         document = None
     index = manifest.media_type in INDEX_MEDIA_TYPES or (
@@ -6768,7 +6767,6 @@ def pin_platform_findings(
     want an index holding exactly them, each image of it served; one platform may also be an
     image manifest of that platform (what a one-platform build pushes). Each finding names the
     image and the platform."""
-    import json
 
     client = registry_client(settings)
     url = image_url(settings.registry, image)
@@ -6788,7 +6786,7 @@ def pin_platform_findings(
             f"{', '.join(wanted)}: it has no {lacks}; {advice}"
         )
         return [Finding(PROD_DIGESTS_PATH, entry.line, message, "pin-platforms")]
-    held = index_entries(json.loads(manifest.data))
+    held = index_entries(_json_object(manifest.data, pinned))
     missing, extra, twice = platform_gaps(wanted, [platform for platform, _ in held])
     problems = [f"has no {platform} image, which {image} is built for" for platform in missing]
     problems += [f"holds a {platform} image, which {image} is not built for" for platform in extra]
