@@ -92,6 +92,7 @@ WORKSPACE_PATH = "WORKSPACE"
 WORKSPACE_BAZEL_PATH = "WORKSPACE.bazel"
 RBE_IMAGE = "rbe-toolchain"
 LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
+LOCK_MAX_BYTES = 16 << 20  # a lock lists the temporary files of one change: a bigger one is not the tool's
 COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
 # Options on every git call, so no user configuration changes what git prints:
 # no pager, no colour, paths unquoted, never into submodules unless asked.
@@ -3796,14 +3797,7 @@ class RepositoryLock:
     def acquire(cls, root: Path, command: str, console: Console) -> RepositoryLock:
         path = root / os.fsdecode(git_output(root, "rev-parse", "--git-path", LOCK_NAME).rstrip(b"\n"))
         while True:
-            try:
-                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as error:
-                raise ManageImagesError(
-                    f"cannot create the repository lock {shown(str(path))}: {error.strerror}; every run that "
-                    "changes files takes it in the git directory, so run as a user who may write there "
-                    "(the checkout's owner) or fix its permissions"
-                ) from None
+            descriptor = _open_lock(path)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -3864,11 +3858,41 @@ class RepositoryLock:
             os.close(self._descriptor)
 
 
+def _open_lock(path: Path) -> int:
+    """The lock file, opened (made if need be) for reading and writing: never through a
+    symbolic link, nor a file that is no lock (a FIFO, a device, a file linked elsewhere),
+    since it is written over."""
+    try:
+        descriptor = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644
+        )
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise ManageImagesError(
+                f"cannot create the repository lock {shown(str(path))}: {error.strerror}; every run that "
+                "changes files takes it in the git directory, so run as a user who may write there "
+                "(the checkout's owner) or fix its permissions"
+            ) from None
+        descriptor = -1
+    found = os.fstat(descriptor) if descriptor >= 0 else None
+    if found is None or not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+        if descriptor >= 0:
+            os.close(descriptor)
+        raise ManageImagesError(
+            f"the repository lock {shown(str(path))} is no lock this tool made (a symbolic link, a FIFO, a "
+            "device or a file with other names), and writing it would write there; remove it and run again"
+        )
+    return descriptor
+
+
 def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
-    """The holder a lock file names, and the temporary files it lists."""
-    data = b""
-    while chunk := os.pread(descriptor, 65536, len(data)):
+    """The holder a lock file names, and the temporary files it lists (none from a file
+    bigger than LOCK_MAX_BYTES: the tool never writes one)."""
+    data = bytearray()
+    while len(data) <= LOCK_MAX_BYTES and (chunk := os.pread(descriptor, 65536, len(data))):
         data += chunk
+    if len(data) > LOCK_MAX_BYTES:
+        data = data.partition(b"\n")[0]
     header, *rest = data.decode("utf-8", "replace").splitlines() or [""]
     temporaries = []
     for line in rest:
@@ -3876,7 +3900,7 @@ def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
             temporaries.append(Path(os.fsdecode(bytes.fromhex(line))))
         except ValueError:
             continue
-    return header, temporaries
+    return cut(header, ERROR_MAX), temporaries
 
 
 def read_small(path: Path, limit: int) -> bytes:
@@ -6352,6 +6376,21 @@ def write_report(destination: str, document: Mapping[str, object], out: Console)
         out.write(text)
         return
     path = Path(destination)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # /dev/stdout, a FIFO, a link: written through, as a shell's `>` would; a rename
+        # would put a file in place of the device or the link (as root, /dev/stdout's).
+        try:
+            descriptor = os.open(
+                path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            )  # a FIFO nobody reads: ENXIO
+            os.set_blocking(descriptor, True)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    os.ftruncate(descriptor, 0)
+                stream.write(text)
+        except OSError as error:
+            raise ManageImagesError(f"cannot write the JSON report {destination}: {error.strerror}") from None
+        return
     temporary = temporary_beside(path)
     umask = os.umask(0)
     os.umask(umask)
@@ -7260,6 +7299,8 @@ def report_path_problem(destination: str) -> str:
     folder = path.parent
     if path.is_dir():
         return "is a folder; give a file name"
+    if path.is_symlink() or (path.exists() and not path.is_file()):  # written through: see write_report
+        return "" if os.access(path, os.W_OK) else "is not writable"
     if not folder.is_dir():
         return f"the folder {shown(str(folder))} does not exist"
     if not os.access(folder, os.W_OK | os.X_OK):
