@@ -1135,6 +1135,33 @@ def test_a_redirect_s_body_is_never_read_and_a_location_that_is_no_url_is_one_li
         )
 
 
+def test_a_challenge_from_where_a_redirect_went_never_gets_the_registry_s_credentials(servers, clean):
+    # The registry sends a read to a blob store elsewhere; that store's 401 named a token
+    # server, which then got the registry's password (Basic) from the tool. Docker answers
+    # the registry's own challenge only.
+    registry = FakeRegistry(PASSWORD)
+    digest = registry.push(LEAVES[0])
+    tokens = serve(servers, lambda handler, seen: reply(handler, 200, b'{"token": "t"}'))
+    header = f'Bearer realm="http://{tokens.host}/token",service="elsewhere"'
+    store = serve(servers, lambda handler, seen: reply(handler, 401, b"{}", {"WWW-Authenticate": header}))
+
+    def fault(handler, seen: Seen) -> bool:
+        if "/manifests/" in seen.path and seen.headers.get("authorization") == basic(USER, PASSWORD):
+            reply(handler, 307, b"", {"Location": f"http://{store.host}/blob"})
+            return True
+        return False
+
+    registry.fault = fault
+    server = serve(servers, registry)
+    write_config(clean, {"auths": {server.host: auth_entry(USER, PASSWORD)}})
+    with pytest.raises(mi.RegistryError) as error:
+        client().get_manifest(f"{server.host}/iree-oss/{LEAVES[0]}", digest)
+    assert str(error.value).startswith(
+        f"the registry {server.host} refused GET iree-oss/{LEAVES[0]}/manifests/"
+    )
+    assert tokens.seen == [] and all("authorization" not in seen.headers for seen in store.seen)
+
+
 def test_a_proxy_s_refusal_never_shows_its_password_and_a_proxy_url_that_is_none_is_named(
     servers, tls, authority, far, clean, monkeypatch
 ):

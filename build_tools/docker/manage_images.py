@@ -4343,6 +4343,7 @@ class Answer(NamedTuple):
     status: int
     headers: Mapping[str, str]  # names in lower case
     body: bytes
+    url: str = ""  # where it came from: the last of the request's redirects
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -4853,7 +4854,9 @@ class RegistryClient:
         url = f"{base}/v2/{repository}/{path}"
         authorization = self._authorization(host, scope)
         answer = self._send(method, url, host, headers, body, authorization, limit=limit)
-        if answer.status == 401:
+        # A challenge from where a redirect went is not the registry's: its realm would get
+        # the registry's credentials. As docker, only the registry's own is answered.
+        if answer.status == 401 and origin(answer.url) == origin(url):
             with self._lock:
                 self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
                 self._authorizations.pop((host, scope), None)
@@ -4901,7 +4904,7 @@ class RegistryClient:
                     raise RegistryError(self._transport_message(host, reason)) from None
                 base = f"http://{host}"
                 answer = self._send("GET", f"{base}/v2/", host, {"User-Agent": USER_AGENT}, None, None)
-            if answer.status == 401:
+            if answer.status == 401 and origin(answer.url) == origin(base):
                 self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
             self._bases[host] = base
             return base
@@ -5188,8 +5191,10 @@ class RegistryClient:
             try:
                 with self._opener(host, exchange).open(request, timeout=REGISTRY_TIMEOUT) as response:
                     status, found, data = response.status, response.headers, response.read(size + 1)
+                    where = response.url
             except urllib.error.HTTPError as error:
                 status, found, data = error.code, error.headers, _read_quietly(error, ERROR_BODY_LIMIT)
+                where = error.url
             except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
                 self._check_cut(exchange)
                 raise _TransportError(
@@ -5206,7 +5211,7 @@ class RegistryClient:
                 f"{self._subject(host, url)} answered {method} {url} with more than {size} bytes, the most "
                 f"{limit[1]} may have (as docker reads it): refused; check what it serves"
             )
-        return Answer(status, _lower(found), data[:size])
+        return Answer(status, _lower(found), data[:size], where)
 
     def _check_cut(self, exchange: Exchange) -> None:
         """Raises what a cut request ended in: the run's stop, or its deadline."""
