@@ -766,3 +766,92 @@ def test_a_server_that_answers_no_http_is_named_in_a_short_line_without_its_esca
     assert text.startswith(f"cannot reach the registry {host}: "), text
     assert len(text) < 2 * mi.OUTSIDE_TEXT_MAX
     assert_nothing_leaked({"the error": text})
+
+
+# --- A second hostile pass (trust-attack): local state and the report ------------------------
+
+
+def pin_cmake_anew(tree: Path) -> list[str]:
+    """Pins cmake anew in `tree`: the argv of an --only_references run, which takes the
+    repository lock and writes the files that refer to it."""
+    images = mi.ordered_images_to_process(["cmake"], GRAPH)
+    prod = tree / "build_tools/docker/prod_digests.txt"
+    prod.write_text(
+        "".join(f"gcr.io/iree-oss/{image}@{NEW if image == 'cmake' else D1}\n" for image in images)
+    )
+    return ["--image", "cmake", "--only_references"]
+
+
+@pytest.mark.parametrize("kind", ["symbolic link", "FIFO", "hard link"])
+def test_a_lock_file_that_is_no_lock_is_refused_and_what_it_names_is_not_written(
+    tree, standin, tmp_path, capsys, kind
+):
+    # A lock that was a symbolic link had its target overwritten with the holder's line; a FIFO
+    # was "unexpected OSError: Illegal seek".
+    lock = tree / ".git" / mi.LOCK_NAME
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    if kind == "symbolic link":
+        lock.symlink_to(victim)
+    elif kind == "hard link":
+        os.link(victim, lock)
+    else:
+        os.mkfifo(lock)
+    argv = pin_cmake_anew(tree)
+    before = files(tree)
+    assert mi.main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"the repository lock {lock} is no lock this tool made (a symbolic link, a FIFO, a device or a file "
+        "with other names), and writing it would write there; remove it and run again\n"
+    )
+    assert victim.read_text() == "precious\n" and files(tree) == before
+    assert os.path.lexists(lock)  # left for the user to look at
+
+
+def test_a_huge_lock_file_left_behind_is_read_only_as_far_as_a_lock_goes(tree, standin, capsys):
+    # A 128 MiB lock (sparse: it takes no room) was read whole, 64 KiB at a time, each read
+    # copying all before it: minutes to take the lock (hours for a GiB).
+    lock = tree / ".git" / mi.LOCK_NAME
+    with open(lock, "wb") as file:
+        file.write(b"pid 1: manage_images.py --image cmake\n")
+        file.truncate(128 << 20)
+    started = time.monotonic()
+    assert mi.main(pin_cmake_anew(tree)) == 0
+    assert time.monotonic() - started < 10
+    assert "A run that was killed left" in capsys.readouterr().out
+    assert not lock.exists() and NEW.encode() in (tree / "ci/build.sh").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/null", "link to a file", "FIFO read", "FIFO unread"])
+def test_a_report_path_that_is_a_link_or_a_fifo_is_written_through_never_replaced(
+    tree, standin, tmp_path, capsys, kind
+):
+    # The report was written by rename: `--json /dev/stdout` run as root put a file in place of
+    # /dev/stdout (as a link to /dev/null shows here), a link to a file lost its link.
+    path, target = tmp_path / "report.json", tmp_path / "target.json"
+    read: list[bytes] = []
+    if kind == "link to /dev/null":
+        path.symlink_to(os.devnull)
+    elif kind == "link to a file":
+        target.write_text("old and longer than nothing\n" * 1000)
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    if kind == "FIFO read":
+        reader = threading.Thread(target=lambda: read.append(path.read_bytes()), daemon=True)
+        reader.start()
+    code = mi.main([*pin_cmake_anew(tree), "--json", str(path)])
+    if kind == "FIFO unread":
+        assert code == 1 and path.is_fifo()
+        assert capsys.readouterr().err == f"cannot write the JSON report {path}: No such device or address\n"
+        return
+    assert code == 0, capsys.readouterr().err
+    if kind == "FIFO read":
+        reader.join(10)
+        assert path.is_fifo() and json.loads(read[0])["mode"] == "only_references"
+    else:
+        assert path.is_symlink() and os.readlink(path) == (
+            os.devnull if kind == "link to /dev/null" else str(target)
+        )
+    if kind == "link to a file":
+        assert json.loads(target.read_text())["mode"] == "only_references"

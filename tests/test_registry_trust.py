@@ -37,7 +37,7 @@ import pytest
 import fake_tree
 import manage_images as mi
 from auth_servers import Authority, Proxy
-from helpers import GRAPH, Tool, unavailable
+from helpers import GRAPH, Tool, run_tool, unavailable
 from registry import OCI_MANIFEST, basic, free_port
 
 USER = "alice"
@@ -1083,3 +1083,327 @@ def test_json_nested_deeper_than_python_reads_is_one_clear_line(
         "token": f"the token server http://{server.host}/token of {server.host} answered no token",
     }[where]
     assert str(error.value).startswith(expected), str(error.value)
+
+
+# --- A second hostile pass (trust-attack): what it found, one test each ------------------------
+
+
+def test_a_redirect_s_body_is_never_read_and_a_location_that_is_no_url_is_one_line(
+    servers, clean, monkeypatch
+):
+    # urllib reads a redirect's whole body before it follows it: 3 GiB in 15 s from a registry
+    # whose redirect never ends. A Location it cannot parse was an "unexpected ValueError".
+    monkeypatch.setattr(mi, "REGISTRY_DEADLINE", 5.0, raising=False)
+    registry = FakeRegistry(PASSWORD)
+    digest = registry.push(LEAVES[0])
+    data = registry.manifests[(f"iree-oss/{LEAVES[0]}", digest)]
+    location = {"now": ""}
+    sent: list[int] = []
+
+    def fault(handler, seen: Seen) -> bool:
+        if seen.path.endswith("?moved"):
+            reply(handler, 200, data, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest})
+        elif "/manifests/" in seen.path:
+            handler.send_response(307)
+            handler.send_header("Location", location["now"] or f"{seen.path}?moved")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            chunk, count = b"%x\r\n%s\r\n" % (65536, b"x" * 65536), 0
+            with contextlib.suppress(OSError):  # 32 MiB, then silence until the client goes
+                while count < 512:
+                    handler.wfile.write(chunk)
+                    count += 1
+                sent.append(count)
+                time.sleep(10)
+        else:
+            return False
+        return True
+
+    registry.fault = fault
+    server = serve(servers, registry)
+    write_config(clean, {"auths": {server.host: auth_entry(USER, PASSWORD)}})
+    started = time.monotonic()
+    assert client().get_manifest(f"{server.host}/iree-oss/{LEAVES[0]}", digest).data == data
+    assert time.monotonic() - started < 3 and sent == []  # it went on at once: the body unread
+    for bad in ("http://[::1/v2/", f"http://{server.host.split(':')[0]}:port/v2/", "https://h:99999/"):
+        location["now"] = bad
+        with pytest.raises(mi.RegistryError) as error:
+            client().get_manifest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+        assert str(error.value) == (
+            f"{server.host} redirected GET http://{server.host}/v2/iree-oss/{LEAVES[0]}/manifests/latest to "
+            f"{bad}, which is no URL: refused; check the registry"
+        )
+
+
+def test_a_challenge_from_where_a_redirect_went_never_gets_the_registry_s_credentials(servers, clean):
+    # The registry sends a read to a blob store elsewhere; that store's 401 named a token
+    # server, which then got the registry's password (Basic) from the tool. Docker answers
+    # the registry's own challenge only.
+    registry = FakeRegistry(PASSWORD)
+    digest = registry.push(LEAVES[0])
+    tokens = serve(servers, lambda handler, seen: reply(handler, 200, b'{"token": "t"}'))
+    header = f'Bearer realm="http://{tokens.host}/token",service="elsewhere"'
+    store = serve(servers, lambda handler, seen: reply(handler, 401, b"{}", {"WWW-Authenticate": header}))
+
+    def fault(handler, seen: Seen) -> bool:
+        if "/manifests/" in seen.path and seen.headers.get("authorization") == basic(USER, PASSWORD):
+            reply(handler, 307, b"", {"Location": f"http://{store.host}/blob"})
+            return True
+        return False
+
+    registry.fault = fault
+    server = serve(servers, registry)
+    write_config(clean, {"auths": {server.host: auth_entry(USER, PASSWORD)}})
+    with pytest.raises(mi.RegistryError) as error:
+        client().get_manifest(f"{server.host}/iree-oss/{LEAVES[0]}", digest)
+    assert str(error.value).startswith(
+        f"the registry {server.host} refused GET iree-oss/{LEAVES[0]}/manifests/"
+    )
+    assert tokens.seen == [] and all("authorization" not in seen.headers for seen in store.seen)
+
+
+def test_a_proxy_s_refusal_never_shows_its_password_and_a_proxy_url_that_is_none_is_named(
+    servers, tls, authority, far, clean, monkeypatch
+):
+    server = serve(servers, FakeRegistry(), address=far, context=tls)
+    authority.trust_in(clean["certs.d"], server.host)
+    secret = f"proxy-{uuid.uuid4().hex}"
+    said = f"denied \x1b]0;title\x07 {secret} {basic('user', secret)[6:]}".encode()
+    proxy = ConnectProxy(fault=lambda line: b"HTTP/1.1 403 " + said + b"\r\nContent-Length: 0\r\n\r\n")
+    servers.append(proxy)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", f"http://user:{secret}@"))
+    with pytest.raises(mi.RegistryError) as error:
+        client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+    assert str(error.value) == (
+        f"the proxy {proxy.url} (HTTPS_PROXY) failed on the way to the registry {server.host}: Tunnel "
+        f"connection failed: 403 denied  *** ***; check the proxy, or list {server.host} in NO_PROXY"
+    )
+    assert proxy.headers[0]["proxy-authorization"] == basic("user", secret)
+    for bad in (f"http://user:{secret}@[::1", f"http://user:{secret}@127.0.0.1:port", "http://p:99999"):
+        monkeypatch.setenv("HTTPS_PROXY", bad)
+        with pytest.raises(mi.RegistryError) as error:
+            client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+        assert str(error.value) == (
+            "HTTPS_PROXY is no proxy URL this tool reads (a bad address or port); name the proxy as "
+            f"http://HOST:PORT, or list {server.host} in NO_PROXY"
+        )
+    assert server.seen == []
+
+
+@pytest.mark.parametrize(
+    "token", ["t\r\nX-Injected: 1", "t\u4e2d", "t t"], ids=["crlf", "non-latin-1", "space"]
+)
+def test_a_token_no_http_header_can_carry_is_one_line(servers, clean, token):
+    def answer(handler, seen: Seen) -> None:
+        if seen.path.startswith("/token"):
+            return reply(handler, 200, json.dumps({"token": token}).encode())
+        header = f'Bearer realm="http://{server.host}/token",service="test"'
+        reply(handler, 401, b"{}", {"WWW-Authenticate": header})
+
+    server = serve(servers, answer)
+    with pytest.raises(mi.RegistryError) as error:
+        client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+    assert str(error.value) == (
+        f"the token server http://{server.host}/token of {server.host} answered a token with characters an "
+        "HTTP header cannot carry (spaces, line breaks, controls or non-ASCII); check the registry"
+    )
+    assert not any(seen.headers.get("authorization") for seen in server.seen)
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_a_manifest_s_media_type_that_is_none_is_refused_not_shown_and_put_back(
+    servers, tmp_path, monkeypatch, capsys, where
+):
+    # A Content-Type of 60,000 characters and escapes reached stdout and the log whole, and
+    # went back to the registry in the PUT; one from the body with a line break was a bug.
+    registry = FakeRegistry()
+    odd = (
+        "application/\x1b]0;title\x07" + "a" * 60000
+        if where == "header"
+        else "application/x\r\nX-Injected: 1"
+    )
+    data = json.dumps({"schemaVersion": 2, "mediaType": odd}).encode()
+    registry.manifests[(f"iree-oss/{LEAVES[0]}", sha256(data))] = data
+
+    def fault(handler, seen: Seen) -> bool:
+        if "/manifests/sha256:" not in seen.path:
+            return False
+        headers = {"Docker-Content-Digest": sha256(data)}
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")  # as sent: escapes in a header are bytes too
+        if where == "header":
+            handler.wfile.write(b"Content-Type: " + odd.encode("latin-1") + b"\r\n")
+        for name, value in {**headers, "Content-Length": str(len(data)), "Connection": "close"}.items():
+            handler.wfile.write(f"{name}: {value}\r\n".encode())
+        handler.wfile.write(b"\r\n" + data)
+        handler.close_connection = True
+        return True
+
+    registry.fault = fault
+    server = serve(servers, registry)
+    monkeypatch.chdir(tree(tmp_path, server.host, {LEAVES[0]: sha256(data)}))
+    argv = ["--registry", f"{server.host}/iree-oss", "--image", LEAVES[0], "--promote", "--progress", "plain"]
+    assert mi.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(
+        f"{server.host} answered {server.host}/iree-oss/{LEAVES[0]}@{sha256(data)} with a media "
+    )
+    assert err.endswith("); check the registry\n") and len(err) < 400 and "\\x1b" not in err
+    assert max(map(len, out.splitlines())) < 1000
+    assert [seen for seen in server.seen if seen.method == "PUT"] == []
+
+
+def test_a_credential_helper_that_prints_past_its_limit_is_stopped_at_once(
+    servers, clean, tmp_path, monkeypatch
+):
+    # One that printed forever filled 5 GiB in 8 s: its output was read whole until its time was up.
+    folder = tmp_path / "bin"
+    helper_script(folder, "loud", f"head -c {2 * mi.HELPER_LIMIT} /dev/zero; sleep 60")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    registry = FakeRegistry(PASSWORD)
+    server = serve(servers, registry)
+    write_config(clean, {"credHelpers": {server.host: "loud"}})
+    started = time.monotonic()
+    with pytest.raises(mi.RegistryError) as error:
+        client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest")
+    assert time.monotonic() - started < mi.HELPER_TIMEOUT / 4
+    assert str(error.value) == (
+        f"`docker-credential-loud get` did not answer in {mi.HELPER_LIMIT} bytes (it printed more) for "
+        f"{server.host}, so it was stopped and is not asked again in this run; fix the helper (or log in "
+        "anew) and run again"
+    )
+    (pid,) = runs(folder)
+    wait_until(lambda: gone(pid), timeout=5)
+
+
+def hangs_on(fifo: Path, call: Callable[[], object]) -> BaseException | None:
+    """What `call` raised (None if nothing), or an AssertionError when it hung on opening
+    `fifo` for 10 s; the open is released so no thread stays blocked."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            raised.append(None)
+        except BaseException as error:  # noqa: B036 - handed to the test
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        thread.join(10)
+        raise AssertionError(f"hung on opening the FIFO {fifo}")
+    return raised[0]
+
+
+@pytest.mark.parametrize("where", ["config.json", "certs.d"])
+def test_a_fifo_for_docker_s_config_or_a_certificate_is_one_line_not_a_hang(
+    servers, tls, authority, clean, where
+):
+    server = serve(servers, FakeRegistry(PASSWORD), context=tls)  # it asks for credentials
+    if where == "config.json":
+        authority.trust_in(clean["certs.d"], server.host)
+        fifo = clean["docker-config"] / "config.json"
+    else:
+        fifo = clean["certs.d"] / server.host / "ca.crt"
+        fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    error = hangs_on(fifo, lambda: client().served_digest(f"{server.host}/iree-oss/{LEAVES[0]}", "latest"))
+    assert isinstance(error, mi.RegistryError), error
+    assert (
+        str(error)
+        == {
+            "config.json": f"cannot read {fifo}: it is not a regular file; fix it or point DOCKER_CONFIG elsewhere",
+            "certs.d": f"cannot load the certificates in {fifo.parent}: ca.crt or its key is missing or not a "
+            "regular file (a FIFO hangs a read); fix them (docker reads the same folder)",
+        }[where]
+    )
+
+
+def test_a_stop_during_a_put_answered_without_a_digest_reports_the_tag_it_moved(servers, tmp_path):
+    # The answer's Docker-Content-Digest is optional: without it the tool asks what the tag
+    # serves, a request a stop forbids; the image was "failed" although its tag had moved.
+    registry = FakeRegistry()
+    pins = {LEAVES[0]: registry.push(LEAVES[0])}
+    writing = threading.Event()
+
+    def fault(handler, seen: Seen) -> bool:
+        if seen.method != "PUT":
+            return False
+        writing.set()
+        time.sleep(1.5)
+        registry.manifests[(f"iree-oss/{LEAVES[0]}", "latest")] = seen.body
+        reply(handler, 201)
+        return True
+
+    registry.fault = fault
+    server = serve(servers, registry)
+    report = tmp_path / "report.json"
+    tool = Tool(
+        tree(tmp_path, server.host, pins),
+        *("--registry", f"{server.host}/iree-oss", "--image", LEAVES[0], "--promote", "--json", str(report)),
+    )
+    try:
+        wait_until(writing.is_set)
+        tool.send_signal(signal.SIGTERM)
+        code, out, err = tool.finish(timeout=60)
+    finally:
+        tool.process.kill()
+    assert code == 128 + signal.SIGTERM, out + err
+    assert registry.tag(LEAVES[0], "latest") == pins[LEAVES[0]]
+    (result,) = json.loads(report.read_text())["images"]
+    assert result["result"] == "done" and result["digest"]["new"] == pins[LEAVES[0]], result
+    assert [seen.method for seen in server.seen if "/manifests/" in seen.path] == ["GET", "PUT"]
+
+
+def test_a_pinned_index_nested_deeper_than_python_reads_is_one_line_in_check_and_verify(servers, tmp_path):
+    # --check --json and --verify_pinned with platforms read a pin's JSON with json.loads:
+    # "unexpected RecursionError ... This is a bug".
+    registry = FakeRegistry()
+    data = b'{"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": ' + NESTED + b"}"
+    registry.manifests[(f"iree-oss/{LEAVES[0]}", sha256(data))] = data
+    server = serve(servers, registry)
+    root = tree(tmp_path, server.host, {LEAVES[0]: sha256(data)})
+    registry_flag = ("--registry", f"{server.host}/iree-oss")
+    check = run_tool(root, *registry_flag, "--images", "all", "--check", "--json", str(tmp_path / "r.json"))
+    assert check.returncode == 0 and check.stderr == "", check.stderr
+    (pin,) = [
+        pin for pin in json.loads((tmp_path / "r.json").read_text())["pins"] if pin["name"] == LEAVES[0]
+    ]
+    assert pin["kind"] == "manifest" and pin["error"] is None, pin
+    verify = run_tool(
+        root, *registry_flag, "--image", LEAVES[0], "--verify_pinned", "--platform", "linux/amd64"
+    )
+    assert verify.returncode == 1 and "unexpected" not in verify.stderr, verify.stderr
+    assert verify.stderr == (
+        f"the manifest of {server.host}/iree-oss/{LEAVES[0]}@{sha256(data)} is not JSON this tool reads (JSON "
+        "nested too deeply to read); check what was pushed\n"
+    )
+
+
+def test_a_pinned_index_s_platform_names_are_shown_as_outside_text(servers, tmp_path):
+    # An index's platforms are the registry's words: one of 200,000 characters and escapes was
+    # a 200,000-character finding on stdout and in --check --json's "platforms".
+    registry = FakeRegistry()
+    odd = "x" * 200_000 + "\x1b]0;title\x07\u202e"
+    entries = [
+        {"digest": "sha256:" + "1" * 64, "platform": {"os": "linux", "architecture": odd}},
+        {"digest": "sha256:" + "2" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+    ]
+    data = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+    registry.manifests[(f"iree-oss/{LEAVES[0]}", sha256(data))] = data
+    server = serve(servers, registry)
+    root = tree(tmp_path, server.host, {LEAVES[0]: sha256(data)})
+    report = tmp_path / "r.json"
+    registry_flag = ("--registry", f"{server.host}/iree-oss")
+    check = run_tool(root, *registry_flag, "--images", "all", "--check", "--json", str(report))
+    verify = run_tool(
+        root, *registry_flag, "--image", LEAVES[0], "--verify_pinned", "--platform", "linux/amd64"
+    )
+    assert check.returncode == 0 and verify.returncode == 1, check.stderr + verify.stderr
+    (pin,) = [pin for pin in json.loads(report.read_text())["pins"] if pin["name"] == LEAVES[0]]
+    assert pin["platforms"] == [f"linux/{'x' * (mi.OUTSIDE_TEXT_MAX - 9)}...", "linux/amd64"]
+    assert "holds a linux/xxx" in verify.stdout and max(map(len, verify.stdout.splitlines())) < 1000
+    assert not any(control in verify.stdout for control in ("\x1b", "\\x1b", "\u202e", "\\u202e"))

@@ -92,6 +92,7 @@ WORKSPACE_PATH = "WORKSPACE"
 WORKSPACE_BAZEL_PATH = "WORKSPACE.bazel"
 RBE_IMAGE = "rbe-toolchain"
 LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
+LOCK_MAX_BYTES = 16 << 20  # a lock lists the temporary files of one change: a bigger one is not the tool's
 COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
 # Options on every git call, so no user configuration changes what git prints:
 # no pager, no colour, paths unquoted, never into submodules unless asked.
@@ -260,6 +261,8 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 INDEX_MEDIA_TYPES = frozenset(MANIFEST_MEDIA_TYPES[:2])
+_MEDIA_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # RFC 6838's restricted-name
+MEDIA_TYPE_RE = re.compile(rf"{_MEDIA_NAME}/{_MEDIA_NAME}\Z")
 REGISTRY_TIMEOUT = 30  # seconds, to connect and for each read of one request
 REGISTRY_DEADLINE = 120  # seconds for one request in all, its redirects and whole answer included
 REGISTRY_ATTEMPTS = 4  # in all, for a request answered 429 or 5xx or whose connection dropped
@@ -273,8 +276,10 @@ CONFIG_LIMIT = 4 << 20
 TOKEN_LIMIT = 1 << 20
 ERROR_BODY_LIMIT = 64000
 HELPER_TIMEOUT = 60  # seconds a credential helper has to answer (it may refresh a token first)
+HELPER_LIMIT = 1 << 20  # bytes a credential helper may print in all (its answer is a few hundred)
 # docker's per-registry TLS folders (HOST[:PORT]/ca.crt); the variable points elsewhere (tests).
 CERTS_D = "/etc/docker/certs.d"
+DOCKER_CONFIG_LIMIT = 4 << 20  # bytes of docker's config.json (a few KiB): a FIFO or a device is none
 # OpenSSL's reasons for a TLS hello answered in plain HTTP: a loopback registry then gets HTTP.
 NOT_TLS_REASONS = frozenset(
     (
@@ -1137,7 +1142,8 @@ def index_entries(document: object) -> list[tuple[str, str]]:
             else []
         )
         platform = normalize_platform(*parts) if parts and all(parts[:2]) else "unknown"
-        found.append((platform, str(entry.get("digest") or "")))
+        # What the registry wrote is shown in findings and reports: as any outside text.
+        found.append((outside_text(platform), str(entry.get("digest") or "")))
     return found
 
 
@@ -1145,10 +1151,8 @@ def pin_kind(manifest: Manifest) -> dict[str, object]:
     """What a pin is, from its manifest alone (--check --json): `index` or `manifest`, the
     media type the registry served, and an index's platforms (attestations left out, counted
     apart). An image manifest's platform is in its config, another request: null here."""
-    import json
-
     try:
-        document = json.loads(manifest.data)
+        document = registry_json(manifest.data)
     except ValueError:
         document = None
     index = manifest.media_type in INDEX_MEDIA_TYPES or (
@@ -3888,14 +3892,7 @@ class RepositoryLock:
     def acquire(cls, root: Path, command: str, console: Console) -> RepositoryLock:
         path = root / os.fsdecode(git_output(root, "rev-parse", "--git-path", LOCK_NAME).rstrip(b"\n"))
         while True:
-            try:
-                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as error:
-                raise ManageImagesError(
-                    f"cannot create the repository lock {shown(str(path))}: {error.strerror}; every run that "
-                    "changes files takes it in the git directory, so run as a user who may write there "
-                    "(the checkout's owner) or fix its permissions"
-                ) from None
+            descriptor = _open_lock(path)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -3956,11 +3953,41 @@ class RepositoryLock:
             os.close(self._descriptor)
 
 
+def _open_lock(path: Path) -> int:
+    """The lock file, opened (made if need be) for reading and writing: never through a
+    symbolic link, nor a file that is no lock (a FIFO, a device, a file linked elsewhere),
+    since it is written over."""
+    try:
+        descriptor = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644
+        )
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise ManageImagesError(
+                f"cannot create the repository lock {shown(str(path))}: {error.strerror}; every run that "
+                "changes files takes it in the git directory, so run as a user who may write there "
+                "(the checkout's owner) or fix its permissions"
+            ) from None
+        descriptor = -1
+    found = os.fstat(descriptor) if descriptor >= 0 else None
+    if found is None or not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+        if descriptor >= 0:
+            os.close(descriptor)
+        raise ManageImagesError(
+            f"the repository lock {shown(str(path))} is no lock this tool made (a symbolic link, a FIFO, a "
+            "device or a file with other names), and writing it would write there; remove it and run again"
+        )
+    return descriptor
+
+
 def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
-    """The holder a lock file names, and the temporary files it lists."""
-    data = b""
-    while chunk := os.pread(descriptor, 65536, len(data)):
+    """The holder a lock file names, and the temporary files it lists (none from a file
+    bigger than LOCK_MAX_BYTES: the tool never writes one)."""
+    data = bytearray()
+    while len(data) <= LOCK_MAX_BYTES and (chunk := os.pread(descriptor, 65536, len(data))):
         data += chunk
+    if len(data) > LOCK_MAX_BYTES:
+        data = data.partition(b"\n")[0]
     header, *rest = data.decode("utf-8", "replace").splitlines() or [""]
     temporaries = []
     for line in rest:
@@ -3968,7 +3995,7 @@ def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
             temporaries.append(Path(os.fsdecode(bytes.fromhex(line))))
         except ValueError:
             continue
-    return header, temporaries
+    return cut(header, ERROR_MAX), temporaries
 
 
 def read_small(path: Path, limit: int) -> bytes:
@@ -4411,6 +4438,7 @@ class Answer(NamedTuple):
     status: int
     headers: Mapping[str, str]  # names in lower case
     body: bytes
+    url: str = ""  # where it came from: the last of the request's redirects
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -4555,6 +4583,17 @@ def in_clear(url: str) -> bool:
     return parts.scheme.lower() != "https" and not is_loopback_registry(parts.netloc.rpartition("@")[2])
 
 
+def is_url(url: str) -> bool:
+    """Whether `url` (absolute or relative) is one urllib can follow: its host (an IPv6 address
+    in brackets too) and its port (a number up to 65535) read."""
+    import urllib.parse
+
+    try:
+        return urllib.parse.urlsplit(url).port != -1  # reading the port raises for a bad one
+    except ValueError:
+        return False
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of `url`, the port made explicit: what credentials are given for."""
     import urllib.parse
@@ -4586,7 +4625,7 @@ def proxy_for(url: str, env: Mapping[str, str]) -> tuple[str, str] | None:
         parts.hostname or "", port, env.get("NO_PROXY") or env.get("no_proxy") or ""
     ):
         return None
-    if urllib.parse.urlsplit(proxy).scheme.lower() not in ("http", "https", "socks5"):
+    if is_url(proxy) and urllib.parse.urlsplit(proxy).scheme.lower() not in ("http", "https", "socks5"):
         proxy = f"http://{proxy}"
     return proxy, name
 
@@ -4745,7 +4784,7 @@ class ProxyFailure(OSError):
 
     def __init__(self, proxy: str, reason: Exception) -> None:
         said = getattr(reason, "strerror", None) or str(reason)
-        super().__init__(" ".join(said.split())[:200] or type(reason).__name__)  # a proxy's words: one line
+        super().__init__(outside_text(said, SECRETS.forms(), 200) or type(reason).__name__)  # a proxy's words
         self.proxy = proxy
 
 
@@ -4827,7 +4866,13 @@ class RegistryClient:
         if reference.startswith("sha256:") and said != reference:
             raise RegistryError(_other_digest(host, f"GET of {name}", said))
         media_type = answer.headers.get("content-type", "").split(";", 1)[0].strip()
-        manifest = Manifest(media_type or _declared_media_type(answer.body), answer.body, digest)
+        media_type = media_type or _declared_media_type(answer.body)
+        if not MEDIA_TYPE_RE.match(media_type):  # it is shown, and sent back with a PUT
+            raise RegistryError(
+                f"{host} answered {name} with a media type that is none ({outside_text(media_type, limit=80)}); "
+                "check the registry"
+            )
+        manifest = Manifest(media_type, answer.body, digest)
         if digest == reference:
             with self._lock:
                 self._served.add((url, digest))
@@ -4843,6 +4888,9 @@ class RegistryClient:
         )
         self._expect(answer, (200, 201, 202), host, f"PUT of {url}:{tag}")
         digest = answer.headers.get("docker-content-digest")
+        if digest is None and CHILDREN.stopping:
+            # It took these bytes, and no request may start now to ask: say what moved, as docker would.
+            return manifest.digest
         if digest is None:  # optional in the spec: ask what the tag now serves
             served = self.served_digest(url, tag)
             if served is None:
@@ -4901,7 +4949,9 @@ class RegistryClient:
         url = f"{base}/v2/{repository}/{path}"
         authorization = self._authorization(host, scope)
         answer = self._send(method, url, host, headers, body, authorization, limit=limit)
-        if answer.status == 401:
+        # A challenge from where a redirect went is not the registry's: its realm would get
+        # the registry's credentials. As docker, only the registry's own is answered.
+        if answer.status == 401 and origin(answer.url) == origin(url):
             with self._lock:
                 self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
                 self._authorizations.pop((host, scope), None)
@@ -4949,7 +4999,7 @@ class RegistryClient:
                     raise RegistryError(self._transport_message(host, reason)) from None
                 base = f"http://{host}"
                 answer = self._send("GET", f"{base}/v2/", host, {"User-Agent": USER_AGENT}, None, None)
-            if answer.status == 401:
+            if answer.status == 401 and origin(answer.url) == origin(base):
                 self._challenges[host] = parse_challenge(answer.headers.get("www-authenticate", ""))
             self._bases[host] = base
             return base
@@ -5029,6 +5079,11 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token server {realm} of {host} answered no token; check the registry")
         SECRETS.add(token, document.get("refresh_token"))
+        if not re.fullmatch(r"[!-~]+", token):  # it goes in a header: a line break would end it
+            raise RegistryError(
+                f"the token server {realm} of {host} answered a token with characters an HTTP header "
+                "cannot carry (spaces, line breaks, controls or non-ASCII); check the registry"
+            )
         return token
 
     def _credentials_for(self, host: str) -> Credentials | None:
@@ -5044,7 +5099,7 @@ class RegistryClient:
     def _find_credentials(self, host: str) -> Credentials | None:
         if self._config is None:
             try:
-                loaded = registry_json(self._config_path.read_bytes())
+                loaded = registry_json(read_small(self._config_path, DOCKER_CONFIG_LIMIT))
             except FileNotFoundError:
                 loaded = {}
             except (OSError, ValueError) as error:
@@ -5100,17 +5155,24 @@ class RegistryClient:
         pipe = subprocess.PIPE
         process = CHILDREN.start((helper, "get"), True, stdin=pipe, stdout=pipe, stderr=pipe, env=self._env)
         try:
-            stdout, stderr = process.communicate(credentials_key(host).encode(), timeout=HELPER_TIMEOUT)
-        except subprocess.TimeoutExpired:
+            stdout, stderr = communicate_capped(
+                process, credentials_key(host).encode(), HELPER_TIMEOUT, HELPER_LIMIT
+            )
+        except (subprocess.TimeoutExpired, ValueError) as error:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            process.wait()
+            timed_out = isinstance(error, subprocess.TimeoutExpired)
+            what = f"within {HELPER_TIMEOUT} s" if timed_out else f"in {HELPER_LIMIT} bytes (it printed more)"
             raise RegistryError(
-                f"`{helper} get` did not answer within {HELPER_TIMEOUT} s for {host}, so it was stopped "
+                f"`{helper} get` did not answer {what} for {host}, so it was stopped "
                 "and is not asked again in this run; fix the helper (or log in anew) and run again"
             ) from None
         finally:
             CHILDREN.done(process)
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
         if CHILDREN.stopping:
             raise ManageImagesError(f"stopped while `{helper} get` ran")
         return process.returncode, stdout, stderr
@@ -5127,6 +5189,11 @@ class RegistryClient:
             folder = self._certs_d / host
             try:
                 for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    paired = (path, path.with_suffix(".key")) if path.suffix == ".cert" else (path,)
+                    if path.suffix in (".crt", ".cert") and not all(map(Path.is_file, paired)):
+                        raise OSError(
+                            f"{path.name} or its key is missing or not a regular file (a FIFO hangs a read)"
+                        )
                     if path.suffix == ".crt":
                         context.load_verify_locations(cafile=str(path))
                     elif path.suffix == ".cert":
@@ -5219,8 +5286,10 @@ class RegistryClient:
             try:
                 with self._opener(host, exchange).open(request, timeout=REGISTRY_TIMEOUT) as response:
                     status, found, data = response.status, response.headers, response.read(size + 1)
+                    where = response.url
             except urllib.error.HTTPError as error:
                 status, found, data = error.code, error.headers, _read_quietly(error, ERROR_BODY_LIMIT)
+                where = error.url
             except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
                 self._check_cut(exchange)
                 raise _TransportError(
@@ -5237,7 +5306,7 @@ class RegistryClient:
                 f"{self._subject(host, url)} answered {method} {url} with more than {size} bytes, the most "
                 f"{limit[1]} may have (as docker reads it): refused; check what it serves"
             )
-        return Answer(status, _lower(found), data[:size])
+        return Answer(status, _lower(found), data[:size], where)
 
     def _check_cut(self, exchange: Exchange) -> None:
         """Raises what a cut request ended in: the run's stop, or its deadline."""
@@ -5295,6 +5364,26 @@ def _redirect_handler(exchange: Exchange) -> urllib.request.HTTPRedirectHandler:
     import urllib.request
 
     class Redirects(urllib.request.HTTPRedirectHandler):
+        def http_error_302(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: http.client.HTTPMessage,
+        ) -> IO[bytes] | None:
+            # urllib reads a redirect's whole body before it follows it: never, however long it is.
+            fp.close()
+            location = headers.get("location") or headers.get("uri") or ""
+            if not is_url(location):
+                raise RegistryError(
+                    f"{exchange.host} redirected {req.get_method()} {req.full_url} to "
+                    f"{outside_text(location)}, which is no URL: refused; check the registry"
+                )
+            return super().http_error_302(req, fp, code, msg, headers)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
         def redirect_request(
             self,
             req: urllib.request.Request,
@@ -5320,7 +5409,6 @@ def _redirect_handler(exchange: Exchange) -> urllib.request.HTTPRedirectHandler:
 
 def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request.BaseHandler:
     """Sends each request (each redirect too) through the proxy `proxy_for` names, if any."""
-    import base64
     import urllib.parse
     import urllib.request
 
@@ -5332,6 +5420,11 @@ def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request
             chosen = proxy_for(request.full_url, env)
             if chosen is None:
                 return
+            if not is_url(chosen[0]):  # not shown: it may hold the proxy's password
+                raise RegistryError(
+                    f"{chosen[1]} is no proxy URL this tool reads (a bad address or port); name the proxy "
+                    f"as http://HOST:PORT, or list {exchange.host} in NO_PROXY"
+                )
             parts = urllib.parse.urlsplit(chosen[0])
             where = parts.netloc.rpartition("@")[2]
             exchange.proxy = f"the proxy {parts.scheme}://{where} ({chosen[1]})"
@@ -5341,8 +5434,9 @@ def _proxy_handler(env: Mapping[str, str], exchange: Exchange) -> urllib.request
                     f"only (CONNECT for HTTPS); name an http:// proxy, or list {exchange.host} in NO_PROXY"
                 )
             if parts.username is not None:
-                user = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-                value = f"Basic {base64.b64encode(user.encode()).decode()}"
+                password = urllib.parse.unquote(parts.password or "")
+                value = f"Basic {basic_credentials(urllib.parse.unquote(parts.username), password)}"
+                SECRETS.add(password, value[6:])  # a proxy may quote them in its refusal
                 # Unredirected: a redirect that goes elsewhere never carries it.
                 request.add_unredirected_header("Proxy-Authorization", value)
             request.set_proxy(where, "http")
@@ -5387,6 +5481,39 @@ def _connection_handlers(
             return self.do_open(Tls, req, context=context)
 
     return PlainHandler(), TlsHandler()
+
+
+def communicate_capped(
+    process: subprocess.Popen[bytes], data: bytes, timeout: float, limit: int
+) -> tuple[bytes, bytes]:
+    """`process.communicate(data, timeout)`, with at most `limit` bytes of output in all:
+    ValueError beyond (a program that prints forever would fill the memory before its time
+    is up). Both pipes are read as they fill, so neither blocks the program."""
+    import selectors
+    import subprocess
+
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    with contextlib.suppress(OSError):  # a program that does not read its input
+        process.stdin.write(data)
+        process.stdin.close()
+    deadline = time.monotonic() + timeout
+    read: dict[int, bytearray] = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as selector:
+        for descriptor in read:
+            selector.register(descriptor, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(process.args, timeout)
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                read[key.fd] += chunk
+                if sum(map(len, read.values())) > limit:
+                    raise ValueError(f"more than {limit} bytes of output")
+    process.wait(max(deadline - time.monotonic(), 0.0))
+    return bytes(read[process.stdout.fileno()]), bytes(read[process.stderr.fileno()])
 
 
 def _read_quietly(error: urllib.error.HTTPError, limit: int) -> bytes:
@@ -6368,6 +6495,21 @@ def write_report(destination: str, document: Mapping[str, object], out: Console)
         out.write(text)
         return
     path = Path(destination)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # /dev/stdout, a FIFO, a link: written through, as a shell's `>` would; a rename
+        # would put a file in place of the device or the link (as root, /dev/stdout's).
+        try:
+            descriptor = os.open(
+                path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            )  # a FIFO nobody reads: ENXIO
+            os.set_blocking(descriptor, True)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    os.ftruncate(descriptor, 0)
+                stream.write(text)
+        except OSError as error:
+            raise ManageImagesError(f"cannot write the JSON report {destination}: {error.strerror}") from None
+        return
     temporary = temporary_beside(path)
     umask = os.umask(0)
     os.umask(umask)
@@ -6783,7 +6925,6 @@ def pin_platform_findings(
     want an index holding exactly them, each image of it served; one platform may also be an
     image manifest of that platform (what a one-platform build pushes). Each finding names the
     image and the platform."""
-    import json
 
     client = registry_client(settings)
     url = image_url(settings.registry, image)
@@ -6803,7 +6944,7 @@ def pin_platform_findings(
             f"{', '.join(wanted)}: it has no {lacks}; {advice}"
         )
         return [Finding(PROD_DIGESTS_PATH, entry.line, message, "pin-platforms")]
-    held = index_entries(json.loads(manifest.data))
+    held = index_entries(_json_object(manifest.data, pinned))
     missing, extra, twice = platform_gaps(wanted, [platform for platform, _ in held])
     problems = [f"has no {platform} image, which {image} is built for" for platform in missing]
     problems += [f"holds a {platform} image, which {image} is not built for" for platform in extra]
@@ -7275,6 +7416,8 @@ def report_path_problem(destination: str) -> str:
     folder = path.parent
     if path.is_dir():
         return "is a folder; give a file name"
+    if path.is_symlink() or (path.exists() and not path.is_file()):  # written through: see write_report
+        return "" if os.access(path, os.W_OK) else "is not writable"
     if not folder.is_dir():
         return f"the folder {shown(str(folder))} does not exist"
     if not os.access(folder, os.W_OK | os.X_OK):
