@@ -265,6 +265,22 @@ DURATIONS_NAME = "durations.json"  # beside the runs' folders: each image's last
 TAIL_LINES = 20  # lines of a failed image's log shown under the summary
 REDRAW_SECONDS = 0.5  # the terminal view is redrawn at most this often
 _ESCAPE_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal control sequence (colour, cursor)
+# The label each build gets: the digest of the image's inputs (see `inputs_digest`), so
+# the registry answers, with the config it serves for a pin, whether a build would
+# change anything. A new INPUTS_VERSION makes every older label differ.
+INPUTS_LABEL = "org.iree.manage-images.inputs"
+INPUTS_VERSION = 1
+# Go's unicode.IsSpace, what strings.TrimSpace removes (str.strip would also remove \x1c-\x1f).
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(
+    map(chr, range(0x2000, 0x200B))
+)
+GO_REGEXP_META = frozenset(".+()|{}$")  # what moby's patternmatcher escapes for Go's regexp
+SCAN_LINE_MAX = 64 * 1024  # bufio.Scanner's token size: docker fails on a longer .dockerignore line
+_PINNED_SOURCE_RE = re.compile(r"@sha256:[0-9a-f]{64}\Z")
+# A parser directive at the top of a Dockerfile (`# syntax=IMAGE`).
+_DIRECTIVE_RE = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(\S.*?)\s*\Z")
+# An ADD source docker fetches itself: its bytes are not in the context.
+_REMOTE_SOURCE_RE = re.compile(r"(?:[a-z][a-z0-9+.-]*://|git@)", re.I)
 
 T = TypeVar("T")
 
@@ -579,6 +595,35 @@ class LocalImage(NamedTuple):
     platform: str  # os/architecture[/variant]
     view: Mapping[str, object]  # see `inspect_view`
     repo_digests: tuple[str, ...]
+
+
+IgnoreKind = Literal["exact", "prefix", "suffix", "regexp"]
+
+
+class IgnoreRule(NamedTuple):
+    """One pattern of a .dockerignore, as moby's patternmatcher compiles it."""
+
+    pattern: str  # cleaned (filepath.Clean, no leading `/`), without its `!`
+    exception: bool  # a `!` line: it includes again what it matches
+    kind: IgnoreKind
+    regex: re.Pattern[str] | None = None
+
+
+class ContextEntry(NamedTuple):
+    """A file, symbolic link or folder of a build context, as docker sends it."""
+
+    path: str  # relative, `/`-separated; a name's undecodable bytes as surrogate escapes
+    kind: Literal["file", "link", "dir", "parent"]  # parent: an excluded folder sent for what it holds
+    mode: int  # the permission bits
+    payload: str  # a file's sha256, a link's target, "" for a folder
+
+
+class Inputs(NamedTuple):
+    """What one build reads: the digest of its inputs, or why they are not all known."""
+
+    digest: str | None  # the label's value (see `inputs_digest`); None when `why` says why not
+    why: str = ""  # why the inputs are not known by digest: the image is then never skipped
+    built_on: tuple[tuple[str, str], ...] = ()  # (parent, reference) built on instead of the pin
 
 
 class Settings(NamedTuple):
@@ -1447,6 +1492,315 @@ def folder_findings(folders: Iterable[str], graph: Mapping[str, Sequence[str]]) 
         for folder in sorted(folders)
         if folder not in graph
     ]
+
+
+# ---------------------------------------------------------------------------
+# What a build reads: the .dockerignore as docker reads it, the Dockerfile's
+# sources, and the one digest of an image's inputs.
+
+
+def go_clean(path: str) -> str:
+    """Go's filepath.Clean on Linux: empty and `.` parts dropped, `..` resolved as far as it goes."""
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and parts and parts[-1] != "..":
+            parts.pop()
+        elif part != ".." or not rooted:
+            parts.append(part)
+    return ("/" if rooted else "") + "/".join(parts) or "."
+
+
+def dockerignore_rules(data: bytes) -> tuple[IgnoreRule, ...]:
+    """The rules of a .dockerignore, read as moby's ignorefile.ReadAll and
+    patternmatcher.New read it: a UTF-8 BOM dropped; a line starting with `#`
+    a comment; white space trimmed (Go's); `!` an exception; each pattern
+    cleaned with filepath.Clean, its leading `/` dropped, then trimmed and
+    cleaned again with its `!`. Raises ValueError for what docker refuses (a
+    lone `!`, a malformed pattern, a line too long) and for the few patterns
+    this tool cannot match exactly as Go's regexp does."""
+    rules = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if len(raw) >= SCAN_LINE_MAX - 1:
+            raise ValueError(f"line {number} is longer than docker reads")
+        line = raw.removesuffix(b"\r").decode("utf-8", "surrogateescape")
+        line = line.removeprefix("\ufeff") if number == 1 else line
+        if line.startswith("#"):
+            continue
+        line = line.strip(GO_SPACE)
+        if not line:
+            continue
+        exception = line.startswith("!")
+        pattern = line[1:].strip(GO_SPACE) if exception else line
+        if pattern:
+            pattern = go_clean(pattern)
+            pattern = pattern[1:] if len(pattern) > 1 and pattern.startswith("/") else pattern
+        pattern = go_clean((("!" if exception else "") + pattern).strip(GO_SPACE))
+        if pattern == "!":
+            raise ValueError(f'line {number}: "!" alone is an illegal exclusion pattern')
+        exception = pattern.startswith("!")
+        rules.append(ignore_rule(pattern[1:] if exception else pattern, exception, number))
+    return tuple(rules)
+
+
+def ignore_rule(pattern: str, exception: bool, number: int = 0) -> IgnoreRule:
+    """The rule of one cleaned pattern, compiled as patternmatcher's Pattern.compile does:
+    `**` at the start, alone at the end, or anywhere (any number of folders), `*` and
+    `?` within one name, `\\` escaping the next character, `[...]` a class."""
+    if not _glob_well_formed(pattern):
+        raise ValueError(f"line {number}: {pattern!r} is not a valid pattern (filepath.Match)")
+    regex, at, position = "^", 0, 0
+    kind: IgnoreKind = "exact"
+    while at < len(pattern):
+        char, at = pattern[at], at + 1
+        if char == "*" and pattern[at : at + 1] == "*":
+            at += 2 if pattern[at + 1 : at + 2] == "/" else 1
+            if at < len(pattern):
+                regex += "(.*/)?"
+            elif kind != "exact":
+                regex += ".*"
+            kind = (
+                "suffix"
+                if position == 0
+                else "prefix"
+                if kind == "exact" and at == len(pattern)
+                else "regexp"
+            )
+        elif char in "*?":
+            regex += "[^/]*" if char == "*" else "[^/]"
+            kind = "regexp"
+        elif char in GO_REGEXP_META:
+            regex += "\\" + char
+        elif char == "\\":
+            escaped = pattern[at : at + 1]
+            if escaped.isalnum() or not escaped.isascii():
+                raise ValueError(f"line {number}: {pattern!r} escapes {escaped!r}, which Go reads otherwise")
+            regex, kind, at = regex + "\\" + escaped, "regexp", at + 1
+        else:
+            regex += char
+            kind = "regexp" if char in "[]" else kind
+        position += 1
+    return IgnoreRule(
+        pattern, exception, kind, _compiled(regex, pattern, number) if kind == "regexp" else None
+    )
+
+
+def _compiled(regex: str, pattern: str, number: int) -> re.Pattern[str]:
+    """`regex` (Go's syntax, as patternmatcher writes it) compiled by Python's re, which
+    reads that subset the same way; a POSIX class (`[[:alpha:]]`), which it does not
+    know, or what neither compiles, is refused."""
+    import warnings
+
+    if re.search(r"\[:[A-Za-z]+:\]", regex):
+        raise ValueError(f"line {number}: {pattern!r} uses a POSIX character class")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Python warns of sets like `[[`, which Go reads as Python does
+            return re.compile(regex + r"\Z")
+    except re.error as error:
+        raise ValueError(f"line {number}: {pattern!r} is not a valid pattern ({error})") from None
+
+
+def _glob_well_formed(pattern: str) -> bool:
+    """Whether Go's filepath.Match accepts `pattern` (patternmatcher.New asks it): every
+    `\\` escapes a character, every `[` class is closed, and each range is a-b."""
+    at = 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\":
+            if at + 1 >= len(pattern):
+                return False
+            at += 2
+        elif char == "[":
+            at = _class_end(pattern, at + 1)
+            if at < 0:
+                return False
+        else:
+            at += 1
+    return True
+
+
+def _class_end(pattern: str, at: int) -> int:
+    """Where the class whose `[` ends at `at` ends (after its `]`), or -1 if Go refuses it."""
+    if pattern[at : at + 1] == "^":
+        at += 1
+    ranges = 0
+    while not (pattern[at : at + 1] == "]" and ranges):
+        at = _class_char(pattern, at)
+        if at >= 0 and pattern[at] == "-":
+            at = _class_char(pattern, at + 1)
+        if at < 0:
+            return -1
+        ranges += 1
+    return at + 1
+
+
+def _class_char(pattern: str, at: int) -> int:
+    """After one character of a class at `at` (Go's getEsc), or -1: it must be there, not `-`
+    or `]`, an escape must escape something, and more of the pattern must follow."""
+    if at >= len(pattern) or pattern[at] in "-]":
+        return -1
+    if pattern[at] == "\\":
+        at += 1
+    if at >= len(pattern) or "\udc80" <= pattern[at] <= "\udcff":  # not UTF-8
+        return -1
+    return at + 1 if at + 1 < len(pattern) else -1
+
+
+def rule_matches(rule: IgnoreRule, path: str) -> bool:
+    """Whether one rule matches `path` itself (patternmatcher's Pattern.match)."""
+    if rule.kind == "exact":
+        return path == rule.pattern
+    if rule.kind == "prefix":
+        return path.startswith(rule.pattern[:-2])
+    if rule.kind == "suffix":
+        suffix = rule.pattern[2:]
+        return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
+    assert rule.regex is not None
+    return rule.regex.match(path) is not None
+
+
+def ignored(
+    rules: Sequence[IgnoreRule], path: str, parent: tuple[bool, ...] = ()
+) -> tuple[bool, tuple[bool, ...]]:
+    """Whether `path` is excluded, and which rules matched it (for its children), as
+    patternmatcher's MatchesUsingParentResults decides: the last rule that matches the path
+    or, without `parent` (the rules its folder matched), one of its folders, decides; a rule
+    its folder matched matches it too; an exception is tried only on an excluded path."""
+    excluded = False
+    matched = [False] * len(rules)
+    folders = path.split("/")[:-1]
+    for index, rule in enumerate(rules):
+        match = bool(parent) and parent[index]
+        if not match:
+            if rule.exception != excluded:
+                continue
+            match = rule_matches(rule, path)
+            if not match and not parent:
+                match = any(
+                    rule_matches(rule, "/".join(folders[: depth + 1])) for depth in range(len(folders))
+                )
+        matched[index] = match
+        if match:
+            excluded = not rule.exception
+    return excluded, tuple(matched)
+
+
+def walks_into(rules: Sequence[IgnoreRule], path: str, builder: str) -> bool:
+    """Whether docker still looks inside the excluded folder `path` for what an exception
+    includes again. The classic builder's CLI (moby's archive.TarWithOptions) does when an
+    exception starts with `path/`; BuildKit (fsutil's filter) also with that exception's
+    trailing `/*` or `/**` left out, and always when an exception has a wildcard elsewhere."""
+    exceptions = [rule.pattern for rule in rules if rule.exception]
+    if builder == "buildkit":
+        if any(_has_glob(pattern) for pattern in exceptions):
+            return True
+        exceptions = [_without_trailing_glob(pattern) for pattern in exceptions]
+    return any(f"{pattern}/".startswith(f"{path}/") for pattern in exceptions)
+
+
+def _without_trailing_glob(pattern: str) -> str:
+    return pattern.removesuffix("/**").removesuffix("/*")
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(char in "*[]?^\\" for char in _without_trailing_glob(pattern))
+
+
+def inputs_digest(
+    dockerfile: bytes, entries: Iterable[ContextEntry], options: Iterable[tuple[str, str]]
+) -> str:
+    """The value of the inputs label: `v1:sha256:HEX`, where HEX is the sha256 of these
+    fields, each written as a netstring (its length in decimal, `:`, its bytes, `,`):
+
+    1. `manage_images inputs 1` (INPUTS_VERSION: a new one never equals an old label);
+    2. `dockerfile`, then the bytes of the Dockerfile as built (every parent pinned by
+       digest; a parent this run built in place of its pin named as it was built on);
+    3. for each entry of the build context, in the byte order of its path: its kind
+       (`file`, `link`, `dir`, or `parent` for an excluded folder sent only for what it
+       holds), its permission bits in octal, its path (the name's own bytes), and a
+       file's sha256 in hex or a link's target (empty for a folder);
+    4. for each build option that changes the result, sorted: its name and its value
+       (`build-arg` and NAME=VALUE once per argument, `attestations`, `platform`, ...).
+
+    Owners, times and extended attributes are not inputs: docker's classic CLI sends
+    every file as root's, BuildKit's cache ignores times, and COPY makes files root's."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def field(value: str | bytes) -> None:
+        data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+        digest.update(b"%d:%s," % (len(data), data))
+
+    field(f"manage_images inputs {INPUTS_VERSION}")
+    field("dockerfile")
+    field(dockerfile)
+    for entry in sorted(entries, key=lambda entry: os.fsencode(entry.path)):
+        for value in (entry.kind, f"{entry.mode:o}", entry.path, entry.payload):
+            field(value)
+    for name, value in sorted(options):
+        field(name)
+        field(value)
+    return f"v{INPUTS_VERSION}:sha256:{digest.hexdigest()}"
+
+
+def unknown_sources(data: bytes, registry: str) -> str:
+    """Why a build of this Dockerfile may change although none of its bytes do, or "": an
+    image it takes (FROM, COPY --from, RUN --mount from=, `# syntax=`) not pinned by digest
+    or named through a variable, or an ADD of a URL without --checksum."""
+    for line in data.decode("utf-8", "replace").splitlines():
+        directive = _DIRECTIVE_RE.match(line.strip())
+        if directive is None:
+            break
+        if directive.group(1).lower() == "syntax" and not _PINNED_SOURCE_RE.search(directive.group(2)):
+            return f"its frontend `# syntax={directive.group(2)}` is not pinned by digest"
+    stages: set[str] = set()
+    for _, text in dockerfile_instructions(data):
+        keyword, *words = text.split()
+        keyword = keyword.upper()
+        for instruction, source in _instruction_sources(keyword, words):
+            why = _source_problem(instruction, source, stages, registry)
+            if why:
+                return why
+        if keyword == "FROM" and len(words) >= 3 and words[-2].upper() == "AS":
+            stages.add(words[-1].lower())
+        if keyword == "ADD" and not any(word.startswith("--checksum=") for word in words):
+            remote = [word.strip('[",') for word in words[:-1] if _REMOTE_SOURCE_RE.match(word.strip('[",'))]
+            if remote:
+                return f"ADD {remote[0]} fetches a URL, whose bytes are not in the context"
+    return ""
+
+
+def _source_problem(instruction: str, source: str, stages: Container[str], registry: str) -> str:
+    if "$" in source:
+        return f"{instruction} {source} names its image through a variable"
+    if source.lower() in stages or (instruction == "FROM" and source.lower() == "scratch"):
+        return ""
+    if instruction != "FROM" and source.isdigit():
+        return ""  # a stage by its number
+    if _PINNED_SOURCE_RE.search(source):
+        return ""
+    owner = "image of the graph" if source.startswith(f"{registry}/") else "external image"
+    return f"{instruction} {source}: an {owner} not pinned by digest"
+
+
+def rebased_dockerfile(data: bytes, registry: str, parents: Mapping[str, str]) -> bytes:
+    """`data` with each pinned reference to an image of `parents` pointing at the reference
+    `parents` gives it: `URL@sha256:...` puts its digest in place of the old one (the bytes
+    --update_references would write), `URL:TAG` (an image this run built and did not push)
+    takes the whole reference's place."""
+    references = list(find_references(data, registry))
+    pinned = {image: ref.partition("@")[2] for image, ref in parents.items() if "@" in ref}
+    splices = reference_splices(references, digest_hexes(registry, pinned))
+    splices += [
+        (reference.start, reference.end, parents[reference.name].encode())
+        for reference in references
+        if reference.name in parents and reference.name not in pinned and reference.well_formed()
+    ]
+    return apply_splices(data, sorted(splices))
 
 
 # ---------------------------------------------------------------------------
@@ -2991,6 +3345,104 @@ def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None)
         if cache[prefix]:
             return cache[prefix]
     return ""
+
+
+def context_entries(folder: Path) -> list[ContextEntry]:
+    """What docker sends of the build context `folder` (see `context_sent`), the same for
+    every builder. Raises ValueError when that cannot be told: the classic builder and
+    BuildKit would send other files (`walks_into`), or `context_sent` cannot read it."""
+    sent = context_sent(folder)
+    buildkit = {path: entry for path, entry in sent["buildkit"].items() if entry.kind != "parent"}
+    if sent["classic"] != buildkit:
+        differ = sorted(set(sent["classic"]).symmetric_difference(buildkit))
+        raise ValueError(
+            f"the classic builder and BuildKit would send other files for its .dockerignore "
+            f"({shown(differ[0])})"
+        )
+    return list(sent["buildkit"].values())
+
+
+def context_sent(folder: Path) -> dict[str, dict[str, ContextEntry]]:
+    """What each builder (`classic`, `buildkit`) sends of the build context `folder` (the
+    Dockerfile's folder), read from the file system: path -> entry for every file, link
+    and folder its .dockerignore does not exclude (see `dockerignore_rules`, `ignored`),
+    tracked by git or not, and, for BuildKit, the excluded folders it sends for what they
+    hold. Raises ValueError for a .dockerignore, folder or file that cannot be read, a
+    FIFO, socket or device, and a `Dockerfile.dockerignore` (BuildKit reads it in place
+    of .dockerignore; the classic builder does not)."""
+    if os.path.lexists(folder / "Dockerfile.dockerignore"):
+        raise ValueError(
+            "it has a Dockerfile.dockerignore, which BuildKit reads and the classic builder does not"
+        )
+    try:
+        ignore = (folder / ".dockerignore").read_bytes()
+    except FileNotFoundError:
+        ignore = b""
+    except OSError as error:
+        raise ValueError(f"cannot read its .dockerignore: {error.strerror}") from None
+    rules = dockerignore_rules(ignore)
+    sent: dict[str, dict[str, ContextEntry]] = {"classic": {}, "buildkit": {}}
+    _walk_context(folder, "", rules, (), frozenset(sent), (), sent)
+    return sent
+
+
+def _walk_context(
+    folder: Path,
+    relative: str,
+    rules: Sequence[IgnoreRule],
+    parent: tuple[bool, ...],
+    builders: frozenset[str],
+    above: tuple[ContextEntry, ...],
+    sent: Mapping[str, dict[str, ContextEntry]],
+) -> None:
+    """Adds to `sent` what each of `builders` (those that walk the folder `relative`) sends
+    of it. `above`: the excluded folders over it, which BuildKit sends once something in
+    them is sent; `parent`: the rules the folder matched."""
+    try:
+        names = sorted(os.listdir(folder / relative))
+    except OSError as error:
+        raise ValueError(f"cannot list {shown(relative or '.')}: {error.strerror}") from None
+    for name in names:
+        path = f"{relative}/{name}" if relative else name
+        excluded, matched = ignored(rules, path, parent)
+        try:
+            mode = os.lstat(folder / path).st_mode
+        except OSError as error:
+            raise ValueError(f"cannot read {shown(path)}: {error.strerror}") from None
+        if not excluded:
+            entry = _context_entry(folder / path, path, mode)
+            for builder in builders:
+                sent[builder][path] = entry
+            if "buildkit" in builders:
+                sent["buildkit"].update((item.path, item) for item in above)
+            if stat.S_ISDIR(mode):
+                _walk_context(folder, path, rules, matched, builders, (), sent)
+        elif stat.S_ISDIR(mode):
+            walking = frozenset(builder for builder in builders if walks_into(rules, path, builder))
+            folder_above = ContextEntry(path, "parent", stat.S_IMODE(mode), "")
+            if walking:
+                _walk_context(folder, path, rules, matched, walking, (*above, folder_above), sent)
+
+
+def _context_entry(path: Path, relative: str, mode: int) -> ContextEntry:
+    """One sent entry: a file with its content's sha256, a link with its target, a folder."""
+    import hashlib
+
+    bits = stat.S_IMODE(mode)
+    if stat.S_ISDIR(mode):
+        return ContextEntry(relative, "dir", bits, "")
+    if stat.S_ISLNK(mode):
+        return ContextEntry(relative, "link", bits, os.fsdecode(os.readlink(path)))
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{shown(relative)} is a FIFO, socket or device, which this tool does not read")
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(BLOCK), b""):
+                digest.update(block)
+    except OSError as error:
+        raise ValueError(f"cannot read {shown(relative)}: {error.strerror}") from None
+    return ContextEntry(relative, "file", bits, digest.hexdigest())
 
 
 def in_background(call: Callable[[], T]) -> Callable[[], T]:
