@@ -97,10 +97,14 @@ def test_each_engine_writes_the_cache_a_cold_engine_of_its_kind_reads(engine, pu
     assert mi.cache_export(engine, URL, "prod", push) == cache_to
 
 
+def plan(*cache_from: str, cache_to: str = "", metadata: str = "", tag: str = "latest") -> mi.BuildPlan:
+    return mi.BuildPlan(URL, tag, "build_tools/docker/cmake", cache_from, cache_to, metadata)
+
+
 def test_the_build_argv_of_each_engine():
     context = "build_tools/docker/cmake"
-    assert mi.build_argv(URL, "latest", context) == ("docker", "build", "--tag", f"{URL}:latest", context)
-    assert mi.build_argv(URL, "latest", context, CLASSIC, (f"{URL}@{D1}",)) == (
+    assert mi.build_argv(plan()) == ("docker", "build", "--tag", f"{URL}:latest", context)
+    assert mi.build_argv(plan(f"{URL}@{D1}"), CLASSIC) == (
         "docker",
         "build",
         "--tag",
@@ -110,22 +114,30 @@ def test_the_build_argv_of_each_engine():
         context,
     )
     # BuildKit built into an old CLI: inline cache as a build argument, no attestation flags.
-    assert mi.build_argv(URL, "latest", context, BUILTIN, (), "type=inline") == (
+    assert mi.build_argv(plan(cache_to="type=inline"), BUILTIN) == (
         *("docker", "build", "--tag", f"{URL}:latest"),
         *("--build-arg", "BUILDKIT_INLINE_CACHE=1", context),
     )
     registry_cache = f"type=registry,ref={URL}:latest.cache,mode=max,ignore-error=true"
-    assert mi.build_argv(URL, "latest", context, CONTAINERD_STORE, ("X",), registry_cache, "/tmp/m.json") == (
+    assert mi.build_argv(plan("X", cache_to=registry_cache, metadata="/tmp/m.json"), CONTAINERD_STORE) == (
         *("docker", "build", "--tag", f"{URL}:latest", "--provenance=false", "--sbom=false"),
         *("--metadata-file", "/tmp/m.json", "--cache-from", "X", "--cache-to", registry_cache, context),
     )
     # Attestations only when asked for: BuildKit's own defaults.
-    assert "--provenance=false" not in mi.build_argv(URL, "t", context, OVERLAY2, attestations=True)
-    assert mi.build_argv(URL, "t", context, OVERLAY2, (), "type=inline")[4:7] == (
+    with_attestations = mi.BuildOptions(attestations=True)
+    assert "--provenance=false" not in mi.build_argv(plan(tag="t"), OVERLAY2, with_attestations)
+    assert mi.build_argv(plan(cache_to="type=inline", tag="t"), OVERLAY2)[4:7] == (
         "--provenance=false",
         "--sbom=false",
         "--cache-to",
     )
+
+
+def test_build_arguments_reach_every_engine_in_order():
+    options = mi.BuildOptions(build_arg=("A=1", "B=x y", "A=2"))
+    for engine in (None, CLASSIC, BUILTIN, OVERLAY2, CONTAINERD_STORE):
+        argv = mi.build_argv(plan(), engine, options)
+        assert argv[4:10] == ("--build-arg", "A=1", "--build-arg", "B=x y", "--build-arg", "A=2"), engine
 
 
 def test_cache_tags_are_valid_docker_tags_beside_the_image():

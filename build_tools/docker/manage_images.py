@@ -451,15 +451,34 @@ class Steps(NamedTuple):
     build: bool = False
     push: bool = False
     update_references: bool = False
-    cache_from_pinned: bool = False  # --build with --cache-from the pinned image
-    verify_pinned: bool = False  # --build, then compare with the pinned image
-    attestations: bool = False  # --build keeping BuildKit's default attestations
 
     def any(self) -> bool:
         return self.pull or self.build or self.push or self.update_references
 
     def names(self) -> list[str]:
-        return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
+        return [name for name in self._fields if getattr(self, name)]
+
+
+class BuildOptions(NamedTuple):
+    """How the images of a run are built: one field per build flag, named as the flag's
+    `dest`, so `from_arguments` reads them all. A flag docker takes as it is adds a field
+    here, its argument in `_add_step_arguments`, and its argv in `options_argv` (which
+    also makes it one of each image's inputs); every field but verify_pinned (also a mode
+    of its own) needs --build."""
+
+    build_arg: tuple[str, ...] = ()  # NAME=VALUE, in the order given
+    attestations: bool = False  # keep BuildKit's default attestations
+    cache_from_pinned: bool = False  # --cache-from the pinned image
+    verify_pinned: bool = False  # compare each build with its pin, before any push
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> BuildOptions:
+        values = [getattr(args, name) for name in cls._fields]
+        return cls._make(tuple(value) if isinstance(value, list) else value for value in values)
+
+    def asked(self) -> list[str]:
+        """The flags given, as the user wrote them (`--attestations`)."""
+        return [f"--{name}" for name in self._fields if getattr(self, name)]
 
 
 class ImageResult(NamedTuple):
@@ -624,6 +643,27 @@ class Inputs(NamedTuple):
     digest: str | None  # the label's value (see `inputs_digest`); None when `why` says why not
     why: str = ""  # why the inputs are not known by digest: the image is then never skipped
     built_on: tuple[tuple[str, str], ...] = ()  # (parent, reference) built on instead of the pin
+
+
+class BuildPlan(NamedTuple):
+    """One `docker build` (see `build_argv`): what it builds, from where, and how."""
+
+    url: str
+    tag: str
+    context: str  # the build context, relative to the work tree
+    cache_from: tuple[str, ...] = ()
+    cache_to: str = ""
+    metadata: str = ""  # buildx writes the build's metadata (digests) to this file
+
+
+class Built(NamedTuple):
+    """What an image's build and push gave, for pinning it."""
+
+    output: tuple[str, ...] = ()  # the build's last lines
+    metadata: str = ""  # its metadata file, if it wrote one
+    pushed: str | None = None  # the digest the registry serves for the push
+    local: LocalImage | None = None  # what the engine holds, when a step asked
+    cache_to: str = ""  # the build's --cache-to
 
 
 class Settings(NamedTuple):
@@ -1890,36 +1930,36 @@ def pull_digest_argv(url: str, digest: str) -> tuple[str, ...]:
     return ("docker", "pull", f"{url}@{digest}")
 
 
+def options_argv(options: BuildOptions) -> tuple[str, ...]:
+    """The flags `docker build` takes as the user gave them, the same on every engine: they
+    change what a build gives, so they are inputs of every image too (see `image_inputs`)."""
+    return tuple(word for argument in options.build_arg for word in ("--build-arg", argument))
+
+
 def build_argv(
-    url: str,
-    tag: str,
-    context: str,
-    engine: Engine | None = None,
-    cache_from: Sequence[str] = (),
-    cache_to: str = "",
-    metadata_file: str = "",
-    attestations: bool = False,
+    plan: BuildPlan, engine: Engine | None = None, options: BuildOptions | None = None
 ) -> tuple[str, ...]:
     """`docker build` as this engine needs it (None: the classic builder's).
 
     Through buildx, BuildKit's default attestations are turned off unless
     asked for (on the containerd store they make every build a new index),
-    and the build's metadata (the config digest) is written to `metadata_file`.
+    and the build's metadata (its digests) is written to `plan.metadata`.
     BuildKit built into an older CLI takes inline cache as a build argument.
     """
-    argv = ["docker", "build", "--tag", f"{url}:{tag}"]
+    options = options or BuildOptions()
+    argv = ["docker", "build", "--tag", f"{plan.url}:{plan.tag}", *options_argv(options)]
     buildx = engine is not None and bool(engine.buildx)
-    if buildx and not attestations:
+    if buildx and not options.attestations:
         argv += ["--provenance=false", "--sbom=false"]
-    if buildx and metadata_file:
-        argv += ["--metadata-file", metadata_file]
-    for source in cache_from:
+    if buildx and plan.metadata:
+        argv += ["--metadata-file", plan.metadata]
+    for source in plan.cache_from:
         argv += ["--cache-from", source]
-    if cache_to and buildx:
-        argv += ["--cache-to", cache_to]
-    elif cache_to == "type=inline":
+    if plan.cache_to and buildx:
+        argv += ["--cache-to", plan.cache_to]
+    elif plan.cache_to == "type=inline":
         argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-    return (*argv, context)
+    return (*argv, plan.context)
 
 
 def cache_export(engine: Engine | None, url: str, tag: str, push: bool) -> str:
@@ -5182,49 +5222,65 @@ def docker_steps(
     runner: Runner,
     image: str,
     steps: Steps,
+    options: BuildOptions,
     pins: Mapping[str, str],
     held: Mapping[str, dict[str, object] | None] | None = None,
 ) -> str | None:
     """Pull, build and push one image; returns the digest to pin when
     references are to be updated and it can be known (see `pin_digest`).
     `pins` holds the digest prod_digests.txt gives each image."""
-    settings = runner.settings
-    engine = runner.engine
-    url = image_url(settings.registry, image)
-    metadata = ""
-    build_output: list[str] = []
-    local = None
+    url = image_url(runner.settings.registry, image)
     if steps.pull:
         runner.begin(image, "pull")
-        runner.run(pull_argv(url, settings.tag), image)
-    cache_to = cache_export(engine, url, settings.tag, steps.push)
-    if steps.build:
-        runner.begin(image, "build")
-        cache_from = cache_sources(runner, image, pins.get(image)) if steps.cache_from_pinned else ()
-        if engine is not None and engine.buildx and engine.containerd():
-            metadata = str(runner.scratch() / f"{image}.json")
-        argv = build_argv(
-            url,
-            settings.tag,
-            f"{DOCKER_DIR}/{image}",
-            engine,
-            cache_from,
-            cache_to,
-            metadata,
-            steps.attestations,
-        )
-        build_output = runner.run(argv, image)
-        if steps.verify_pinned:
-            local = verify_built(runner, image, pins.get(image), metadata)
-    pushed = None
+        runner.run(pull_argv(url, runner.settings.tag), image)
+    built = build_step(runner, image, steps, options, pins.get(image)) if steps.build else Built()
     if steps.push:
-        runner.begin(image, "push")
-        output = runner.run(push_argv(url, settings.tag), image)
-        pushed = None if settings.dry_run else pushed_digest(runner, image, output)
-        if steps.build and cache_to.startswith("type=registry,"):
-            keep_build_cache(runner, image, pushed or "sha256:<pushed>", build_output)
+        built = push_step(runner, image, steps, built)
     if not steps.update_references:
         return None
+    return digest_to_pin(runner, image, steps, pins.get(image), built, held)
+
+
+def build_step(runner: Runner, image: str, steps: Steps, options: BuildOptions, pinned: str | None) -> Built:
+    """--build of one image, then --verify_pinned's comparison with its pin."""
+    settings, engine = runner.settings, runner.engine
+    url = image_url(settings.registry, image)
+    runner.begin(image, "build")
+    cache_from = cache_sources(runner, image, pinned) if options.cache_from_pinned else ()
+    metadata = ""
+    if engine is not None and engine.buildx and engine.containerd():
+        metadata = str(runner.scratch() / f"{image}.json")
+    cache_to = cache_export(engine, url, settings.tag, steps.push)
+    plan = BuildPlan(url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata)
+    output = runner.run(build_argv(plan, engine, options), image)
+    local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
+    return Built(tuple(output), metadata, None, local, cache_to)
+
+
+def push_step(runner: Runner, image: str, steps: Steps, built: Built) -> Built:
+    """--push of one image: the digest the registry serves for it, and its build's registry
+    cache kept beside it."""
+    settings = runner.settings
+    runner.begin(image, "push")
+    output = runner.run(push_argv(image_url(settings.registry, image), settings.tag), image)
+    pushed = None if settings.dry_run else pushed_digest(runner, image, output)
+    if built.cache_to.startswith("type=registry,"):
+        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built.output)
+    return built._replace(pushed=pushed)
+
+
+def digest_to_pin(
+    runner: Runner,
+    image: str,
+    steps: Steps,
+    pinned: str | None,
+    built: Built,
+    held: Mapping[str, dict[str, object] | None] | None,
+) -> str | None:
+    """--update_references: the digest to pin IMAGE to (see `pin_digest`), or None in a
+    dry run that cannot know it."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
     if settings.dry_run and (steps.build or steps.push):
         runner.say(
             f"Dry run: the digest of {url}:{settings.tag} is only known after it is "
@@ -5232,6 +5288,7 @@ def docker_steps(
             image,
         )
         return None
+    local = built.local
     if held is not None:
         # A dry run asks the registry (it only reads) as a real run does, so its
         # diff shows the digest a real run would pin, never a local guess.
@@ -5243,10 +5300,10 @@ def docker_steps(
                 image,
             )
             return None
-        local = local_from(document, f"{url}:{settings.tag}", runner.engine, metadata)
-    digest = pin_digest(runner, image, pins.get(image), pushed, metadata, local)
-    if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
-        keep_build_cache(runner, image, digest, build_output)
+        local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
+    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
+    if built.cache_to.startswith("type=registry,") and built.pushed not in (None, digest):
+        keep_build_cache(runner, image, digest, built.output)
     return digest
 
 
@@ -5766,6 +5823,7 @@ def run_steps(
     images: Sequence[str],
     graph: Mapping[str, Sequence[str]],
     steps: Steps,
+    options: BuildOptions,
     schedule: Schedule,
     command: str,
 ) -> int:
@@ -5777,7 +5835,7 @@ def run_steps(
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
         pins: dict[str, str] = {}
-        if steps.cache_from_pinned or steps.verify_pinned or steps.update_references:
+        if options.cache_from_pinned or options.verify_pinned or steps.update_references:
             entries = read_prod_digests(
                 runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
             )
@@ -5808,7 +5866,7 @@ def run_steps(
             return digest
 
         def work(image: str) -> str | None:
-            return docker_steps(runner, image, steps, pins, held)
+            return docker_steps(runner, image, steps, options, pins, held)
 
         try:
             return process_images(runner, images, graph, schedule, work, finish, steps.names())
@@ -6131,6 +6189,15 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "on any drift.",
     )
     steps.add_argument(
+        "--build_arg",
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="With --build: pass `--build-arg NAME=VALUE` to every build (repeatable, in order). Each is one "
+        "of the images' inputs (see --skip_unchanged).",
+    )
+    steps.add_argument(
         "--attestations",
         action="store_true",
         help="With --build on BuildKit: keep BuildKit's default attestations (provenance). Off by default: "
@@ -6286,6 +6353,9 @@ def _check_values(
             f"--registry is too long: {longest!r} has {len(longest)} characters and Docker "
             f"accepts at most {MAX_REFERENCE_NAME} in a repository name"
         )
+    for argument in args.build_arg:
+        if not argument.partition("=")[0] or "=" not in argument:
+            parser.error(f"--build_arg {argument!r}: give NAME=VALUE")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
     if args.json is not None:
@@ -6314,15 +6384,10 @@ def report_path_problem(destination: str) -> str:
 def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     steps = Steps(args.pull, args.build, args.push, args.update_references)
     step_flags = [f"--{name}" for name in steps.names()]
-    for flag, on in (
-        ("--cache_from_pinned", args.cache_from_pinned),
-        ("--verify_pinned", args.verify_pinned),
-        ("--attestations", args.attestations),
-    ):
-        if on and step_flags and not args.build:
+    for flag in BuildOptions.from_arguments(args).asked():
+        if flag == "--verify_pinned" and step_flags and not args.build:
             parser.error(f"{flag} goes with --build (or, for --verify_pinned, with no step at all)")
-    for flag, on in (("--cache_from_pinned", args.cache_from_pinned), ("--attestations", args.attestations)):
-        if on and not args.build:
+        if flag != "--verify_pinned" and not args.build:
             parser.error(f"{flag} goes with --build: it changes how images are built")
     if args.verify_pinned and not step_flags:
         step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
@@ -6395,15 +6460,7 @@ def dispatch(
     console: Console,
 ) -> int:
     """Runs the mode the arguments ask for."""
-    steps = Steps(
-        args.pull,
-        args.build,
-        args.push,
-        args.update_references,
-        args.cache_from_pinned,
-        args.verify_pinned,
-        args.attestations,
-    )
+    steps = Steps(args.pull, args.build, args.push, args.update_references)
     report.head.update(
         mode=mode_of(args, steps),
         registry=args.registry,
@@ -6432,7 +6489,7 @@ def dispatch(
         return promote(runner, images, graph, schedule)
     if args.only_references:
         return only_references(runner, images, graph, schedule, command)
-    return run_steps(runner, images, graph, steps, schedule, command)
+    return run_steps(runner, images, graph, steps, BuildOptions.from_arguments(args), schedule, command)
 
 
 def main(
