@@ -289,6 +289,20 @@ D3 = "sha256:" + "a" * 64
 NEW = "sha256:" + "f" * 64
 
 
+# The inputs label every build gets (#30), for tests about everything else in a command.
+LABEL_RE = re.compile(rf" --label {re.escape(manage_images.INPUTS_LABEL)}=v\d+:sha256:[0-9a-f]{{64}}")
+
+
+def unlabelled(text: str) -> str:
+    """`text` (commands and their output) without the inputs label of each `docker build`."""
+    return LABEL_RE.sub("", text)
+
+
+def without_label(argv: list[str]) -> list[str]:
+    """A `docker build` argv without its inputs label."""
+    return unlabelled(" ".join(argv)).split(" ") if "--label" in argv else argv
+
+
 def usage_error(argv: list[str], capsys) -> str:
     """What `main(argv)` prints on stderr, having stopped it as a usage error (exit 2)."""
     with pytest.raises(SystemExit) as exit_:

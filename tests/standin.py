@@ -98,6 +98,12 @@ if argv[0] == "docker" and argv[1:3] == ["manifest", "inspect"]:
     print(json.dumps({{"Ref": ref, "Descriptor": {{"digest": config["manifests"][ref]}}}}))
     sys.exit(0)
 code = config.get("fail", {{}}).get(step, 0)
+if argv[:2] == ["docker", "build"] and "--metadata-file" in argv and not code:
+    # As buildx does: the pushed image's digest (as StandInRegistry serves a push) when it pushed.
+    ref = argv[argv.index("--tag") + 1]
+    metadata = {{"containerimage.digest": "sha256:" + hashlib.sha256(ref.encode()).hexdigest()}} if "--push" in argv else {{}}
+    with open(argv[argv.index("--metadata-file") + 1], "w") as file:
+        json.dump(metadata, file)
 print(f"standin {{' '.join(argv)}}")
 print("second line")
 sys.exit(code)
@@ -169,8 +175,11 @@ class StandInRegistry:
         log = self.config_path.parent / "commands.jsonl"
         for line in log.read_text().splitlines() if log.exists() else ():
             argv = json.loads(line)
-            if argv[:2] == ["docker", "push"]:  # what was pushed is served, as a digest of its name
-                served.setdefault(argv[2], "sha256:" + hashlib.sha256(argv[2].encode()).hexdigest())
+            pushed = argv[2] if argv[:2] == ["docker", "push"] else None
+            if argv[:2] == ["docker", "build"] and "--push" in argv:  # buildx pushes as it builds
+                pushed = argv[argv.index("--tag") + 1]
+            if pushed:  # what was pushed is served, as a digest of its name
+                served.setdefault(pushed, "sha256:" + hashlib.sha256(pushed.encode()).hexdigest())
         return served
 
     def served_digest(self, url: str, reference: str) -> str | None:
@@ -183,9 +192,8 @@ class StandInRegistry:
 
         self.calls.append(("GET", url, reference))
         data = json.dumps({"reference": reference}).encode()
-        return manage_images.Manifest(
-            "application/vnd.oci.image.manifest.v1+json", data, "sha256:" + "e" * 64
-        )
+        digest = reference if reference.startswith("sha256:") else "sha256:" + "e" * 64
+        return manage_images.Manifest("application/vnd.oci.image.manifest.v1+json", data, digest)
 
     def put_manifest(self, url: str, tag: str, manifest) -> str:
         self.calls.append(("PUT", url, tag))
@@ -194,7 +202,14 @@ class StandInRegistry:
     def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
         self.calls.append(("CONFIG", url, reference))
         content = self.config.get("contents", {}).get(reference, reference)
-        return _shared["config_digest"](content), _shared["config_bytes"](content)
+        label = self.config.get("labels", {}).get(f"{url}@{reference}")
+        if label is None:
+            return _shared["config_digest"](content), _shared["config_bytes"](content)
+        # A pin with the inputs label ("labels": {"URL@DIGEST": "v1:sha256:..."}).
+        document = json.loads(_shared["config_bytes"](content))
+        document["config"] = {"Labels": {"org.iree.manage-images.inputs": label}}
+        data = json.dumps(document, sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 class StandIn:

@@ -31,7 +31,9 @@ from helpers import (
     files,
     ref,
     rewrite,
+    unlabelled,
     usage_error,
+    without_label,
     write,
 )
 
@@ -361,7 +363,7 @@ def test_dry_run_changes_no_file_and_runs_only_read_only_commands(tree, standin,
         ("docker", "version", "--format"),
         ("docker", "info", "--format"),
     }
-    out = capsys.readouterr().out
+    out = unlabelled(capsys.readouterr().out)
     assert (
         "Running: `docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`" in out
     )
@@ -415,13 +417,13 @@ def test_commands_run_in_order_from_a_subdirectory(tree, standin, monkeypatch):
         == 0
     )
     url = "127.0.0.1:5000/iree-oss/cmake-android"
-    assert standin.commands() == [
+    # The registry gives the pushed digest: the engine is not asked for it (#30).
+    assert [without_label(argv) for argv in standin.commands()] == [
         ["docker", "version", "--format", "{{json .}}"],
         ["docker", "info", "--format", "{{json .}}"],
         ["docker", "pull", f"{url}:latest"],
         ["docker", "build", "--tag", f"{url}:latest", "build_tools/docker/cmake-android"],
         ["docker", "push", f"{url}:latest"],
-        ["docker", "image", "inspect", "--format", "{{json .}}", f"{url}:latest"],
     ]
     assert (tree / "build_tools/docker/prod_digests.txt").read_bytes().endswith(f"{url}@{NEW}\n".encode())
 
@@ -432,7 +434,7 @@ def test_a_failing_command_passes_on_its_exit_code(tree, standin, capsys):
     assert code == 7
     assert [argv[1] for argv in standin.commands()] == ["version", "info", "build"]
     err = capsys.readouterr().err
-    assert err == (
+    assert unlabelled(err) == (
         "Command failed with exit code 7: "
         "`docker build --tag 127.0.0.1:5000/iree-oss/cmake:latest build_tools/docker/cmake`\n"
     )

@@ -470,6 +470,7 @@ class BuildOptions(NamedTuple):
     attestations: bool = False  # keep BuildKit's default attestations
     cache_from_pinned: bool = False  # --cache-from the pinned image
     verify_pinned: bool = False  # compare each build with its pin, before any push
+    skip_unchanged: bool = False  # build only the images whose inputs are not their pin's
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> BuildOptions:
@@ -638,11 +639,22 @@ class ContextEntry(NamedTuple):
 
 
 class Inputs(NamedTuple):
-    """What one build reads: the digest of its inputs, or why they are not all known."""
+    """What one build reads: the digest of its inputs (or why they are not all known), and
+    how they compare with its pin's (--skip_unchanged)."""
 
-    digest: str | None  # the label's value (see `inputs_digest`); None when `why` says why not
-    why: str = ""  # why the inputs are not known by digest: the image is then never skipped
-    built_on: tuple[tuple[str, str], ...] = ()  # (parent, reference) built on instead of the pin
+    digest: str | None  # the label's value (see `inputs_digest`); None when `reason` says why not
+    reason: str = ""  # why the inputs are not known, or why the image was built all the same
+    built_on: tuple[tuple[str, str], ...] = ()  # (parent, reference) built on in place of its pin
+    pin: str | None = None  # the inputs label of the pin, when the registry was asked
+    unchanged: bool | None = None  # the pin's inputs are these: not built (None: not asked)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "digest": self.digest,
+            "pin": self.pin,
+            "unchanged": self.unchanged,
+            "reason": self.reason or None,
+        }
 
 
 class BuildPlan(NamedTuple):
@@ -654,6 +666,8 @@ class BuildPlan(NamedTuple):
     cache_from: tuple[str, ...] = ()
     cache_to: str = ""
     metadata: str = ""  # buildx writes the build's metadata (digests) to this file
+    push: bool = False  # buildx pushes the image as it builds it
+    label: str = ""  # the inputs label's value (see `inputs_digest`), or "" for none
 
 
 class Built(NamedTuple):
@@ -664,6 +678,8 @@ class Built(NamedTuple):
     pushed: str | None = None  # the digest the registry serves for the push
     local: LocalImage | None = None  # what the engine holds, when a step asked
     cache_to: str = ""  # the build's --cache-to
+    pushed_by_build: bool = False  # the build pushed it: no `docker push`
+    unchanged: bool = False  # its inputs are its pin's: not built, not pushed, the pin kept
 
 
 class Settings(NamedTuple):
@@ -1943,16 +1959,22 @@ def build_argv(
 
     Through buildx, BuildKit's default attestations are turned off unless
     asked for (on the containerd store they make every build a new index),
-    and the build's metadata (its digests) is written to `plan.metadata`.
-    BuildKit built into an older CLI takes inline cache as a build argument.
+    the build's metadata (its digests) is written to `plan.metadata`, and
+    `--push` pushes the image from the build itself. BuildKit built into an
+    older CLI takes inline cache as a build argument.
     """
     options = options or BuildOptions()
-    argv = ["docker", "build", "--tag", f"{plan.url}:{plan.tag}", *options_argv(options)]
+    argv = ["docker", "build", "--tag", f"{plan.url}:{plan.tag}"]
+    if plan.label:
+        argv += ["--label", f"{INPUTS_LABEL}={plan.label}"]
+    argv += options_argv(options)
     buildx = engine is not None and bool(engine.buildx)
     if buildx and not options.attestations:
         argv += ["--provenance=false", "--sbom=false"]
     if buildx and plan.metadata:
         argv += ["--metadata-file", plan.metadata]
+    if buildx and plan.push:
+        argv.append("--push")
     for source in plan.cache_from:
         argv += ["--cache-from", source]
     if plan.cache_to and buildx:
@@ -2526,6 +2548,7 @@ class ViewState(NamedTuple):
     started: float  # the run's start, on the same clock
     left: float | None  # the estimate, if there is one
     name_width: int  # the longest image name of the run
+    unchanged: int = 0  # of the done, those unchanged (inputs of the pin): not built
 
 
 def render_view(state: ViewState, now: float, columns: int, rows: int, colour: bool = False) -> list[str]:
@@ -2537,7 +2560,9 @@ def render_view(state: ViewState, now: float, columns: int, rows: int, colour: b
     width = max(columns - 1, 1)
     waiting = state.total - state.done - state.failed - len(state.running)
     header = (
-        f"[{state.done + state.failed}/{state.total}] {state.done} done, {len(state.running)} running, "
+        f"[{state.done + state.failed}/{state.total}] {state.done} done"
+        + (f" ({state.unchanged} unchanged (inputs of the pin))" if state.unchanged else "")
+        + f", {len(state.running)} running, "
         f"{state.failed} failed, {waiting} left | {format_duration(now - state.started)} elapsed"
         + (f" | {format_left(state.left)}" if state.left is not None else "")
     )
@@ -2940,6 +2965,7 @@ class Progress:
         self._step_started: dict[str, float] = {}
         self._done: set[str] = set()
         self._failed: set[str] = set()
+        self._kept: set[str] = set()  # unchanged (inputs of the pin): not built
         self._estimate: tuple[float, float] | None = None  # (seconds left, when), until the next event
         self.version = 0  # changes at each start, step and finish: the view redraws at once
         self._position: dict[str, int] = {}
@@ -2998,6 +3024,12 @@ class Progress:
             self._estimate = None
             self.version += 1
 
+    def keep(self, image: str) -> None:
+        """IMAGE is unchanged (inputs of the pin): it is not built."""
+        with self._lock:
+            self._kept.add(image)
+            self.version += 1
+
     def output(self, image: str, text: str) -> None:
         """A line about IMAGE (tty mode keeps the last one for the view)."""
         with self._lock:
@@ -3038,6 +3070,7 @@ class Progress:
                 self._started,
                 self._left(now),
                 self._name_width,
+                len(self._kept),
             )
 
 
@@ -3106,6 +3139,7 @@ class Runner:
         self.notes: dict[str, str] = {}  # image -> what the summary notes about it
         self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
+        self.inputs: dict[str, Inputs] = {}  # image -> what its build read, and its pin's
         self.engine: Engine | None = None  # what builds, when a step needs to know
 
     def say(self, text: str, image: str = "") -> None:
@@ -4892,7 +4926,7 @@ def promote_image(runner: Runner, image: str, pinned: str) -> str:
     if settings.dry_run:
         runner.say(f"Running: `PUT {manifests}/{settings.tag}` (the same bytes and media type)", image)
         return pinned
-    client = registry_client(settings)
+    client = runner.registry()
     manifest = client.get_manifest(url, pinned)
     runner.say(
         f"Running: `PUT {manifests}/{settings.tag}` ({manifest.media_type}, {len(manifest.data)} bytes)",
@@ -4944,10 +4978,16 @@ def local_from(document: object, ref: str, engine: Engine | None, metadata: str 
 
 def built_config_digest(metadata: str) -> str | None:
     """The config digest buildx wrote to a build's `--metadata-file`, or None."""
+    return metadata_digest(metadata, "containerimage.config.digest")
+
+
+def metadata_digest(metadata: str, key: str) -> str | None:
+    """A digest buildx wrote to a build's `--metadata-file` (`containerimage.digest`: the
+    pushed image's), or None."""
     import json
 
     try:
-        digest = json.loads(Path(metadata).read_bytes())["containerimage.config.digest"]
+        digest = json.loads(Path(metadata).read_bytes())[key]
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return str(digest) if DIGEST_RE.match(str(digest)) else None
@@ -5084,12 +5124,12 @@ _PUSHED_RE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
 _CACHE_MANIFEST_RE = re.compile(r"\bwriting cache (?:image )?manifest (sha256:[0-9a-f]{64})\b")
 
 
-def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
-    """The digest of the push that printed `output`, as the registry serves it under TAG."""
+def confirmed_push(runner: Runner, image: str, said: Sequence[str]) -> str:
+    """The digest the registry serves under TAG right after IMAGE's push, which must be the
+    last one docker `said` it pushed (the push's output, or the build's metadata), if any."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     served = runner.registry().served_digest(url, settings.tag)
-    said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
     if served is None:
         raise ManageImagesError(
             f"{settings.registry} does not serve {url}:{settings.tag} right after its push; check the "
@@ -5158,8 +5198,6 @@ def pin_digest(
     settings = runner.settings
     url = image_url(settings.registry, image)
     client = runner.registry()
-    if local is None:
-        local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if pushed is not None:
         if pinned is not None and client.served_digest(url, pinned) is not None:
             engine = runner.engine
@@ -5171,6 +5209,8 @@ def pin_digest(
                 runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
                 return pinned
         return pushed
+    if local is None:
+        local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if local is None:
         raise ManageImagesError(
             f"the engine holds no {url}:{settings.tag}, so there is no digest to pin: build or pull it first"
@@ -5234,7 +5274,7 @@ def docker_steps(
         runner.begin(image, "pull")
         runner.run(pull_argv(url, runner.settings.tag), image)
     built = build_step(runner, image, steps, options, pins.get(image)) if steps.build else Built()
-    if steps.push:
+    if steps.push and not (built.pushed_by_build or built.unchanged):
         built = push_step(runner, image, steps, built)
     if not steps.update_references:
         return None
@@ -5242,19 +5282,142 @@ def docker_steps(
 
 
 def build_step(runner: Runner, image: str, steps: Steps, options: BuildOptions, pinned: str | None) -> Built:
-    """--build of one image, then --verify_pinned's comparison with its pin."""
+    """--build of one image: what it reads (`image_inputs`), and, with --skip_unchanged,
+    nothing more when those are its pin's inputs (`keep_unchanged`); else the build."""
+    runner.begin(image, "build")
+    inputs, dockerfile = image_inputs(runner, image, options)
+    if options.skip_unchanged:
+        inputs = against_pin(runner, image, inputs, pinned)
+    runner.inputs[image] = inputs
+    if inputs.unchanged and pinned is not None:
+        return keep_unchanged(runner, image, steps, pinned)
+    return build_image(
+        runner, image, steps, options, pinned, build_label(runner, image, steps, options, inputs, pinned)
+    )
+
+
+def build_image(
+    runner: Runner, image: str, steps: Steps, options: BuildOptions, pinned: str | None, label: str
+) -> Built:
+    """One image's `docker build`, then --verify_pinned's comparison with its pin. Through
+    buildx, with --push, the build pushes the image itself (one command, one pass over its
+    layers) unless it must first be compared with its pin; the digest comes from the
+    build's metadata, confirmed by the registry."""
     settings, engine = runner.settings, runner.engine
     url = image_url(settings.registry, image)
-    runner.begin(image, "build")
     cache_from = cache_sources(runner, image, pinned) if options.cache_from_pinned else ()
-    metadata = ""
-    if engine is not None and engine.buildx and engine.containerd():
-        metadata = str(runner.scratch() / f"{image}.json")
+    buildx = engine is not None and bool(engine.buildx)
+    metadata = str(runner.scratch() / f"{image}.json") if buildx else ""
     cache_to = cache_export(engine, url, settings.tag, steps.push)
-    plan = BuildPlan(url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata)
+    push = buildx and steps.push and not options.verify_pinned
+    plan = BuildPlan(url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata, push, label)
     output = runner.run(build_argv(plan, engine, options), image)
     local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
-    return Built(tuple(output), metadata, None, local, cache_to)
+    built = Built(tuple(output), metadata, None, local, cache_to, push)
+    if not push:
+        return built
+    said = metadata_digest(metadata, "containerimage.digest")
+    pushed = None if settings.dry_run else confirmed_push(runner, image, [said] if said else [])
+    if cache_to.startswith("type=registry,"):
+        keep_build_cache(runner, image, pushed or "sha256:<pushed>", output)
+    return built._replace(pushed=pushed)
+
+
+def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inputs, bytes]:
+    """What IMAGE's build reads, and the Dockerfile it builds: the digest of its Dockerfile,
+    its build context as docker sends it, and the options that change its result (see
+    `inputs_digest`); or why they are not all known (`unknown_sources`, `context_entries`)."""
+    settings, engine = runner.settings, runner.engine
+    folder = settings.root / DOCKER_DIR / image
+    dockerfile = (folder / "Dockerfile").read_bytes()
+    reason = unknown_sources(dockerfile, settings.registry)
+    try:
+        entries = context_entries(folder)
+    except ValueError as error:
+        entries, reason = [], reason or f"its build context cannot be read whole: {error}"
+    chosen = (
+        ("platform", engine.platform if engine else Engine._field_defaults["platform"]),
+        ("attestations", "true" if options.attestations else "false"),
+        ("docker build", "\0".join(options_argv(options))),
+    )
+    digest = None if reason else inputs_digest(dockerfile, entries, chosen)
+    return Inputs(digest, reason), dockerfile
+
+
+def pin_label(runner: Runner, image: str, pinned: str) -> tuple[bool, str | None]:
+    """Whether the registry serves IMAGE's pin, and the inputs label of its config (for the
+    engine's platform, through an index), if it has one: a GET of the manifest and one of
+    the config, both by digest."""
+    import json
+
+    url = image_url(runner.settings.registry, image)
+    client = runner.registry()
+    if client.served_digest(url, pinned) is None:
+        return False, None
+    platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
+    _, config = client.image_config(url, pinned, platform)
+    try:
+        label = json.loads(config)["config"]["Labels"][INPUTS_LABEL]
+    except (ValueError, TypeError, KeyError):
+        return True, None
+    return True, label if isinstance(label, str) else None
+
+
+def against_pin(runner: Runner, image: str, inputs: Inputs, pinned: str | None) -> Inputs:
+    """`inputs` compared with the inputs label of IMAGE's pin: unchanged exactly when the
+    registry serves the pin and its label is these inputs' digest; else why not."""
+    if inputs.digest is None:
+        return inputs._replace(unchanged=False)
+    if pinned is None:
+        return inputs._replace(unchanged=False, reason=f"it has no line in {PROD_DIGESTS_PATH}")
+    served, label = pin_label(runner, image, pinned)
+    if not served:
+        reason = "the registry does not serve its pin"
+    elif label is None:
+        reason = "its pin carries no inputs label (built before the label, or by hand)"
+    else:
+        reason = "" if label == inputs.digest else "its inputs differ from its pin's"
+    return inputs._replace(pin=label, unchanged=not reason, reason=reason)
+
+
+def build_label(
+    runner: Runner, image: str, steps: Steps, options: BuildOptions, inputs: Inputs, pinned: str | None
+) -> str:
+    """The inputs label IMAGE's build gets: the digest of its inputs, when they are all
+    known. A build that must come out as its pin (--verify_pinned, or --update_references
+    without --push, which pins only what the registry serves) gets none when the pin, from
+    before the label, carries none: that build then reproduces the pin as it was built."""
+    if inputs.digest is None or pinned is None:
+        return inputs.digest or ""
+    if options.verify_pinned or (steps.update_references and not steps.push):
+        served, label = pin_label(runner, image, pinned)
+        if served and label is None:
+            runner.say(
+                f"The pin of {image} carries no inputs label: building it without one, as it was", image
+            )
+            return ""
+    return inputs.digest
+
+
+def keep_unchanged(runner: Runner, image: str, steps: Steps, pinned: str) -> Built:
+    """An image whose inputs are its pin's: not built, not pushed, its pin kept. With --push
+    its tag is moved to the pin in the registry (one manifest PUT, see `promote_image`)
+    unless it serves it already; without, the engine gets the pin, as a build would leave it."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    runner.say(f"{url}@{pinned[:19]} is unchanged (inputs of the pin): not built", image)
+    runner.note(image, "unchanged (inputs of the pin)")
+    runner.progress.keep(image)
+    if not steps.push:
+        runner.begin(image, "pull")
+        runner.run(pull_digest_argv(url, pinned), image)
+        runner.run(tag_argv(f"{url}@{pinned}", f"{url}:{settings.tag}"), image)
+    elif settings.dry_run or runner.registry().served_digest(url, settings.tag) != pinned:
+        runner.begin(image, "push")
+        promote_image(runner, image, pinned)
+    else:
+        runner.say(f"{url}:{settings.tag} is {pinned[:19]} already", image)
+    return Built(unchanged=True)
 
 
 def push_step(runner: Runner, image: str, steps: Steps, built: Built) -> Built:
@@ -5263,7 +5426,8 @@ def push_step(runner: Runner, image: str, steps: Steps, built: Built) -> Built:
     settings = runner.settings
     runner.begin(image, "push")
     output = runner.run(push_argv(image_url(settings.registry, image), settings.tag), image)
-    pushed = None if settings.dry_run else pushed_digest(runner, image, output)
+    said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
+    pushed = None if settings.dry_run else confirmed_push(runner, image, said)
     if built.cache_to.startswith("type=registry,"):
         keep_build_cache(runner, image, pushed or "sha256:<pushed>", built.output)
     return built._replace(pushed=pushed)
@@ -5281,6 +5445,8 @@ def digest_to_pin(
     dry run that cannot know it."""
     settings = runner.settings
     url = image_url(settings.registry, image)
+    if built.unchanged:
+        return pinned
     if settings.dry_run and (steps.build or steps.push):
         runner.say(
             f"Dry run: the digest of {url}:{settings.tag} is only known after it is "
@@ -5556,6 +5722,7 @@ class Report:
         logs = runner.progress.logs
         for item in results.values():
             error = item.error
+            inputs = runner.inputs.get(item.image)
             self.images.append(
                 {
                     "name": item.image,
@@ -5565,6 +5732,8 @@ class Report:
                     "files": runner.changed_files.get(item.image, []),
                     "note": runner.notes.get(item.image, ""),
                     "identity": runner.identities.get(item.image),
+                    "inputs": inputs.as_json() if inputs else None,
+                    "built_on": dict(inputs.built_on) if inputs else {},
                     "exit_code": error.returncode if error else None,
                     "error": str(error) if error else None,
                     "log": str(logs.path(item.image)) if logs and item.result in ("done", "failed") else None,
@@ -5818,6 +5987,18 @@ def process_images(
     return 0
 
 
+def pins_for(
+    settings: Settings, steps: Steps, options: BuildOptions, scan: TreeScan | None
+) -> dict[str, str]:
+    """The digest prod_digests.txt pins each image to, for the steps that compare with it: read
+    as --check reads it where the run rewrites it or builds from it, else as far as it reads."""
+    if options.cache_from_pinned or options.verify_pinned or steps.update_references:
+        entries = read_prod_digests(settings.root, scan or scan_tree(settings.root, settings.registry))
+        return pins_by_name(entries, settings.registry)
+    # --skip_unchanged, and a build whose dependents are built on it (see `dependents_reference`).
+    return pinned_now(settings) if steps.build else {}
+
+
 def run_steps(
     runner: Runner,
     images: Sequence[str],
@@ -5834,12 +6015,7 @@ def run_steps(
         if steps.build:
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
-        pins: dict[str, str] = {}
-        if options.cache_from_pinned or options.verify_pinned or steps.update_references:
-            entries = read_prod_digests(
-                runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
-            )
-            pins = pins_by_name(entries, runner.settings.registry)
+        pins = pins_for(runner.settings, steps, options, scan)
         held = holding()
         if (
             steps.build
@@ -6189,6 +6365,16 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "on any drift.",
     )
     steps.add_argument(
+        "--skip_unchanged",
+        "--skip-unchanged",
+        action="store_true",
+        help="With --build: do not build an image whose inputs are those of its pin (its build context as "
+        "docker sends it, .dockerignore applied; its Dockerfile, every parent pinned by digest; the build "
+        "options that change the result), as the label org.iree.manage-images.inputs of the config the "
+        "registry serves for the pin says. Such an image keeps its pin; with --push its tag is moved to the "
+        "pin in the registry, without it the pin is pulled. Every build records its inputs in that label.",
+    )
+    steps.add_argument(
         "--build_arg",
         "--build-arg",
         action="append",
@@ -6389,6 +6575,11 @@ def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error(f"{flag} goes with --build (or, for --verify_pinned, with no step at all)")
         if flag != "--verify_pinned" and not args.build:
             parser.error(f"{flag} goes with --build: it changes how images are built")
+    if args.skip_unchanged and args.verify_pinned:
+        parser.error(
+            "--skip_unchanged and --verify_pinned cannot be combined: one builds only what changed, "
+            "the other rebuilds each image to prove it gives its pin"
+        )
     if args.verify_pinned and not step_flags:
         step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
     modes = [
