@@ -104,6 +104,11 @@ if argv[:2] == ["docker", "build"] and "--metadata-file" in argv and not code:
     metadata = {{"containerimage.digest": "sha256:" + hashlib.sha256(ref.encode()).hexdigest()}} if "--push" in argv else {{}}
     with open(argv[argv.index("--metadata-file") + 1], "w") as file:
         json.dump(metadata, file)
+if argv[:2] == ["docker", "build"] and "--file" in argv:  # kept, as the run removes its own copy
+    dockerfile = argv[argv.index("--file") + 1]
+    os.makedirs(os.environ["STANDIN_LOG"] + ".files", exist_ok=True)
+    with open(dockerfile, "rb") as source, open(os.environ["STANDIN_LOG"] + ".files/" + os.path.basename(dockerfile), "wb") as copy:
+        copy.write(source.read())
 print(f"standin {{' '.join(argv)}}")
 print("second line")
 sys.exit(code)
@@ -248,6 +253,10 @@ class StandIn:
             "STANDIN_CONFIG": str(self.config_path),
             "PYTHONPATH": os.pathsep.join((str(TESTS), str(SCRIPT_DIR))),
         }
+
+    def dockerfile(self, name: str) -> bytes:
+        """The Dockerfile a `docker build --file PATH` read (PATH's name), as it was then."""
+        return Path(f"{self.log}.files/{name}").read_bytes()
 
     def commands(self) -> list[list[str]]:
         if not self.log.exists():

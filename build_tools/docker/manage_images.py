@@ -668,6 +668,8 @@ class BuildPlan(NamedTuple):
     metadata: str = ""  # buildx writes the build's metadata (digests) to this file
     push: bool = False  # buildx pushes the image as it builds it
     label: str = ""  # the inputs label's value (see `inputs_digest`), or "" for none
+    dockerfile: str = ""  # --file: the Dockerfile rebased on parents this run built (classic builder)
+    contexts: tuple[tuple[str, str], ...] = ()  # buildx: (REF as written, what to build on in its place)
 
 
 class Built(NamedTuple):
@@ -1975,6 +1977,10 @@ def build_argv(
         argv += ["--metadata-file", plan.metadata]
     if buildx and plan.push:
         argv.append("--push")
+    for name, target in plan.contexts:
+        argv += ["--build-context", f"{name}=docker-image://{target}"]
+    if plan.dockerfile:
+        argv += ["--file", plan.dockerfile]
     for source in plan.cache_from:
         argv += ["--cache-from", source]
     if plan.cache_to and buildx:
@@ -3140,6 +3146,10 @@ class Runner:
         self.changed_files: dict[str, list[str]] = {}  # image -> files its update changed (or would)
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
         self.inputs: dict[str, Inputs] = {}  # image -> what its build read, and its pin's
+        # Without --update_references, the images of the run its dependents are built on, and
+        # what each dependent builds on in place of the pin its Dockerfile names.
+        self.rebasing: frozenset[str] = frozenset()
+        self.built_on: dict[str, str] = {}  # image -> URL@DIGEST or URL:TAG
         self.engine: Engine | None = None  # what builds, when a step needs to know
 
     def say(self, text: str, image: str = "") -> None:
@@ -4983,11 +4993,14 @@ def built_config_digest(metadata: str) -> str | None:
 
 def metadata_digest(metadata: str, key: str) -> str | None:
     """A digest buildx wrote to a build's `--metadata-file` (`containerimage.digest`: the
-    pushed image's), or None."""
+    pushed image's; `cache.manifest`: a descriptor, as JSON text, of the cache it exported),
+    or None."""
     import json
 
     try:
         digest = json.loads(Path(metadata).read_bytes())[key]
+        if key == "cache.manifest":
+            digest = json.loads(digest)["digest"]
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return str(digest) if DIGEST_RE.match(str(digest)) else None
@@ -5143,15 +5156,18 @@ def confirmed_push(runner: Runner, image: str, said: Sequence[str]) -> str:
     return served
 
 
-def keep_build_cache(runner: Runner, image: str, digest: str, build_output: Sequence[str]) -> None:
-    """Tags the registry cache this run's build wrote (the cache manifest its output names) as
-    the cache of the pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
+def keep_build_cache(runner: Runner, image: str, digest: str, built: Built) -> None:
+    """Tags the registry cache this run's build wrote (the cache manifest its metadata, else
+    its output, names) as the cache of the pushed image (URL:sha256-HEX.cache), where a cold
+    engine looks for it. (A build that pushes prints its push after the cache: the
+    metadata holds what the output's last lines may no longer show.)"""
     settings = runner.settings
     url = image_url(settings.registry, image)
     target = pinned_cache_tag(digest)
     written = [
-        match.group(1) for line in build_output for match in [_CACHE_MANIFEST_RE.search(line)] if match
+        match.group(1) for line in built.output for match in [_CACHE_MANIFEST_RE.search(line)] if match
     ]
+    written += filter(None, [metadata_digest(built.metadata, "cache.manifest")])
     if settings.dry_run:
         runner.say(f"Dry run: would keep the build's registry cache as {url}:{target}", image)
         return
@@ -5199,16 +5215,12 @@ def pin_digest(
     url = image_url(settings.registry, image)
     client = runner.registry()
     if pushed is not None:
-        if pinned is not None and client.served_digest(url, pinned) is not None:
-            engine = runner.engine
-            platform = local.platform if local else engine.platform if engine else "linux/amd64"
-            identity = registry_identity(client, url, pinned, pushed, platform)
-            runner.identities[image] = identity
-            if identity != "differs" and pinned != pushed:
-                runner.say(f"Keeping the pin {url}@{pinned[:19]}: {identity} to the push", image)
-                runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
-                return pinned
-        return pushed
+        kept = kept_pin(runner, image, pinned, pushed)
+        if kept is not None and pinned != pushed:
+            identity = runner.identities[image]
+            runner.say(f"Keeping the pin {url}@{kept[:19]}: {identity} to the push", image)
+            runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+        return kept or pushed
     if local is None:
         local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if local is None:
@@ -5234,6 +5246,19 @@ def pin_digest(
         f"{str(pinned)[:19]}, :{settings.tag} {str(tagged)[:19]}): push it (--push), or find out why it "
         "changed; no file was changed"
     )
+
+
+def kept_pin(runner: Runner, image: str, pinned: str | None, pushed: str) -> str | None:
+    """The pin, when the registry serves it and what was pushed has its content (config to
+    config, see `registry_identity`, which this records), else None."""
+    url = image_url(runner.settings.registry, image)
+    client = runner.registry()
+    if pinned is None or client.served_digest(url, pinned) is None:
+        return None
+    platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
+    identity = registry_identity(client, url, pinned, pushed, platform)
+    runner.identities[image] = identity
+    return pinned if identity != "differs" else None
 
 
 def held_images(
@@ -5276,6 +5301,8 @@ def docker_steps(
     built = build_step(runner, image, steps, options, pins.get(image)) if steps.build else Built()
     if steps.push and not (built.pushed_by_build or built.unchanged):
         built = push_step(runner, image, steps, built)
+    if image in runner.rebasing:
+        runner.built_on[image] = dependents_reference(runner, image, pins.get(image), built, options)
     if not steps.update_references:
         return None
     return digest_to_pin(runner, image, steps, pins.get(image), built, held)
@@ -5291,13 +5318,23 @@ def build_step(runner: Runner, image: str, steps: Steps, options: BuildOptions, 
     runner.inputs[image] = inputs
     if inputs.unchanged and pinned is not None:
         return keep_unchanged(runner, image, steps, pinned)
+    for parent, reference in inputs.built_on:
+        built = reference.partition("@")[2][:19] or f":{runner.settings.tag}, not pushed"
+        runner.note(image, f"built on this run's {parent} ({built})")
+    label = build_label(runner, image, steps, options, inputs, pinned)
     return build_image(
-        runner, image, steps, options, pinned, build_label(runner, image, steps, options, inputs, pinned)
+        runner, image, steps, options, pinned, label, rebased_source(runner, image, inputs, dockerfile)
     )
 
 
 def build_image(
-    runner: Runner, image: str, steps: Steps, options: BuildOptions, pinned: str | None, label: str
+    runner: Runner,
+    image: str,
+    steps: Steps,
+    options: BuildOptions,
+    pinned: str | None,
+    label: str,
+    source: tuple[str, tuple[tuple[str, str], ...]] = ("", ()),
 ) -> Built:
     """One image's `docker build`, then --verify_pinned's comparison with its pin. Through
     buildx, with --push, the build pushes the image itself (one command, one pass over its
@@ -5310,7 +5347,9 @@ def build_image(
     metadata = str(runner.scratch() / f"{image}.json") if buildx else ""
     cache_to = cache_export(engine, url, settings.tag, steps.push)
     push = buildx and steps.push and not options.verify_pinned
-    plan = BuildPlan(url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata, push, label)
+    plan = BuildPlan(
+        url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata, push, label, *source
+    )
     output = runner.run(build_argv(plan, engine, options), image)
     local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
     built = Built(tuple(output), metadata, None, local, cache_to, push)
@@ -5319,18 +5358,31 @@ def build_image(
     said = metadata_digest(metadata, "containerimage.digest")
     pushed = None if settings.dry_run else confirmed_push(runner, image, [said] if said else [])
     if cache_to.startswith("type=registry,"):
-        keep_build_cache(runner, image, pushed or "sha256:<pushed>", output)
+        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built)
     return built._replace(pushed=pushed)
 
 
 def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inputs, bytes]:
-    """What IMAGE's build reads, and the Dockerfile it builds: the digest of its Dockerfile,
-    its build context as docker sends it, and the options that change its result (see
-    `inputs_digest`); or why they are not all known (`unknown_sources`, `context_entries`)."""
+    """What IMAGE's build reads, and the Dockerfile it builds: the tracked one, each parent
+    this run built (without --update_references) in place of the pin it names (see
+    `dependents_reference`); the digest of that Dockerfile, of the build context as docker
+    sends it and of the options that change its result (see `inputs_digest`); or why they
+    are not all known (`unknown_sources`, `context_entries`)."""
     settings, engine = runner.settings, runner.engine
     folder = settings.root / DOCKER_DIR / image
-    dockerfile = (folder / "Dockerfile").read_bytes()
-    reason = unknown_sources(dockerfile, settings.registry)
+    tracked = (folder / "Dockerfile").read_bytes()
+    rebase = {
+        parent.image: runner.built_on[parent.image]
+        for parent in registry_parents(tracked, settings.registry)
+        if runner.built_on.get(parent.image, f"{image_url(settings.registry, parent.image)}@{parent.digest}")
+        != f"{image_url(settings.registry, parent.image)}@{parent.digest}"
+    }
+    dockerfile = rebased_dockerfile(tracked, settings.registry, rebase) if rebase else tracked
+    local = [parent for parent, reference in rebase.items() if "@" not in reference]
+    if local:
+        reason = f"it is built on {local[0]} as this run built it, not pushed, so not by digest"
+    else:
+        reason = unknown_sources(dockerfile, settings.registry)
     try:
         entries = context_entries(folder)
     except ValueError as error:
@@ -5341,7 +5393,73 @@ def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inp
         ("docker build", "\0".join(options_argv(options))),
     )
     digest = None if reason else inputs_digest(dockerfile, entries, chosen)
-    return Inputs(digest, reason), dockerfile
+    return Inputs(digest, reason, tuple(sorted(rebase.items()))), dockerfile
+
+
+def rebased_source(
+    runner: Runner, image: str, inputs: Inputs, dockerfile: bytes
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """How a build reads its Dockerfile rebased on parents this run built (`inputs.built_on`;
+    the tracked file is never touched): through buildx, a named build context per reference
+    as written (`--build-context REF=docker-image://NEW`); else a copy with the references
+    rewritten, in the run's scratch folder (`--file`). ("", ()) when nothing is rebased."""
+    settings, engine = runner.settings, runner.engine
+    if not inputs.built_on:
+        return "", ()
+    if engine is not None and engine.buildx:
+        tracked = (settings.root / DOCKER_DIR / image / "Dockerfile").read_bytes()
+        targets = dict(inputs.built_on)
+        parents = registry_parents(tracked, settings.registry)
+        return "", tuple(
+            dict.fromkeys(
+                (parent.ref, targets[parent.image]) for parent in parents if parent.image in targets
+            )
+        )
+    path = runner.scratch() / f"{image}.Dockerfile"
+    if not settings.dry_run:
+        path.write_bytes(dockerfile)
+    return str(path), ()
+
+
+def dependents_reference(
+    runner: Runner, image: str, pinned: str | None, built: Built, options: BuildOptions
+) -> str:
+    """What IMAGE's dependents in this run build on in place of the pin their Dockerfiles
+    name (without --update_references, which rewrites those first): the pin, when this run
+    kept it (unchanged, reproduced, pushed with its content) or built its content again;
+    the pushed digest; else the image this run built, by its tag (it has no digest)."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if pinned is not None and (built.unchanged or options.verify_pinned):  # verified, or it failed
+        return f"{url}@{pinned}"
+    if settings.dry_run:
+        return f"{url}:{settings.tag}"
+    if built.pushed is not None:
+        return f"{url}@{kept_pin(runner, image, pinned, built.pushed) or built.pushed}"
+    local = (
+        None
+        if pinned is None
+        else local_image(settings, runner.engine, f"{url}:{settings.tag}", built.metadata)
+    )
+    if pinned is None or local is None:
+        return f"{url}:{settings.tag}"
+    if any(
+        entry.partition("@") == (name, "@", pinned)
+        for entry in local.repo_digests
+        for name in docker_names(url)
+    ):
+        return f"{url}@{pinned}"  # the engine holds the pin itself
+    try:
+        same = (
+            runner.registry().served_digest(url, pinned)
+            and compare_with(runner, image, local, pinned) != "differs"
+        )
+    except RegistryError as error:  # a build alone needs no registry: build on what was built
+        runner.say(
+            f"Cannot compare {image} with its pin ({error}): its dependents build on it as built", image
+        )
+        same = False
+    return f"{url}@{pinned}" if same else f"{url}:{settings.tag}"
 
 
 def pin_label(runner: Runner, image: str, pinned: str) -> tuple[bool, str | None]:
@@ -5429,7 +5547,7 @@ def push_step(runner: Runner, image: str, steps: Steps, built: Built) -> Built:
     said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
     pushed = None if settings.dry_run else confirmed_push(runner, image, said)
     if built.cache_to.startswith("type=registry,"):
-        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built.output)
+        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built)
     return built._replace(pushed=pushed)
 
 
@@ -5469,7 +5587,7 @@ def digest_to_pin(
         local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
     digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
     if built.cache_to.startswith("type=registry,") and built.pushed not in (None, digest):
-        keep_build_cache(runner, image, digest, built.output)
+        keep_build_cache(runner, image, digest, built)
     return digest
 
 
@@ -6016,6 +6134,10 @@ def run_steps(
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
         pins = pins_for(runner.settings, steps, options, scan)
+        if steps.build and not steps.update_references:  # with it, dependents' FROM lines are rewritten
+            runner.rebasing = frozenset(
+                parent for image in images for parent in graph[image] if parent in images
+            )
         held = holding()
         if (
             steps.build
@@ -6346,6 +6468,19 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         help="Push REGISTRY/NAME:TAG. For Google registries (gcr.io, *.gcr.io, "
         "*-docker.pkg.dev) this runs `gcloud auth configure-docker` first.",
     )
+    _add_build_options(steps)
+    steps.add_argument(
+        "--update_references",
+        "--update-references",
+        action="store_true",
+        help="Point every REGISTRY/NAME@sha256:... and REGISTRY/NAME:TAG@sha256:... in the files git "
+        "tracks at a digest the registry serves for the image: its push's, or its pin's when the content "
+        "is the same (and, for rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to "
+        "prod_digests.txt if missing.",
+    )
+
+
+def _add_build_options(steps: argparse._ArgumentGroup) -> None:
     steps.add_argument(
         "--cache_from_pinned",
         "--cache-from-pinned",
@@ -6388,15 +6523,6 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="With --build on BuildKit: keep BuildKit's default attestations (provenance). Off by default: "
         "on the containerd store they make each pin an index whose digest changes on every build.",
-    )
-    steps.add_argument(
-        "--update_references",
-        "--update-references",
-        action="store_true",
-        help="Point every REGISTRY/NAME@sha256:... and REGISTRY/NAME:TAG@sha256:... in the files git "
-        "tracks at a digest the registry serves for the image: its push's, or its pin's when the content "
-        "is the same (and, for rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to "
-        "prod_digests.txt if missing.",
     )
 
 
