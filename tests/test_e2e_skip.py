@@ -11,6 +11,8 @@ Results come from the registry's HTTP API, the engines' image stores and git."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -121,24 +123,38 @@ def test_a_pin_the_registry_does_not_serve_is_built_again(repo, registry):
     assert registry.digest(LEAF, pins(repo, registry)[LEAF]) is not None
 
 
-def pin_without_label(repo, registry) -> str:
-    """Builds LEAF as a tool from before the label would (plain docker, no label), pushes it,
-    and pins it in the tree; its digest."""
-    url = f"{registry.url}/{LEAF}"
+def ancestors(image: str) -> set[str]:
+    return set(GRAPH[image]).union(*(ancestors(parent) for parent in GRAPH[image]))
+
+
+def prelabel_tree(registry, folder) -> Path:
+    """A tree whose LEAF, and each image it is built on, were built, pushed and pinned as a
+    tool from before the label would have: plain `docker build` (so no label anywhere in
+    their ancestry, which a built image would inherit), the same Dockerfiles and files."""
+    digests: dict[str, str] = {}
     attestations = ("--provenance=false", "--sbom=false") if buildkit() else ()
-    docker("build", "-q", *attestations, "--tag", f"{url}:old", str(repo / "build_tools/docker" / LEAF))
-    docker("push", f"{url}:old")
-    old = registry.digest(LEAF, "old")
-    assert label(registry, LEAF, old) is None
-    path = repo / mi.PROD_DIGESTS_PATH
-    path.write_text(path.read_text().replace(pins(repo, registry)[LEAF], old))
-    assert run_tool(repo, "--image", LEAF, "--only_references", registry=registry).returncode == 0
-    fake_tree.git(repo, "commit", "-q", "-am", f"Pin {LEAF} from before the label")
-    return old
+    for image in mi.ordered_images_to_process(sorted(GRAPH), GRAPH):
+        if image not in ancestors(LEAF) | {LEAF}:
+            continue
+        context = folder / "contexts" / image
+        context.mkdir(parents=True)
+        (context / "Dockerfile").write_text(
+            fake_tree.dockerfile(registry.url, image, GRAPH[image], digests, 0)
+        )
+        (context / "stamp").write_text(f"{image} 1\n")
+        if not GRAPH[image]:
+            shutil.copy2(fake_tree.BUSYBOX, context / "busybox")
+        url = f"{registry.url}/{image}"
+        docker("build", "-q", *attestations, "--tag", f"{url}:prelabel", str(context))
+        docker("push", f"{url}:prelabel")
+        digests[image] = registry.digest(image, "prelabel")
+        assert label(registry, image, digests[image]) is None
+    return fake_tree.make_tree(folder / "repo", registry.url, GRAPH, digests)
 
 
-def test_a_pin_from_before_the_label_is_still_reproduced_and_is_built_again(repo, registry):
-    old = pin_without_label(repo, registry)
+def test_a_pin_from_before_the_label_is_still_reproduced_and_is_built_again(registry, tmp_path):
+    repo = prelabel_tree(registry, tmp_path)
+    old = pins(repo, registry)[LEAF]
     before = fake_tree.tracked_files(repo)
     # Reproduction builds it as it was built: without the label.
     verified = run_tool(repo, "--image", LEAF, "--build", "--verify_pinned", "--json", "-", registry=registry)

@@ -47,9 +47,9 @@ def test_the_classic_builder_builds_a_dependent_on_this_run_s_parent_from_a_reba
     images = report(capsys)
     assert images["cmake-python"]["built_on"] == {"cmake": f"{CMAKE}:latest"}
     assert images["cmake-python"]["note"] == "built on this run's cmake (:latest, not pushed)"
-    # Not by digest: its inputs are not known, so it gets no label.
+    # Not by digest: its inputs are not known, and its label says so (rather than inherit cmake's).
     assert images["cmake-python"]["inputs"]["digest"] is None
-    assert "--label" not in argv
+    assert argv[argv.index("--label") + 1] == f"{mi.INPUTS_LABEL}="
     assert images["cmake"]["built_on"] == {}
 
 
@@ -84,8 +84,24 @@ def test_with_update_references_the_pins_are_rewritten_first_and_nothing_is_reba
     assert "--file" not in argv and "--build-context" not in argv
 
 
+@pytest.mark.parametrize("engine", [{}, BUILDX, {**BUILDX, "store": "containerd"}])
+def test_a_parent_built_and_not_pushed_is_taken_from_the_engine_by_every_builder(tree, standin, engine):
+    # A named context would resolve CMAKE:latest in the registry on the containerd store.
+    standin.set(engine=engine)
+    assert mi.main(["--image", "cmake", "--build"]) == 0
+    argv = build_of(standin, "cmake-python")
+    assert "--file" in argv and "--build-context" not in argv
+    rebased = standin.dockerfile("cmake-python.Dockerfile")
+    assert f"FROM {CMAKE}:latest AS final".encode() in rebased
+
+
 def test_a_dry_run_shows_what_a_dependent_would_be_built_on(tree, standin, capsys):
     standin.set(engine=BUILDX)
     assert mi.main(["--image", "cmake", "--build", "-n"]) == 0
     out = capsys.readouterr().out
-    assert f"--build-context {CMAKE}@{D1}=docker-image://{CMAKE}:latest" in out
+    line = next(
+        line
+        for line in out.splitlines()
+        if line.startswith("Running: `docker build") and "cmake-python`" in line
+    )
+    assert "--file " in line and line.endswith("build_tools/docker/cmake-python`")

@@ -667,7 +667,7 @@ class BuildPlan(NamedTuple):
     cache_to: str = ""
     metadata: str = ""  # buildx writes the build's metadata (digests) to this file
     push: bool = False  # buildx pushes the image as it builds it
-    label: str = ""  # the inputs label's value (see `inputs_digest`), or "" for none
+    label: str | None = None  # the inputs label's value (see `build_label`); None: no --label
     dockerfile: str = ""  # --file: the Dockerfile rebased on parents this run built (classic builder)
     contexts: tuple[tuple[str, str], ...] = ()  # buildx: (REF as written, what to build on in its place)
 
@@ -1967,7 +1967,7 @@ def build_argv(
     """
     options = options or BuildOptions()
     argv = ["docker", "build", "--tag", f"{plan.url}:{plan.tag}"]
-    if plan.label:
+    if plan.label is not None:
         argv += ["--label", f"{INPUTS_LABEL}={plan.label}"]
     argv += options_argv(options)
     buildx = engine is not None and bool(engine.buildx)
@@ -5333,7 +5333,7 @@ def build_image(
     steps: Steps,
     options: BuildOptions,
     pinned: str | None,
-    label: str,
+    label: str | None,
     source: tuple[str, tuple[tuple[str, str], ...]] = ("", ()),
 ) -> Built:
     """One image's `docker build`, then --verify_pinned's comparison with its pin. Through
@@ -5400,24 +5400,28 @@ def rebased_source(
     runner: Runner, image: str, inputs: Inputs, dockerfile: bytes
 ) -> tuple[str, tuple[tuple[str, str], ...]]:
     """How a build reads its Dockerfile rebased on parents this run built (`inputs.built_on`;
-    the tracked file is never touched): through buildx, a named build context per reference
-    as written (`--build-context REF=docker-image://NEW`); else a copy with the references
-    rewritten, in the run's scratch folder (`--file`). ("", ()) when nothing is rebased."""
+    the tracked file is never touched): through buildx, when each is a digest, a named
+    build context per reference as written (`--build-context REF=docker-image://URL@DIGEST`);
+    else a copy with the references rewritten, in the run's scratch folder (`--file`), with
+    its Dockerfile.dockerignore, if any, beside it (BuildKit looks for it there). A named
+    context is not used for an image built here and not pushed: on the containerd image
+    store BuildKit resolves it in the registry, where FROM takes the local image."""
     settings, engine = runner.settings, runner.engine
-    if not inputs.built_on:
+    targets = dict(inputs.built_on)
+    folder = settings.root / DOCKER_DIR / image
+    if not targets:
         return "", ()
-    if engine is not None and engine.buildx:
-        tracked = (settings.root / DOCKER_DIR / image / "Dockerfile").read_bytes()
-        targets = dict(inputs.built_on)
-        parents = registry_parents(tracked, settings.registry)
-        return "", tuple(
-            dict.fromkeys(
-                (parent.ref, targets[parent.image]) for parent in parents if parent.image in targets
-            )
-        )
+    if engine is not None and engine.buildx and all("@" in target for target in targets.values()):
+        parents = registry_parents((folder / "Dockerfile").read_bytes(), settings.registry)
+        named = ((parent.ref, targets[parent.image]) for parent in parents if parent.image in targets)
+        return "", tuple(dict.fromkeys(named))
     path = runner.scratch() / f"{image}.Dockerfile"
     if not settings.dry_run:
         path.write_bytes(dockerfile)
+        if (folder / "Dockerfile.dockerignore").is_file():
+            (runner.scratch() / f"{image}.Dockerfile.dockerignore").write_bytes(
+                (folder / "Dockerfile.dockerignore").read_bytes()
+            )
     return str(path), ()
 
 
@@ -5491,30 +5495,30 @@ def against_pin(runner: Runner, image: str, inputs: Inputs, pinned: str | None) 
     served, label = pin_label(runner, image, pinned)
     if not served:
         reason = "the registry does not serve its pin"
-    elif label is None:
+    elif not label:
         reason = "its pin carries no inputs label (built before the label, or by hand)"
     else:
         reason = "" if label == inputs.digest else "its inputs differ from its pin's"
-    return inputs._replace(pin=label, unchanged=not reason, reason=reason)
+    return inputs._replace(pin=label or None, unchanged=not reason, reason=reason)
 
 
 def build_label(
     runner: Runner, image: str, steps: Steps, options: BuildOptions, inputs: Inputs, pinned: str | None
-) -> str:
-    """The inputs label IMAGE's build gets: the digest of its inputs, when they are all
-    known. A build that must come out as its pin (--verify_pinned, or --update_references
-    without --push, which pins only what the registry serves) gets none when the pin, from
-    before the label, carries none: that build then reproduces the pin as it was built."""
-    if inputs.digest is None or pinned is None:
-        return inputs.digest or ""
-    if options.verify_pinned or (steps.update_references and not steps.push):
+) -> str | None:
+    """The inputs label IMAGE's build gets: the digest of its inputs, or "" when they are not
+    all known (an image inherits its parent's labels, which would otherwise claim the
+    parent's inputs as its own). None, no label at all, for a build that must come out as
+    its pin (--verify_pinned, or --update_references without --push, which pins only what
+    the registry serves) when the pin, from before the label, has none: that build then
+    reproduces the pin as it was built."""
+    if pinned is not None and (options.verify_pinned or (steps.update_references and not steps.push)):
         served, label = pin_label(runner, image, pinned)
         if served and label is None:
             runner.say(
                 f"The pin of {image} carries no inputs label: building it without one, as it was", image
             )
-            return ""
-    return inputs.digest
+            return None
+    return inputs.digest or ""
 
 
 def keep_unchanged(runner: Runner, image: str, steps: Steps, pinned: str) -> Built:
