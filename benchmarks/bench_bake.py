@@ -145,7 +145,7 @@ def tool(repo: Path, registry: Registry, env: dict[str, str], *args: str) -> Run
         for image in images
         if "build" in image["durations"] and not (image["inputs"] or {}).get("unchanged")
     )
-    docker = sum(1 for line in result.stdout.splitlines() if line.startswith("Running: `docker "))
+    docker = sum(1 for line in result.stdout.splitlines() if "Running: `docker " in line)
     return Run(wall, usage["own"], usage["commands"], builds, docker)
 
 
@@ -166,6 +166,53 @@ def built_targets(output: str) -> set[str]:
     steps = dict(re.findall(r"^#(\d+) \[([\w-]+) \d+/\d+\] RUN head -c", output, re.M))
     cached = set(re.findall(r"^#(\d+) CACHED", output, re.M))
     return {target for step, target in steps.items() if step not in cached}
+
+
+def per_image(folder: Path, path: str, env: dict[str, str], jobs: int) -> Run:
+    """The floor of any tool that builds each image with a `docker build` of its own: the
+    images of the tree `folder` (under the repository path `path`), each built and pushed by
+    one `docker buildx build --push` as soon as its parents' have ended, on their pushed
+    digests (named contexts; each digest read from buildx's metadata), `jobs` at a time,
+    and nothing else: no registry question, no label, no file rewritten."""
+    import concurrent.futures
+    import graphlib
+
+    digests: dict[str, str] = {}
+    sorter = graphlib.TopologicalSorter({image: list(parents) for image, parents in GRAPH.items()})
+    sorter.prepare()
+
+    def build(image: str) -> str:
+        metadata = folder / f"{image}.metadata.json"
+        contexts = [
+            word
+            for parent in GRAPH[image]
+            for word in (
+                "--build-context",
+                f"{path}/{parent}@{fake_tree.PLACEHOLDER}=docker-image://{path}/{parent}@{digests[parent]}",
+            )
+        ]
+        argv = ("docker", "buildx", "build", "--push", "--provenance=false", "--sbom=false")
+        argv += ("--metadata-file", str(metadata), "--tag", f"{path}/{image}:latest", *contexts)
+        subprocess.run(
+            (*argv, f"build_tools/docker/{image}"), cwd=folder, env=env, check=True, capture_output=True
+        )
+        return str(json.loads(metadata.read_text())["containerimage.digest"])
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        running: dict[concurrent.futures.Future[str], str] = {}
+        while sorter.is_active():
+            for image in sorter.get_ready():
+                running[pool.submit(build, image)] = image
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                image = running.pop(future)
+                digests[image] = future.result()
+                sorter.done(image)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Run(time.monotonic() - started, 0.0, cpu, len(GRAPH), len(GRAPH))
 
 
 def bake_file(registry: Registry, folder: Path) -> dict[str, object]:
@@ -207,13 +254,14 @@ SCENARIOS = {
 
 
 def pairs(
-    repo: Path, baked: Path, registry: Registry, env: dict[str, str], count: int, jobs: int
-) -> dict[str, list[tuple[Run, Run]]]:
-    """Each scenario `count` times on both, interleaved."""
+    repo: Path, baked: Path, floor: Path, registry: Registry, env: dict[str, str], count: int, jobs: int
+) -> tuple[dict[str, list[tuple[Run, Run]]], list[Run]]:
+    """Each scenario `count` times on both, interleaved; and the per-image floor of each full rebuild."""
     runs: dict[str, list[tuple[Run, Run]]] = {name: [] for name in SCENARIOS}
+    floors = []
     for number in range(count):
         for name, (edited, flags) in SCENARIOS.items():
-            edit([repo, baked], edited)
+            edit([repo, baked, floor], edited)
             order = ("tool", "bake") if number % 2 == 0 else ("bake", "tool")
             done = {}
             for which in order:
@@ -221,9 +269,11 @@ def pairs(
                     done[which] = tool(repo, registry, env, *MAIN_JOB, *flags, "-j", str(jobs))
                 else:
                     done[which] = bake(baked, env)
+            if name == "full rebuild + push":
+                floors.append(per_image(floor, f"{registry.host}/floor", env, jobs))
             fake_tree.git(repo, "commit", "-q", "--allow-empty", "-am", f"{name} {number}")
             runs[name].append((done["tool"], done["bake"]))
-    return runs
+    return runs, floors
 
 
 def cold_flow(
@@ -270,7 +320,7 @@ def report(runs: dict[str, list[tuple[Run, Run]]], images: int) -> bool:
         theirs = [run for _, run in results]
         print(
             f"| {name} | {spread(ratios)} | {median(run.wall for run in mine):.1f} s | {median(run.wall for run in theirs):.1f} s "
-            f"| {median(run.builds for run in mine):g} / {images if name != 'nothing changed + push' else 0} "
+            f"| {median(run.builds for run in mine):g} / {median(run.builds for run in theirs):g} "
             f"| {median(run.own for run in mine) / images:.3f} + {median(run.commands for run in mine) / images:.3f} s "
             f"| {median(run.own for run in theirs) / images:.3f} s | {median(run.docker for run in mine) / images:.2f} |"
         )
@@ -301,7 +351,19 @@ def bench_engine(engine: str | None, folder: Path, args: argparse.Namespace) -> 
             with_layers(baked, args.layer_mb)
             (baked / "docker-bake.json").write_text(json.dumps(bake_file(registry, baked), indent=1))
             bake(baked, environ)  # the same start as the tool's: everything built and pushed once
-            met = report(pairs(repo, baked, registry, environ, args.pairs, args.jobs), len(GRAPH))
+            floor = fake_tree.make_tree(folder / "floor", f"{registry.host}/floor", GRAPH)
+            with_layers(floor, args.layer_mb)
+            per_image(floor, f"{registry.host}/floor", environ, args.jobs)  # built and pushed once too
+            runs, floors = pairs(repo, baked, floor, registry, environ, args.pairs, args.jobs)
+            met = report(runs, len(GRAPH))
+            full = [theirs.wall for _, theirs in runs["full rebuild + push"]]
+            walls = [run.wall for run in floors]
+            print(
+                f"\nThe floor of a build per image (one `docker buildx build --push` each, on its parents' "
+                f"pushed digests, nothing else), full rebuild + push: {statistics.median(walls):.1f} s "
+                f"({spread(walls)} s), {statistics.median(walls) / statistics.median(full):.2f} x bake; "
+                f"its commands' CPU per image: {statistics.median(run.commands for run in floors) / len(GRAPH):.3f} s"
+            )
         else:
             print("(no buildx on this engine: no bake to compare with)")
         flows, pulls = cold_flow(repo, registry, environ, args.pairs)

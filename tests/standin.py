@@ -8,6 +8,8 @@ $STANDIN_CONFIG (a JSON file) says:
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
    "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."}, "contents": {"sha256:...": "LAYER"},
    "local_content": {"REF:TAG": "LAYER"},  (REF:TAG pushed is served as the sha256 of its name)
+   "pulled": {"REF:TAG": "sha256:..."},  (the digest `docker pull REF:TAG` says it got)
+   "labels": {"URL@DIGEST": "v1:sha256:..."},  (the inputs label of the config served)
    "server_down": false,
    "engine": {"client": "26.1.5", "store": "containerd", "buildx": "0.13.1"}}
 Only the unit tests use it; the end-to-end tests use the real engine.
@@ -110,6 +112,8 @@ if argv[:2] == ["docker", "build"] and "--file" in argv:  # kept, as the run rem
     with open(dockerfile, "rb") as source, open(os.environ["STANDIN_LOG"] + ".files/" + os.path.basename(dockerfile), "wb") as copy:
         copy.write(source.read())
 print(f"standin {{' '.join(argv)}}")
+if argv[:2] == ["docker", "pull"] and argv[2] in config.get("pulled", {{}}):  # what docker pull says it got
+    print("Digest: " + config["pulled"][argv[2]])
 print("second line")
 sys.exit(code)
 """

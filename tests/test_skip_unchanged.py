@@ -74,6 +74,20 @@ def test_an_image_whose_inputs_are_its_pins_is_pulled_not_built(tree, standin, c
     )
 
 
+@pytest.mark.parametrize(("pulled", "pulls"), [(D1, 1), (D2, 2)])
+def test_a_pin_the_tag_serves_is_pulled_by_its_tag(tree, standin, pulled, pulls):
+    pin_labelled_as_built(standin)
+    standin.set(manifests={f"{PYTHON}@{D1}": D1, f"{PYTHON}:latest": D1}, pulled={f"{PYTHON}:latest": pulled})
+    assert mi.main(["--image", "cmake-python", "--build", "--skip_unchanged"]) == 0
+    docker = [argv[1:] for argv in standin.commands() if argv[0] == "docker" and argv[1] in ("pull", "tag")]
+    # One process when the pull gets the pin; else (the tag moved meanwhile) the pin by digest, tagged.
+    expected = [["pull", f"{PYTHON}:latest"]]
+    expected += (
+        [["pull", f"{PYTHON}@{D1}"], ["tag", f"{PYTHON}@{D1}", f"{PYTHON}:latest"]] if pulls == 2 else []
+    )
+    assert docker == expected
+
+
 @pytest.mark.parametrize("served", [False, True])
 def test_with_push_an_unchanged_image_s_tag_is_moved_in_the_registry(tree, standin, served):
     pin_labelled_as_built(standin)

@@ -5521,6 +5521,20 @@ def build_label(
     return inputs.digest or ""
 
 
+def pull_pin(runner: Runner, image: str, pinned: str) -> None:
+    """The engine gets IMAGE's pin under TAG: one `docker pull URL:TAG` when the registry
+    serves the pin under TAG and the pull says it got the pin (as after --promote); else
+    a pull by digest, then a tag."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if not settings.dry_run and runner.registry().served_digest(url, settings.tag) == pinned:
+        output = runner.run(pull_argv(url, settings.tag), image)
+        if any(line.strip() == f"Digest: {pinned}" for line in output):
+            return
+    runner.run(pull_digest_argv(url, pinned), image)
+    runner.run(tag_argv(f"{url}@{pinned}", f"{url}:{settings.tag}"), image)
+
+
 def keep_unchanged(runner: Runner, image: str, steps: Steps, pinned: str) -> Built:
     """An image whose inputs are its pin's: not built, not pushed, its pin kept. With --push
     its tag is moved to the pin in the registry (one manifest PUT, see `promote_image`)
@@ -5532,8 +5546,7 @@ def keep_unchanged(runner: Runner, image: str, steps: Steps, pinned: str) -> Bui
     runner.progress.keep(image)
     if not steps.push:
         runner.begin(image, "pull")
-        runner.run(pull_digest_argv(url, pinned), image)
-        runner.run(tag_argv(f"{url}@{pinned}", f"{url}:{settings.tag}"), image)
+        pull_pin(runner, image, pinned)
     elif settings.dry_run or runner.registry().served_digest(url, settings.tag) != pinned:
         runner.begin(image, "push")
         promote_image(runner, image, pinned)
