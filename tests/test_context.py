@@ -145,6 +145,18 @@ def test_a_path_is_excluded_as_patternmatcher_decides(text, path, out):
     assert excluded(text, path) == out
 
 
+def test_a_walk_decides_with_the_rules_each_folder_matched():
+    # A file excluded, then its folder as an exception: the exception is not tried on the
+    # folder (nothing excluded it), so the file inside stays excluded in a walk, which both
+    # builders do (MatchesUsingParentResults); patternmatcher's MatchesOrParentMatches,
+    # which tries the folder with each rule, says otherwise.
+    rules = mi.dockerignore_rules(b"docs/README.md\n!docs\n")
+    folder_excluded, matched = mi.ignored(rules, "docs")
+    assert folder_excluded is False and matched == (False, False)
+    assert mi.ignored(rules, "docs/README.md", matched)[0] is True
+    assert mi.ignored(rules, "docs/README.md")[0] is False
+
+
 @pytest.mark.parametrize(
     ("text", "folder", "classic", "buildkit"),
     [
@@ -257,8 +269,8 @@ def test_the_inputs_digest_is_one_versioned_sha256_of_every_input():
     ]
     assert len({digest, *changed}) == len(changed) + 1
     # Fields cannot run into each other: a path ending in what would be the next field's text.
-    one = mi.inputs_digest(b"", [mi.ContextEntry("a", "file", 0o644, "x")], ())
-    assert one != mi.inputs_digest(b"", [mi.ContextEntry("a1:x,", "file", 0o644, "")], ())
+    one = mi.inputs_digest(b"", [mi.ContextEntry("a", "link", 0o777, "b")], ())
+    assert one != mi.inputs_digest(b"", [mi.ContextEntry("ab", "link", 0o777, "")], ())
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,7 @@ CASES = {
     "everything but one": ("*\n!dir/keep.txt\n", True),
     "a wildcard exception": ("*\n!**/keep.txt\n", False),
     "folder contents but a folder": ("dir/*\n!dir/sub\n", True),
+    "a file, then its folder as an exception": ("docs/README.md\n!docs\n", True),
     "trailing globs": ("dir/**\n!dir/sub/**\n", True),
     "leading slash, dot and trailing slash": ("/a.txt\n./b.md\nnode_modules/\n", True),
     "comments and white space": ("# a.txt\n  # b.md\n\n  README.md  \r\n", True),
