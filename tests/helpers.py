@@ -148,6 +148,12 @@ def buildkit(env: Mapping[str, str] | None = None) -> bool:
     return engine_kind(env)[3].startswith("BuildKit")
 
 
+def push_command(url: str, tag: str = "latest") -> str:
+    """How the command that pushes URL:TAG starts: `docker push` on the classic builder; on
+    BuildKit through buildx the build pushes (`docker build --tag URL:TAG ... --push`)."""
+    return f"docker build --tag {url}:{tag} " if buildkit() else f"docker push {url}:{tag}"
+
+
 def failed_run_exit_code(code: int) -> int:
     """What `docker build` exits with when a RUN step exits with `code`: the classic
     builder passes the step's code on, BuildKit's CLI exits 1."""

@@ -675,6 +675,19 @@ def test_rewrite_changes_exactly_the_references_of_one_image(document):
             "gcr.io/x",
             "",
         ),
+        # BuildKit through buildx pushes from the build.
+        (
+            ["docker", "build", "--tag", "r/x:latest", "--push", "."],
+            ["ERROR: failed to push r/x:latest: dial tcp 127.0.0.1:5: connect: connection refused"],
+            "127.0.0.1:5/iree-oss",
+            "the registry 127.0.0.1:5 is unreachable: check that it is up and that --registry is right",
+        ),
+        (
+            ["docker", "build", "--tag", "r/x:latest", "."],
+            ["dial tcp 127.0.0.1:5: connect: connection refused"],
+            "127.0.0.1:5/iree-oss",
+            "",
+        ),
     ],
 )
 def test_diagnose_failed_docker_commands(argv, output, registry, hint):

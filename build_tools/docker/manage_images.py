@@ -2252,7 +2252,7 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
     host = registry.split("/", 1)[0]
     if _NO_ENGINE_RE.search(text):
         return "the Docker engine is not running: start it or point DOCKER_HOST at one"
-    if tuple(argv[1:2]) in (("push",), ("pull",)):
+    if tuple(argv[1:2]) in (("push",), ("pull",)) or (tuple(argv[1:2]) == ("build",) and "--push" in argv):
         if _REFUSED_RE.search(text):
             action = (
                 "`gcloud auth configure-docker`" if is_google_registry(registry) else f"`docker login {host}`"
