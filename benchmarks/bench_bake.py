@@ -163,7 +163,7 @@ def bake(folder: Path, env: dict[str, str]) -> Run:
 
 def built_targets(output: str) -> set[str]:
     """The targets whose random layer bake's plain output shows run, not CACHED."""
-    steps = dict(re.findall(r"^#(\d+) \[([\w-]+) \d+/\d+\] RUN head -c", output, re.M))
+    steps = dict(re.findall(r"^#(\d+) \[([\w.-]+)(?: [\w.-]+)? \d+/\d+\] RUN head -c", output, re.M))
     cached = set(re.findall(r"^#(\d+) CACHED", output, re.M))
     return {target for step, target in steps.items() if step not in cached}
 
@@ -240,8 +240,10 @@ def with_layers(root: Path, megabytes: float) -> None:
 
 
 def edit(roots: list[Path], images: list[str]) -> None:
-    nonce = uuid.uuid4().hex
+    """The same edit in each tree, with a nonce of its own: otherwise the engine's cache would
+    give the second tree to build the layers the first one just built."""
     for root in roots:
+        nonce = uuid.uuid4().hex
         for image in images:
             (root / "build_tools" / "docker" / image / "stamp").write_text(f"{image} {nonce}\n")
 
