@@ -151,6 +151,12 @@ def buildkit(env: Mapping[str, str] | None = None) -> bool:
     return engine_kind(env)[3].startswith("BuildKit")
 
 
+def push_command(url: str, tag: str = "latest") -> str:
+    """How the command that pushes URL:TAG starts: `docker push` on the classic builder; on
+    BuildKit through buildx the build pushes (`docker build --tag URL:TAG ... --push`)."""
+    return f"docker build --tag {url}:{tag} " if buildkit() else f"docker push {url}:{tag}"
+
+
 def failed_run_exit_code(code: int) -> int:
     """What `docker build` exits with when a RUN step exits with `code`: the classic
     builder passes the step's code on, BuildKit's CLI exits 1."""
@@ -334,6 +340,20 @@ D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 D3 = "sha256:" + "a" * 64
 NEW = "sha256:" + "f" * 64
+
+
+# The inputs label every build gets (#30), for tests about everything else in a command.
+LABEL_RE = re.compile(rf" --label {re.escape(manage_images.INPUTS_LABEL)}=v\d+:sha256:[0-9a-f]{{64}}")
+
+
+def unlabelled(text: str) -> str:
+    """`text` (commands and their output) without the inputs label of each `docker build`."""
+    return LABEL_RE.sub("", text)
+
+
+def without_label(argv: list[str]) -> list[str]:
+    """A `docker build` argv without its inputs label."""
+    return unlabelled(" ".join(argv)).split(" ") if "--label" in argv else argv
 
 
 def usage_error(argv: list[str], capsys) -> str:

@@ -9,6 +9,8 @@ $STANDIN_CONFIG (a JSON file) says:
    "repo_digests": {"REF:TAG": ["REPO@sha256:..."]}, "inspect_raw": {"REF:TAG": "text"},
    "manifests": {"REF:TAG or REF@DIGEST": "sha256:..."}, "contents": {"sha256:...": "LAYER"},
    "local_content": {"REF:TAG": "LAYER"},  (REF:TAG pushed is served as the sha256 of its name)
+   "pulled": {"REF:TAG": "sha256:..."},  (the digest `docker pull REF:TAG` says it got)
+   "labels": {"URL@DIGEST": "v1:sha256:..."},  (the inputs label of the config served)
    "server_down": false,
    "engine": {"client": "26.1.5", "store": "containerd", "buildx": "0.13.1"}}
 Only the unit tests use it; the end-to-end tests use the real engine.
@@ -103,7 +105,20 @@ if argv[0] == "docker" and argv[1:3] == ["manifest", "inspect"]:
     print(json.dumps({{"Ref": ref, "Descriptor": {{"digest": config["manifests"][ref]}}}}))
     sys.exit(0)
 code = config.get("fail", {{}}).get(step, 0)
+if argv[:2] == ["docker", "build"] and "--metadata-file" in argv and not code:
+    # As buildx does: the pushed image's digest (as StandInRegistry serves a push) when it pushed.
+    ref = argv[argv.index("--tag") + 1]
+    metadata = {{"containerimage.digest": "sha256:" + hashlib.sha256(ref.encode()).hexdigest()}} if "--push" in argv else {{}}
+    with open(argv[argv.index("--metadata-file") + 1], "w") as file:
+        json.dump(metadata, file)
+if argv[:2] == ["docker", "build"] and "--file" in argv:  # kept, as the run removes its own copy
+    dockerfile = argv[argv.index("--file") + 1]
+    os.makedirs(os.environ["STANDIN_LOG"] + ".files", exist_ok=True)
+    with open(dockerfile, "rb") as source, open(os.environ["STANDIN_LOG"] + ".files/" + os.path.basename(dockerfile), "wb") as copy:
+        copy.write(source.read())
 print(f"standin {{' '.join(argv)}}")
+if argv[:2] == ["docker", "pull"] and argv[2] in config.get("pulled", {{}}):  # what docker pull says it got
+    print("Digest: " + config["pulled"][argv[2]])
 print("second line")
 sys.exit(code)
 """
@@ -189,8 +204,11 @@ class StandInRegistry:
         log = self.config_path.parent / "commands.jsonl"
         for line in log.read_text().splitlines() if log.exists() else ():
             argv = json.loads(line)
-            if argv[:2] == ["docker", "push"]:  # what was pushed is served, as a digest of its name
-                served.setdefault(argv[2], "sha256:" + hashlib.sha256(argv[2].encode()).hexdigest())
+            pushed = argv[2] if argv[:2] == ["docker", "push"] else None
+            if argv[:2] == ["docker", "build"] and "--push" in argv:  # buildx pushes as it builds
+                pushed = argv[argv.index("--tag") + 1]
+            if pushed:  # what was pushed is served, as a digest of its name
+                served.setdefault(pushed, "sha256:" + hashlib.sha256(pushed.encode()).hexdigest())
         return served
 
     def served_digest(self, url: str, reference: str) -> str | None:
@@ -203,9 +221,8 @@ class StandInRegistry:
 
         self.calls.append(("GET", url, reference))
         data = json.dumps({"reference": reference}).encode()
-        return manage_images.Manifest(
-            "application/vnd.oci.image.manifest.v1+json", data, "sha256:" + "e" * 64
-        )
+        digest = reference if reference.startswith("sha256:") else "sha256:" + "e" * 64
+        return manage_images.Manifest("application/vnd.oci.image.manifest.v1+json", data, digest)
 
     def put_manifest(self, url: str, tag: str, manifest) -> str:
         self.calls.append(("PUT", url, tag))
@@ -214,7 +231,14 @@ class StandInRegistry:
     def image_config(self, url: str, reference: str, platform: str = "linux/amd64") -> tuple[str, bytes]:
         self.calls.append(("CONFIG", url, reference))
         content = self.config.get("contents", {}).get(reference, reference)
-        return _shared["config_digest"](content), _shared["config_bytes"](content)
+        label = self.config.get("labels", {}).get(f"{url}@{reference}")
+        if label is None:
+            return _shared["config_digest"](content), _shared["config_bytes"](content)
+        # A pin with the inputs label ("labels": {"URL@DIGEST": "v1:sha256:..."}).
+        document = json.loads(_shared["config_bytes"](content))
+        document["config"] = {"Labels": {"org.iree.manage-images.inputs": label}}
+        data = json.dumps(document, sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 class StandIn:
@@ -251,6 +275,10 @@ class StandIn:
             "STANDIN_CONFIG": str(self.config_path),
             "PYTHONPATH": os.pathsep.join((str(TESTS), str(SCRIPT_DIR))),
         }
+
+    def dockerfile(self, name: str) -> bytes:
+        """The Dockerfile a `docker build --file PATH` read (PATH's name), as it was then."""
+        return Path(f"{self.log}.files/{name}").read_bytes()
 
     def commands(self) -> list[list[str]]:
         if not self.log.exists():

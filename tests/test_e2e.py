@@ -20,6 +20,7 @@ from helpers import (
     docker,
     failed_run_exit_code,
     inspect,
+    push_command,
     references,
     references_in,
     run_tool,
@@ -220,6 +221,6 @@ def test_push_to_a_registry_that_is_down_changes_nothing(repo, registry):
         registry.start()
 
     assert result.returncode != 0
-    assert f"docker push {registry.url}/util:latest" in result.stderr
+    assert push_command(f"{registry.url}/util") in result.stderr
     assert fake_tree.tracked_files(repo) == before
     assert fake_tree.git(repo, "status", "--porcelain", "--untracked-files=all") == ""

@@ -33,6 +33,7 @@ from helpers import (
     engine_kind,
     failed_run_exit_code,
     inspect,
+    push_command,
     references,
     run_tool,
 )
@@ -203,7 +204,7 @@ def test_registry_stopped_in_the_middle_of_a_push(world, registry, tmp_path):
             registry.start()
 
     assert code == 1, stdout + stderr
-    assert f"docker push {registry.url}/cmake:latest" in stderr
+    assert push_command(f"{registry.url}/cmake") in stderr
     assert f"the registry {registry.host} is unreachable" in stderr
     after = registry.snapshot(ALL, ("latest",))
     order = manage_images.ordered_images_to_process(ALL, GRAPH)

@@ -5,6 +5,7 @@ engines are in test_e2e_engines.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -97,10 +98,14 @@ def test_each_engine_writes_the_cache_a_cold_engine_of_its_kind_reads(engine, pu
     assert mi.cache_export(engine, URL, "prod", push) == cache_to
 
 
+def plan(*cache_from: str, cache_to: str = "", metadata: str = "", tag: str = "latest") -> mi.BuildPlan:
+    return mi.BuildPlan(URL, tag, "build_tools/docker/cmake", cache_from, cache_to, metadata)
+
+
 def test_the_build_argv_of_each_engine():
     context = "build_tools/docker/cmake"
-    assert mi.build_argv(URL, "latest", context) == ("docker", "build", "--tag", f"{URL}:latest", context)
-    assert mi.build_argv(URL, "latest", context, CLASSIC, (f"{URL}@{D1}",)) == (
+    assert mi.build_argv(plan()) == ("docker", "build", "--tag", f"{URL}:latest", context)
+    assert mi.build_argv(plan(f"{URL}@{D1}"), CLASSIC) == (
         "docker",
         "build",
         "--tag",
@@ -110,22 +115,30 @@ def test_the_build_argv_of_each_engine():
         context,
     )
     # BuildKit built into an old CLI: inline cache as a build argument, no attestation flags.
-    assert mi.build_argv(URL, "latest", context, BUILTIN, (), "type=inline") == (
+    assert mi.build_argv(plan(cache_to="type=inline"), BUILTIN) == (
         *("docker", "build", "--tag", f"{URL}:latest"),
         *("--build-arg", "BUILDKIT_INLINE_CACHE=1", context),
     )
     registry_cache = f"type=registry,ref={URL}:latest.cache,mode=max,ignore-error=true"
-    assert mi.build_argv(URL, "latest", context, CONTAINERD_STORE, ("X",), registry_cache, "/tmp/m.json") == (
+    assert mi.build_argv(plan("X", cache_to=registry_cache, metadata="/tmp/m.json"), CONTAINERD_STORE) == (
         *("docker", "build", "--tag", f"{URL}:latest", "--provenance=false", "--sbom=false"),
         *("--metadata-file", "/tmp/m.json", "--cache-from", "X", "--cache-to", registry_cache, context),
     )
     # Attestations only when asked for: BuildKit's own defaults.
-    assert "--provenance=false" not in mi.build_argv(URL, "t", context, OVERLAY2, attestations=True)
-    assert mi.build_argv(URL, "t", context, OVERLAY2, (), "type=inline")[4:7] == (
+    with_attestations = mi.BuildOptions(attestations=True)
+    assert "--provenance=false" not in mi.build_argv(plan(tag="t"), OVERLAY2, with_attestations)
+    assert mi.build_argv(plan(cache_to="type=inline", tag="t"), OVERLAY2)[4:7] == (
         "--provenance=false",
         "--sbom=false",
         "--cache-to",
     )
+
+
+def test_build_arguments_reach_every_engine_in_order():
+    options = mi.BuildOptions(build_arg=("A=1", "B=x y", "A=2"))
+    for engine in (None, CLASSIC, BUILTIN, OVERLAY2, CONTAINERD_STORE):
+        argv = mi.build_argv(plan(), engine, options)
+        assert argv[4:10] == ("--build-arg", "A=1", "--build-arg", "B=x y", "--build-arg", "A=2"), engine
 
 
 def test_cache_tags_are_valid_docker_tags_beside_the_image():
@@ -299,3 +312,63 @@ def test_a_push_is_pinned_as_the_registry_serves_it(tree, standin):
         (tree / "build_tools/docker/prod_digests.txt").read_bytes().startswith(f"{URL}@{pushed}\n".encode())
     )
     assert ("HEAD", URL, "latest") in standin.registry.calls
+
+
+OVERLAY2_ENGINE = {"client": "26.1.5", "server": "26.1.5", "store": "overlay2", "buildx": "0.13.1"}
+CONTAINERD_ENGINE = {**OVERLAY2_ENGINE, "store": "containerd"}
+# An image nothing is built on (so a run of it runs one image), and its URL.
+LEAF = min(
+    image for image, built_on_it in mi.dependents_map(mi.IMAGES_TO_DEPENDENCIES).items() if not built_on_it
+)
+LEAF_URL = f"gcr.io/iree-oss/{LEAF}"
+
+
+def docker_commands(standin) -> list[list[str]]:
+    return [
+        argv[1:] for argv in standin.commands() if argv[0] == "docker" and argv[1] not in ("version", "info")
+    ]
+
+
+@pytest.mark.parametrize("engine", [OVERLAY2_ENGINE, CONTAINERD_ENGINE])
+def test_buildx_pushes_as_it_builds_and_pins_what_the_registry_serves(tree, standin, engine):
+    standin.set(engine=engine, manifests={f"{LEAF_URL}@{D1}": D1}, contents={D1: "pinned"})
+    assert mi.main(["--image", LEAF, "--build", "--push", "--update_references"]) == 0
+    # One docker process per image: no `docker push`, no `docker image inspect` for the digest.
+    (build,) = docker_commands(standin)
+    assert build[0] == "build" and "--push" in build and "--metadata-file" in build
+    pushed = standin.registry.served_digest(LEAF_URL, "latest")
+    assert pushed is not None and pushed != D1
+    assert f"{LEAF_URL}@{pushed}".encode() in (tree / "build_tools/docker/prod_digests.txt").read_bytes()
+
+
+def test_a_push_the_registry_does_not_serve_as_the_build_said_is_a_race(tree, standin, capsys):
+    standin.set(engine=OVERLAY2_ENGINE, manifests={f"{LEAF_URL}:latest": NEW})
+    before = files(tree)
+    assert mi.main(["--image", LEAF, "--build", "--push", "--update_references"]) == 1
+    said = "sha256:" + hashlib.sha256(f"{LEAF_URL}:latest".encode()).hexdigest()
+    assert capsys.readouterr().err == (
+        f"docker pushed {LEAF_URL}:latest as {said[:19]}, but the registry serves {NEW[:19]} under it: "
+        "another push raced this one; run again\n"
+    )
+    assert files(tree) == before
+
+
+def test_a_build_compared_with_its_pin_is_pushed_only_after(tree, standin):
+    # --verify_pinned must compare before anything is pushed: build, compare, then push.
+    with open(tree / "build_tools/docker/prod_digests.txt", "a") as prod_digests:
+        prod_digests.write(f"{LEAF_URL}@{D1}\n")
+    standin.set(
+        engine=OVERLAY2_ENGINE,
+        repo_digests={f"{LEAF_URL}:latest": [f"{LEAF_URL}@{D1}"]},
+        manifests={f"{LEAF_URL}@{D1}": D1},
+    )
+    assert mi.main(["--image", LEAF, "--build", "--verify_pinned", "--push"]) == 0
+    steps = [argv[0] for argv in docker_commands(standin)]
+    assert steps == ["build", "image", "push"]
+    assert "--push" not in docker_commands(standin)[0]
+
+
+def test_the_classic_builder_builds_then_pushes_and_asks_the_engine_nothing_more(tree, standin):
+    standin.set(manifests={f"{LEAF_URL}@{D1}": D1}, contents={D1: "pinned"})
+    assert mi.main(["--image", LEAF, "--build", "--push", "--update_references"]) == 0
+    assert [argv[0] for argv in docker_commands(standin)] == ["build", "push"]

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, D2, NEW, SCRIPT, all_digests, files, ref, unavailable, usage_error, write
+from helpers import D1, D2, NEW, SCRIPT, all_digests, files, ref, unavailable, unlabelled, usage_error, write
 from standin import script_argv
 
 RBE_URL = "gcr.io/iree-oss/rbe-toolchain"
@@ -670,7 +670,7 @@ def test_a_docker_command_killed_by_a_signal_exits_128_plus_n(tree, standin, cap
     assert mi.main(["--image", "cmake-python", "--build"]) == 137
     out, err = capsys.readouterr()
     assert "Summary:" in out
-    assert err == (
+    assert unlabelled(err) == (
         "Command failed with exit code 137: `docker build --tag gcr.io/iree-oss/cmake-python:latest "
         "build_tools/docker/cmake-python` (killed by SIGKILL)\n"
     )

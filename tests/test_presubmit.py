@@ -11,7 +11,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import D1, GRAPH, NEW, all_digests
+from helpers import D1, GRAPH, NEW, all_digests, unlabelled
 
 REGISTRY = "gcr.io/iree-oss"
 P = fake_tree.PLACEHOLDER
@@ -219,7 +219,7 @@ def test_json_of_a_failing_build(tree, standin, tmp_path):
     assert mi.main(["--image", "cmake-python", "--build", "--json", str(report)]) == 7
     document = json.loads(report.read_text())
     assert document["exit_code"] == 7
-    assert document["error"] == (
+    assert unlabelled(document["error"]) == (
         f"Command failed with exit code 7: `docker build --tag {REGISTRY}/cmake-python:latest "
         f"{DOCKER}/cmake-python`"
     )

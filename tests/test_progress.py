@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import manage_images as mi
-from helpers import GRAPH, NEW, all_digests
+from helpers import GRAPH, NEW, all_digests, unlabelled
 
 # A small graph whose schedule is worked out by hand below:
 #
@@ -319,7 +319,7 @@ def test_each_image_has_a_log_of_every_command_and_its_output(tree, standin, tmp
     for image, log in logs.items():
         # Under the git directory, one folder for the run.
         assert log.parent.parent == tree / ".git" / mi.LOGS_NAME and log.name == f"{image}.log"
-        text = log.read_text()
+        text = unlabelled(log.read_text())
         url = f"gcr.io/iree-oss/{image}:latest"
         assert f"Running: `docker build --tag {url} build_tools/docker/{image}`\n" in text
         assert f"standin docker build --tag {url} build_tools/docker/{image}\nsecond line\n" in text
@@ -341,7 +341,7 @@ def test_a_failed_image_s_log_and_its_last_lines_follow_the_summary(tree, standi
     log = run / "cmake.log"
     command = "docker build --tag gcr.io/iree-oss/cmake:latest build_tools/docker/cmake"
     count = len(mi.ordered_images_to_process(["cmake"], GRAPH))
-    assert log.read_text() == (
+    assert unlabelled(log.read_text()) == (
         f"Processing image cmake [1/{count}]\n"
         f"Running: `{command}`\n"
         f"standin {command}\n"
@@ -350,7 +350,7 @@ def test_a_failed_image_s_log_and_its_last_lines_follow_the_summary(tree, standi
     )
     summary, _, after = captured.out.partition("Total wall time:")
     assert summary.startswith("Summary:\n")
-    assert after.split("\n", 1)[1] == (
+    assert unlabelled(after.split("\n", 1)[1]) == (
         f"cmake failed; the last 5 lines of its log, {log}:\n"
         f"  Processing image cmake [1/{count}]\n"
         f"  Running: `{command}`\n"
@@ -358,7 +358,7 @@ def test_a_failed_image_s_log_and_its_last_lines_follow_the_summary(tree, standi
         "  second line\n"
         f"  Command failed with exit code 7: `{command}`\n"
     )
-    assert captured.err == f"Command failed with exit code 7: `{command}`\n"
+    assert unlabelled(captured.err) == f"Command failed with exit code 7: `{command}`\n"
 
 
 def test_a_dry_run_writes_no_log(tree, standin, tmp_path):

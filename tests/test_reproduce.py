@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import manage_images as mi
-from helpers import D1, GRAPH, files, usage_error
+from helpers import D1, GRAPH, files, unlabelled, usage_error, without_label
 
 CMAKE = "gcr.io/iree-oss/cmake"
 PYTHON = "gcr.io/iree-oss/cmake-python"
@@ -18,13 +18,15 @@ OTHER = "sha256:" + "c" * 64
 
 def docker_commands(standin) -> list[list[str]]:
     return [
-        argv[1:] for argv in standin.commands() if argv[0] == "docker" and argv[1] not in ("version", "info")
+        without_label(argv)[1:]
+        for argv in standin.commands()
+        if argv[0] == "docker" and argv[1] not in ("version", "info")
     ]
 
 
 def test_dry_run_of_cache_from_pinned_prints_the_pull_and_the_changed_build(tree, standin, capsys):
     assert mi.main(["--image", "cmake-python", "--build", "--cache_from_pinned", "-n"]) == 0
-    out = capsys.readouterr().out
+    out = unlabelled(capsys.readouterr().out)
     lines = [line for line in out.splitlines() if line.startswith(("Running:", "No cache"))]
     assert lines[:2] == [
         f"Running: `docker pull {PYTHON}@{D1}`",

@@ -333,6 +333,22 @@ _MORE_CONTROLS = r"\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u
 _CONTROL_RE = re.compile(rf"[\x00-\x08\x0b-\x1f{_MORE_CONTROLS}]")
 # At an output boundary a carriage return that ends a line (a CRLF file in a diff) is harmless.
 _UNPRINTABLE_RE = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f{_MORE_CONTROLS}]|\r(?!\n|\Z)")
+# The label each build gets: the digest of the image's inputs (see `inputs_digest`), so
+# the registry answers, with the config it serves for a pin, whether a build would
+# change anything. A new INPUTS_VERSION makes every older label differ.
+INPUTS_LABEL = "org.iree.manage-images.inputs"
+INPUTS_VERSION = 1
+# Go's unicode.IsSpace, what strings.TrimSpace removes (str.strip would also remove \x1c-\x1f).
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(
+    map(chr, range(0x2000, 0x200B))
+)
+GO_REGEXP_META = frozenset(".+()|{}$")  # what moby's patternmatcher escapes for Go's regexp
+SCAN_LINE_MAX = 64 * 1024  # bufio.Scanner's token size: docker fails on a longer .dockerignore line
+_PINNED_SOURCE_RE = re.compile(r"@sha256:[0-9a-f]{64}\Z")
+# A parser directive at the top of a Dockerfile (`# syntax=IMAGE`).
+_DIRECTIVE_RE = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(\S.*?)\s*\Z")
+# An ADD source docker fetches itself: its bytes are not in the context.
+_REMOTE_SOURCE_RE = re.compile(r"(?:[a-z][a-z0-9+.-]*://|git@)", re.I)
 
 T = TypeVar("T")
 
@@ -651,15 +667,35 @@ class Steps(NamedTuple):
     build: bool = False
     push: bool = False
     update_references: bool = False
-    cache_from_pinned: bool = False  # --build with --cache-from the pinned image
-    verify_pinned: bool = False  # --build, then compare with the pinned image
-    attestations: bool = False  # --build keeping BuildKit's default attestations
 
     def any(self) -> bool:
         return self.pull or self.build or self.push or self.update_references
 
     def names(self) -> list[str]:
-        return [name for name in ("pull", "build", "push", "update_references") if getattr(self, name)]
+        return [name for name in self._fields if getattr(self, name)]
+
+
+class BuildOptions(NamedTuple):
+    """How the images of a run are built: one field per build flag, named as the flag's
+    `dest`, so `from_arguments` reads them all. A flag docker takes as it is adds a field
+    here, its argument in `_add_step_arguments`, and its argv in `options_argv` (which
+    also makes it one of each image's inputs); every field but verify_pinned (also a mode
+    of its own) needs --build."""
+
+    build_arg: tuple[str, ...] = ()  # NAME=VALUE, in the order given
+    attestations: bool = False  # keep BuildKit's default attestations
+    cache_from_pinned: bool = False  # --cache-from the pinned image
+    verify_pinned: bool = False  # compare each build with its pin, before any push
+    skip_unchanged: bool = False  # build only the images whose inputs are not their pin's
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> BuildOptions:
+        values = [getattr(args, name) for name in cls._fields]
+        return cls._make(tuple(value) if isinstance(value, list) else value for value in values)
+
+    def asked(self) -> list[str]:
+        """The flags given, as the user wrote them (`--attestations`)."""
+        return [f"--{name}" for name in self._fields if getattr(self, name)]
 
 
 class ImageResult(NamedTuple):
@@ -795,6 +831,73 @@ class LocalImage(NamedTuple):
     platform: str  # os/architecture[/variant]
     view: Mapping[str, object]  # see `inspect_view`
     repo_digests: tuple[str, ...]
+
+
+IgnoreKind = Literal["exact", "prefix", "suffix", "regexp"]
+
+
+class IgnoreRule(NamedTuple):
+    """One pattern of a .dockerignore, as moby's patternmatcher compiles it."""
+
+    pattern: str  # cleaned (filepath.Clean, no leading `/`), without its `!`
+    exception: bool  # a `!` line: it includes again what it matches
+    kind: IgnoreKind
+    regex: re.Pattern[str] | None = None
+
+
+class ContextEntry(NamedTuple):
+    """A file, symbolic link or folder of a build context, as docker sends it."""
+
+    path: str  # relative, `/`-separated; a name's undecodable bytes as surrogate escapes
+    kind: Literal["file", "link", "dir", "parent"]  # parent: an excluded folder sent for what it holds
+    mode: int  # the permission bits
+    payload: str  # a file's sha256, a link's target, "" for a folder
+
+
+class Inputs(NamedTuple):
+    """What one build reads: the digest of its inputs (or why they are not all known), and
+    how they compare with its pin's (--skip_unchanged)."""
+
+    digest: str | None  # the label's value (see `inputs_digest`); None when `reason` says why not
+    reason: str = ""  # why the inputs are not known, or why the image was built all the same
+    built_on: tuple[tuple[str, str], ...] = ()  # (parent, reference) built on in place of its pin
+    pin: str | None = None  # the inputs label of the pin, when the registry was asked
+    unchanged: bool | None = None  # the pin's inputs are these: not built (None: not asked)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "digest": self.digest,
+            "pin": self.pin,
+            "unchanged": self.unchanged,
+            "reason": self.reason or None,
+        }
+
+
+class BuildPlan(NamedTuple):
+    """One `docker build` (see `build_argv`): what it builds, from where, and how."""
+
+    url: str
+    tag: str
+    context: str  # the build context, relative to the work tree
+    cache_from: tuple[str, ...] = ()
+    cache_to: str = ""
+    metadata: str = ""  # buildx writes the build's metadata (digests) to this file
+    push: bool = False  # buildx pushes the image as it builds it
+    label: str | None = None  # the inputs label's value (see `build_label`); None: no --label
+    dockerfile: str = ""  # --file: the Dockerfile rebased on parents this run built (classic builder)
+    contexts: tuple[tuple[str, str], ...] = ()  # buildx: (REF as written, what to build on in its place)
+
+
+class Built(NamedTuple):
+    """What an image's build and push gave, for pinning it."""
+
+    output: tuple[str, ...] = ()  # the build's last lines
+    metadata: str = ""  # its metadata file, if it wrote one
+    pushed: str | None = None  # the digest the registry serves for the push
+    local: LocalImage | None = None  # what the engine holds, when a step asked
+    cache_to: str = ""  # the build's --cache-to
+    pushed_by_build: bool = False  # the build pushed it: no `docker push`
+    unchanged: bool = False  # its inputs are its pin's: not built, not pushed, the pin kept
 
 
 class Settings(NamedTuple):
@@ -2011,6 +2114,315 @@ def folder_findings(folders: Iterable[str], graph: Mapping[str, Sequence[str]]) 
 
 
 # ---------------------------------------------------------------------------
+# What a build reads: the .dockerignore as docker reads it, the Dockerfile's
+# sources, and the one digest of an image's inputs.
+
+
+def go_clean(path: str) -> str:
+    """Go's filepath.Clean on Linux: empty and `.` parts dropped, `..` resolved as far as it goes."""
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and parts and parts[-1] != "..":
+            parts.pop()
+        elif part != ".." or not rooted:
+            parts.append(part)
+    return ("/" if rooted else "") + "/".join(parts) or "."
+
+
+def dockerignore_rules(data: bytes) -> tuple[IgnoreRule, ...]:
+    """The rules of a .dockerignore, read as moby's ignorefile.ReadAll and
+    patternmatcher.New read it: a UTF-8 BOM dropped; a line starting with `#`
+    a comment; white space trimmed (Go's); `!` an exception; each pattern
+    cleaned with filepath.Clean, its leading `/` dropped, then trimmed and
+    cleaned again with its `!`. Raises ValueError for what docker refuses (a
+    lone `!`, a malformed pattern, a line too long) and for the few patterns
+    this tool cannot match exactly as Go's regexp does."""
+    rules = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if len(raw) >= SCAN_LINE_MAX - 1:
+            raise ValueError(f"line {number} is longer than docker reads")
+        line = raw.removesuffix(b"\r").decode("utf-8", "surrogateescape")
+        line = line.removeprefix("\ufeff") if number == 1 else line
+        if line.startswith("#"):
+            continue
+        line = line.strip(GO_SPACE)
+        if not line:
+            continue
+        exception = line.startswith("!")
+        pattern = line[1:].strip(GO_SPACE) if exception else line
+        if pattern:
+            pattern = go_clean(pattern)
+            pattern = pattern[1:] if len(pattern) > 1 and pattern.startswith("/") else pattern
+        pattern = go_clean((("!" if exception else "") + pattern).strip(GO_SPACE))
+        if pattern == "!":
+            raise ValueError(f'line {number}: "!" alone is an illegal exclusion pattern')
+        exception = pattern.startswith("!")
+        rules.append(ignore_rule(pattern[1:] if exception else pattern, exception, number))
+    return tuple(rules)
+
+
+def ignore_rule(pattern: str, exception: bool, number: int = 0) -> IgnoreRule:
+    """The rule of one cleaned pattern, compiled as patternmatcher's Pattern.compile does:
+    `**` at the start, alone at the end, or anywhere (any number of folders), `*` and
+    `?` within one name, `\\` escaping the next character, `[...]` a class."""
+    if not _glob_well_formed(pattern):
+        raise ValueError(f"line {number}: {pattern!r} is not a valid pattern (filepath.Match)")
+    regex, at, position = "^", 0, 0
+    kind: IgnoreKind = "exact"
+    while at < len(pattern):
+        char, at = pattern[at], at + 1
+        if char == "*" and pattern[at : at + 1] == "*":
+            at += 2 if pattern[at + 1 : at + 2] == "/" else 1
+            if at < len(pattern):
+                regex += "(.*/)?"
+            elif kind != "exact":
+                regex += ".*"
+            kind = (
+                "suffix"
+                if position == 0
+                else "prefix"
+                if kind == "exact" and at == len(pattern)
+                else "regexp"
+            )
+        elif char in "*?":
+            regex += "[^/]*" if char == "*" else "[^/]"
+            kind = "regexp"
+        elif char in GO_REGEXP_META:
+            regex += "\\" + char
+        elif char == "\\":
+            escaped = pattern[at : at + 1]
+            if escaped.isalnum() or not escaped.isascii():
+                raise ValueError(f"line {number}: {pattern!r} escapes {escaped!r}, which Go reads otherwise")
+            regex, kind, at = regex + "\\" + escaped, "regexp", at + 1
+        else:
+            regex += char
+            kind = "regexp" if char in "[]" else kind
+        position += 1
+    return IgnoreRule(
+        pattern, exception, kind, _compiled(regex, pattern, number) if kind == "regexp" else None
+    )
+
+
+def _compiled(regex: str, pattern: str, number: int) -> re.Pattern[str]:
+    """`regex` (Go's syntax, as patternmatcher writes it) compiled by Python's re, which
+    reads that subset the same way; a POSIX class (`[[:alpha:]]`), which it does not
+    know, or what neither compiles, is refused."""
+    import warnings
+
+    if re.search(r"\[:[A-Za-z]+:\]", regex):
+        raise ValueError(f"line {number}: {pattern!r} uses a POSIX character class")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Python warns of sets like `[[`, which Go reads as Python does
+            return re.compile(regex + r"\Z")
+    except re.error as error:
+        raise ValueError(f"line {number}: {pattern!r} is not a valid pattern ({error})") from None
+
+
+def _glob_well_formed(pattern: str) -> bool:
+    """Whether Go's filepath.Match accepts `pattern` (patternmatcher.New asks it): every
+    `\\` escapes a character, every `[` class is closed, and each range is a-b."""
+    at = 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\":
+            if at + 1 >= len(pattern):
+                return False
+            at += 2
+        elif char == "[":
+            at = _class_end(pattern, at + 1)
+            if at < 0:
+                return False
+        else:
+            at += 1
+    return True
+
+
+def _class_end(pattern: str, at: int) -> int:
+    """Where the class whose `[` ends at `at` ends (after its `]`), or -1 if Go refuses it."""
+    if pattern[at : at + 1] == "^":
+        at += 1
+    ranges = 0
+    while not (pattern[at : at + 1] == "]" and ranges):
+        at = _class_char(pattern, at)
+        if at >= 0 and pattern[at] == "-":
+            at = _class_char(pattern, at + 1)
+        if at < 0:
+            return -1
+        ranges += 1
+    return at + 1
+
+
+def _class_char(pattern: str, at: int) -> int:
+    """After one character of a class at `at` (Go's getEsc), or -1: it must be there, not `-`
+    or `]`, an escape must escape something, and more of the pattern must follow."""
+    if at >= len(pattern) or pattern[at] in "-]":
+        return -1
+    if pattern[at] == "\\":
+        at += 1
+    if at >= len(pattern) or "\udc80" <= pattern[at] <= "\udcff":  # not UTF-8
+        return -1
+    return at + 1 if at + 1 < len(pattern) else -1
+
+
+def rule_matches(rule: IgnoreRule, path: str) -> bool:
+    """Whether one rule matches `path` itself (patternmatcher's Pattern.match)."""
+    if rule.kind == "exact":
+        return path == rule.pattern
+    if rule.kind == "prefix":
+        return path.startswith(rule.pattern[:-2])
+    if rule.kind == "suffix":
+        suffix = rule.pattern[2:]
+        return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
+    assert rule.regex is not None
+    return rule.regex.match(path) is not None
+
+
+def ignored(
+    rules: Sequence[IgnoreRule], path: str, parent: tuple[bool, ...] = ()
+) -> tuple[bool, tuple[bool, ...]]:
+    """Whether `path` is excluded, and which rules matched it (for its children), as
+    patternmatcher's MatchesUsingParentResults decides: the last rule that matches the path
+    or, without `parent` (the rules its folder matched), one of its folders, decides; a rule
+    its folder matched matches it too; an exception is tried only on an excluded path."""
+    excluded = False
+    matched = [False] * len(rules)
+    folders = path.split("/")[:-1]
+    for index, rule in enumerate(rules):
+        match = bool(parent) and parent[index]
+        if not match:
+            if rule.exception != excluded:
+                continue
+            match = rule_matches(rule, path)
+            if not match and not parent:
+                match = any(
+                    rule_matches(rule, "/".join(folders[: depth + 1])) for depth in range(len(folders))
+                )
+        matched[index] = match
+        if match:
+            excluded = not rule.exception
+    return excluded, tuple(matched)
+
+
+def walks_into(rules: Sequence[IgnoreRule], path: str, builder: str) -> bool:
+    """Whether docker still looks inside the excluded folder `path` for what an exception
+    includes again. The classic builder's CLI (moby's archive.TarWithOptions) does when an
+    exception starts with `path/`; BuildKit (fsutil's filter) also with that exception's
+    trailing `/*` or `/**` left out, and always when an exception has a wildcard elsewhere."""
+    exceptions = [rule.pattern for rule in rules if rule.exception]
+    if builder == "buildkit":
+        if any(_has_glob(pattern) for pattern in exceptions):
+            return True
+        exceptions = [_without_trailing_glob(pattern) for pattern in exceptions]
+    return any(f"{pattern}/".startswith(f"{path}/") for pattern in exceptions)
+
+
+def _without_trailing_glob(pattern: str) -> str:
+    return pattern.removesuffix("/**").removesuffix("/*")
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(char in "*[]?^\\" for char in _without_trailing_glob(pattern))
+
+
+def inputs_digest(
+    dockerfile: bytes, entries: Iterable[ContextEntry], options: Iterable[tuple[str, str]]
+) -> str:
+    """The value of the inputs label: `v1:sha256:HEX`, where HEX is the sha256 of these
+    fields, each written as a netstring (its length in decimal, `:`, its bytes, `,`):
+
+    1. `manage_images inputs 1` (INPUTS_VERSION: a new one never equals an old label);
+    2. `dockerfile`, then the bytes of the Dockerfile as built (every parent pinned by
+       digest; a parent this run built in place of its pin named as it was built on);
+    3. for each entry of the build context, in the byte order of its path: its kind
+       (`file`, `link`, `dir`, or `parent` for an excluded folder sent only for what it
+       holds), its permission bits in octal, its path (the name's own bytes), and a
+       file's sha256 in hex or a link's target (empty for a folder);
+    4. for each build option that changes the result, sorted: its name and its value
+       (`build-arg` and NAME=VALUE once per argument, `attestations`, `platform`, ...).
+
+    Owners, times and extended attributes are not inputs: docker's classic CLI sends
+    every file as root's, BuildKit's cache ignores times, and COPY makes files root's."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def field(value: str | bytes) -> None:
+        data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+        digest.update(b"%d:%s," % (len(data), data))
+
+    field(f"manage_images inputs {INPUTS_VERSION}")
+    field("dockerfile")
+    field(dockerfile)
+    for entry in sorted(entries, key=lambda entry: os.fsencode(entry.path)):
+        for value in (entry.kind, f"{entry.mode:o}", entry.path, entry.payload):
+            field(value)
+    for name, value in sorted(options):
+        field(name)
+        field(value)
+    return f"v{INPUTS_VERSION}:sha256:{digest.hexdigest()}"
+
+
+def unknown_sources(data: bytes, registry: str) -> str:
+    """Why a build of this Dockerfile may change although none of its bytes do, or "": an
+    image it takes (FROM, COPY --from, RUN --mount from=, `# syntax=`) not pinned by digest
+    or named through a variable, or an ADD of a URL without --checksum."""
+    for line in data.decode("utf-8", "replace").splitlines():
+        directive = _DIRECTIVE_RE.match(line.strip())
+        if directive is None:
+            break
+        if directive.group(1).lower() == "syntax" and not _PINNED_SOURCE_RE.search(directive.group(2)):
+            return f"its frontend `# syntax={directive.group(2)}` is not pinned by digest"
+    stages: set[str] = set()
+    for _, text in dockerfile_instructions(data):
+        keyword, *words = text.split()
+        keyword = keyword.upper()
+        for instruction, source in _instruction_sources(keyword, words):
+            why = _source_problem(instruction, source, stages, registry)
+            if why:
+                return why
+        if keyword == "FROM" and len(words) >= 3 and words[-2].upper() == "AS":
+            stages.add(words[-1].lower())
+        if keyword == "ADD" and not any(word.startswith("--checksum=") for word in words):
+            remote = [word.strip('[",') for word in words[:-1] if _REMOTE_SOURCE_RE.match(word.strip('[",'))]
+            if remote:
+                return f"ADD {remote[0]} fetches a URL, whose bytes are not in the context"
+    return ""
+
+
+def _source_problem(instruction: str, source: str, stages: Container[str], registry: str) -> str:
+    if "$" in source:
+        return f"{instruction} {source} names its image through a variable"
+    if source.lower() in stages or (instruction == "FROM" and source.lower() == "scratch"):
+        return ""
+    if instruction != "FROM" and source.isdigit():
+        return ""  # a stage by its number
+    if _PINNED_SOURCE_RE.search(source):
+        return ""
+    owner = "image of the graph" if source.startswith(f"{registry}/") else "external image"
+    return f"{instruction} {source}: an {owner} not pinned by digest"
+
+
+def rebased_dockerfile(data: bytes, registry: str, parents: Mapping[str, str]) -> bytes:
+    """`data` with each pinned reference to an image of `parents` pointing at the reference
+    `parents` gives it: `URL@sha256:...` puts its digest in place of the old one (the bytes
+    --update_references would write), `URL:TAG` (an image this run built and did not push)
+    takes the whole reference's place."""
+    references = list(find_references(data, registry))
+    pinned = {image: ref.partition("@")[2] for image, ref in parents.items() if "@" in ref}
+    splices = reference_splices(references, digest_hexes(registry, pinned))
+    splices += [
+        (reference.start, reference.end, parents[reference.name].encode())
+        for reference in references
+        if reference.name in parents and reference.name not in pinned and reference.well_formed()
+    ]
+    return apply_splices(data, sorted(splices))
+
+
+# ---------------------------------------------------------------------------
 # Views: the graph as text, dot or Mermaid; a file change as a diff.
 
 
@@ -2097,36 +2509,46 @@ def pull_digest_argv(url: str, digest: str) -> tuple[str, ...]:
     return ("docker", "pull", f"{url}@{digest}")
 
 
+def options_argv(options: BuildOptions) -> tuple[str, ...]:
+    """The flags `docker build` takes as the user gave them, the same on every engine: they
+    change what a build gives, so they are inputs of every image too (see `image_inputs`)."""
+    return tuple(word for argument in options.build_arg for word in ("--build-arg", argument))
+
+
 def build_argv(
-    url: str,
-    tag: str,
-    context: str,
-    engine: Engine | None = None,
-    cache_from: Sequence[str] = (),
-    cache_to: str = "",
-    metadata_file: str = "",
-    attestations: bool = False,
+    plan: BuildPlan, engine: Engine | None = None, options: BuildOptions | None = None
 ) -> tuple[str, ...]:
     """`docker build` as this engine needs it (None: the classic builder's).
 
     Through buildx, BuildKit's default attestations are turned off unless
     asked for (on the containerd store they make every build a new index),
-    and the build's metadata (the config digest) is written to `metadata_file`.
-    BuildKit built into an older CLI takes inline cache as a build argument.
+    the build's metadata (its digests) is written to `plan.metadata`, and
+    `--push` pushes the image from the build itself. BuildKit built into an
+    older CLI takes inline cache as a build argument.
     """
-    argv = ["docker", "build", "--tag", f"{url}:{tag}"]
+    options = options or BuildOptions()
+    argv = ["docker", "build", "--tag", f"{plan.url}:{plan.tag}"]
+    if plan.label is not None:
+        argv += ["--label", f"{INPUTS_LABEL}={plan.label}"]
+    argv += options_argv(options)
     buildx = engine is not None and bool(engine.buildx)
-    if buildx and not attestations:
+    if buildx and not options.attestations:
         argv += ["--provenance=false", "--sbom=false"]
-    if buildx and metadata_file:
-        argv += ["--metadata-file", metadata_file]
-    for source in cache_from:
+    if buildx and plan.metadata:
+        argv += ["--metadata-file", plan.metadata]
+    if buildx and plan.push:
+        argv.append("--push")
+    for name, target in plan.contexts:
+        argv += ["--build-context", f"{name}=docker-image://{target}"]
+    if plan.dockerfile:
+        argv += ["--file", plan.dockerfile]
+    for source in plan.cache_from:
         argv += ["--cache-from", source]
-    if cache_to and buildx:
-        argv += ["--cache-to", cache_to]
-    elif cache_to == "type=inline":
+    if plan.cache_to and buildx:
+        argv += ["--cache-to", plan.cache_to]
+    elif plan.cache_to == "type=inline":
         argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-    return (*argv, context)
+    return (*argv, plan.context)
 
 
 def cache_export(engine: Engine | None, url: str, tag: str, push: bool) -> str:
@@ -2392,7 +2814,7 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
     host = registry.split("/", 1)[0]
     if _NO_ENGINE_RE.search(text):
         return "the Docker engine is not running: start it or point DOCKER_HOST at one"
-    if tuple(argv[1:2]) in (("push",), ("pull",)):
+    if tuple(argv[1:2]) in (("push",), ("pull",)) or (tuple(argv[1:2]) == ("build",) and "--push" in argv):
         if _REFUSED_RE.search(text):
             action = (
                 "`gcloud auth configure-docker`" if is_google_registry(registry) else f"`docker login {host}`"
@@ -2748,6 +3170,7 @@ class ViewState(NamedTuple):
     started: float  # the run's start, on the same clock
     left: float | None  # the estimate, if there is one
     name_width: int  # the longest image name of the run
+    unchanged: int = 0  # of the done, those unchanged (inputs of the pin): not built
 
 
 def render_view(state: ViewState, now: float, columns: int, rows: int, colour: bool = False) -> list[str]:
@@ -2759,7 +3182,9 @@ def render_view(state: ViewState, now: float, columns: int, rows: int, colour: b
     width = max(columns - 1, 1)
     waiting = state.total - state.done - state.failed - len(state.running)
     header = (
-        f"[{state.done + state.failed}/{state.total}] {state.done} done, {len(state.running)} running, "
+        f"[{state.done + state.failed}/{state.total}] {state.done} done"
+        + (f" ({state.unchanged} unchanged (inputs of the pin))" if state.unchanged else "")
+        + f", {len(state.running)} running, "
         f"{state.failed} failed, {waiting} left | {format_duration(now - state.started)} elapsed"
         + (f" | {format_left(state.left)}" if state.left is not None else "")
     )
@@ -3236,6 +3661,7 @@ class Progress:
         self._step_started: dict[str, float] = {}
         self._done: set[str] = set()
         self._failed: set[str] = set()
+        self._kept: set[str] = set()  # unchanged (inputs of the pin): not built
         self._estimate: tuple[float, float] | None = None  # (seconds left, when), until the next event
         self.version = 0  # changes at each start, step and finish: the view redraws at once
         self._position: dict[str, int] = {}
@@ -3294,6 +3720,12 @@ class Progress:
             self._estimate = None
             self.version += 1
 
+    def keep(self, image: str) -> None:
+        """IMAGE is unchanged (inputs of the pin): it is not built."""
+        with self._lock:
+            self._kept.add(image)
+            self.version += 1
+
     def output(self, image: str, text: str) -> None:
         """A line about IMAGE (tty mode keeps the last one for the view)."""
         with self._lock:
@@ -3334,6 +3766,7 @@ class Progress:
                 self._started,
                 self._left(now),
                 self._name_width,
+                len(self._kept),
             )
 
 
@@ -3413,6 +3846,11 @@ class Runner:
         self.planned_files: dict[str, list[str]] = {}  # image -> files its update changes (or would)
         self.written_files: dict[str, list[str]] = {}  # image -> files its update did change
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
+        self.inputs: dict[str, Inputs] = {}  # image -> what its build read, and its pin's
+        # Without --update_references, the images of the run its dependents are built on, and
+        # what each dependent builds on in place of the pin its Dockerfile names.
+        self.rebasing: frozenset[str] = frozenset()
+        self.built_on: dict[str, str] = {}  # image -> URL@DIGEST or URL:TAG
         self.engine: Engine | None = None  # what builds, when a step needs to know
         self.selected: Sequence[str] = ()  # the images asked for, before their dependents were added
 
@@ -3720,6 +4158,104 @@ def resolve_registry(given: str | None, root: Path, graph: Mapping[str, Sequence
             f"{PROD_DIGESTS_PATH} names the registry {registry}, but {too_long}; pass --registry"
         )
     return registry
+
+
+def context_entries(folder: Path) -> list[ContextEntry]:
+    """What docker sends of the build context `folder` (see `context_sent`), the same for
+    every builder. Raises ValueError when that cannot be told: the classic builder and
+    BuildKit would send other files (`walks_into`), or `context_sent` cannot read it."""
+    sent = context_sent(folder)
+    buildkit = {path: entry for path, entry in sent["buildkit"].items() if entry.kind != "parent"}
+    if sent["classic"] != buildkit:
+        differ = sorted(set(sent["classic"]).symmetric_difference(buildkit))
+        raise ValueError(
+            f"the classic builder and BuildKit would send other files for its .dockerignore "
+            f"({shown(differ[0])})"
+        )
+    return list(sent["buildkit"].values())
+
+
+def context_sent(folder: Path) -> dict[str, dict[str, ContextEntry]]:
+    """What each builder (`classic`, `buildkit`) sends of the build context `folder` (the
+    Dockerfile's folder), read from the file system: path -> entry for every file, link
+    and folder its .dockerignore does not exclude (see `dockerignore_rules`, `ignored`),
+    tracked by git or not, and, for BuildKit, the excluded folders it sends for what they
+    hold. Raises ValueError for a .dockerignore, folder or file that cannot be read, a
+    FIFO, socket or device, and a `Dockerfile.dockerignore` (BuildKit reads it in place
+    of .dockerignore; the classic builder does not)."""
+    if os.path.lexists(folder / "Dockerfile.dockerignore"):
+        raise ValueError(
+            "it has a Dockerfile.dockerignore, which BuildKit reads and the classic builder does not"
+        )
+    try:
+        ignore = (folder / ".dockerignore").read_bytes()
+    except FileNotFoundError:
+        ignore = b""
+    except OSError as error:
+        raise ValueError(f"cannot read its .dockerignore: {error.strerror}") from None
+    rules = dockerignore_rules(ignore)
+    sent: dict[str, dict[str, ContextEntry]] = {"classic": {}, "buildkit": {}}
+    _walk_context(folder, "", rules, (), frozenset(sent), (), sent)
+    return sent
+
+
+def _walk_context(
+    folder: Path,
+    relative: str,
+    rules: Sequence[IgnoreRule],
+    parent: tuple[bool, ...],
+    builders: frozenset[str],
+    above: tuple[ContextEntry, ...],
+    sent: Mapping[str, dict[str, ContextEntry]],
+) -> None:
+    """Adds to `sent` what each of `builders` (those that walk the folder `relative`) sends
+    of it. `above`: the excluded folders over it, which BuildKit sends once something in
+    them is sent; `parent`: the rules the folder matched."""
+    try:
+        names = sorted(os.listdir(folder / relative))
+    except OSError as error:
+        raise ValueError(f"cannot list {shown(relative or '.')}: {error.strerror}") from None
+    for name in names:
+        path = f"{relative}/{name}" if relative else name
+        excluded, matched = ignored(rules, path, parent)
+        try:
+            mode = os.lstat(folder / path).st_mode
+        except OSError as error:
+            raise ValueError(f"cannot read {shown(path)}: {error.strerror}") from None
+        if not excluded:
+            entry = _context_entry(folder / path, path, mode)
+            for builder in builders:
+                sent[builder][path] = entry
+            if "buildkit" in builders:
+                sent["buildkit"].update((item.path, item) for item in above)
+            if stat.S_ISDIR(mode):
+                _walk_context(folder, path, rules, matched, builders, (), sent)
+        elif stat.S_ISDIR(mode):
+            walking = frozenset(builder for builder in builders if walks_into(rules, path, builder))
+            folder_above = ContextEntry(path, "parent", stat.S_IMODE(mode), "")
+            if walking:
+                _walk_context(folder, path, rules, matched, walking, (*above, folder_above), sent)
+
+
+def _context_entry(path: Path, relative: str, mode: int) -> ContextEntry:
+    """One sent entry: a file with its content's sha256, a link with its target, a folder."""
+    import hashlib
+
+    bits = stat.S_IMODE(mode)
+    if stat.S_ISDIR(mode):
+        return ContextEntry(relative, "dir", bits, "")
+    if stat.S_ISLNK(mode):
+        return ContextEntry(relative, "link", bits, os.fsdecode(os.readlink(path)))
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{shown(relative)} is a FIFO, socket or device, which this tool does not read")
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(BLOCK), b""):
+                digest.update(block)
+    except OSError as error:
+        raise ValueError(f"cannot read {shown(relative)}: {error.strerror}") from None
+    return ContextEntry(relative, "file", bits, digest.hexdigest())
 
 
 def in_background(call: Callable[[], T]) -> Callable[[], T]:
@@ -5675,7 +6211,7 @@ def promote_image(runner: Runner, image: str, pinned: str) -> str:
     if settings.dry_run:
         runner.say(f"Running: `PUT {manifests}/{settings.tag}` (the same bytes and media type)", image)
         return pinned
-    client = registry_client(settings)
+    client = runner.registry()
     manifest = client.get_manifest(url, pinned)
     runner.say(
         f"Running: `PUT {manifests}/{settings.tag}` ({manifest.media_type}, {len(manifest.data)} bytes)",
@@ -5727,10 +6263,19 @@ def local_from(document: object, ref: str, engine: Engine | None, metadata: str 
 
 def built_config_digest(metadata: str) -> str | None:
     """The config digest buildx wrote to a build's `--metadata-file`, or None."""
+    return metadata_digest(metadata, "containerimage.config.digest")
+
+
+def metadata_digest(metadata: str, key: str) -> str | None:
+    """A digest buildx wrote to a build's `--metadata-file` (`containerimage.digest`: the
+    pushed image's; `cache.manifest`: a descriptor, as JSON text, of the cache it exported),
+    or None."""
     import json
 
     try:
-        digest = json.loads(Path(metadata).read_bytes())["containerimage.config.digest"]
+        digest = json.loads(Path(metadata).read_bytes())[key]
+        if key == "cache.manifest":
+            digest = json.loads(digest)["digest"]
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return str(digest) if DIGEST_RE.match(str(digest)) else None
@@ -5865,12 +6410,12 @@ _PUSHED_RE = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
 _CACHE_MANIFEST_RE = re.compile(r"\bwriting cache (?:image )?manifest (sha256:[0-9a-f]{64})\b")
 
 
-def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
-    """The digest of the push that printed `output`, as the registry serves it under TAG."""
+def confirmed_push(runner: Runner, image: str, said: Sequence[str]) -> str:
+    """The digest the registry serves under TAG right after IMAGE's push, which must be the
+    last one docker `said` it pushed (the push's output, or the build's metadata), if any."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     served = runner.registry().served_digest(url, settings.tag)
-    said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
     if served is None:
         raise ManageImagesError(
             f"{settings.registry} does not serve {url}:{settings.tag} right after its push; check the "
@@ -5884,15 +6429,18 @@ def pushed_digest(runner: Runner, image: str, output: Sequence[str]) -> str:
     return served
 
 
-def keep_build_cache(runner: Runner, image: str, digest: str, build_output: Sequence[str]) -> None:
-    """Tags the registry cache this run's build wrote (the cache manifest its output names) as
-    the cache of the pushed image (URL:sha256-HEX.cache), where a cold engine looks for it."""
+def keep_build_cache(runner: Runner, image: str, digest: str, built: Built) -> None:
+    """Tags the registry cache this run's build wrote (the cache manifest its metadata, else
+    its output, names) as the cache of the pushed image (URL:sha256-HEX.cache), where a cold
+    engine looks for it. (A build that pushes prints its push after the cache: the
+    metadata holds what the output's last lines may no longer show.)"""
     settings = runner.settings
     url = image_url(settings.registry, image)
     target = pinned_cache_tag(digest)
     written = [
-        match.group(1) for line in build_output for match in [_CACHE_MANIFEST_RE.search(line)] if match
+        match.group(1) for line in built.output for match in [_CACHE_MANIFEST_RE.search(line)] if match
     ]
+    written += filter(None, [metadata_digest(built.metadata, "cache.manifest")])
     if settings.dry_run:
         runner.say(f"Dry run: would keep the build's registry cache as {url}:{target}", image)
         return
@@ -5939,19 +6487,15 @@ def pin_digest(
     settings = runner.settings
     url = image_url(settings.registry, image)
     client = runner.registry()
+    if pushed is not None:
+        kept = kept_pin(runner, image, pinned, pushed)
+        if kept is not None and pinned != pushed:
+            identity = runner.identities[image]
+            runner.say(f"Keeping the pin {url}@{kept[:19]}: {identity} to the push", image)
+            runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+        return kept or pushed
     if local is None:
         local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
-    if pushed is not None:
-        if pinned is not None and client.served_digest(url, pinned) is not None:
-            engine = runner.engine
-            platform = local.platform if local else engine.platform if engine else "linux/amd64"
-            identity = registry_identity(client, url, pinned, pushed, platform)
-            runner.identities[image] = identity
-            if identity != "differs" and pinned != pushed:
-                runner.say(f"Keeping the pin {url}@{pinned[:19]}: {identity} to the push", image)
-                runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
-                return pinned
-        return pushed
     if local is None:
         raise ManageImagesError(
             f"the engine holds no {url}:{settings.tag}, so there is no digest to pin: build or pull it first"
@@ -5975,6 +6519,19 @@ def pin_digest(
         f"{str(pinned)[:19]}, :{settings.tag} {str(tagged)[:19]}): push it (--push), or find out why it "
         "changed; no file was changed"
     )
+
+
+def kept_pin(runner: Runner, image: str, pinned: str | None, pushed: str) -> str | None:
+    """The pin, when the registry serves it and what was pushed has its content (config to
+    config, see `registry_identity`, which this records), else None."""
+    url = image_url(runner.settings.registry, image)
+    client = runner.registry()
+    if pinned is None or client.served_digest(url, pinned) is None:
+        return None
+    platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
+    identity = registry_identity(client, url, pinned, pushed, platform)
+    runner.identities[image] = identity
+    return pinned if identity != "differs" else None
 
 
 def held_images(
@@ -6003,49 +6560,301 @@ def docker_steps(
     runner: Runner,
     image: str,
     steps: Steps,
+    options: BuildOptions,
     pins: Mapping[str, str],
     held: Mapping[str, dict[str, object] | None] | None = None,
 ) -> str | None:
     """Pull, build and push one image; returns the digest to pin when
     references are to be updated and it can be known (see `pin_digest`).
     `pins` holds the digest prod_digests.txt gives each image."""
-    settings = runner.settings
-    engine = runner.engine
-    url = image_url(settings.registry, image)
-    metadata = ""
-    build_output: list[str] = []
-    local = None
+    url = image_url(runner.settings.registry, image)
     if steps.pull:
         runner.begin(image, "pull")
-        runner.run(pull_argv(url, settings.tag), image)
-    cache_to = cache_export(engine, url, settings.tag, steps.push)
-    if steps.build:
-        runner.begin(image, "build")
-        cache_from = cache_sources(runner, image, pins.get(image)) if steps.cache_from_pinned else ()
-        if engine is not None and engine.buildx and engine.containerd():
-            metadata = str(runner.scratch() / f"{image}.json")
-        argv = build_argv(
-            url,
-            settings.tag,
-            f"{DOCKER_DIR}/{image}",
-            engine,
-            cache_from,
-            cache_to,
-            metadata,
-            steps.attestations,
-        )
-        build_output = runner.run(argv, image)
-        if steps.verify_pinned:
-            local = verify_built(runner, image, pins.get(image), metadata)
-    pushed = None
-    if steps.push:
-        runner.begin(image, "push")
-        output = runner.run(push_argv(url, settings.tag), image)
-        pushed = None if settings.dry_run else pushed_digest(runner, image, output)
-        if steps.build and cache_to.startswith("type=registry,"):
-            keep_build_cache(runner, image, pushed or "sha256:<pushed>", build_output)
+        runner.run(pull_argv(url, runner.settings.tag), image)
+    built = build_step(runner, image, steps, options, pins.get(image)) if steps.build else Built()
+    if steps.push and not (built.pushed_by_build or built.unchanged):
+        built = push_step(runner, image, steps, built)
+    if image in runner.rebasing:
+        runner.built_on[image] = dependents_reference(runner, image, pins.get(image), built, options)
     if not steps.update_references:
         return None
+    return digest_to_pin(runner, image, steps, pins.get(image), built, held)
+
+
+def build_step(runner: Runner, image: str, steps: Steps, options: BuildOptions, pinned: str | None) -> Built:
+    """--build of one image: what it reads (`image_inputs`), and, with --skip_unchanged,
+    nothing more when those are its pin's inputs (`keep_unchanged`); else the build."""
+    runner.begin(image, "build")
+    inputs, dockerfile = image_inputs(runner, image, options)
+    if options.skip_unchanged:
+        inputs = against_pin(runner, image, inputs, pinned)
+    runner.inputs[image] = inputs
+    if inputs.unchanged and pinned is not None:
+        return keep_unchanged(runner, image, steps, pinned)
+    for parent, reference in inputs.built_on:
+        built = reference.partition("@")[2][:19] or f":{runner.settings.tag}, not pushed"
+        runner.note(image, f"built on this run's {parent} ({built})")
+    label = build_label(runner, image, steps, options, inputs, pinned)
+    return build_image(
+        runner, image, steps, options, pinned, label, rebased_source(runner, image, inputs, dockerfile)
+    )
+
+
+def build_image(
+    runner: Runner,
+    image: str,
+    steps: Steps,
+    options: BuildOptions,
+    pinned: str | None,
+    label: str | None,
+    source: tuple[str, tuple[tuple[str, str], ...]] = ("", ()),
+) -> Built:
+    """One image's `docker build`, then --verify_pinned's comparison with its pin. Through
+    buildx, with --push, the build pushes the image itself (one command, one pass over its
+    layers) unless it must first be compared with its pin; the digest comes from the
+    build's metadata, confirmed by the registry."""
+    settings, engine = runner.settings, runner.engine
+    url = image_url(settings.registry, image)
+    cache_from = cache_sources(runner, image, pinned) if options.cache_from_pinned else ()
+    buildx = engine is not None and bool(engine.buildx)
+    metadata = str(runner.scratch() / f"{image}.json") if buildx else ""
+    cache_to = cache_export(engine, url, settings.tag, steps.push)
+    push = buildx and steps.push and not options.verify_pinned
+    plan = BuildPlan(
+        url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata, push, label, *source
+    )
+    output = runner.run(build_argv(plan, engine, options), image)
+    local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
+    built = Built(tuple(output), metadata, None, local, cache_to, push)
+    if not push:
+        return built
+    said = metadata_digest(metadata, "containerimage.digest")
+    pushed = None if settings.dry_run else confirmed_push(runner, image, [said] if said else [])
+    if cache_to.startswith("type=registry,"):
+        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built)
+    return built._replace(pushed=pushed)
+
+
+def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inputs, bytes]:
+    """What IMAGE's build reads, and the Dockerfile it builds: the tracked one, each parent
+    this run built (without --update_references) in place of the pin it names (see
+    `dependents_reference`); the digest of that Dockerfile, of the build context as docker
+    sends it and of the options that change its result (see `inputs_digest`); or why they
+    are not all known (`unknown_sources`, `context_entries`)."""
+    settings, engine = runner.settings, runner.engine
+    folder = settings.root / DOCKER_DIR / image
+    tracked = (folder / "Dockerfile").read_bytes()
+    rebase = {
+        parent.image: runner.built_on[parent.image]
+        for parent in registry_parents(tracked, settings.registry)
+        if runner.built_on.get(parent.image, f"{image_url(settings.registry, parent.image)}@{parent.digest}")
+        != f"{image_url(settings.registry, parent.image)}@{parent.digest}"
+    }
+    dockerfile = rebased_dockerfile(tracked, settings.registry, rebase) if rebase else tracked
+    local = [parent for parent, reference in rebase.items() if "@" not in reference]
+    if local:
+        reason = f"it is built on {local[0]} as this run built it, not pushed, so not by digest"
+    else:
+        reason = unknown_sources(dockerfile, settings.registry)
+    try:
+        entries = context_entries(folder)
+    except ValueError as error:
+        entries, reason = [], reason or f"its build context cannot be read whole: {error}"
+    chosen = (
+        ("platform", engine.platform if engine else Engine._field_defaults["platform"]),
+        ("attestations", "true" if options.attestations else "false"),
+        ("docker build", "\0".join(options_argv(options))),
+    )
+    digest = None if reason else inputs_digest(dockerfile, entries, chosen)
+    return Inputs(digest, reason, tuple(sorted(rebase.items()))), dockerfile
+
+
+def rebased_source(
+    runner: Runner, image: str, inputs: Inputs, dockerfile: bytes
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """How a build reads its Dockerfile rebased on parents this run built (`inputs.built_on`;
+    the tracked file is never touched): through buildx, when each is a digest, a named
+    build context per reference as written (`--build-context REF=docker-image://URL@DIGEST`);
+    else a copy with the references rewritten, in the run's scratch folder (`--file`), with
+    its Dockerfile.dockerignore, if any, beside it (BuildKit looks for it there). A named
+    context is not used for an image built here and not pushed: on the containerd image
+    store BuildKit resolves it in the registry, where FROM takes the local image."""
+    settings, engine = runner.settings, runner.engine
+    targets = dict(inputs.built_on)
+    folder = settings.root / DOCKER_DIR / image
+    if not targets:
+        return "", ()
+    if engine is not None and engine.buildx and all("@" in target for target in targets.values()):
+        parents = registry_parents((folder / "Dockerfile").read_bytes(), settings.registry)
+        named = ((parent.ref, targets[parent.image]) for parent in parents if parent.image in targets)
+        return "", tuple(dict.fromkeys(named))
+    path = runner.scratch() / f"{image}.Dockerfile"
+    if not settings.dry_run:
+        path.write_bytes(dockerfile)
+        if (folder / "Dockerfile.dockerignore").is_file():
+            (runner.scratch() / f"{image}.Dockerfile.dockerignore").write_bytes(
+                (folder / "Dockerfile.dockerignore").read_bytes()
+            )
+    return str(path), ()
+
+
+def dependents_reference(
+    runner: Runner, image: str, pinned: str | None, built: Built, options: BuildOptions
+) -> str:
+    """What IMAGE's dependents in this run build on in place of the pin their Dockerfiles
+    name (without --update_references, which rewrites those first): the pin, when this run
+    kept it (unchanged, reproduced, pushed with its content) or built its content again;
+    the pushed digest; else the image this run built, by its tag (it has no digest)."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if pinned is not None and (built.unchanged or options.verify_pinned):  # verified, or it failed
+        return f"{url}@{pinned}"
+    if settings.dry_run:
+        return f"{url}:{settings.tag}"
+    if built.pushed is not None:
+        return f"{url}@{kept_pin(runner, image, pinned, built.pushed) or built.pushed}"
+    local = (
+        None
+        if pinned is None
+        else local_image(settings, runner.engine, f"{url}:{settings.tag}", built.metadata)
+    )
+    if pinned is None or local is None:
+        return f"{url}:{settings.tag}"
+    if any(
+        entry.partition("@") == (name, "@", pinned)
+        for entry in local.repo_digests
+        for name in docker_names(url)
+    ):
+        return f"{url}@{pinned}"  # the engine holds the pin itself
+    try:
+        same = (
+            runner.registry().served_digest(url, pinned)
+            and compare_with(runner, image, local, pinned) != "differs"
+        )
+    except RegistryError as error:  # a build alone needs no registry: build on what was built
+        runner.say(
+            f"Cannot compare {image} with its pin ({error}): its dependents build on it as built", image
+        )
+        same = False
+    return f"{url}@{pinned}" if same else f"{url}:{settings.tag}"
+
+
+def pin_label(runner: Runner, image: str, pinned: str) -> tuple[bool, str | None]:
+    """Whether the registry serves IMAGE's pin, and the inputs label of its config (for the
+    engine's platform, through an index), if it has one: a GET of the manifest and one of
+    the config, both by digest."""
+    import json
+
+    url = image_url(runner.settings.registry, image)
+    client = runner.registry()
+    if client.served_digest(url, pinned) is None:
+        return False, None
+    platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
+    _, config = client.image_config(url, pinned, platform)
+    try:
+        label = json.loads(config)["config"]["Labels"][INPUTS_LABEL]
+    except (ValueError, TypeError, KeyError):
+        return True, None
+    return True, label if isinstance(label, str) else None
+
+
+def against_pin(runner: Runner, image: str, inputs: Inputs, pinned: str | None) -> Inputs:
+    """`inputs` compared with the inputs label of IMAGE's pin: unchanged exactly when the
+    registry serves the pin and its label is these inputs' digest; else why not."""
+    if inputs.digest is None:
+        return inputs._replace(unchanged=False)
+    if pinned is None:
+        return inputs._replace(unchanged=False, reason=f"it has no line in {PROD_DIGESTS_PATH}")
+    served, label = pin_label(runner, image, pinned)
+    if not served:
+        reason = "the registry does not serve its pin"
+    elif not label:
+        reason = "its pin carries no inputs label (built before the label, or by hand)"
+    else:
+        reason = "" if label == inputs.digest else "its inputs differ from its pin's"
+    return inputs._replace(pin=label or None, unchanged=not reason, reason=reason)
+
+
+def build_label(
+    runner: Runner, image: str, steps: Steps, options: BuildOptions, inputs: Inputs, pinned: str | None
+) -> str | None:
+    """The inputs label IMAGE's build gets: the digest of its inputs, or "" when they are not
+    all known (an image inherits its parent's labels, which would otherwise claim the
+    parent's inputs as its own). None, no label at all, for a build that must come out as
+    its pin (--verify_pinned, or --update_references without --push, which pins only what
+    the registry serves) when the pin, from before the label, has none: that build then
+    reproduces the pin as it was built."""
+    if pinned is not None and (options.verify_pinned or (steps.update_references and not steps.push)):
+        served, label = pin_label(runner, image, pinned)
+        if served and label is None:
+            runner.say(
+                f"The pin of {image} carries no inputs label: building it without one, as it was", image
+            )
+            return None
+    return inputs.digest or ""
+
+
+def pull_pin(runner: Runner, image: str, pinned: str) -> None:
+    """The engine gets IMAGE's pin under TAG: one `docker pull URL:TAG` when the registry
+    serves the pin under TAG and the pull says it got the pin (as after --promote); else
+    a pull by digest, then a tag."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if not settings.dry_run and runner.registry().served_digest(url, settings.tag) == pinned:
+        output = runner.run(pull_argv(url, settings.tag), image)
+        if any(line.strip() == f"Digest: {pinned}" for line in output):
+            return
+    runner.run(pull_digest_argv(url, pinned), image)
+    runner.run(tag_argv(f"{url}@{pinned}", f"{url}:{settings.tag}"), image)
+
+
+def keep_unchanged(runner: Runner, image: str, steps: Steps, pinned: str) -> Built:
+    """An image whose inputs are its pin's: not built, not pushed, its pin kept. With --push
+    its tag is moved to the pin in the registry (one manifest PUT, see `promote_image`)
+    unless it serves it already; without, the engine gets the pin, as a build would leave it."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    runner.say(f"{url}@{pinned[:19]} is unchanged (inputs of the pin): not built", image)
+    runner.note(image, "unchanged (inputs of the pin)")
+    runner.progress.keep(image)
+    if not steps.push:
+        runner.begin(image, "pull")
+        pull_pin(runner, image, pinned)
+    elif settings.dry_run or runner.registry().served_digest(url, settings.tag) != pinned:
+        runner.begin(image, "push")
+        promote_image(runner, image, pinned)
+    else:
+        runner.say(f"{url}:{settings.tag} is {pinned[:19]} already", image)
+    return Built(unchanged=True)
+
+
+def push_step(runner: Runner, image: str, steps: Steps, built: Built) -> Built:
+    """--push of one image: the digest the registry serves for it, and its build's registry
+    cache kept beside it."""
+    settings = runner.settings
+    runner.begin(image, "push")
+    output = runner.run(push_argv(image_url(settings.registry, image), settings.tag), image)
+    said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
+    pushed = None if settings.dry_run else confirmed_push(runner, image, said)
+    if built.cache_to.startswith("type=registry,"):
+        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built)
+    return built._replace(pushed=pushed)
+
+
+def digest_to_pin(
+    runner: Runner,
+    image: str,
+    steps: Steps,
+    pinned: str | None,
+    built: Built,
+    held: Mapping[str, dict[str, object] | None] | None,
+) -> str | None:
+    """--update_references: the digest to pin IMAGE to (see `pin_digest`), or None in a
+    dry run that cannot know it."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if built.unchanged:
+        return pinned
     if settings.dry_run and (steps.build or steps.push):
         runner.say(
             f"Dry run: the digest of {url}:{settings.tag} is only known after it is "
@@ -6053,6 +6862,7 @@ def docker_steps(
             image,
         )
         return None
+    local = built.local
     if held is not None:
         # A dry run asks the registry (it only reads) as a real run does, so its
         # diff shows the digest a real run would pin, never a local guess.
@@ -6064,10 +6874,10 @@ def docker_steps(
                 image,
             )
             return None
-        local = local_from(document, f"{url}:{settings.tag}", runner.engine, metadata)
-    digest = pin_digest(runner, image, pins.get(image), pushed, metadata, local)
-    if steps.build and cache_to.startswith("type=registry,") and pushed not in (None, digest):
-        keep_build_cache(runner, image, digest, build_output)
+        local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
+    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
+    if built.cache_to.startswith("type=registry,") and built.pushed not in (None, digest):
+        keep_build_cache(runner, image, digest, built)
     return digest
 
 
@@ -6387,6 +7197,7 @@ class Report:
         written, planned = runner.written_files, runner.planned_files
         for item in results.values():
             error = item.error
+            inputs = runner.inputs.get(item.image)
             self.images.append(
                 {
                     "name": item.image,
@@ -6398,6 +7209,8 @@ class Report:
                     "planned_files": planned.get(item.image, []),
                     "note": runner.notes.get(item.image, ""),
                     "identity": runner.identities.get(item.image),
+                    "inputs": inputs.as_json() if inputs else None,
+                    "built_on": dict(inputs.built_on) if inputs else {},
                     "exit_code": error.returncode if error else None,
                     "error": str(error) if error else None,
                     "log": str(logs.path(item.image)) if logs and item.result in ("done", "failed") else None,
@@ -6739,11 +7552,24 @@ def process_images(
     return 0
 
 
+def pins_for(
+    settings: Settings, steps: Steps, options: BuildOptions, scan: TreeScan | None
+) -> dict[str, str]:
+    """The digest prod_digests.txt pins each image to, for the steps that compare with it: read
+    as --check reads it where the run rewrites it or builds from it, else as far as it reads."""
+    if options.cache_from_pinned or options.verify_pinned or steps.update_references:
+        entries = read_prod_digests(settings.root, scan or scan_tree(settings.root, settings.registry))
+        return pins_by_name(entries, settings.registry)
+    # --skip_unchanged, and a build whose dependents are built on it (see `dependents_reference`).
+    return pinned_now(settings) if steps.build else {}
+
+
 def run_steps(
     runner: Runner,
     images: Sequence[str],
     graph: Mapping[str, Sequence[str]],
     steps: Steps,
+    options: BuildOptions,
     schedule: Schedule,
     command: str,
     platforms: Mapping[str, tuple[str, ...]] | None = None,
@@ -6756,12 +7582,11 @@ def run_steps(
         if steps.build:
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
-        pins: dict[str, str] = {}
-        if steps.cache_from_pinned or steps.verify_pinned or steps.update_references:
-            entries = read_prod_digests(
-                runner.settings.root, scan or scan_tree(runner.settings.root, runner.settings.registry)
+        pins = pins_for(runner.settings, steps, options, scan)
+        if steps.build and not steps.update_references:  # with it, dependents' FROM lines are rewritten
+            runner.rebasing = frozenset(
+                parent for image in images for parent in graph[image] if parent in images
             )
-            pins = pins_by_name(entries, runner.settings.registry)
         held = holding()
         if (
             steps.build
@@ -6790,7 +7615,7 @@ def run_steps(
             return digest
 
         def work(image: str) -> str | None:
-            return docker_steps(runner, image, steps, pins, held)
+            return docker_steps(runner, image, steps, options, pins, held)
 
         try:
             return process_images(runner, images, graph, schedule, work, finish, steps.names())
@@ -7209,6 +8034,19 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         help="Push REGISTRY/NAME:TAG. For Google registries (gcr.io, *.gcr.io, "
         "*-docker.pkg.dev) this runs `gcloud auth configure-docker` first.",
     )
+    _add_build_options(steps)
+    steps.add_argument(
+        "--update_references",
+        "--update-references",
+        action="store_true",
+        help="Point every REGISTRY/NAME@sha256:... and REGISTRY/NAME:TAG@sha256:... in the files git "
+        "tracks at a digest the registry serves for the image: its push's, or its pin's when the content "
+        "is the same (and, for rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to "
+        "prod_digests.txt if missing.",
+    )
+
+
+def _add_build_options(steps: argparse._ArgumentGroup) -> None:
     steps.add_argument(
         "--cache_from_pinned",
         "--cache-from-pinned",
@@ -7237,19 +8075,29 @@ def _add_step_arguments(steps: argparse._ArgumentGroup) -> None:
         "platform its parent lacks. Not with --update_references: pins follow IMAGE_PLATFORMS.",
     )
     steps.add_argument(
+        "--skip_unchanged",
+        "--skip-unchanged",
+        action="store_true",
+        help="With --build: do not build an image whose inputs are those of its pin (its build context as "
+        "docker sends it, .dockerignore applied; its Dockerfile, every parent pinned by digest; the build "
+        "options that change the result), as the label org.iree.manage-images.inputs of the config the "
+        "registry serves for the pin says. Such an image keeps its pin; with --push its tag is moved to the "
+        "pin in the registry, without it the pin is pulled. Every build records its inputs in that label.",
+    )
+    steps.add_argument(
+        "--build_arg",
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="With --build: pass `--build-arg NAME=VALUE` to every build (repeatable, in order). Each is one "
+        "of the images' inputs (see --skip_unchanged).",
+    )
+    steps.add_argument(
         "--attestations",
         action="store_true",
         help="With --build on BuildKit: keep BuildKit's default attestations (provenance). Off by default: "
         "on the containerd store they make each pin an index whose digest changes on every build.",
-    )
-    steps.add_argument(
-        "--update_references",
-        "--update-references",
-        action="store_true",
-        help="Point every REGISTRY/NAME@sha256:... and REGISTRY/NAME:TAG@sha256:... in the files git "
-        "tracks at a digest the registry serves for the image: its push's, or its pin's when the content "
-        "is the same (and, for rbe-toolchain, the rbe_autoconfig rule in WORKSPACE); add the image to "
-        "prod_digests.txt if missing.",
     )
 
 
@@ -7393,6 +8241,9 @@ def _check_values(
     too_long = registry_too_long(args.registry, graph) if args.registry is not None else ""
     if too_long:
         parser.error(f"--registry is too long: {too_long}")
+    for argument in args.build_arg:
+        if not argument.partition("=")[0] or "=" not in argument:
+            parser.error(f"--build_arg {argument!r}: give NAME=VALUE")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
     if args.platform is not None:
@@ -7428,15 +8279,10 @@ def report_path_problem(destination: str) -> str:
 def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     steps = Steps(args.pull, args.build, args.push, args.update_references)
     step_flags = [f"--{name}" for name in steps.names()]
-    for flag, on in (
-        ("--cache_from_pinned", args.cache_from_pinned),
-        ("--verify_pinned", args.verify_pinned),
-        ("--attestations", args.attestations),
-    ):
-        if on and step_flags and not args.build:
+    for flag in BuildOptions.from_arguments(args).asked():
+        if flag == "--verify_pinned" and step_flags and not args.build:
             parser.error(f"{flag} goes with --build (or, for --verify_pinned, with no step at all)")
-    for flag, on in (("--cache_from_pinned", args.cache_from_pinned), ("--attestations", args.attestations)):
-        if on and not args.build:
+        if flag != "--verify_pinned" and not args.build:
             parser.error(f"{flag} goes with --build: it changes how images are built")
     if args.platform is not None and not (args.build or args.verify_pinned):
         parser.error("--platform goes with --build or --verify_pinned: it says what a run builds or checks")
@@ -7445,6 +8291,11 @@ def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(
             "--platform does not go with --update_references: a pin holds the platforms IMAGE_PLATFORMS "
             "lists; change the entry to pin other platforms"
+        )
+    if args.skip_unchanged and args.verify_pinned:
+        parser.error(
+            "--skip_unchanged and --verify_pinned cannot be combined: one builds only what changed, "
+            "the other rebuilds each image to prove it gives its pin"
         )
     if args.verify_pinned and not step_flags:
         step_flags = ["--verify_pinned"]  # a mode of its own: check the registry
@@ -7518,15 +8369,7 @@ def dispatch(
     platforms: Mapping[str, tuple[str, ...]] | None = None,
 ) -> int:
     """Runs the mode the arguments ask for; `platforms` is IMAGE_PLATFORMS, validated."""
-    steps = Steps(
-        args.pull,
-        args.build,
-        args.push,
-        args.update_references,
-        args.cache_from_pinned,
-        args.verify_pinned,
-        args.attestations,
-    )
+    steps = Steps(args.pull, args.build, args.push, args.update_references)
     report.head.update(
         mode=mode_of(args, steps),
         registry=args.registry or DEFAULT_REGISTRY,
@@ -7564,7 +8407,9 @@ def dispatch(
         return promote(runner, images, graph, schedule)
     if args.only_references:
         return only_references(runner, images, graph, schedule, command)
-    return run_steps(runner, images, graph, steps, schedule, command, wanted)
+    return run_steps(
+        runner, images, graph, steps, BuildOptions.from_arguments(args), schedule, command, wanted
+    )
 
 
 def main(
