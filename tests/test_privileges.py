@@ -29,6 +29,8 @@ SCRIPTS = {
     "tests/provision-engines.sh": "provisioning engines",
     "examples/try-locally.sh": "reaching or starting a Docker engine",
 }
+# Scripts with nothing to do as root on a provisioned machine.
+PROVISIONED = ("tests/provision-terminal.sh", "tests/provision-locale.sh")
 SUDO = """#!/bin/bash
 printf '%s\\n' "$@" >"{log}"
 """
@@ -62,6 +64,22 @@ def folder():
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def checkout(folder):
+    """The scripts, and what they read before they decide, copied where any user may read
+    them: the checkout itself may be under a folder only root can pass (/root, mktemp -d)."""
+    copy = folder / "checkout"
+    for relative in (*SCRIPTS, "tests/as-root.sh", "tests/provision-docker.sh", *PROVISIONED):
+        target = copy / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / relative, target)
+        target.chmod(0o755)
+    for path in (copy, *copy.rglob("*")):
+        if path.is_dir():
+            path.chmod(0o755)
+    return copy
+
+
 def bin_folder(folder: Path, sudo: bool) -> Path:
     """A PATH of its own: the few tools the scripts run before deciding, and a stand-in
     sudo that records its arguments (or no sudo at all)."""
@@ -91,13 +109,13 @@ def run_as(user: pwd.struct_passwd | None, folder: Path, argv, sudo: bool, env=(
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_a_user_with_sudo_gets_the_script_run_again_as_root(script, user, folder):
-    result = run_as(user, folder, ["bash", str(ROOT / script), "one", "two words"], sudo=True)
+def test_a_user_with_sudo_gets_the_script_run_again_as_root(script, user, folder, checkout):
+    result = run_as(user, folder, ["bash", str(checkout / script), "one", "two words"], sudo=True)
     assert result.returncode == 0, result.stderr
     name = Path(script).name
     assert result.stderr == f"{name}: {SCRIPTS[script]} needs root: running it again with sudo\n"
     preserve, *argv = (folder / "sudo.log").read_text().splitlines()
-    assert argv == ["bash", str(ROOT / script), "one", "two words"]
+    assert argv == ["bash", str(checkout / script), "one", "two words"]
     # The variables the scripts read go through sudo; nothing else is asked for.
     assert preserve.startswith("--preserve-env=")
     assert set(preserve.removeprefix("--preserve-env=").split(",")) == {
@@ -109,8 +127,8 @@ def test_a_user_with_sudo_gets_the_script_run_again_as_root(script, user, folder
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_a_user_without_sudo_is_told_in_one_line(script, user, folder):
-    result = run_as(user, folder, ["bash", str(ROOT / script)], sudo=False)
+def test_a_user_without_sudo_is_told_in_one_line(script, user, folder, checkout):
+    result = run_as(user, folder, ["bash", str(checkout / script)], sudo=False)
     assert result.returncode == 1
     name = Path(script).name
     assert result.stderr == (
@@ -129,15 +147,15 @@ def test_root_goes_on_without_sudo(folder):
     assert not (folder / "sudo.log").exists()
 
 
-@pytest.mark.parametrize("script", ["tests/provision-terminal.sh", "tests/provision-locale.sh"])
-def test_a_provisioned_machine_needs_no_root(script, user, folder):
+@pytest.mark.parametrize("script", PROVISIONED)
+def test_a_provisioned_machine_needs_no_root(script, user, folder, checkout):
     # Provisioned already (.ci/run provisions both before the tests): nothing to do as root.
     if subprocess.run(("dpkg", "-s", "tmux"), capture_output=True).returncode != 0:
         unavailable("tmux is not installed: run tests/provision-terminal.sh")
     result = run_as(
         user,
         folder,
-        ["bash", str(ROOT / script)],
+        ["bash", str(checkout / script)],
         sudo=True,
         env={"PATH": f"{folder}/bin-sudo:{SYSTEM_PATH}"},
     )
