@@ -94,6 +94,8 @@ RBE_IMAGE = "rbe-toolchain"
 LOCK_NAME = "manage_images.lock"  # in the git directory, beside index.lock
 LOCK_MAX_BYTES = 16 << 20  # a lock lists the temporary files of one change: a bigger one is not the tool's
 COMMAND_TIMEOUT = 120  # seconds, for the read-only commands (git, docker image inspect)
+SAVE_DEADLINE = 3600  # seconds for `docker save` of an index: its layers stream through, unread
+SAVE_KEEP = 64 << 20  # bytes of an index's manifests and configs kept from `docker save`, in all
 # Options on every git call, so no user configuration changes what git prints:
 # no pager, no colour, paths unquoted, never into submodules unless asked.
 GIT_OPTIONS = (
@@ -831,6 +833,9 @@ class LocalImage(NamedTuple):
     platform: str  # os/architecture[/variant]
     view: Mapping[str, object]  # see `inspect_view`
     repo_digests: tuple[str, ...]
+    # An index (built for several platforms): platform -> (config digest, config), once read
+    # (see `saved_configs`); the engine shows the config of its own platform alone.
+    configs: Mapping[str, tuple[str, bytes]] | None = None
 
 
 IgnoreKind = Literal["exact", "prefix", "suffix", "regexp"]
@@ -886,6 +891,8 @@ class BuildPlan(NamedTuple):
     label: str | None = None  # the inputs label's value (see `build_label`); None: no --label
     dockerfile: str = ""  # --file: the Dockerfile rebased on parents this run built (classic builder)
     contexts: tuple[tuple[str, str], ...] = ()  # buildx: (REF as written, what to build on in its place)
+    platforms: tuple[str, ...] = ()  # --platform: what it builds for (IMAGE_PLATFORMS); (): the engine's
+    output: str = ""  # buildx --output (`type=cacheonly`: a build that only exports its cache)
 
 
 class Built(NamedTuple):
@@ -898,6 +905,8 @@ class Built(NamedTuple):
     cache_to: str = ""  # the build's --cache-to
     pushed_by_build: bool = False  # the build pushed it: no `docker push`
     unchanged: bool = False  # its inputs are its pin's: not built, not pushed, the pin kept
+    # An index: (platform, the digest of the registry cache its own build wrote, "" if none).
+    platform_caches: tuple[tuple[str, str], ...] = ()
 
 
 class Settings(NamedTuple):
@@ -1278,6 +1287,87 @@ def platform_gaps(wanted: Sequence[str], held: Sequence[str]) -> tuple[list[str]
     extra = [platform for platform in dict.fromkeys(held) if platform not in wanted]
     twice = [platform for platform in dict.fromkeys(held) if held.count(platform) > 1]
     return missing, extra, twice
+
+
+def config_platform(config: bytes) -> str:
+    """The platform an image config says its image is for, canonical ("unknown" if it says none)."""
+    try:
+        document = registry_json(config)
+    except ValueError:
+        document = None
+    parts = (
+        [str(document.get(key) or "") for key in ("os", "architecture", "variant")]
+        if isinstance(document, dict)
+        else []
+    )
+    return normalize_platform(*parts) if parts and all(parts[:2]) else "unknown"
+
+
+def layout_configs(blobs: Mapping[str, bytes]) -> dict[str, tuple[str, bytes]]:
+    """platform -> (config digest, config) of each image in the OCI layout `docker save REF`
+    writes (`blobs`: its `index.json` and `blobs/sha256/HEX` files, by name). The layout
+    names one image: an index (each of its images, by the platform it lists them for; the
+    attestations left out) or an image manifest (by its config's platform). ValueError for
+    a layout that is not that, or a blob that is missing or not its digest's bytes."""
+
+    def blob(digest: str) -> bytes:
+        data = blobs.get("blobs/" + digest.replace(":", "/", 1)) if DIGEST_RE.match(digest) else None
+        if data is None or body_digest(data) != digest:
+            raise ValueError(f"no blob {digest[:80]!r} in the layout")
+        return data
+
+    def config_of(manifest: str) -> tuple[str, bytes]:
+        document = registry_json(blob(manifest))
+        config = document.get("config") if isinstance(document, dict) else None
+        digest = str(config.get("digest") or "") if isinstance(config, dict) else ""
+        return digest, blob(digest)
+
+    top = registry_json(blobs.get("index.json", b""))
+    entries = top.get("manifests") if isinstance(top, dict) else None
+    if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+        raise ValueError("its index.json does not name one image")
+    target = str(entries[0].get("digest") or "")
+    document = registry_json(blob(target))
+    if isinstance(document, dict) and "manifests" in document:
+        found: dict[str, tuple[str, bytes]] = {}
+        for platform, digest in index_entries(document):
+            found.setdefault(platform, config_of(digest))
+        return found
+    digest, config = config_of(target)
+    return {config_platform(config): (digest, config)}
+
+
+def config_identity(
+    built: tuple[str, bytes] | None, pinned: tuple[str, bytes] | None, same: Callable[[bytes, bytes], bool]
+) -> Identity:
+    """How one platform's image config compares with the pin's for that platform: `identical`
+    (one digest), `same content` (as `same` says), or `differs` (also when either has none)."""
+    if built is None or pinned is None:
+        return "differs"
+    if built[0] == pinned[0]:
+        return "identical"
+    return "same content" if same(built[1], pinned[1]) else "differs"
+
+
+def same_view(one: bytes, other: bytes) -> bool:
+    """Two image configs hold what `config_view` compares: layers, runtime config, creation
+    time, author, platform (what --verify_pinned compares of a single image too)."""
+    try:
+        first, second = registry_json(one), registry_json(other)
+    except ValueError:
+        return False
+    if not isinstance(first, dict) or not isinstance(second, dict):
+        return False
+    return config_view(first) == config_view(second)
+
+
+def overall_identity(identities: Mapping[str, Identity]) -> Identity:
+    """An index compared platform by platform: it differs if one platform does, and is
+    identical only if every platform is."""
+    values = set(identities.values())
+    if not values or "differs" in values:
+        return "differs"
+    return "identical" if values == {"identical"} else "same content"
 
 
 # ---------------------------------------------------------------------------
@@ -2524,13 +2614,16 @@ def build_argv(
     asked for (on the containerd store they make every build a new index),
     the build's metadata (its digests) is written to `plan.metadata`, and
     `--push` pushes the image from the build itself. BuildKit built into an
-    older CLI takes inline cache as a build argument.
+    older CLI takes inline cache as a build argument. `--platform` only for an
+    image with platforms of its own: the others are built as they always were.
     """
     options = options or BuildOptions()
     argv = ["docker", "build", "--tag", f"{plan.url}:{plan.tag}"]
     if plan.label is not None:
         argv += ["--label", f"{INPUTS_LABEL}={plan.label}"]
     argv += options_argv(options)
+    if plan.platforms:
+        argv += ["--platform", ",".join(plan.platforms)]
     buildx = engine is not None and bool(engine.buildx)
     if buildx and not options.attestations:
         argv += ["--provenance=false", "--sbom=false"]
@@ -2538,6 +2631,8 @@ def build_argv(
         argv += ["--metadata-file", plan.metadata]
     if buildx and plan.push:
         argv.append("--push")
+    if buildx and plan.output:
+        argv += ["--output", plan.output]
     for name, target in plan.contexts:
         argv += ["--build-context", f"{name}=docker-image://{target}"]
     if plan.dockerfile:
@@ -2551,26 +2646,29 @@ def build_argv(
     return (*argv, plan.context)
 
 
-def cache_export(engine: Engine | None, url: str, tag: str, push: bool) -> str:
+def cache_export(engine: Engine | None, url: str, tag: str, push: bool, platform: str = "") -> str:
     """The `--cache-to` of a build: the cache a cold engine of the same kind reads back.
 
     BuildKit on the containerd store writes a registry cache beside the image
     when it is pushed (its config stays free of cache metadata); BuildKit on a
     graph-driver store can only write inline cache (the docker driver exports
-    nothing else there); the classic builder needs none.
+    nothing else there); the classic builder needs none. `platform`: the cache
+    of one platform of an index (see `platform_cache_builds`).
     """
     if engine is None or engine.builder != "buildkit":
         return ""
     if engine.containerd():
         # A registry that fails the export (down, or refusing) fails the push, not the build.
-        registry_cache = f"type=registry,ref={url}:{build_cache_tag(tag)},mode=max,ignore-error=true"
-        return registry_cache if push and engine.buildx else ""
+        ref = f"{url}:{build_cache_tag(tag, platform)}"
+        return f"type=registry,ref={ref},mode=max,ignore-error=true" if push and engine.buildx else ""
     return "type=inline"
 
 
-def build_cache_tag(tag: str) -> str:
-    """The tag the registry cache of the last build pushed as TAG is written to (a valid tag)."""
-    return f"{tag[:122]}.cache"
+def build_cache_tag(tag: str, platform: str = "") -> str:
+    """The tag the registry cache of the last build pushed as TAG (of its image for `platform`,
+    when it is an index) is written to (a valid tag)."""
+    suffix = ".cache" + (f"-{platform.replace('/', '-')}" if platform else "")
+    return f"{tag[: 128 - len(suffix)]}{suffix}"
 
 
 def pinned_cache_tag(digest: str) -> str:
@@ -3846,12 +3944,16 @@ class Runner:
         self.planned_files: dict[str, list[str]] = {}  # image -> files its update changes (or would)
         self.written_files: dict[str, list[str]] = {}  # image -> files its update did change
         self.identities: dict[str, Identity] = {}  # image -> how it compares with its pin
+        # image -> platform -> how it compares with its pin, for an image built for several
+        self.platform_identities: dict[str, dict[str, Identity]] = {}
         self.inputs: dict[str, Inputs] = {}  # image -> what its build read, and its pin's
         # Without --update_references, the images of the run its dependents are built on, and
         # what each dependent builds on in place of the pin its Dockerfile names.
         self.rebasing: frozenset[str] = frozenset()
         self.built_on: dict[str, str] = {}  # image -> URL@DIGEST or URL:TAG
         self.engine: Engine | None = None  # what builds, when a step needs to know
+        # What each image is built for (`run_platforms`); an image without an entry: the engine's.
+        self.platforms: Mapping[str, tuple[str, ...]] = {}
         self.selected: Sequence[str] = ()  # the images asked for, before their dependents were added
 
     def say(self, text: str, image: str = "") -> None:
@@ -6262,8 +6364,11 @@ def local_from(document: object, ref: str, engine: Engine | None, metadata: str 
 
 
 def built_config_digest(metadata: str) -> str | None:
-    """The config digest buildx wrote to a build's `--metadata-file`, or None."""
-    return metadata_digest(metadata, "containerimage.config.digest")
+    """The config digest buildx wrote to a build's `--metadata-file`, or None. None for an
+    index too: an index has a config per platform, and buildx writes the index's own digest
+    under this key (so a config digest equal to the image's digest is none)."""
+    config = metadata_digest(metadata, "containerimage.config.digest")
+    return None if config == metadata_digest(metadata, "containerimage.digest") else config
 
 
 def metadata_digest(metadata: str, key: str) -> str | None:
@@ -6281,12 +6386,135 @@ def metadata_digest(metadata: str, key: str) -> str | None:
     return str(digest) if DIGEST_RE.match(str(digest)) else None
 
 
-def compare_with(runner: Runner, image: str, local: LocalImage, digest: str) -> Identity:
-    """How `local` compares with what the registry serves as URL@DIGEST (an index is
-    read for the local image's platform)."""
+def compare_with(runner: Runner, image: str, local: LocalImage, digest: str, pin: bool = False) -> Identity:
+    """How `local` compares with what the registry serves as URL@DIGEST: platform by
+    platform for an image built for several (see `local_identities`); else for the local
+    image's platform (an index is read for it). `pin`: DIGEST is IMAGE's pin, and the run
+    records how the image compares with it."""
+    if len(built_for(runner, image)) > 1:
+        identities = local_identities(runner, image, local, digest)
+        identity = overall_identity(identities)
+        if pin:
+            runner.platform_identities[image] = identities
+    else:
+        url = image_url(runner.settings.registry, image)
+        config_digest, config = runner.registry().image_config(url, digest, local.platform)
+        identity = identity_of(local, digest, config_digest, config)
+    if pin:
+        runner.identities[image] = identity
+    return identity
+
+
+def built_for(runner: Runner, image: str) -> tuple[str, ...]:
+    """What IMAGE is built for in this run: its entry (IMAGE_PLATFORMS, or --platform), else
+    the engine's platform (the default's, when no engine is known)."""
+    engine = runner.engine
+    return tuple(runner.platforms.get(image) or ()) or (
+        engine.platform if engine else Engine._field_defaults["platform"],
+    )
+
+
+def local_identities(runner: Runner, image: str, local: LocalImage, digest: str) -> dict[str, Identity]:
+    """platform -> how the index the engine holds for IMAGE compares with the image the
+    registry serves for that platform in URL@DIGEST (see `config_identity`): the same
+    digest is the same index; else the local configs (`saved_configs`, read once) against
+    the pin's (`platform_configs`)."""
+    platforms = built_for(runner, image)
+    if local.id == digest:
+        return dict.fromkeys(platforms, "identical")
     url = image_url(runner.settings.registry, image)
-    config_digest, config = runner.registry().image_config(url, digest, local.platform)
-    return identity_of(local, digest, config_digest, config)
+    built = local.configs if local.configs is not None else saved_configs(runner, image)
+    pinned = platform_configs(runner.registry(), url, digest, platforms)
+    return {
+        platform: config_identity(built.get(platform), pinned.get(platform), same_view)
+        for platform in platforms
+    }
+
+
+def platform_configs(
+    client: RegistryClient, url: str, digest: str, platforms: Sequence[str]
+) -> dict[str, tuple[str, bytes]]:
+    """platform -> (config digest, config) of each image of `platforms` the registry serves in
+    URL@DIGEST: through the index, or, for an image manifest, its one config (by the platform
+    the config says)."""
+    manifest = client.get_manifest(url, digest)
+    document = _json_object(manifest.data, f"{url}@{digest}")
+    if manifest.media_type not in INDEX_MEDIA_TYPES and "manifests" not in document:
+        config = client.image_config(url, digest)
+        return {config_platform(config[1]): config}
+    held: dict[str, str] = {}
+    for platform, entry in index_entries(document):
+        held.setdefault(platform, entry)
+    return {platform: client.image_config(url, held[platform]) for platform in platforms if platform in held}
+
+
+def saved_configs(runner: Runner, image: str) -> dict[str, tuple[str, bytes]]:
+    """platform -> (config digest, config) of each image of what the engine holds as
+    REGISTRY/IMAGE:TAG, read from `docker save` (the OCI layout of every platform the
+    containerd store holds; see `layout_configs`): `docker image inspect` shows the engine's
+    platform alone. The layers stream by unread; a deadline and a cap bound the rest."""
+    import subprocess
+
+    settings = runner.settings
+    argv = ("docker", "save", f"{image_url(settings.registry, image)}:{settings.tag}")
+    pipe = subprocess.PIPE
+    process = CHILDREN.start(
+        argv, False, cwd=settings.root, env=settings.env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
+    )
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.kill()
+
+    timer = threading.Timer(SAVE_DEADLINE, expire)
+    timer.start()
+    try:
+        blobs, problem = _layout_blobs(process)
+    finally:
+        timer.cancel()
+        CHILDREN.done(process)
+    if expired.is_set():
+        problem = f"it did not finish within {SAVE_DEADLINE} s"
+    elif process.returncode < 0 and not problem:
+        raise CommandError(argv, process.returncode)
+    try:
+        if problem:
+            raise ValueError(problem)
+        return layout_configs(blobs)
+    except ValueError as error:
+        raise ManageImagesError(
+            f"`{format_command(argv)}` gave no image to compare platform by platform "
+            f"({outside_text(str(error))}); check the engine and run again"
+        ) from None
+
+
+def _layout_blobs(process: subprocess.Popen[bytes]) -> tuple[dict[str, bytes], str]:
+    """The JSON files of the OCI layout `docker save` streams (index.json, manifests,
+    configs: blobs that start with `{`; layers never do), and what went wrong, or ""."""
+    import tarfile
+
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
+            for member in archive:
+                wanted = member.name == "index.json" or member.name.startswith("blobs/sha256/")
+                handle = archive.extractfile(member) if wanted and member.size <= CONFIG_LIMIT else None
+                head = handle.read(1) if handle is not None else b""
+                if head != b"{" or handle is None:
+                    continue
+                if sum(map(len, blobs.values())) + member.size > SAVE_KEEP:
+                    raise ValueError(f"more than {SAVE_KEEP} bytes of manifests and configs")
+                blobs[member.name] = head + handle.read()
+        problem = ""
+    except (tarfile.TarError, ValueError, OSError) as error:
+        process.kill()  # a failed save has ended already: its own words say why, below
+        problem = str(error)
+    said = process.stderr.read(ERROR_BODY_LIMIT) if process.stderr is not None else b""
+    code = process.wait()
+    if code > 0 or problem:
+        return blobs, " ".join(said.decode("utf-8", "replace").split()) or problem or f"exit code {code}"
+    return blobs, ""
 
 
 def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, ...]:
@@ -6319,9 +6547,11 @@ def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, 
             else f"{url}@{pinned}",
         )
     client = runner.registry()
-    cache_tag = registry_cache_beside(client, url, pinned, engine.platform) if engine.containerd() else ""
-    if cache_tag:
-        return (f"type=registry,ref={url}:{cache_tag}",)
+    cache_tags = (
+        registry_caches_beside(client, url, pinned, built_for(runner, image)) if engine.containerd() else ()
+    )
+    if cache_tags:
+        return tuple(f"type=registry,ref={url}:{tag}" for tag in cache_tags)
     if client.served_digest(url, pinned) is None:
         return _no_cache(runner, image, pinned)
     if engine.containerd():
@@ -6333,25 +6563,31 @@ def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, 
     return (f"{url}@{pinned}",)
 
 
-def registry_cache_beside(client: RegistryClient, url: str, pinned: str, platform: str) -> str:
-    """The tag of the registry cache kept beside the pin (or, when the pin is an index,
-    beside its image for `platform`), or "" when there is none."""
-    if client.served_digest(url, pinned_cache_tag(pinned)) is not None:
-        return pinned_cache_tag(pinned)
-    if client.served_digest(url, pinned) is None:
-        return ""
-    for digest in platform_manifest(client, url, pinned, platform):
-        if client.served_digest(url, pinned_cache_tag(digest)) is not None:
-            return pinned_cache_tag(digest)
-    return ""
-
-
-def platform_manifest(client: RegistryClient, url: str, digest: str, platform: str) -> tuple[str, ...]:
-    """The digest of the image manifest for `platform` when URL@DIGEST is an index, else ()."""
-    manifest = client.get_manifest(url, digest)
+def registry_caches_beside(
+    client: RegistryClient, url: str, pinned: str, platforms: Sequence[str]
+) -> tuple[str, ...]:
+    """The tags of the registry caches kept beside the pin, () when there is none. For one
+    platform: the one beside the pin, else, when the pin is an index, the one beside its
+    image for that platform. For several: the one beside each platform's image in the index
+    (see `platform_cache_builds`), with the one beside the index when a platform has none."""
+    tags = (
+        [pinned_cache_tag(pinned)] if client.served_digest(url, pinned_cache_tag(pinned)) is not None else []
+    )
+    if (tags and len(platforms) == 1) or client.served_digest(url, pinned) is None:
+        return tuple(tags)
+    manifest = client.get_manifest(url, pinned)
     if manifest.media_type not in INDEX_MEDIA_TYPES:
-        return ()
-    return (pick_platform(_json_object(manifest.data, f"{url}@{digest}"), platform, f"{url}@{digest}"),)
+        return tuple(tags)
+    held: dict[str, str] = {}
+    for platform, digest in index_entries(_json_object(manifest.data, f"{url}@{pinned}")):
+        held.setdefault(platform, digest)
+    beside = [
+        pinned_cache_tag(held[platform])
+        for platform in platforms
+        if DIGEST_RE.match(held.get(platform, ""))
+        and client.served_digest(url, pinned_cache_tag(held[platform])) is not None
+    ]
+    return tuple(beside + tags) if len(beside) < len(platforms) else tuple(beside)
 
 
 def _no_cache(runner: Runner, image: str, pinned: str) -> tuple[str, ...]:
@@ -6390,8 +6626,9 @@ def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str =
             f"{settings.registry} does not serve the pinned {url}@{pinned[:19]}, so {image} cannot be "
             "compared with it: push and re-pin it (--build --push --update_references)"
         )
-    identity = compare_with(runner, image, local, pinned)
-    runner.identities[image] = identity
+    if len(built_for(runner, image)) > 1:
+        return verify_index(runner, image, local, pinned)
+    identity = compare_with(runner, image, local, pinned, pin=True)
     if identity != "differs":
         what = "the same config" if identity == "identical" else "the same content, another config digest"
         runner.say(f"Reproduced the pinned image {url}@{pinned[:19]}: {what}", image)
@@ -6403,6 +6640,41 @@ def verify_built(runner: Runner, image: str, pinned: str | None, metadata: str =
         f"pinned {url}@{pinned[:19]} holds other layers or another config. Its Dockerfile or a parent "
         "changed since it was pinned: rebuild, push and re-pin it (--build --push --update_references), "
         "or find out why; nothing was pushed"
+    )
+
+
+def verify_index(runner: Runner, image: str, local: LocalImage, pinned: str) -> LocalImage:
+    """--verify_pinned of an image built for several platforms: the index just built against
+    the pinned one, platform by platform (see `local_identities`); fails, before any push,
+    naming each platform whose image differs from the pin's or that the pin lacks."""
+    url = image_url(runner.settings.registry, image)
+    if local.id != pinned:
+        local = local._replace(configs=saved_configs(runner, image))
+    identity = compare_with(runner, image, local, pinned, pin=True)
+    identities = runner.platform_identities[image]
+    if identity != "differs":
+        what = (
+            "the same index"
+            if local.id == pinned
+            else "the same config for each platform"
+            if identity == "identical"
+            else "the same content for each platform, other configs"
+        )
+        runner.say(
+            f"Reproduced the pinned index {url}@{pinned[:19]} ({', '.join(identities)}): {what}", image
+        )
+        runner.note(image, "reproduced" if identity == "identical" else "reproduced (same content)")
+        return local
+    differ = [platform for platform, found in identities.items() if found == "differs"]
+    same = [platform for platform, found in identities.items() if found != "differs"]
+    runner.note(image, f"differs ({', '.join(differ)})")
+    raise ManageImagesError(
+        f"{image} differs from the index the tree pins for {', '.join(differ)}: built {local.id[:19]}, "
+        f"pinned {url}@{pinned[:19]} holds other layers or another config for "
+        f"{'that platform' if len(differ) == 1 else 'those platforms'}, or none "
+        f"({', '.join(same) + ' reproduced' if same else 'no platform reproduced'}). Its Dockerfile or a "
+        "parent changed since it was pinned: rebuild, push and re-pin it (--build --push "
+        "--update_references), or find out why; nothing was pushed"
     )
 
 
@@ -6469,6 +6741,20 @@ def registry_identity(client: RegistryClient, url: str, pinned: str, other: str,
     return "same content" if same_config(pinned_bytes, other_bytes) else "differs"
 
 
+def registry_identities(
+    client: RegistryClient, url: str, pinned: str, other: str, platforms: Sequence[str]
+) -> dict[str, Identity]:
+    """platform -> how the images the registry serves for it in URL@PINNED and URL@OTHER
+    compare (see `registry_identity`); a platform either lacks differs."""
+    if pinned == other:
+        return dict.fromkeys(platforms, "identical")
+    ours, theirs = (platform_configs(client, url, digest, platforms) for digest in (pinned, other))
+    return {
+        platform: config_identity(theirs.get(platform), ours.get(platform), same_config)
+        for platform in platforms
+    }
+
+
 def pin_digest(
     runner: Runner,
     image: str,
@@ -6503,12 +6789,12 @@ def pin_digest(
     tagged = client.served_digest(url, settings.tag)
     names = docker_names(url)
     known = [entry.partition("@")[2] for entry in local.repo_digests if entry.partition("@")[0] in names]
+    if len(built_for(runner, image)) > 1 and local.id not in (pinned, tagged) and local.configs is None:
+        local = local._replace(configs=saved_configs(runner, image))  # read once, for every candidate
     for candidate in dict.fromkeys(digest for digest in (pinned, tagged, *known) if digest):
         if candidate != tagged and client.served_digest(url, candidate) is None:
             continue
-        identity = compare_with(runner, image, local, candidate)
-        if candidate == pinned:
-            runner.identities[image] = identity
+        identity = compare_with(runner, image, local, candidate, pin=candidate == pinned)
         if identity == "differs":
             continue
         if candidate == pinned:
@@ -6523,13 +6809,19 @@ def pin_digest(
 
 def kept_pin(runner: Runner, image: str, pinned: str | None, pushed: str) -> str | None:
     """The pin, when the registry serves it and what was pushed has its content (config to
-    config, see `registry_identity`, which this records), else None."""
+    config, see `registry_identity`; platform by platform for an image built for several,
+    see `registry_identities`), which this records; else None."""
     url = image_url(runner.settings.registry, image)
     client = runner.registry()
     if pinned is None or client.served_digest(url, pinned) is None:
         return None
-    platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
-    identity = registry_identity(client, url, pinned, pushed, platform)
+    platforms = built_for(runner, image)
+    if len(platforms) > 1:
+        identities = registry_identities(client, url, pinned, pushed, platforms)
+        runner.platform_identities[image] = identities
+        identity = overall_identity(identities)
+    else:
+        identity = registry_identity(client, url, pinned, pushed, platforms[0])
     runner.identities[image] = identity
     return pinned if identity != "differs" else None
 
@@ -6618,21 +6910,98 @@ def build_image(
     cache_from = cache_sources(runner, image, pinned) if options.cache_from_pinned else ()
     buildx = engine is not None and bool(engine.buildx)
     metadata = str(runner.scratch() / f"{image}.json") if buildx else ""
-    cache_to = cache_export(engine, url, settings.tag, steps.push)
+    platforms = tuple(runner.platforms.get(image) or ())
+    # An index's cache is written platform by platform, after the build (`platform_cache_builds`).
+    cache_to = "" if len(platforms) > 1 else cache_export(engine, url, settings.tag, steps.push)
     push = buildx and steps.push and not options.verify_pinned
     plan = BuildPlan(
-        url, settings.tag, f"{DOCKER_DIR}/{image}", cache_from, cache_to, metadata, push, label, *source
+        url,
+        settings.tag,
+        f"{DOCKER_DIR}/{image}",
+        cache_from,
+        cache_to,
+        metadata,
+        push,
+        label,
+        *source,
+        platforms,
     )
     output = runner.run(build_argv(plan, engine, options), image)
     local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
-    built = Built(tuple(output), metadata, None, local, cache_to, push)
+    caches = platform_cache_builds(runner, image, plan, options) if steps.push and len(platforms) > 1 else ()
+    built = Built(tuple(output), metadata, None, local, cache_to, push, platform_caches=caches)
     if not push:
         return built
     said = metadata_digest(metadata, "containerimage.digest")
     pushed = None if settings.dry_run else confirmed_push(runner, image, [said] if said else [])
-    if cache_to.startswith("type=registry,"):
-        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built)
+    keep_caches(runner, image, pushed or "sha256:<pushed>", built)
     return built._replace(pushed=pushed)
+
+
+def platform_cache_builds(
+    runner: Runner, image: str, plan: BuildPlan, options: BuildOptions
+) -> tuple[tuple[str, str], ...]:
+    """The registry cache of each platform of an index, each written by a build of its own
+    (the same build for that platform alone, every step from the engine's cache, with
+    `--output type=cacheonly`: no image is stored or pushed); (platform, the cache manifest
+    written, or "") for each. One cache for the whole index would not do: BuildKit gives
+    each layer blob in it one creation time, so a platform whose layer has the bytes of
+    another platform's (an empty RUN, a `mkdir`) would take the other's time, and a cold
+    engine would not reproduce it. Only on the containerd store with buildx (see
+    `cache_export`)."""
+    engine = runner.engine
+    found = []
+    for platform in plan.platforms:
+        cache_to = cache_export(engine, plan.url, plan.tag, True, platform)
+        if not cache_to.startswith("type=registry,"):
+            return ()
+        metadata = str(runner.scratch() / f"{image}.{platform.replace('/', '-')}.cache.json")
+        alone = plan._replace(
+            cache_to=cache_to, metadata=metadata, push=False, platforms=(platform,), output="type=cacheonly"
+        )
+        output = runner.run(build_argv(alone, engine, options), image)
+        written = [match.group(1) for line in output for match in [_CACHE_MANIFEST_RE.search(line)] if match]
+        written += filter(None, [metadata_digest(metadata, "cache.manifest")])
+        found.append((platform, written[-1] if written else ""))
+    return tuple(found)
+
+
+def keep_caches(runner: Runner, image: str, digest: str, built: Built) -> None:
+    """Keeps the registry caches the build wrote beside the image pushed as `digest`: its
+    cache (`keep_build_cache`), or, for an index, each platform's (`keep_platform_caches`)."""
+    if built.cache_to.startswith("type=registry,"):
+        keep_build_cache(runner, image, digest, built)
+    if built.platform_caches:
+        keep_platform_caches(runner, image, digest, built)
+
+
+def keep_platform_caches(runner: Runner, image: str, digest: str, built: Built) -> None:
+    """Tags the registry cache of each platform of the index pushed as `digest` as the cache
+    of that platform's image in it (URL:sha256-HEX.cache, HEX the image manifest's), where a
+    cold engine looks for it (`registry_caches_beside`)."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    if settings.dry_run:
+        runner.say(
+            f"Dry run: would keep each platform's registry cache beside its image in {url}@{digest}", image
+        )
+        return
+    client = runner.registry()
+    held: dict[str, str] = {}
+    for platform, manifest in index_entries(_json_object(client.get_manifest(url, digest).data, url)):
+        held.setdefault(platform, manifest)
+    for platform, cache in built.platform_caches:
+        target = pinned_cache_tag(held.get(platform, ""))
+        if not cache or not DIGEST_RE.match(held.get(platform, "")):
+            runner.say(
+                f"The {platform} build of {image} wrote no registry cache (its export failed), so none is "
+                f"kept for it: a cold engine will rerun its {platform} steps",
+                image,
+            )
+            runner.note(image, f"no registry cache kept for {platform}")
+            continue
+        runner.say(f"Keeping the {platform} build cache {url}@{cache[:19]} as {url}:{target}", image)
+        client.put_manifest(url, target, client.get_manifest(url, cache))
 
 
 def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inputs, bytes]:
@@ -6641,7 +7010,7 @@ def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inp
     `dependents_reference`); the digest of that Dockerfile, of the build context as docker
     sends it and of the options that change its result (see `inputs_digest`); or why they
     are not all known (`unknown_sources`, `context_entries`)."""
-    settings, engine = runner.settings, runner.engine
+    settings = runner.settings
     folder = settings.root / DOCKER_DIR / image
     tracked = (folder / "Dockerfile").read_bytes()
     rebase = {
@@ -6661,7 +7030,7 @@ def image_inputs(runner: Runner, image: str, options: BuildOptions) -> tuple[Inp
     except ValueError as error:
         entries, reason = [], reason or f"its build context cannot be read whole: {error}"
     chosen = (
-        ("platform", engine.platform if engine else Engine._field_defaults["platform"]),
+        ("platform", ",".join(built_for(runner, image))),
         ("attestations", "true" if options.attestations else "false"),
         ("docker build", "\0".join(options_argv(options))),
     )
@@ -6741,16 +7110,21 @@ def dependents_reference(
 
 def pin_label(runner: Runner, image: str, pinned: str) -> tuple[bool, str | None]:
     """Whether the registry serves IMAGE's pin, and the inputs label of its config (for the
-    engine's platform, through an index), if it has one: a GET of the manifest and one of
-    the config, both by digest."""
+    first platform it is built for, through an index), if it has one: a GET of the manifest
+    and one of the config, both by digest."""
     import json
 
     url = image_url(runner.settings.registry, image)
     client = runner.registry()
     if client.served_digest(url, pinned) is None:
         return False, None
-    platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
-    _, config = client.image_config(url, pinned, platform)
+    # One build labels every platform's config alike: the first one's says it. A pin without
+    # an image of that platform carries no label of these inputs.
+    first = built_for(runner, image)[0]
+    if runner.platforms.get(image):
+        config = platform_configs(client, url, pinned, (first,)).get(first, ("", b""))[1]
+    else:
+        _, config = client.image_config(url, pinned, first)
     try:
         label = json.loads(config)["config"]["Labels"][INPUTS_LABEL]
     except (ValueError, TypeError, KeyError):
@@ -6836,8 +7210,7 @@ def push_step(runner: Runner, image: str, steps: Steps, built: Built) -> Built:
     output = runner.run(push_argv(image_url(settings.registry, image), settings.tag), image)
     said = [match.group(1) for line in output for match in [_PUSHED_RE.search(line)] if match]
     pushed = None if settings.dry_run else confirmed_push(runner, image, said)
-    if built.cache_to.startswith("type=registry,"):
-        keep_build_cache(runner, image, pushed or "sha256:<pushed>", built)
+    keep_caches(runner, image, pushed or "sha256:<pushed>", built)
     return built._replace(pushed=pushed)
 
 
@@ -6876,8 +7249,8 @@ def digest_to_pin(
             return None
         local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
     digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
-    if built.cache_to.startswith("type=registry,") and built.pushed not in (None, digest):
-        keep_build_cache(runner, image, digest, built)
+    if built.pushed not in (None, digest):
+        keep_caches(runner, image, digest, built)
     return digest
 
 
@@ -7117,7 +7490,7 @@ def preflight_platforms(
     platforms (`build_refusal`), or an image is built for a platform a parent lacks
     (`platform_conflicts`, the engine's platform standing for an image without an entry).
     Nothing is asked of docker when no image of the run is built for another platform than
-    the engine's."""
+    the engine's; `docker buildx inspect` is asked once otherwise."""
     engine = runner.engine
     if engine is None or not platforms:
         return
@@ -7134,14 +7507,8 @@ def preflight_platforms(
         offered = offered_platforms(runner.settings, engine) if offered is None else offered
         dockerfile = (runner.settings.root / DOCKER_DIR / image / "Dockerfile").read_bytes()
         reason = build_refusal(image, wanted, engine, offered, first_run_line(dockerfile))
-        # The build of other platforms than the engine's is #32's second part: until it
-        # lands, a run that would build the engine's platform alone stops instead.
-        reason = reason or (
-            f"{image} is to be built for {', '.join(wanted)}, and this version of manage_images.py builds "
-            f"for the engine's platform ({own}) only: build it with `docker buildx build --platform "
-            f"{','.join(wanted)} --push`, or leave out --platform and its IMAGE_PLATFORMS entry"
-        )
-        raise ManageImagesError(f"refusing to build: {reason}{stop}")
+        if reason:
+            raise ManageImagesError(f"refusing to build: {reason}{stop}")
 
 
 def preflight_build(settings: Settings, images: Sequence[str]) -> None:
@@ -7209,6 +7576,11 @@ class Report:
                     "planned_files": planned.get(item.image, []),
                     "note": runner.notes.get(item.image, ""),
                     "identity": runner.identities.get(item.image),
+                    # What it was built for, when not the engine's platform alone; how each compares.
+                    "platforms": list(runner.platforms[item.image])
+                    if runner.platforms.get(item.image)
+                    else None,
+                    "platform_identities": runner.platform_identities.get(item.image),
                     "inputs": inputs.as_json() if inputs else None,
                     "built_on": dict(inputs.built_on) if inputs else {},
                     "exit_code": error.returncode if error else None,
@@ -7572,10 +7944,9 @@ def run_steps(
     options: BuildOptions,
     schedule: Schedule,
     command: str,
-    platforms: Mapping[str, tuple[str, ...]] | None = None,
 ) -> int:
-    """--pull, --build, --push and --update_references, for each image in order; `platforms`:
-    what each image is built for (`run_platforms`), none meaning the engine's platform."""
+    """--pull, --build, --push and --update_references, for each image in order, each built
+    for the platforms `runner.platforms` gives it (`run_platforms`)."""
     with repository_lock(runner, command, needed=steps.update_references) as lock:
         # A dry run asks docker which images it holds while git greps the tree.
         holding = in_background(lambda: held_images(runner, images, steps))
@@ -7597,7 +7968,7 @@ def run_steps(
             runner.engine = engine_for_plan(runner)
             runner.report.head["engine"] = runner.engine.as_json() if runner.engine else None
         if steps.build:
-            preflight_platforms(runner, images, graph, platforms or {})
+            preflight_platforms(runner, images, graph, runner.platforms)
         if steps.push and is_google_registry(runner.settings.registry):
             configure_gcloud_auth(runner)
         runner.say(plan_line(runner.selected, images))
@@ -8053,15 +8424,16 @@ def _add_build_options(steps: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="With --build: build from the cache of the image prod_digests.txt pins (REGISTRY/NAME@DIGEST), "
         "so a machine that never built the images reproduces their content: the classic builder pulls it "
-        "for --cache-from; BuildKit reads its inline cache, or the registry cache kept beside it, from the "
-        "registry.",
+        "for --cache-from; BuildKit reads its inline cache, or the registry cache kept beside it (beside each "
+        "platform's image, for an index), from the registry.",
     )
     steps.add_argument(
         "--verify_pinned",
         "--verify-pinned",
         action="store_true",
         help="With --build: after each build, compare the image's content with the config the registry "
-        "serves for its pin and fail, before any push, if they differ. Alone: ask the registry API (one "
+        "serves for its pin (platform by platform, for an image built for several) and fail, before any "
+        "push, if they differ. Alone: ask the registry API (one "
         "HEAD each, no engine) whether it serves every pinned digest and REGISTRY/NAME:TAG is it, and, for "
         "an image built for several platforms (IMAGE_PLATFORMS, --platform), whether its pin is an index of "
         "exactly those, each served (one GET more, and a HEAD per platform); exit 1 on any drift.",
@@ -8402,14 +8774,13 @@ def dispatch(
     runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
     report.folder = runner.progress.log_base
     runner.selected = selection
+    runner.platforms = wanted
     schedule = Schedule(args.jobs, args.keep_going)
     if args.promote:
         return promote(runner, images, graph, schedule)
     if args.only_references:
         return only_references(runner, images, graph, schedule, command)
-    return run_steps(
-        runner, images, graph, steps, BuildOptions.from_arguments(args), schedule, command, wanted
-    )
+    return run_steps(runner, images, graph, steps, BuildOptions.from_arguments(args), schedule, command)
 
 
 def main(
