@@ -6480,7 +6480,8 @@ def pin_digest(
     """The digest to pin IMAGE to: one the registry serves, never a local guess.
 
     The pin stays when what was pushed or built has its content (no churn
-    from manifest bytes or key order); else the push's digest; without a
+    from manifest bytes, key order or BuildKit's cache record; the tag is
+    pointed back at the pin); else the push's digest; without a
     push, the digest the registry serves under TAG, or one of the image's
     RepoDigests, if it is the local image. Otherwise one line, and no file
     changes. `local`: what the engine holds, when this run already asked."""
@@ -6491,8 +6492,19 @@ def pin_digest(
         kept = kept_pin(runner, image, pinned, pushed)
         if kept is not None and pinned != pushed:
             identity = runner.identities[image]
-            runner.say(f"Keeping the pin {url}@{kept[:19]}: {identity} to the push", image)
+            runner.say(
+                f"Keeping the pin {url}@{kept[:19]}: {identity} to the push; :{settings.tag} serves the "
+                "pin again",
+                image,
+            )
             runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+            # A pull of the tag, and --verify_pinned, then agree with the tree.
+            served = client.put_manifest(url, settings.tag, client.get_manifest(url, kept))
+            if served != kept:
+                raise ManageImagesError(
+                    f"{settings.registry} took the pin's manifest under {url}:{settings.tag} but serves "
+                    f"{served[:19]}; check the registry, then run --image {image} --promote --tag {settings.tag}"
+                )
         return kept or pushed
     if local is None:
         local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
