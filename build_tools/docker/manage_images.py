@@ -898,6 +898,7 @@ class Built(NamedTuple):
     cache_to: str = ""  # the build's --cache-to
     pushed_by_build: bool = False  # the build pushed it: no `docker push`
     unchanged: bool = False  # its inputs are its pin's: not built, not pushed, the pin kept
+    label: str | None = None  # the inputs label it was built with (None: none, or not built)
 
 
 class Settings(NamedTuple):
@@ -6476,6 +6477,7 @@ def pin_digest(
     pushed: str | None,
     metadata: str = "",
     local: LocalImage | None = None,
+    label: str | None = None,
 ) -> str:
     """The digest to pin IMAGE to: one the registry serves, never a local guess.
 
@@ -6484,12 +6486,13 @@ def pin_digest(
     pointed back at the pin); else the push's digest; without a
     push, the digest the registry serves under TAG, or one of the image's
     RepoDigests, if it is the local image. Otherwise one line, and no file
-    changes. `local`: what the engine holds, when this run already asked."""
+    changes. `local`: what the engine holds, when this run already asked;
+    `label`: the inputs label the push was built with, if known."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     client = runner.registry()
     if pushed is not None:
-        kept = kept_pin(runner, image, pinned, pushed)
+        kept = kept_pin(runner, image, pinned, pushed, label)
         if kept is not None and pinned != pushed:
             identity = runner.identities[image]
             runner.say(
@@ -6533,12 +6536,18 @@ def pin_digest(
     )
 
 
-def kept_pin(runner: Runner, image: str, pinned: str | None, pushed: str) -> str | None:
+def kept_pin(
+    runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None = None
+) -> str | None:
     """The pin, when the registry serves it and what was pushed has its content (config to
-    config, see `registry_identity`, which this records), else None."""
+    config, see `registry_identity`, which this records), else None. A push built with the
+    inputs `label` differs from a pin whose label is another without a look at its config."""
     url = image_url(runner.settings.registry, image)
     client = runner.registry()
     if pinned is None or client.served_digest(url, pinned) is None:
+        return None
+    if label is not None and pin_label(runner, image, pinned)[1] != label:
+        runner.identities[image] = "differs"
         return None
     platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
     identity = registry_identity(client, url, pinned, pushed, platform)
@@ -6637,7 +6646,7 @@ def build_image(
     )
     output = runner.run(build_argv(plan, engine, options), image)
     local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
-    built = Built(tuple(output), metadata, None, local, cache_to, push)
+    built = Built(tuple(output), metadata, None, local, cache_to, push, label=label)
     if not push:
         return built
     said = metadata_digest(metadata, "containerimage.digest")
@@ -6724,7 +6733,7 @@ def dependents_reference(
     if settings.dry_run:
         return f"{url}:{settings.tag}"
     if built.pushed is not None:
-        return f"{url}@{kept_pin(runner, image, pinned, built.pushed) or built.pushed}"
+        return f"{url}@{kept_pin(runner, image, pinned, built.pushed, built.label) or built.pushed}"
     local = (
         None
         if pinned is None
@@ -6887,7 +6896,7 @@ def digest_to_pin(
             )
             return None
         local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
-    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
+    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local, built.label)
     if built.cache_to.startswith("type=registry,") and built.pushed not in (None, digest):
         keep_build_cache(runner, image, digest, built)
     return digest
