@@ -7,6 +7,8 @@ findings in a file cost one pass over it."""
 from __future__ import annotations
 
 import collections
+import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,34 @@ def test_a_big_file_is_copied_and_patched_never_built_whole_in_memory(world, sta
     )  # each image's run reads the last one's
     assert patched == [True] * (len(GRAPH) if mode == ["--update_references"] else 1)
     assert len(built) == expected_builds
+
+
+def test_the_scan_asks_git_for_the_index_once_and_greps_once(world, counted):
+    # One `git ls-files -v` tells the marks and which of WORKSPACE and
+    # prod_digests.txt git tracks: no second listing of a 100,000-file index.
+    assert mi.main(["--check", "--images", "all"]) == 0
+    listings = [argv for argv in counted["commands"] if "ls-files" in argv]
+    greps = [argv for argv in counted["commands"] if "grep" in argv]
+    assert (len(listings), len(greps)) == (1, 1), counted["commands"]
+
+
+def test_check_never_holds_a_big_file_whole_in_memory(world):
+    # 16 pieces' worth of lines, a stale pin on the first line and on the last:
+    # --check reads it in pieces, and counts lines across them.
+    line = b"x" * 99 + b"\n"
+    filler = line * (16 * mi.BIG_FILE // len(line))
+    stale = f"{REGISTRY}/cmake@{NEW}\n".encode()
+    (world / "big.cfg").write_bytes(stale + filler + stale)
+    fake_tree.git(world, "add", "big.cfg")
+    fake_tree.git(world, "commit", "-q", "-m", "a big file")
+    size = (world / "big.cfg").stat().st_size
+    tracemalloc.start()
+    try:
+        assert mi.main(["--check", "--images", "all", "--json", "report.json"]) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * mi.BIG_FILE < size / 2, f"peak {peak} bytes for a {size}-byte file"
+    report = json.loads((world / "report.json").read_text())
+    lines = [(f["line"], f["kind"]) for f in report["findings"] if f["path"] == "big.cfg"]
+    assert lines == [(1, "stale"), (2 + filler.count(b"\n"), "stale")]

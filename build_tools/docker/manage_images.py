@@ -502,6 +502,7 @@ class TreeScan(NamedTuple):
     problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
     untouched: tuple[Finding, ...] = ()  # tracked files naming it that are named, never rewritten
     workspace: str = WORKSPACE_PATH  # the file Bazel reads: WORKSPACE.bazel when it exists
+    heads: Mapping[str, bytes] = {}  # candidate -> its bytes, for one shorter than BINARY_PEEK (read whole)
 
 
 class Reference(NamedTuple):
@@ -2903,15 +2904,32 @@ def grep_registry(root: Path, registry: str, *options: str) -> list[str]:
 _MARKED_RE = re.compile(rb"(?<![^\0])([Sa-z]) ([^\0]+)")
 
 
-def index_marks(root: Path) -> tuple[list[str], list[str]]:
+def index_marks(root: Path, named: Sequence[str] = ()) -> tuple[list[str], list[str], list[str]]:
     """The tracked files marked skip-worktree (a sparse checkout hides them),
-    and those marked assume-unchanged, from one listing of the index
-    (filtered as bytes: decoding 100,000 names to keep none costs more than the git call)."""
+    those marked assume-unchanged, and which of `named` git tracks, from one
+    listing of the index (filtered as bytes: decoding 100,000 names to keep
+    none costs more than the git call)."""
+    listing = git_output(root, "ls-files", "-v", "-z")
     sparse: list[str] = []
     assumed: list[str] = []
-    for tag, path in _MARKED_RE.findall(git_output(root, "ls-files", "-v", "-z")):
-        (sparse if tag in b"Ss" else assumed).append(os.fsdecode(path))
-    return sparse, assumed
+    # Each entry is a tag, a space, the path and a NUL; a tag other than H
+    # marks it. Counting the entries tagged H is one pass, where the regex
+    # is many: most indexes mark nothing.
+    if listing.count(b"\0H ") + listing.startswith(b"H ") != listing.count(b"\0"):
+        for tag, path in _MARKED_RE.findall(listing):
+            (sparse if tag in b"Ss" else assumed).append(os.fsdecode(path))
+    return sparse, assumed, [path for path in named if _lists(listing, os.fsencode(path))]
+
+
+def _lists(listing: bytes, path: bytes) -> bool:
+    """True if `git ls-files -v -z` output holds an entry for `path`, whatever its tag."""
+    needle = b" " + path + b"\0"
+    at = listing.find(needle)
+    while at >= 0:
+        if at == 1 or (at > 1 and listing[at - 2] == 0):  # the space after an entry's tag
+            return True
+        at = listing.find(needle, at + 1)
+    return False
 
 
 def changed_images(root: Path, ref: str, graph: Mapping[str, Sequence[str]]) -> list[str]:
@@ -3026,22 +3044,23 @@ def in_parallel(*calls: Callable[[], T]) -> list[T]:
 
 def scan_tree(root: Path, registry: str) -> TreeScan:
     special = (WORKSPACE_PATH, WORKSPACE_BAZEL_PATH, PROD_DIGESTS_PATH)
-    # Independent git calls at once: the grep reads every file, the others
-    # only the index.
-    marks = in_background(lambda: index_marks(root))
-    tracked_list = in_background(lambda: git_lines(root, "ls-files", "-z", "--", *special))
-    named = grep_registry(root, registry)
-    sparse_list, assumed = marks()
+    # Independent git calls at once: the grep reads every file, so it starts
+    # first; the listing reads only the index.
+    grep = in_background(lambda: grep_registry(root, registry))
+    listing = in_background(lambda: index_marks(root, special))
+    named = grep()
+    sparse_list, assumed, tracked_list = listing()
     cache: dict[str, str] = {}
     candidates, skipped, untouched = [], [], []
     folders: dict[str, str] = {}
+    heads: dict[str, bytes] = {}
     listed, marked = set(named), set(assumed)
     for path in named + [path for path in assumed if path not in listed]:
         problem = path_problem(root, path, cache)
         if problem:
             skipped.append((path, problem))
             continue
-        finding = untouched_file(root, path, registry, folders, path in marked)
+        finding = untouched_file(root, path, registry, folders, path in marked, heads)
         if finding is not None:
             untouched.append(finding)
         elif path in listed:
@@ -3052,7 +3071,7 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
         # git grep skips what a sparse checkout hides; read the index instead.
         in_index = grep_registry(root, registry, "--cached")
         hidden = [path for path in in_index if path in sparse]
-    tracked = frozenset(tracked_list()) - sparse
+    tracked = frozenset(tracked_list) - sparse
     problems = {}
     for path in special:
         problem = path_problem(root, path, cache)
@@ -3066,7 +3085,14 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
     used = not linked and (WORKSPACE_BAZEL_PATH in tracked or os.path.lexists(bazel))
     workspace = WORKSPACE_BAZEL_PATH if used else WORKSPACE_PATH
     return TreeScan(
-        tuple(candidates), tuple(skipped), tuple(hidden), tracked, problems, tuple(untouched), workspace
+        tuple(candidates),
+        tuple(skipped),
+        tuple(hidden),
+        tracked,
+        problems,
+        tuple(untouched),
+        workspace,
+        heads,
     )
 
 
@@ -3083,13 +3109,20 @@ def submodule_of(root: Path, relative: str, folders: dict[str, str]) -> str:
 
 
 def untouched_file(
-    root: Path, relative: str, registry: str, folders: dict[str, str], assumed: bool
+    root: Path,
+    relative: str,
+    registry: str,
+    folders: dict[str, str],
+    assumed: bool,
+    heads: dict[str, bytes] | None = None,
 ) -> Finding | None:
     """Why a tracked regular file that may name the registry is never rewritten
     (it is in a submodule, marked assume-unchanged, binary or UTF-16), or None.
 
     An assume-unchanged file `git grep` did not list may still name it in the
-    work tree (git greps its staged copy): it is read to know.
+    work tree (git greps its staged copy): it is read to know. A file that is
+    none of these and shorter than the bytes read to tell is kept in `heads`,
+    whole: --check reads it from there.
     """
     submodule = submodule_of(root, relative, folders)
     if submodule:
@@ -3108,8 +3141,7 @@ def untouched_file(
             f"`git update-index --no-assume-unchanged {shown(relative)}`, then run again"
         )
         return Finding(relative, 1, message, "assume-unchanged")
-    with open(root / relative, "rb") as file:
-        head = file.read(BINARY_PEEK)
+    head = read_head(root / relative, BINARY_PEEK)
     # UTF-16: a byte-order mark, or text whose every other byte is mostly NUL.
     if (
         head.startswith((b"\xff\xfe", b"\xfe\xff"))
@@ -3123,6 +3155,8 @@ def untouched_file(
             "never rewrites (a digest inside may be covered by a checksum); update it by hand"
         )
         return Finding(relative, 1, message, "binary")
+    if heads is not None and len(head) < BINARY_PEEK:
+        heads[relative] = head
     return None
 
 
@@ -3233,6 +3267,78 @@ def _read_lock(descriptor: int) -> tuple[str, list[Path]]:
         except ValueError:
             continue
     return header, temporaries
+
+
+def read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a file (all of a shorter one), without a
+    buffered file object: the scan reads a thousand heads per run."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = b""
+        while len(head) < size:
+            chunk = os.read(descriptor, size - len(head))
+            if not chunk:
+                break
+            head += chunk
+        return head
+    finally:
+        os.close(descriptor)
+
+
+def _pieces(descriptor: int, size: int) -> Iterator[bytes]:
+    """The file's bytes from where `descriptor` is, in pieces of whole lines
+    (each ends with a newline, but the last), each about `size` bytes or one
+    line: a big file is never whole in memory, and no reference spans two
+    pieces (its grammar holds no newline, and a newline before it is a
+    boundary as the start of a piece is)."""
+    # A small file is read in one piece of its size: a read of `size` bytes
+    # would first allocate all of them.
+    size = min(size, max(os.fstat(descriptor).st_size + 1, 1 << 12))
+    parts: list[bytes | memoryview] = []
+    while True:
+        chunk = os.read(descriptor, size)
+        if not chunk:
+            break
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            parts.append(chunk)
+            continue
+        parts.append(memoryview(chunk)[:cut] if cut < len(chunk) else chunk)
+        yield b"".join(parts)
+        parts = [chunk[cut:]] if cut < len(chunk) else []
+    if parts:
+        yield b"".join(parts)
+
+
+def _newlines(descriptor: int, start: int, end: int) -> int:
+    """How many newlines the file holds between offsets `start` and `end`, read again."""
+    count = 0
+    while start < end:
+        block = os.pread(descriptor, min(BIG_FILE, end - start), start)
+        if not block:
+            break
+        count += block.count(b"\n")
+        start += len(block)
+    return count
+
+
+def referencing_pieces(path: Path, registry: str) -> Iterator[tuple[int, bytes, list[Reference]]]:
+    """The pieces of a file (`_pieces`) that hold a reference, each with the
+    number of its first line and its references. Lines are counted only as
+    far as the last such piece (the bytes between two of them are read
+    again to count theirs), so a big file costs what one read of it does."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        line, counted, offset = 1, 0, 0  # `line` is the number of the line starting at `counted`
+        for piece in _pieces(descriptor, BIG_FILE):
+            references = list(find_references(piece, registry))
+            if references:
+                line += _newlines(descriptor, counted, offset)
+                yield line, piece, references
+                line, counted = line + piece.count(b"\n"), offset + len(piece)
+            offset += len(piece)
+    finally:
+        os.close(descriptor)
 
 
 def read_file(path: Path) -> bytes:
@@ -5514,24 +5620,22 @@ def check(
     findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
     prod_digests, prod_findings = prod_digests_check(root, registry, graph, scan)
     findings += prod_findings
-    files = {path: (root / path).read_bytes() for path in scan.candidates}
-    workspace = scan.workspace
+    paths, workspace = list(scan.candidates), scan.workspace
     if RBE_IMAGE in images:
         if workspace in scan.problems:
             message = f"not checked: {scan.problems[workspace]}"
             findings.append(Finding(workspace, 1, message, "unsafe-path"))
-        elif workspace in scan.tracked and workspace not in files:
-            files[workspace] = (root / workspace).read_bytes()
+        elif workspace in scan.tracked and workspace not in paths:
+            paths.append(workspace)
         findings += rules_elsewhere(root, scan, registry)
-    found = {path: list(find_references(data, registry)) for path, data in files.items()}
-    references = reference_findings(
-        files, registry, images, prod_digests or {}, PROD_DIGESTS_PATH, graph, found, covered, workspace
+    references, found, workspace_data = checked_references(
+        root, registry, images, graph, scan, paths, prod_digests or {}, covered
     )
     allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
     findings += [
         finding for finding in references if finding.kind != "unpinned" or finding.path not in allowed
     ]
-    referenced = referenced_images(found, files.get(workspace), image_url(registry, RBE_IMAGE))
+    referenced = referenced_images(found, workspace_data, image_url(registry, RBE_IMAGE))
     findings += checklist_findings(images, registry, prod_digests, referenced, dockerfiles)
     if set(images) == set(graph):
         findings += folder_findings(dockerfile_folders(root), graph)
@@ -5543,6 +5647,41 @@ def check(
         report.findings = findings
     agree = f"the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
     return print_findings(console, findings, f"Checked {len(images)}", images, "", agree)
+
+
+def checked_references(
+    root: Path,
+    registry: str,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    scan: TreeScan,
+    paths: Sequence[str],
+    prod_digests: Mapping[str, str],
+    covered: Container[tuple[str, str]],
+) -> tuple[list[Finding], dict[str, list[Reference]], bytes | None]:
+    """`reference_findings` of each of `paths`, each read once: a small one
+    whole (the scan read it), a big one in pieces (`referencing_pieces`), so
+    no big file is ever whole in memory; each file's references (a big
+    file's with the offsets of their piece); and the bytes of the workspace,
+    read whole, as Bazel's rules are parsed from it."""
+    whole: dict[str, bytes] = {}
+    found: dict[str, list[Reference]] = {}
+    findings: list[Finding] = []
+    arguments = (registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
+    for path in sorted(paths):
+        if path == scan.workspace or path in scan.heads:
+            whole[path] = scan.heads[path] if path in scan.heads else (root / path).read_bytes()
+            found[path] = list(find_references(whole[path], registry))
+            continue
+        for line, piece, references in referencing_pieces(root / path, registry):
+            found.setdefault(path, []).extend(references)
+            in_piece = reference_findings(
+                {path: piece}, *arguments, {path: references}, covered, scan.workspace
+            )
+            findings += [finding._replace(line=finding.line + line - 1) for finding in in_piece]
+    findings += reference_findings(whole, *arguments, found, covered, scan.workspace)
+    # Stable: each file's findings keep their order, a file's pieces theirs.
+    return sorted(findings, key=lambda finding: finding.path), found, whole.get(scan.workspace)
 
 
 def print_findings(
