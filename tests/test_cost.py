@@ -185,3 +185,26 @@ def test_check_never_holds_a_big_file_whole_in_memory(world):
     report = json.loads((world / "report.json").read_text())
     lines = [(f["line"], f["kind"]) for f in report["findings"] if f["path"] == "big.cfg"]
     assert lines == [(1, "stale"), (2 + filler.count(b"\n"), "stale")]
+
+
+def test_a_rewrite_of_many_files_leaves_no_temporary_or_backup_file(world, standin):
+    # 50 files and more: staged, committed and cleaned up by a few threads, each
+    # given a run of files; every file gets its new content, nothing is left beside it.
+    prod = world / "build_tools/docker/prod_digests.txt"
+    prod.write_text(prod.read_text().replace(P, NEW))
+    assert mi.main(["--images", "all", "--only_references"]) == 0
+    assert all((world / f"notes/{n}.txt").read_text().count(NEW) == len(GRAPH) for n in range(50))
+    left = [path for path in world.rglob("*") if mi.TEMPORARY_RE.match(path.name)]
+    assert left == []
+
+
+def test_each_staged_file_is_handled_once_in_order_whatever_the_threads():
+    staged = [
+        mi.Staged(mi.FileChange.whole(str(n), b"", b""), Path(str(n)), Path(), Path(), True)
+        for n in range(101)
+    ]
+    seen: list[str] = []
+    assert mi._each(lambda item: seen.append(item.change.path) or item.change.path, staged) == [
+        str(n) for n in range(101)
+    ]
+    assert sorted(seen, key=int) == [str(n) for n in range(101)]

@@ -132,6 +132,21 @@ def test_a_file_that_changed_after_its_change_was_computed_is_never_written(tmp_
     assert temporaries(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "size", [100, 3 * mi.BLOCK * 16 + 5]
+)  # one read; several blocks, changed in the last
+def test_a_file_that_changed_to_as_many_bytes_is_never_written(tmp_path, size):
+    # The same size says nothing: what the file holds is compared, to its last byte.
+    read = b"r" * (size - 1) + b"\n"
+    edited = b"r" * (size - 2) + b"e\n"
+    target = write(tmp_path, "ci/build.sh", edited)
+    change = mi.FileChange.whole("ci/build.sh", read, b"what it computed\n")
+    with pytest.raises(mi.ChangedOnDisk):
+        mi.write_all_or_nothing(tmp_path, [change], None)
+    assert target.read_bytes() == edited
+    assert temporaries(tmp_path) == []
+
+
 @pytest.fixture
 def user():
     """A real user and its group, made for the test and removed after it."""
