@@ -26,14 +26,15 @@ the case needs them, replacing the changed files atomically and durably
 (temporary file, fsync, rename; 16 threads, nothing read or scanned) and one
 `docker image inspect` of the 17 images.
 
-With --compare PATH, another copy of manage_images.py (an earlier
-revision: `git show REV:build_tools/docker/manage_images.py > /tmp/old.py`)
-runs in the same alternation, and its ratio is printed beside: a before and
-after from one run, under the same load. The output starts with the date,
+With --compare PATH (as often as wanted), another copy of
+manage_images.py (an earlier revision: `git show
+REV:build_tools/docker/manage_images.py > /tmp/old.py`) runs in the same
+alternation, and its ratio is printed beside: a before and after from one
+run, under the same load. The output starts with the date,
 the machine and its load average (before and after the run), so the table
 can be pasted as it is.
 
-Usage: python3 benchmarks/bench_scale.py [--repeat N] [--cache DIR] [--compare PATH]
+Usage: python3 benchmarks/bench_scale.py [--repeat N] [--cache DIR] [--compare PATH ...]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
@@ -156,19 +158,20 @@ def compare(
     repeat: int,
     reset: bool,
     floor: list[list[str]] | None = None,
-    other: list[str] | None = None,
+    others: Sequence[list[str]] = (),
 ) -> dict[str, float]:
-    """Runs `argv` (and `other`, the same run of another copy of the tool), the
+    """Runs `argv` (and `others`, the same run of other copies of the tool), the
     baseline commands and the floor's alternately; medians and the tool's peak memory."""
-    ours, theirs, floors, others, memory = [], [], [], [], []
+    ours, theirs, floors, memory = [], [], [], []
+    compared: list[list[float]] = [[] for _ in others]
     for _ in range(repeat):
         seconds, peak = timed(argv, repo)
         ours.append(seconds)
         memory.append(peak)
         if reset:
             git(repo, "checkout", "-q", "--", ".")
-        if other:
-            others.append(timed(other, repo)[0])
+        for times, other in zip(compared, others):
+            times.append(timed(other, repo)[0])
             if reset:
                 git(repo, "checkout", "-q", "--", ".")
         theirs.append(sum(timed(command, repo)[0] for command in baseline))
@@ -176,16 +179,14 @@ def compare(
     result = {"tool": statistics.median(ours), "base": statistics.median(theirs), "memory_kib": max(memory)}
     if floor:
         result["floor"] = statistics.median(floors)
-    if other:
-        result["other"] = statistics.median(others)
+    for number, times in enumerate(compared):
+        result[f"other{number}"] = statistics.median(times)
     return result
 
 
-def other_argv(argv: list[str], other: Path | None) -> list[str] | None:
-    """The same command run with the copy of the tool given to --compare, if any."""
-    if other is None:
-        return None
-    return [str(other) if part == str(SCRIPT) else part for part in argv]
+def other_argvs(argv: list[str], others: Sequence[Path]) -> list[list[str]]:
+    """The same command run with each copy of the tool given to --compare."""
+    return [[str(other) if part == str(SCRIPT) else part for part in argv] for other in others]
 
 
 def machine() -> str:
@@ -234,11 +235,14 @@ def main() -> int:
     parser.add_argument(
         "--compare",
         type=Path,
+        action="append",
+        default=[],
         metavar="PATH",
-        help="another copy of manage_images.py to time in the same alternation (its ratio is printed beside)",
+        help="another copy of manage_images.py to time in the same alternation, its ratio printed beside "
+        "(repeatable)",
     )
     args = parser.parse_args()
-    other = args.compare.resolve() if args.compare else None
+    others = [path.resolve() for path in args.compare]
     started_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_before = load()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -265,12 +269,12 @@ def main() -> int:
     for repo, label in ((many, "100k files"), (big, "200 MB file")):
         argv = tool("--check", "--images", "all")
         floor = [GREP, startup]
-        result = compare(repo, argv, [GREP], repeat, False, floor, other_argv(argv, other))
+        result = compare(repo, argv, [GREP], repeat, False, floor, other_argvs(argv, others))
         rows.append((f"{label}, --check --images all", result, 1.2 if repo == many else 3.0, "git grep"))
         baseline = [GREP] if repo == many else [GREP, copy]
         floor = [GREP, startup, replace] if repo == many else None
         argv = tool("--only_references", "--images", "all")
-        result = compare(repo, argv, baseline, repeat, True, floor, other_argv(argv, other))
+        result = compare(repo, argv, baseline, repeat, True, floor, other_argvs(argv, others))
         against = "git grep" if repo == many else "git grep + cp of the file"
         rows.append(
             (f"{label}, --only_references --images all", result, 1.5 if repo == many else 3.0, against)
@@ -286,14 +290,16 @@ def main() -> int:
         rows.append(
             (
                 f"{label}, --images all -n --update_references",
-                compare(repo, argv, [GREP], repeat, False, [GREP, startup, inspect], other_argv(argv, other)),
+                compare(
+                    repo, argv, [GREP], repeat, False, [GREP, startup, inspect], other_argvs(argv, others)
+                ),
                 goal,
                 "git grep",
             )
         )
     for args_ in (["--help"], ["--graph", "--images", "all"]):
         argv = tool(*args_)
-        result = compare(few, argv, [started], repeat * 4, False, [startup], other_argv(argv, other))
+        result = compare(few, argv, [started], repeat * 4, False, [startup], other_argvs(argv, others))
         rows.append((f"`{' '.join(args_)}`", result, 1.6, "python3 -c pass"))
     # The same, run as a module: Python then caches its bytecode (unless
     # PYTHONDONTWRITEBYTECODE says not to, hence `env -u`), so nothing is compiled.
@@ -318,10 +324,10 @@ def main() -> int:
     print(f"Machine: {machine()}")
     print(f"Load average (1 / 5 / 15 min): {load_before} before the run, {load()} after")
     print(f"Medians of {repeat} alternated runs ({repeat * 4} for start-up); fixtures under {args.cache}")
-    if other is not None:
-        print(f"compared: {other}, in the same alternation")
+    for number, other in enumerate(others, start=1):
+        print(f"compared ({number}): {other}, in the same alternation")
     print()
-    extra = ("", "") if other is None else (" compared |", "---:|")
+    extra = ("".join(f" ({number}) |" for number in range(1, len(others) + 1)), "---:|" * len(others))
     print(f"| case | tool | baseline | ratio |{extra[0]} floor | goal | against |")
     print(f"|---|---:|---:|---:|{extra[1]}---:|---:|---|")
     missed = 0
@@ -333,12 +339,9 @@ def main() -> int:
         else:
             values = f"{result['tool']:.3f} s | {result['base']:.3f} s"
         floor = f"{result['floor'] / result['base']:.2f}x" if "floor" in result else "-"
-        compared = (
-            ""
-            if other is None
-            else f" {result['other'] / result['base']:.2f}x |"
-            if "other" in result
-            else " - |"
+        compared = "".join(
+            f" {result[key] / result['base']:.2f}x |" if key in result else " - |"
+            for key in (f"other{number}" for number in range(len(others)))
         )
         print(
             f"| {case} | {values} | {ratio:.2f}x |{compared} {floor} | {'-' if goal is None else f'<= {goal}x'} | {against} |"
