@@ -3160,16 +3160,24 @@ def untouched_file(
     return None
 
 
-def unwritable_reason(path: Path) -> str | None:
-    """Why `path` must not be replaced, or None.
+def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> str | None:
+    """Why `path` must not be replaced, or None (`folders`: which folders are writable, as found).
 
     A file without any write bit is taken as read-only even for root, who could
     otherwise replace it; an immutable file or a read-only folder fails access().
     """
-    if path.exists():
-        if path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK):
-            return "it is read-only"
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):  # as Path.exists
+            raise
+        mode = None
+    if mode is not None and (mode & 0o222 == 0 or not os.access(path, os.W_OK)):
+        return "it is read-only"
+    folders = {} if folders is None else folders
+    if path.parent not in folders:
+        folders[path.parent] = os.access(path.parent, os.W_OK | os.X_OK)
+    if not folders[path.parent]:
         return f"its folder {shown(str(path.parent))} is not writable"
     return None
 
@@ -3639,6 +3647,13 @@ def _replace(item: Staged) -> OSError | None:
     return None
 
 
+def _replace_and_check(item: Staged) -> tuple[OSError | None, bool]:
+    """`_replace`, then whether the old file (now the backup) still held what
+    the change was computed from: one pass of the threads over the files."""
+    error = _replace(item)
+    return error, error is None and (not item.existed or _holds(item.backup, item.change.old))
+
+
 def _put_back(replaced: Sequence[Staged]) -> list[str]:
     """Puts every old file back; the paths that could not be (their old content kept as the backup)."""
     failed = []
@@ -3662,9 +3677,10 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
     Any failure while writing removes the temporary files and changes nothing.
     """
     cache: dict[str, str] = {}
+    folders: dict[Path, bool] = {}
     for change in changes:
         problem = path_problem(root, change.path, cache)
-        reason = unwritable_reason(root / change.path) if not problem else None
+        reason = unwritable_reason(root / change.path, folders) if not problem else None
         if problem or reason:
             advice = "fix that" if problem else "make it writable"
             raise ManageImagesError(
@@ -3713,13 +3729,12 @@ def _commit(staged: Sequence[Staged], kept: set[Path]) -> None:
     edit saved while the tool ran is never written over). On any failure
     every file of the image is put back; the backup of one that cannot be
     is added to `kept`, and named."""
-    errors = _each(_replace, staged)
-    replaced = [item for item, error in zip(staged, errors) if error is None]
-    failed = [(item, error) for item, error in zip(staged, errors) if error is not None]
+    outcomes = _each(_replace_and_check, staged)
+    replaced = [item for item, (error, _) in zip(staged, outcomes) if error is None]
+    failed = [(item, error) for item, (error, _) in zip(staged, outcomes) if error is not None]
     moved = [item.change.path for item, error in failed if isinstance(error, FileExistsError)]
     if not failed:
-        held = _each(lambda item: not item.existed or _holds(item.backup, item.change.old), replaced)
-        moved = [item.change.path for item, ok in zip(replaced, held) if not ok]
+        moved = [item.change.path for item, (_, held) in zip(staged, outcomes) if not held]
     if not failed and not moved:
         return
     stuck = _put_back(replaced)
