@@ -3293,29 +3293,29 @@ def read_head(path: Path, size: int) -> bytes:
         os.close(descriptor)
 
 
-def _pieces(descriptor: int, size: int) -> Iterator[bytes]:
-    """The file's bytes from where `descriptor` is, in pieces of whole lines
-    (each ends with a newline, but the last), each about `size` bytes or one
-    line: a big file is never whole in memory, and no reference spans two
-    pieces (its grammar holds no newline, and a newline before it is a
-    boundary as the start of a piece is)."""
+def _pieces(descriptor: int, size: int) -> Iterator[tuple[bytes, int]]:
+    """The file's bytes in pieces of whole lines (each ends with a newline, but
+    the last), each about `size` bytes or one line, as (bytes, end): the piece
+    is bytes[:end], one read at its offset, and what follows `end` starts the
+    next piece, read again from there (no piece is copied). A big file is never
+    whole in memory, and no reference spans two pieces (its grammar holds no
+    newline, and a newline before it is a boundary, as the start of a piece is)."""
     # A small file is read in one piece of its size: a read of `size` bytes
     # would first allocate all of them.
     size = min(size, max(os.fstat(descriptor).st_size + 1, 1 << 12))
-    parts: list[bytes | memoryview] = []
+    offset, want = 0, size
     while True:
-        chunk = os.read(descriptor, size)
+        chunk = os.pread(descriptor, want, offset)
         if not chunk:
-            break
-        cut = chunk.rfind(b"\n") + 1
-        if not cut:
-            parts.append(chunk)
+            return
+        end = chunk.rfind(b"\n") + 1
+        if len(chunk) < want and not os.pread(descriptor, 1, offset + len(chunk)):
+            end = len(chunk)  # the end of the file: its last line needs no newline
+        elif not end:  # a line longer than `want`: read more of it
+            want *= 2
             continue
-        parts.append(memoryview(chunk)[:cut] if cut < len(chunk) else chunk)
-        yield b"".join(parts)
-        parts = [chunk[cut:]] if cut < len(chunk) else []
-    if parts:
-        yield b"".join(parts)
+        yield chunk, end
+        offset, want = offset + end, size
 
 
 def _newlines(descriptor: int, start: int, end: int) -> int:
@@ -3332,19 +3332,22 @@ def _newlines(descriptor: int, start: int, end: int) -> int:
 
 def referencing_pieces(path: Path, registry: str) -> Iterator[tuple[int, bytes, list[Reference]]]:
     """The pieces of a file (`_pieces`) that hold a reference, each with the
-    number of its first line and its references. Lines are counted only as
+    number of its first line and its references (the bytes may go on past the
+    piece, with no reference of it there). Lines are counted only as
     far as the last such piece (the bytes between two of them are read
     again to count theirs), so a big file costs what one read of it does."""
     descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         line, counted, offset = 1, 0, 0  # `line` is the number of the line starting at `counted`
-        for piece in _pieces(descriptor, BIG_FILE):
-            references = list(find_references(piece, registry))
+        for piece, end in _pieces(descriptor, BIG_FILE):
+            references = [
+                reference for reference in find_references(piece, registry) if reference.start < end
+            ]
             if references:
                 line += _newlines(descriptor, counted, offset)
                 yield line, piece, references
-                line, counted = line + piece.count(b"\n"), offset + len(piece)
-            offset += len(piece)
+                line, counted = line + piece.count(b"\n", 0, end), offset + end
+            offset += end
     finally:
         os.close(descriptor)
 
