@@ -3174,11 +3174,11 @@ def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> st
         mode = None
     if mode is not None and (mode & 0o222 == 0 or not os.access(path, os.W_OK)):
         return "it is read-only"
-    folders = {} if folders is None else folders
-    if path.parent not in folders:
-        folders[path.parent] = os.access(path.parent, os.W_OK | os.X_OK)
-    if not folders[path.parent]:
-        return f"its folder {shown(str(path.parent))} is not writable"
+    folders, parent = {} if folders is None else folders, path.parent
+    if parent not in folders:
+        folders[parent] = os.access(parent, os.W_OK | os.X_OK)
+    if not folders[parent]:
+        return f"its folder {shown(str(parent))} is not writable"
     return None
 
 
@@ -3374,6 +3374,14 @@ class TrackedFiles:
             path = self.root / relative
             self._contents[relative] = read_file(path) if path.is_file() else b""
         return self._contents[relative]
+
+    def read_by_the_scan(self) -> None:
+        """Takes the files the scan read whole (`TreeScan.heads`) as read now:
+        for a run that rewrites them as soon as it has scanned (--only_references),
+        a second read would only be later. What changes on disk meanwhile is
+        caught when the files are replaced, as for any read."""
+        for relative, data in self.scan.heads.items():
+            self._contents.setdefault(relative, data)
 
     def written(self, relative: str, data: bytes) -> None:
         """Records what the run wrote, so later images start from it."""
@@ -5528,6 +5536,7 @@ def only_references(
 
         registry = runner.settings.registry
         files = TrackedFiles(runner.settings.root, scan, registry)
+        files.read_by_the_scan()
         # Every digest is known up front: gather all images' edits, then
         # rewrite each file once for all of them, in one pass, and write it
         # once (a 200 MB file is read, scanned and written once, not per image).
