@@ -7,7 +7,9 @@ findings in a file cost one pass over it."""
 from __future__ import annotations
 
 import collections
+import errno
 import json
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -49,9 +51,9 @@ def counted(monkeypatch) -> dict[str, list]:
         seen["heads"].append(path)
         return read_head(path, size)
 
-    def counting_capture(argv, cwd=None, env=None):
+    def counting_capture(argv, cwd=None, env=None, each=None):
         seen["commands"].append(tuple(argv))
-        return capture_bytes(argv, cwd, env)
+        return capture_bytes(argv, cwd, env, each)
 
     monkeypatch.setattr(mi, "read_file", counting_read)
     monkeypatch.setattr(mi, "read_head", counting_head)
@@ -217,3 +219,31 @@ def test_each_staged_file_is_handled_once_in_order_whatever_the_threads():
         str(n) for n in range(101)
     ]
     assert sorted(seen, key=int) == [str(n) for n in range(101)]
+
+
+def test_the_scan_looks_at_each_file_while_git_greps_on(monkeypatch):
+    # capture_bytes hands each NUL-terminated record over as it is printed:
+    # the first before the command ends, a last one without its NUL too.
+    script = "printf 'first\\0'; sleep 1; printf 'second\\0last'; echo oops >&2"
+    started, seen = time.monotonic(), []
+    result = mi.capture_bytes(
+        ["sh", "-c", script], each=lambda record: seen.append((record, time.monotonic()))
+    )
+    assert [record for record, _ in seen] == [b"first", b"second", b"last"]
+    assert seen[0][1] - started < 0.8 <= time.monotonic() - started
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"oops\n")
+    # A command that hangs is stopped at the deadline, as without `each`.
+    monkeypatch.setattr(mi, "COMMAND_TIMEOUT", 1)
+    with pytest.raises(mi.ManageImagesError, match="did not finish within 1 s"):
+        mi.capture_bytes(["sh", "-c", "printf 'a\\0'; exec sleep 30"], each=lambda record: None)
+    assert time.monotonic() - started < 10
+
+
+def test_a_failure_while_looking_at_a_file_stops_the_grep():
+    def fails(record: bytes) -> None:
+        raise OSError(errno.EIO, "unreadable")
+
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        mi.capture_bytes(["sh", "-c", "printf 'a\\0'; exec sleep 30"], each=fails)
+    assert time.monotonic() - started < 10

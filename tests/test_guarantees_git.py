@@ -536,3 +536,26 @@ def test_which_of_workspace_and_prod_digests_git_tracks_is_read_exactly_from_the
     hidden = mark == "--skip-worktree"  # git keeps it out of the work tree's view: not the tool's to edit
     assert scan.tracked == ({PROD} if hidden else {PROD, "WORKSPACE"})
     assert ("WORKSPACE" in scan.problems) == hidden
+
+
+def test_a_git_without_perl_regexes_still_finds_every_reference_in_utf8_text(tree, standin, capsys):
+    # git built without PCRE refuses `grep -P`: the scan says what it cannot
+    # search (UTF-16) and greps again for the registry as a fixed string.
+    no_pcre = Path(standin.bin) / "git"
+    no_pcre.write_text(
+        '#!/bin/sh\ncase " $* " in *" grep "*" -P "*)\n'
+        "  echo 'fatal: cannot use Perl-compatible regexes when not compiled with USE_LIBPCRE' >&2; exit 128;;\n"
+        f'esac\nexec {shutil.which("git", path=SYSTEM_PATH)} "$@"\n'
+    )
+    no_pcre.chmod(0o755)
+    standin.set(repo_digests=all_digests())
+    assert mi.main(["--image", "cmake", "--update_references"]) == 0
+    assert capsys.readouterr().err == (
+        "warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched\n"
+    )
+    assert ref("cmake", NEW) in (tree / "ci/build.sh").read_bytes()
+    assert mi.scan_tree(tree, mi.DEFAULT_REGISTRY).candidates == (
+        "build_tools/docker/cmake-python/Dockerfile",
+        PROD,
+        "ci/build.sh",
+    )

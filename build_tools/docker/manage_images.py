@@ -2787,9 +2787,15 @@ class Runner:
 
 
 def capture_bytes(
-    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    each: Callable[[bytes], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Runs a read-only command (also in a dry run) and returns its output as bytes."""
+    """Runs a read-only command (also in a dry run) and returns its output as
+    bytes; with `each`, every NUL-terminated record of its standard output is
+    handed to `each` as soon as it is read, while the command runs on (and
+    the output returned holds none)."""
     import subprocess
 
     pipe = subprocess.PIPE
@@ -2797,7 +2803,10 @@ def capture_bytes(
         argv, False, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
     )
     try:
-        stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        if each is None:
+            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        else:
+            stdout, stderr = b"", _records(process, each, COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
@@ -2810,6 +2819,47 @@ def capture_bytes(
     if process.returncode < 0:  # killed by signal N: 128 + N, wherever it runs
         raise CommandError(argv, process.returncode)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _records(process: subprocess.Popen[bytes], each: Callable[[bytes], None], timeout: float) -> bytes:
+    """Hands `each` every NUL-terminated record of the process's standard output
+    as it comes, gathers its standard error and waits for the process to end;
+    returns its standard error. Raises subprocess.TimeoutExpired after
+    `timeout` seconds in all; on any error the process is killed first."""
+    import selectors
+    import subprocess
+
+    assert process.stdout is not None and process.stderr is not None
+    deadline, errors, rest = time.monotonic() + timeout, [], b""
+    try:
+        with selectors.DefaultSelector() as selector:
+            for stream in (process.stdout, process.stderr):
+                selector.register(stream, selectors.EVENT_READ)
+            while selector.get_map():
+                ready = selector.select(deadline - time.monotonic())
+                if not ready and time.monotonic() >= deadline:
+                    raise subprocess.TimeoutExpired(process.args, timeout)
+                for key, _ in ready:
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is process.stderr:
+                        errors.append(chunk)
+                    else:
+                        *records, rest = (rest + chunk).split(b"\0")
+                        for record in records:
+                            each(record)
+        if rest:  # a last record without its NUL
+            each(rest)
+        process.wait(max(deadline - time.monotonic(), 0))
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+    return b"".join(errors)
 
 
 def capture(
@@ -2827,9 +2877,12 @@ def capture(
     )
 
 
-def git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Runs a read-only git command in `root`, asked as `git_argv` and `git_environment` say."""
-    return capture_bytes(git_argv(root, *args), env=git_environment(os.environ))
+def git(
+    root: Path, *args: str, each: Callable[[bytes], None] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs a read-only git command in `root`, asked as `git_argv` and `git_environment`
+    say (`each`: as `capture_bytes` hands it the records of the output)."""
+    return capture_bytes(git_argv(root, *args), env=git_environment(os.environ), each=each)
 
 
 def find_repo_root(start: Path) -> Path:
@@ -2860,15 +2913,22 @@ def repository_refusal(start: str, stderr: bytes) -> str:
     return f"git refuses to work in {shown(start)}: {reason}; {fix}"
 
 
-def git_output(root: Path, *args: str, ok: tuple[int, ...] = (0,), shown_as: str = "") -> bytes:
-    """What a git command prints on stdout (`shown_as`: the command as an error names it).
+def git_output(
+    root: Path,
+    *args: str,
+    ok: tuple[int, ...] = (0,),
+    shown_as: str = "",
+    each: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """What a git command prints on stdout (`shown_as`: the command as an error
+    names it; with `each`, its records go to `each` as it prints them instead).
 
     git's exit status decides, and its `error:` and `fatal:` lines: `git
     grep` reports a file it cannot read only with one, and still exits 0, and
     a file it skipped must not be missed. Warnings (line ends that
     `core.autocrlf` would change) and traces (GIT_TRACE) are not failures.
     """
-    result = git(root, *args)
+    result = git(root, *args, each=each)
     failure = git_failure(result.stderr)
     if result.returncode not in ok or failure:
         said = failure or " ".join(result.stderr.decode("utf-8", "replace").split())
@@ -2885,19 +2945,33 @@ def git_lines(root: Path, *args: str, ok: tuple[int, ...] = (0,), shown_as: str 
     return [os.fsdecode(path) for path in output.split(b"\0") if path]
 
 
-def grep_registry(root: Path, registry: str, *options: str) -> list[str]:
+def grep_registry(
+    root: Path, registry: str, *options: str, each: Callable[[str], None] = lambda path: None
+) -> list[str]:
     """The tracked files that name `REGISTRY/`, in UTF-8 or UTF-16 text or in
-    binary data, populated submodules included (`options`: `--cached`)."""
+    binary data, populated submodules included (`options`: `--cached`); each
+    is also handed to `each` as soon as git names it, while git greps on (the
+    caller's work on the first files overlaps git's on the rest; it is lost
+    if git then fails)."""
     args = ("grep", *options, "-l", "-z", "--no-color", "--no-textconv", "--recurse-submodules")
     what = format_command(("git", *args, "-e", f"{registry}/"))
+    named: list[str] = []
+
+    def found(record: bytes) -> None:
+        if record:
+            named.append(os.fsdecode(record))
+            each(named[-1])
+
     try:
         pattern = registry_grep_pattern(registry)
-        return git_lines(root, *args, "-P", "-e", pattern, "--", ok=(0, 1), shown_as=what)
+        git_output(root, *args, "-P", "-e", pattern, "--", ok=(0, 1), shown_as=what, each=found)
+        return named
     except ManageImagesError as error:
         if "Perl-compatible" not in str(error):
             raise
     error_line("warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched")
-    return git_lines(root, *args, "-F", "-e", f"{registry}/", "--", ok=(0, 1), shown_as=what)
+    git_output(root, *args, "-F", "-e", f"{registry}/", "--", ok=(0, 1), shown_as=what, each=found)
+    return named
 
 
 # An index entry of `git ls-files -v -z` marked skip-worktree (S, s) or assume-unchanged (lower case).
@@ -3044,27 +3118,33 @@ def in_parallel(*calls: Callable[[], T]) -> list[T]:
 
 def scan_tree(root: Path, registry: str) -> TreeScan:
     special = (WORKSPACE_PATH, WORKSPACE_BAZEL_PATH, PROD_DIGESTS_PATH)
-    # Independent git calls at once: the grep reads every file, so it starts
-    # first; the listing reads only the index.
-    grep = in_background(lambda: grep_registry(root, registry))
+    # Independent git calls at once: the listing reads only the index, the
+    # grep every file; each file it names is looked at while it greps on.
     listing = in_background(lambda: index_marks(root, special))
-    named = grep()
-    sparse_list, assumed, tracked_list = listing()
     cache: dict[str, str] = {}
     candidates, skipped, untouched = [], [], []
     folders: dict[str, str] = {}
     heads: dict[str, bytes] = {}
-    listed, marked = set(named), set(assumed)
-    for path in named + [path for path in assumed if path not in listed]:
+    marked: list[set[str]] = []
+
+    def look_at(path: str, listed: bool) -> None:
+        if not marked:
+            marked.append(set(listing()[1]))
         problem = path_problem(root, path, cache)
         if problem:
             skipped.append((path, problem))
-            continue
-        finding = untouched_file(root, path, registry, folders, path in marked, heads)
+            return
+        finding = untouched_file(root, path, registry, folders, path in marked[0], heads)
         if finding is not None:
             untouched.append(finding)
-        elif path in listed:
+        elif listed:
             candidates.append(path)
+
+    named = set(grep_registry(root, registry, each=lambda path: look_at(path, True)))
+    sparse_list, assumed, tracked_list = listing()
+    for path in assumed:
+        if path not in named:
+            look_at(path, False)
     hidden: list[str] = []
     sparse = set(sparse_list)
     if sparse:
