@@ -5760,10 +5760,7 @@ def check(
     references, found, workspace_data = checked_references(
         root, registry, images, graph, scan, paths, prod_digests or {}, covered
     )
-    allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
-    findings += [
-        finding for finding in references if finding.kind != "unpinned" or finding.path not in allowed
-    ]
+    findings += references
     referenced = referenced_images(found, workspace_data, image_url(registry, RBE_IMAGE))
     findings += checklist_findings(images, registry, prod_digests, referenced, dockerfiles)
     if set(images) == set(graph):
@@ -5790,9 +5787,10 @@ def checked_references(
 ) -> tuple[list[Finding], dict[str, list[Reference]], bytes | None]:
     """`reference_findings` of each of `paths`, each read once: a small one
     whole (the scan read it), a big one in pieces (`referencing_pieces`), so
-    no big file is ever whole in memory; each file's references (a big
-    file's with the offsets of their piece); and the bytes of the workspace,
-    read whole, as Bazel's rules are parsed from it."""
+    no big file is ever whole in memory; but an unpinned reference in a file
+    git gives the attribute `manage-images-allow-unpinned`. Also each file's
+    references (a big file's with the offsets of their piece) and the bytes
+    of the workspace, read whole, as Bazel's rules are parsed from it."""
     whole: dict[str, bytes] = {}
     found: dict[str, list[Reference]] = {}
     findings: list[Finding] = []
@@ -5808,7 +5806,12 @@ def checked_references(
                 {path: piece}, *arguments, {path: references}, covered, scan.workspace
             )
             findings += [finding._replace(line=finding.line + line - 1) for finding in in_piece]
+    # git is asked about every file with an unpinned reference while the findings are made.
+    unpinned = [path for path, refs in found.items() if not all(ref.pinned() for ref in refs)]
+    asked = in_background(lambda: allowed_unpinned(root, [p for p in unpinned if not is_documentation(p)]))
     findings += reference_findings(whole, *arguments, found, covered, scan.workspace)
+    allowed = asked()
+    findings = [finding for finding in findings if finding.kind != "unpinned" or finding.path not in allowed]
     # Stable: each file's findings keep their order, a file's pieces theirs.
     return sorted(findings, key=lambda finding: finding.path), found, whole.get(scan.workspace)
 
