@@ -3703,12 +3703,13 @@ def _holds(path: Path, data: bytes) -> bool:
     try:
         if os.fstat(descriptor).st_size != len(data):
             return False
-        view, offset = memoryview(data), 0
+        offset = 0
         while True:
             block = os.read(descriptor, min(BLOCK * 16, len(data) - offset + 1))
             if not block:
                 return offset == len(data)
-            if block != view[offset : offset + len(block)]:
+            # bytes to bytes: a memcmp (bytes to a memoryview compares byte by byte: 1.7 ms a MiB)
+            if block != data[offset : offset + len(block)]:
                 return False
             offset += len(block)
     finally:
