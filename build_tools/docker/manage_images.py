@@ -503,6 +503,7 @@ class TreeScan(NamedTuple):
     untouched: tuple[Finding, ...] = ()  # tracked files naming it that are named, never rewritten
     workspace: str = WORKSPACE_PATH  # the file Bazel reads: WORKSPACE.bazel when it exists
     heads: Mapping[str, bytes] = {}  # candidate -> its bytes, for one shorter than BINARY_PEEK (read whole)
+    found: Mapping[str, list[Reference]] = {}  # candidate of `heads` -> its references (`find_references`)
 
 
 class Reference(NamedTuple):
@@ -1348,6 +1349,9 @@ def _reference_finding(
 ) -> tuple[str, FindingKind] | None:
     """What is wrong with one pinned reference (message and kind), or None. Its tag
     says nothing: the digest alone decides what Docker runs."""
+    pinned = prod_digests.get(reference.name, "")
+    if pinned[len("sha256:") :].encode() == reference.hexdigits and DIGEST_RE.match(pinned):
+        return None  # the common case, told before any message is made
     name, hexdigits, shown_name = (
         reference.name,
         reference.hexdigits.decode(),
@@ -3125,6 +3129,7 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
     candidates, skipped, untouched = [], [], []
     folders: dict[str, str] = {}
     heads: dict[str, bytes] = {}
+    found: dict[str, list[Reference]] = {}
     marked: list[set[str]] = []
 
     def look_at(path: str, listed: bool) -> None:
@@ -3139,6 +3144,8 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
             untouched.append(finding)
         elif listed:
             candidates.append(path)
+            if path in heads:  # its references are found while git greps on, too
+                found[path] = list(find_references(heads[path], registry))
 
     named = set(grep_registry(root, registry, each=lambda path: look_at(path, True)))
     sparse_list, assumed, tracked_list = listing()
@@ -3152,13 +3159,7 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
         in_index = grep_registry(root, registry, "--cached")
         hidden = [path for path in in_index if path in sparse]
     tracked = frozenset(tracked_list) - sparse
-    problems = {}
-    for path in special:
-        problem = path_problem(root, path, cache)
-        if not problem and path not in tracked and (root / path).exists():
-            problem = "git does not track it, and the tool edits tracked files only"
-        if problem:
-            problems[path] = problem
+    problems = {path: why for path in special if (why := special_problem(root, path, tracked, cache))}
     # Bazel reads WORKSPACE.bazel when it exists; a link from it to WORKSPACE makes WORKSPACE the file.
     bazel = root / WORKSPACE_BAZEL_PATH
     linked = os.path.islink(bazel) and os.path.realpath(bazel) == os.path.realpath(root / WORKSPACE_PATH)
@@ -3173,7 +3174,16 @@ def scan_tree(root: Path, registry: str) -> TreeScan:
         tuple(untouched),
         workspace,
         heads,
+        found,
     )
+
+
+def special_problem(root: Path, relative: str, tracked: Container[str], cache: dict[str, str]) -> str:
+    """Why WORKSPACE, WORKSPACE.bazel or prod_digests.txt, present, cannot be used, or ""."""
+    problem = path_problem(root, relative, cache)
+    if not problem and relative not in tracked and (root / relative).exists():
+        problem = "git does not track it, and the tool edits tracked files only"
+    return problem
 
 
 def submodule_of(root: Path, relative: str, folders: dict[str, str]) -> str:
@@ -3462,6 +3472,8 @@ class TrackedFiles:
         caught when the files are replaced, as for any read."""
         for relative, data in self.scan.heads.items():
             self._contents.setdefault(relative, data)
+            if relative in self.scan.found:
+                self._references.setdefault(relative, list(self.scan.found[relative]))
 
     def written(self, relative: str, data: bytes) -> None:
         """Records what the run wrote, so later images start from it."""
@@ -5799,7 +5811,9 @@ def checked_references(
     for path in sorted(paths):
         if path == scan.workspace or path in scan.heads:
             whole[path] = scan.heads[path] if path in scan.heads else (root / path).read_bytes()
-            found[path] = list(find_references(whole[path], registry))
+            found[path] = (
+                scan.found[path] if path in scan.found else list(find_references(whole[path], registry))
+            )
             continue
         for line, piece, references in referencing_pieces(root / path, registry):
             found.setdefault(path, []).extend(references)
