@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import subprocess
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
