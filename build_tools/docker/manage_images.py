@@ -3228,7 +3228,8 @@ def failure_tail(image: str, log: str, tail: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Side effects: running commands, reading git, locking, writing files.
+# Side effects, 1: what the user sees: whole lines from any thread, a run's logs,
+# its progress and the terminal view.
 
 
 class Console:
@@ -3384,140 +3385,6 @@ def error_console() -> Console:
 def error_line(text: str) -> None:
     """Prints `text` on standard error, as whole lines."""
     error_console().line(text)
-
-
-class Children:
-    """The commands the tool runs and its registry requests in flight, from every
-    thread, and the request to stop the run.
-
-    Process-wide by nature, as signals and standard output are: a signal
-    handler or a failed write must reach every running command. So there is
-    one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
-    SIGTERM to each command (its whole process group when it has its own
-    session) and SIGKILL after STOP_GRACE seconds to any that is still there;
-    it cuts each request that only reads at once, and one that writes (a PUT)
-    after the same grace, so that the run can still say whether it took
-    effect. No command or request starts after it, and no wait goes on.
-    """
-
-    def __init__(self) -> None:
-        # Reentrant: a signal handler may stop the run while its thread starts a command.
-        self._lock = threading.RLock()
-        self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
-        self._requests: set[Exchange] = set()
-        self._stopped = threading.Event()
-        self.code = 0  # the run's exit code once stopped: 128 + N for signal N
-        self.reason = ""  # the line to print about the stop ("" for none)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._running.clear()
-            self._requests.clear()
-            self._stopped.clear()
-            self.code, self.reason = 0, ""
-
-    @property
-    def stopping(self) -> bool:
-        return self.code != 0
-
-    def start(self, argv: Sequence[str], own_session: bool, **options: object) -> subprocess.Popen[bytes]:
-        """Starts a command (unless the run is stopping), known to `stop` until `done`."""
-        import subprocess
-
-        with self._lock:
-            if self.stopping:
-                raise ManageImagesError(f"stopped before running `{format_command(argv)}`")
-            try:
-                process: subprocess.Popen[bytes] = subprocess.Popen(
-                    argv,
-                    start_new_session=own_session,
-                    **options,  # type: ignore[call-overload]
-                )
-            except FileNotFoundError:
-                raise _missing_tool(argv[0]) from None
-            self._running[process] = own_session
-        return process
-
-    def done(self, process: subprocess.Popen[bytes]) -> None:
-        with self._lock:
-            self._running.pop(process, None)
-
-    def begin(self, request: Exchange) -> None:
-        """Tracks a registry request (unless the run is stopping) until `end`."""
-        with self._lock:
-            if self.stopping:
-                raise ManageImagesError(f"stopped before {request.method} {request.url}")
-            self._requests.add(request)
-
-    def end(self, request: Exchange) -> None:
-        with self._lock:
-            self._requests.discard(request)
-
-    def sleep(self, seconds: float, what: str) -> None:
-        """Waits `seconds`, unless the run stops first: then raises, so that `what` never starts."""
-        if self._stopped.wait(seconds) or self.stopping:
-            raise ManageImagesError(f"stopped before {what}")
-
-    def stop(self, code: int, reason: str) -> None:
-        """Stops the run: the first call's code and reason are the run's."""
-        with self._lock:
-            if not self.stopping:
-                self.code, self.reason = code, reason
-            running = list(self._running.items())
-            requests = list(self._requests)
-        self._stopped.set()
-        self._signal(running, signal.SIGTERM)
-        for request in requests:
-            if not request.writes:
-                request.cut("stop")
-        if running or requests:
-            timer = threading.Timer(STOP_GRACE, self._kill, (running, requests))
-            timer.daemon = True
-            timer.start()
-
-    def _kill(
-        self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], requests: Iterable[Exchange]
-    ) -> None:
-        self._signal(running, signal.SIGKILL)
-        for request in requests:
-            request.cut("stop")
-
-    def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
-        for process, own_session in running:
-            if process.returncode is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if own_session:
-                    os.killpg(process.pid, number)
-                else:
-                    os.kill(process.pid, number)
-
-    def wait(self, timeout: float = STOP_GRACE + 5) -> None:
-        """Returns once no command runs (or after `timeout` seconds)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._running:
-                    return
-            time.sleep(0.02)
-
-
-CHILDREN = Children()
-
-
-def occupy_closed_descriptors() -> None:
-    """Opens /dev/null on standard input, output or error if one is closed
-    (`>&-`), so no file the tool opens can take its number and receive what
-    is printed; `sys.stdout` stays None, and the Console stops the run at
-    its first line."""
-    for number in (0, 1, 2):
-        try:
-            os.fstat(number)
-        except OSError:
-            descriptor = os.open(os.devnull, os.O_RDWR)
-            if descriptor != number:
-                os.dup2(descriptor, number)
-                os.close(descriptor)
 
 
 class RunLogs:
@@ -3810,6 +3677,145 @@ class LiveView:
         self._console.show([], [])
 
 
+# ---------------------------------------------------------------------------
+# Side effects, 2: running commands: the children in flight, a stop, deadlines
+# and output read in bounded lines.
+
+
+class Children:
+    """The commands the tool runs and its registry requests in flight, from every
+    thread, and the request to stop the run.
+
+    Process-wide by nature, as signals and standard output are: a signal
+    handler or a failed write must reach every running command. So there is
+    one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
+    SIGTERM to each command (its whole process group when it has its own
+    session) and SIGKILL after STOP_GRACE seconds to any that is still there;
+    it cuts each request that only reads at once, and one that writes (a PUT)
+    after the same grace, so that the run can still say whether it took
+    effect. No command or request starts after it, and no wait goes on.
+    """
+
+    def __init__(self) -> None:
+        # Reentrant: a signal handler may stop the run while its thread starts a command.
+        self._lock = threading.RLock()
+        self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
+        self._requests: set[Exchange] = set()
+        self._stopped = threading.Event()
+        self.code = 0  # the run's exit code once stopped: 128 + N for signal N
+        self.reason = ""  # the line to print about the stop ("" for none)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._running.clear()
+            self._requests.clear()
+            self._stopped.clear()
+            self.code, self.reason = 0, ""
+
+    @property
+    def stopping(self) -> bool:
+        return self.code != 0
+
+    def start(self, argv: Sequence[str], own_session: bool, **options: object) -> subprocess.Popen[bytes]:
+        """Starts a command (unless the run is stopping), known to `stop` until `done`."""
+        import subprocess
+
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before running `{format_command(argv)}`")
+            try:
+                process: subprocess.Popen[bytes] = subprocess.Popen(
+                    argv,
+                    start_new_session=own_session,
+                    **options,  # type: ignore[call-overload]
+                )
+            except FileNotFoundError:
+                raise _missing_tool(argv[0]) from None
+            self._running[process] = own_session
+        return process
+
+    def done(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.pop(process, None)
+
+    def begin(self, request: Exchange) -> None:
+        """Tracks a registry request (unless the run is stopping) until `end`."""
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before {request.method} {request.url}")
+            self._requests.add(request)
+
+    def end(self, request: Exchange) -> None:
+        with self._lock:
+            self._requests.discard(request)
+
+    def sleep(self, seconds: float, what: str) -> None:
+        """Waits `seconds`, unless the run stops first: then raises, so that `what` never starts."""
+        if self._stopped.wait(seconds) or self.stopping:
+            raise ManageImagesError(f"stopped before {what}")
+
+    def stop(self, code: int, reason: str) -> None:
+        """Stops the run: the first call's code and reason are the run's."""
+        with self._lock:
+            if not self.stopping:
+                self.code, self.reason = code, reason
+            running = list(self._running.items())
+            requests = list(self._requests)
+        self._stopped.set()
+        self._signal(running, signal.SIGTERM)
+        for request in requests:
+            if not request.writes:
+                request.cut("stop")
+        if running or requests:
+            timer = threading.Timer(STOP_GRACE, self._kill, (running, requests))
+            timer.daemon = True
+            timer.start()
+
+    def _kill(
+        self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], requests: Iterable[Exchange]
+    ) -> None:
+        self._signal(running, signal.SIGKILL)
+        for request in requests:
+            request.cut("stop")
+
+    def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
+        for process, own_session in running:
+            if process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if own_session:
+                    os.killpg(process.pid, number)
+                else:
+                    os.kill(process.pid, number)
+
+    def wait(self, timeout: float = STOP_GRACE + 5) -> None:
+        """Returns once no command runs (or after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.02)
+
+
+CHILDREN = Children()
+
+
+def occupy_closed_descriptors() -> None:
+    """Opens /dev/null on standard input, output or error if one is closed
+    (`>&-`), so no file the tool opens can take its number and receive what
+    is printed; `sys.stdout` stays None, and the Console stops the run at
+    its first line."""
+    for number in (0, 1, 2):
+        try:
+            os.fstat(number)
+        except OSError:
+            descriptor = os.open(os.devnull, os.O_RDWR)
+            if descriptor != number:
+                os.dup2(descriptor, number)
+                os.close(descriptor)
+
+
 def _missing_tool(name: str) -> ManageImagesError:
     hints = {
         "docker": "install Docker (https://docs.docker.com/engine/install/) and try again",
@@ -4023,6 +4029,11 @@ def capture(
         result.stdout.decode("utf-8", "replace"),
         result.stderr.decode("utf-8", "replace"),
     )
+
+
+# ---------------------------------------------------------------------------
+# Side effects, 3: reading git: the repository, its index, what changed since a
+# revision, which registry the tree names.
 
 
 def git(
@@ -4257,6 +4268,10 @@ def resolve_registry(given: str | None, root: Path, graph: Mapping[str, Sequence
     return registry
 
 
+# ---------------------------------------------------------------------------
+# Side effects, 4: a build's context as docker sends it, read from disk.
+
+
 def context_entries(folder: Path) -> list[ContextEntry]:
     """What docker sends of the build context `folder` (see `context_sent`), the same for
     every builder. Raises ValueError when that cannot be told: the classic builder and
@@ -4353,6 +4368,11 @@ def _context_entry(path: Path, relative: str, mode: int) -> ContextEntry:
     except OSError as error:
         raise ValueError(f"cannot read {shown(relative)}: {error.strerror}") from None
     return ContextEntry(relative, "file", bits, digest.hexdigest())
+
+
+# ---------------------------------------------------------------------------
+# Side effects, 5: the scan: the files that name the registry, looked at while
+# git greps on.
 
 
 def in_background(call: Callable[[], T]) -> Callable[[], T]:
@@ -4516,30 +4536,9 @@ def untouched_file(
     return None
 
 
-def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> str | None:
-    """Why `path` must not be replaced, or None (`folders`: which folders are writable, as found).
-
-    A file without any write bit is taken as read-only even for root, who could
-    otherwise replace it; an immutable file or a read-only folder fails access().
-    """
-    try:
-        mode: int | None = os.stat(path).st_mode
-    except OSError as error:
-        if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):  # as Path.exists
-            raise
-        mode = None
-    if mode is not None and (mode & 0o222 == 0 or not os.access(path, os.W_OK)):
-        return "it is read-only"
-    folders, parent = {} if folders is None else folders, path.parent
-    if parent not in folders:
-        folders[parent] = os.access(parent, os.W_OK | os.X_OK)
-    if not folders[parent]:
-        return f"its folder {shown(str(parent))} is not writable"
-    return None
-
-
-def temporary_beside(path: Path) -> Path:
-    return path.with_name(f".manage_images.{os.urandom(6).hex()}.tmp")
+# ---------------------------------------------------------------------------
+# Side effects, 6: the repository lock, and files read whole, by their head or in
+# pieces of whole lines.
 
 
 class RepositoryLock:
@@ -4823,6 +4822,37 @@ class TrackedFiles:
                 for name in pinned_names(self.references(path)):
                     self._naming.setdefault(name, []).append(path)
         return self._naming.get(image, [])
+
+
+# ---------------------------------------------------------------------------
+# Side effects, 7: writing files all or nothing: staged beside their targets,
+# replaced, read back, put back on a failure.
+
+
+def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> str | None:
+    """Why `path` must not be replaced, or None (`folders`: which folders are writable, as found).
+
+    A file without any write bit is taken as read-only even for root, who could
+    otherwise replace it; an immutable file or a read-only folder fails access().
+    """
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):  # as Path.exists
+            raise
+        mode = None
+    if mode is not None and (mode & 0o222 == 0 or not os.access(path, os.W_OK)):
+        return "it is read-only"
+    folders, parent = {} if folders is None else folders, path.parent
+    if parent not in folders:
+        folders[parent] = os.access(parent, os.W_OK | os.X_OK)
+    if not folders[parent]:
+        return f"its folder {shown(str(parent))} is not writable"
+    return None
+
+
+def temporary_beside(path: Path) -> Path:
+    return path.with_name(f".manage_images.{os.urandom(6).hex()}.tmp")
 
 
 class Edits:
@@ -6717,6 +6747,32 @@ def registry_identity(client: RegistryClient, url: str, pinned: str, other: str,
     return "same content" if same_config(pinned_bytes, other_bytes) else "differs"
 
 
+def pin_of_push(runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None) -> str:
+    """The digest to pin IMAGE to after this run pushed it as PUSHED (built with the inputs
+    `label`, if known): the pin, when the registry serves it and the push has its content,
+    and then the tag is put back on the pin, so that a pull of the tag and --verify_pinned
+    agree with the tree; else PUSHED."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    kept = kept_pin(runner, image, pinned, pushed, label)
+    if kept is None or kept == pushed:
+        return kept or pushed
+    identity = runner.identities[image]
+    runner.say(
+        f"Keeping the pin {url}@{kept[:19]}: {identity} to the push; :{settings.tag} serves the pin again",
+        image,
+    )
+    runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+    client = runner.registry()
+    served = client.put_manifest(url, settings.tag, client.get_manifest(url, kept))
+    if served != kept:
+        raise ManageImagesError(
+            f"{settings.registry} took the pin's manifest under {url}:{settings.tag} but serves "
+            f"{served[:19]}; check the registry, then run --image {image} --promote --tag {settings.tag}"
+        )
+    return kept
+
+
 def pin_digest(
     runner: Runner,
     image: str,
@@ -6739,23 +6795,7 @@ def pin_digest(
     url = image_url(settings.registry, image)
     client = runner.registry()
     if pushed is not None:
-        kept = kept_pin(runner, image, pinned, pushed, label)
-        if kept is not None and pinned != pushed:
-            identity = runner.identities[image]
-            runner.say(
-                f"Keeping the pin {url}@{kept[:19]}: {identity} to the push; :{settings.tag} serves the "
-                "pin again",
-                image,
-            )
-            runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
-            # A pull of the tag, and --verify_pinned, then agree with the tree.
-            served = client.put_manifest(url, settings.tag, client.get_manifest(url, kept))
-            if served != kept:
-                raise ManageImagesError(
-                    f"{settings.registry} took the pin's manifest under {url}:{settings.tag} but serves "
-                    f"{served[:19]}; check the registry, then run --image {image} --promote --tag {settings.tag}"
-                )
-        return kept or pushed
+        return pin_of_push(runner, image, pinned, pushed, label)
     if local is None:
         local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if local is None:
