@@ -26,12 +26,22 @@ the case needs them, replacing the changed files atomically and durably
 (temporary file, fsync, rename; 16 threads, nothing read or scanned) and one
 `docker image inspect` of the 17 images.
 
-Usage: python3 benchmarks/bench_scale.py [--repeat N] [--cache DIR]
+With --compare PATH (as often as wanted), another copy of
+manage_images.py (an earlier revision: `git show
+REV:build_tools/docker/manage_images.py > /tmp/old.py`) runs in the same
+alternation, and its ratio is printed beside: a before and after from one
+run, under the same load. The output starts with the date,
+the machine and its load average (before and after the run), so the table
+can be pasted as it is.
+
+Usage: python3 benchmarks/bench_scale.py [--repeat N] [--cache DIR] [--compare PATH ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import os
 import platform
 import random
@@ -41,6 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
@@ -133,8 +144,8 @@ def timed(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0, 1)) -> tuple[flo
     return elapsed, int(result.stderr.strip().splitlines()[-1])
 
 
-def tool(*args: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), *args]
+def tool(*args: str, script: Path = SCRIPT) -> list[str]:
+    return [sys.executable, str(script), *args]
 
 
 GREP = ["git", "grep", "-c", "-I", "-F", f"{REGISTRY}/"]
@@ -147,21 +158,54 @@ def compare(
     repeat: int,
     reset: bool,
     floor: list[list[str]] | None = None,
+    others: Sequence[list[str]] = (),
 ) -> dict[str, float]:
-    """Runs `argv`, the baseline commands and the floor's alternately; medians and the tool's peak memory."""
+    """Runs `argv` (and `others`, the same run of other copies of the tool), the
+    baseline commands and the floor's alternately; medians and the tool's peak memory."""
     ours, theirs, floors, memory = [], [], [], []
+    compared: list[list[float]] = [[] for _ in others]
     for _ in range(repeat):
         seconds, peak = timed(argv, repo)
         ours.append(seconds)
         memory.append(peak)
         if reset:
             git(repo, "checkout", "-q", "--", ".")
+        for times, other in zip(compared, others):
+            times.append(timed(other, repo)[0])
+            if reset:
+                git(repo, "checkout", "-q", "--", ".")
         theirs.append(sum(timed(command, repo)[0] for command in baseline))
         floors.append(sum(timed(command, repo)[0] for command in floor or []))
     result = {"tool": statistics.median(ours), "base": statistics.median(theirs), "memory_kib": max(memory)}
     if floor:
         result["floor"] = statistics.median(floors)
+    for number, times in enumerate(compared):
+        result[f"other{number}"] = statistics.median(times)
     return result
+
+
+def other_argvs(argv: list[str], others: Sequence[Path]) -> list[list[str]]:
+    """The same command run with each copy of the tool given to --compare."""
+    return [[str(other) if part == str(SCRIPT) else part for part in argv] for other in others]
+
+
+def machine() -> str:
+    """The machine the figures were measured on, in one line."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip() + ", "
+                break
+    version = subprocess.run(("git", "--version"), capture_output=True, text=True).stdout.strip()
+    return (
+        f"{model}{os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, {version}"
+    )
+
+
+def load() -> str:
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 # Replaces each file named in argv[1] (NUL-separated) by a copy of itself,
@@ -188,7 +232,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs of each case (default 5)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/manage-images-bench-scale"))
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="another copy of manage_images.py to time in the same alternation, its ratio printed beside "
+        "(repeatable)",
+    )
     args = parser.parse_args()
+    others = [path.resolve() for path in args.compare]
+    started_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = load()
     args.cache.mkdir(parents=True, exist_ok=True)
     big, many, few = fixture(args.cache, "200mb"), fixture(args.cache, "100k"), fixture(args.cache, "1k")
     size_kib = (big / "big.txt").stat().st_size // 1024
@@ -211,14 +267,14 @@ def main() -> int:
         *(f"{REGISTRY}/{image}:latest" for image in sorted(prod_digests())),
     ]  # fmt: skip
     for repo, label in ((many, "100k files"), (big, "200 MB file")):
-        result = compare(
-            repo, tool("--check", "--images", "all"), [GREP], repeat, reset=False, floor=[GREP, startup]
-        )
+        argv = tool("--check", "--images", "all")
+        floor = [GREP, startup]
+        result = compare(repo, argv, [GREP], repeat, False, floor, other_argvs(argv, others))
         rows.append((f"{label}, --check --images all", result, 1.2 if repo == many else 3.0, "git grep"))
         baseline = [GREP] if repo == many else [GREP, copy]
         floor = [GREP, startup, replace] if repo == many else None
         argv = tool("--only_references", "--images", "all")
-        result = compare(repo, argv, baseline, repeat, reset=True, floor=floor)
+        result = compare(repo, argv, baseline, repeat, True, floor, other_argvs(argv, others))
         against = "git grep" if repo == many else "git grep + cp of the file"
         rows.append(
             (f"{label}, --only_references --images all", result, 1.5 if repo == many else 3.0, against)
@@ -234,13 +290,16 @@ def main() -> int:
         rows.append(
             (
                 f"{label}, --images all -n --update_references",
-                compare(repo, argv, [GREP], repeat, False, floor=[GREP, startup, inspect]),
+                compare(
+                    repo, argv, [GREP], repeat, False, [GREP, startup, inspect], other_argvs(argv, others)
+                ),
                 goal,
                 "git grep",
             )
         )
     for args_ in (["--help"], ["--graph", "--images", "all"]):
-        result = compare(few, tool(*args_), [started], repeat * 4, reset=False, floor=[startup])
+        argv = tool(*args_)
+        result = compare(few, argv, [started], repeat * 4, False, [startup], other_argvs(argv, others))
         rows.append((f"`{' '.join(args_)}`", result, 1.6, "python3 -c pass"))
     # The same, run as a module: Python then caches its bytecode (unless
     # PYTHONDONTWRITEBYTECODE says not to, hence `env -u`), so nothing is compiled.
@@ -261,13 +320,16 @@ def main() -> int:
         )
     os.unlink("/tmp/manage-images-bench-copy.txt")
     changed.unlink()
-    version = subprocess.run(("git", "--version"), capture_output=True, text=True).stdout.strip()
-    print(
-        f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, {version}"
-    )
-    print(f"Medians of {repeat} alternated runs ({repeat * 4} for start-up); fixtures under {args.cache}\n")
-    print("| case | tool | baseline | ratio | floor | goal | against |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(f"Measured {started_at} by benchmarks/bench_scale.py")
+    print(f"Machine: {machine()}")
+    print(f"Load average (1 / 5 / 15 min): {load_before} before the run, {load()} after")
+    print(f"Medians of {repeat} alternated runs ({repeat * 4} for start-up); fixtures under {args.cache}")
+    for number, other in enumerate(others, start=1):
+        print(f"compared ({number}): {other}, in the same alternation")
+    print()
+    extra = ("".join(f" ({number}) |" for number in range(1, len(others) + 1)), "---:|" * len(others))
+    print(f"| case | tool | baseline | ratio |{extra[0]} floor | goal | against |")
+    print(f"|---|---:|---:|---:|{extra[1]}---:|---:|---|")
     missed = 0
     for case, result, goal, against in rows:
         ratio = result["tool"] / result["base"]
@@ -277,8 +339,12 @@ def main() -> int:
         else:
             values = f"{result['tool']:.3f} s | {result['base']:.3f} s"
         floor = f"{result['floor'] / result['base']:.2f}x" if "floor" in result else "-"
+        compared = "".join(
+            f" {result[key] / result['base']:.2f}x |" if key in result else " - |"
+            for key in (f"other{number}" for number in range(len(others)))
+        )
         print(
-            f"| {case} | {values} | {ratio:.2f}x | {floor} | {'-' if goal is None else f'<= {goal}x'} | {against} |"
+            f"| {case} | {values} | {ratio:.2f}x |{compared} {floor} | {'-' if goal is None else f'<= {goal}x'} | {against} |"
         )
     goals = sum(goal is not None for _, _, goal, _ in rows)
     print(f"\n{goals - missed} of {goals} goals met")

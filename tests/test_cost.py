@@ -7,6 +7,10 @@ findings in a file cost one pass over it."""
 from __future__ import annotations
 
 import collections
+import errno
+import json
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -35,19 +39,24 @@ def world(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def counted(monkeypatch) -> dict[str, list]:
-    """Counts file reads for rewriting and the git and docker commands run."""
-    seen: dict[str, list] = {"reads": [], "commands": []}
-    read_file, capture_bytes = mi.read_file, mi.capture_bytes
+    """Counts file reads for rewriting, the heads the scan reads, and the git and docker commands run."""
+    seen: dict[str, list] = {"reads": [], "heads": [], "commands": []}
+    read_file, read_head, capture_bytes = mi.read_file, mi.read_head, mi.capture_bytes
 
     def counting_read(path):
         seen["reads"].append(path)
         return read_file(path)
 
-    def counting_capture(argv, cwd=None, env=None):
+    def counting_head(path, size):
+        seen["heads"].append(path)
+        return read_head(path, size)
+
+    def counting_capture(argv, cwd=None, env=None, each=None):
         seen["commands"].append(tuple(argv))
-        return capture_bytes(argv, cwd, env)
+        return capture_bytes(argv, cwd, env, each)
 
     monkeypatch.setattr(mi, "read_file", counting_read)
+    monkeypatch.setattr(mi, "read_head", counting_head)
     monkeypatch.setattr(mi, "capture_bytes", counting_capture)
     return seen
 
@@ -61,9 +70,13 @@ def test_each_candidate_file_is_read_once_per_run_whatever_the_number_of_images(
         prod = world / "build_tools/docker/prod_digests.txt"
         prod.write_text(prod.read_text().replace(P, NEW))
     assert mi.main(["--images", "all", *mode]) == 0
-    reads = collections.Counter(counted["reads"])
+    reads, heads = collections.Counter(counted["reads"]), collections.Counter(counted["heads"])
     assert reads and max(reads.values()) == 1, reads.most_common(3)
-    assert sum(1 for path in reads if "notes" in str(path)) == 50
+    assert max(heads.values()) == 1 and sum(1 for path in heads if "notes" in str(path)) == 50
+    # --only_references rewrites a small file from the scan's one read of it; a
+    # run that builds first reads it again, after the builds.
+    again = 50 if mode == ["--update_references"] else 0
+    assert sum(1 for path in reads if "notes" in str(path)) == again
     assert all((world / f"notes/{n}.txt").read_text().count(NEW) == len(GRAPH) for n in range(50))
 
 
@@ -153,3 +166,85 @@ def test_a_big_file_is_copied_and_patched_never_built_whole_in_memory(world, sta
     )  # each image's run reads the last one's
     assert patched == [True] * (len(GRAPH) if mode == ["--update_references"] else 1)
     assert len(built) == expected_builds
+
+
+def test_the_scan_asks_git_for_the_index_once_and_greps_once(world, counted):
+    # One `git ls-files -v` tells the marks and which of WORKSPACE and
+    # prod_digests.txt git tracks: no second listing of a 100,000-file index.
+    assert mi.main(["--check", "--images", "all"]) == 0
+    listings = [argv for argv in counted["commands"] if "ls-files" in argv]
+    greps = [argv for argv in counted["commands"] if "grep" in argv]
+    assert (len(listings), len(greps)) == (1, 1), counted["commands"]
+
+
+def test_check_never_holds_a_big_file_whole_in_memory(world):
+    # 16 pieces' worth of lines, a stale pin on the first line and on the last:
+    # --check reads it in pieces, and counts lines across them.
+    line = b"x" * 99 + b"\n"
+    filler = line * (16 * mi.BIG_FILE // len(line))
+    stale = f"{REGISTRY}/cmake@{NEW}\n".encode()
+    (world / "big.cfg").write_bytes(stale + filler + stale)
+    fake_tree.git(world, "add", "big.cfg")
+    fake_tree.git(world, "commit", "-q", "-m", "a big file")
+    size = (world / "big.cfg").stat().st_size
+    tracemalloc.start()
+    try:
+        assert mi.main(["--check", "--images", "all", "--json", "report.json"]) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * mi.BIG_FILE < size / 2, f"peak {peak} bytes for a {size}-byte file"
+    report = json.loads((world / "report.json").read_text())
+    lines = [(f["line"], f["kind"]) for f in report["findings"] if f["path"] == "big.cfg"]
+    assert lines == [(1, "stale"), (2 + filler.count(b"\n"), "stale")]
+
+
+def test_a_rewrite_of_many_files_leaves_no_temporary_or_backup_file(world, standin):
+    # 50 files and more: staged, committed and cleaned up by a few threads, each
+    # given a run of files; every file gets its new content, nothing is left beside it.
+    prod = world / "build_tools/docker/prod_digests.txt"
+    prod.write_text(prod.read_text().replace(P, NEW))
+    assert mi.main(["--images", "all", "--only_references"]) == 0
+    assert all((world / f"notes/{n}.txt").read_text().count(NEW) == len(GRAPH) for n in range(50))
+    left = [path for path in world.rglob("*") if mi.TEMPORARY_RE.match(path.name)]
+    assert left == []
+
+
+def test_each_staged_file_is_handled_once_in_order_whatever_the_threads():
+    staged = [
+        mi.Staged(mi.FileChange.whole(str(n), b"", b""), Path(str(n)), Path(), Path(), True)
+        for n in range(101)
+    ]
+    seen: list[str] = []
+    assert mi._each(lambda item: seen.append(item.change.path) or item.change.path, staged) == [
+        str(n) for n in range(101)
+    ]
+    assert sorted(seen, key=int) == [str(n) for n in range(101)]
+
+
+def test_the_scan_looks_at_each_file_while_git_greps_on(monkeypatch):
+    # capture_bytes hands each NUL-terminated record over as it is printed:
+    # the first before the command ends, a last one without its NUL too.
+    script = "printf 'first\\0'; sleep 1; printf 'second\\0last'; echo oops >&2"
+    started, seen = time.monotonic(), []
+    result = mi.capture_bytes(
+        ["sh", "-c", script], each=lambda record: seen.append((record, time.monotonic()))
+    )
+    assert [record for record, _ in seen] == [b"first", b"second", b"last"]
+    assert seen[0][1] - started < 0.8 <= time.monotonic() - started
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"oops\n")
+    # A command that hangs is stopped at the deadline, as without `each`.
+    monkeypatch.setattr(mi, "COMMAND_TIMEOUT", 1)
+    with pytest.raises(mi.ManageImagesError, match="did not finish within 1 s"):
+        mi.capture_bytes(["sh", "-c", "printf 'a\\0'; exec sleep 30"], each=lambda record: None)
+    assert time.monotonic() - started < 10
+
+
+def test_a_failure_while_looking_at_a_file_stops_the_grep():
+    def fails(record: bytes) -> None:
+        raise OSError(errno.EIO, "unreadable")
+
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        mi.capture_bytes(["sh", "-c", "printf 'a\\0'; exec sleep 30"], each=fails)
+    assert time.monotonic() - started < 10

@@ -254,3 +254,49 @@ def test_a_parent_the_grammar_cannot_read_is_an_unpinned_parent_named_as_far_as_
         mi.ParentRef(1, "FROM", f"{REGISTRY}/base:$TAG", "base", ""),
         mi.ParentRef(2, "COPY --from", f"{REGISTRY}/$UTIL", f"{REGISTRY}/$UTIL", ""),
     ]
+
+
+# --- A big file is read in pieces ---------------------------------------------------
+
+
+def big_file(lines: int) -> bytes:
+    """Every form of a reference and its near misses, on lines of every length: a
+    line longer than a piece, CRLF line ends, lines with no reference between
+    those with one, and no newline at the end."""
+    block = (
+        forms_script(OLD).encode()
+        + (
+            f"x{REGISTRY}/cmake@{OLD}\n"  # part of a longer host: no reference
+            f"see https://{REGISTRY}/cmake@{OLD}\r\n"
+            + "filler without a reference\n" * 3
+            + "long " * 40
+            + f"{REGISTRY}/base:prod@{OLD} "
+            + "long " * 40
+            + f"{REGISTRY}/util:x\n"
+        ).encode()
+    )
+    return block * lines + f"{REGISTRY}/cmake@{OLD}".encode()
+
+
+def test_check_finds_in_pieces_what_one_read_of_the_file_finds(world, monkeypatch, capsys):
+    data = big_file(60)
+    assert len(data) > mi.BINARY_PEEK  # not one the scan already read whole
+    (world / "big.conf").write_bytes(data)
+    fake_tree.git(world, "add", "big.conf")
+    fake_tree.git(world, "commit", "-q", "-m", "a big file")
+    prod = mi.pins_by_name(mi.usable_prod_digests((world / mi.PROD_DIGESTS_PATH).read_bytes()), REGISTRY)
+    expected = [
+        (finding.line, finding.kind, finding.message)
+        for finding in mi.reference_findings(
+            {"big.conf": data}, REGISTRY, GRAPH, prod, mi.PROD_DIGESTS_PATH, GRAPH
+        )
+    ]
+    assert {kind for _, kind, _ in expected} == {"stale", "malformed", "unpinned"}
+    assert expected[-1][0] == data.count(b"\n") + 1  # the last line, with no newline
+    for piece in (mi.BIG_FILE, 37, 300):  # one piece; a piece per line or less; several lines a piece
+        monkeypatch.setattr(mi, "BIG_FILE", piece)
+        assert mi.main(["--check", "--images", "all", "--json", "report.json"]) == 1
+        capsys.readouterr()
+        report = json.loads(Path("report.json").read_text())
+        found = [(f["line"], f["kind"], f["message"]) for f in report["findings"] if f["path"] == "big.conf"]
+        assert found == expected, piece

@@ -429,6 +429,23 @@ def test_disk_full_while_writing_changes_no_file(tree, standin, small_tmpfs, cap
     assert ref("cmake") in (tree / "ci/build.sh").read_bytes()
 
 
+def test_a_folder_that_cannot_be_written_is_named_whatever_folder_came_before(tree, small_tmpfs):
+    # Which folders are writable is asked once per folder: a writable one never vouches for another.
+    mount = shutil.which("mount", path=SYSTEM_PATH) or "mount"
+    subprocess.run([mount, "-o", "remount,ro", str(small_tmpfs)], check=True)
+    changes = [
+        mi.FileChange.whole(path, b"", b"new\n") for path in ("ci/new.txt", "ci/other.txt", "full/new.txt")
+    ]
+    before = files(tree)
+    with pytest.raises(mi.ManageImagesError) as raised:
+        mi.write_all_or_nothing(tree, changes, None)
+    assert str(raised.value) == (
+        f"cannot write full/new.txt: its folder {small_tmpfs} is not writable; make it writable and run again "
+        "(no file was changed for this image)"
+    )
+    assert files(tree) == before
+
+
 def test_a_file_name_as_long_as_the_file_system_allows_is_rewritten(tree, standin):
     name = "n" * 255
     write(tree, f"ci/{name}", ref("cmake") + b"\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -469,3 +470,49 @@ def test_a_git_ignored_file_in_a_build_context_counts_as_a_change(tree, capsys):
 def test_workspace_loads_maps_labels_of_this_repository_to_paths(label, loaded):
     data = f'load("{label}", "x")\n# load("//not:this.bzl", "y")\ns = \'load("//nor:this.bzl")\'\n'.encode()
     assert mi.workspace_loads(data, "third_party/defs.bzl") == loaded
+
+
+@pytest.mark.parametrize("mark", ["", "--assume-unchanged", "--skip-worktree"])
+def test_which_of_workspace_and_prod_digests_git_tracks_is_read_exactly_from_the_index(tree, mark):
+    # One listing of the index (`git ls-files -v`) tells the marks and which of
+    # the files the tool edits git tracks: a path that ends like one, or lies
+    # in a folder named like one, is not it; an untracked one is never edited.
+    for decoy in ("docs/WORKSPACE", "x WORKSPACE", "WORKSPACE~", "sub/build_tools/docker/prod_digests.txt"):
+        write(tree, decoy, b"# not the file\n")
+        fake_tree.git(tree, "add", decoy)
+    fake_tree.git(tree, "rm", "-q", "--cached", "WORKSPACE")
+    fake_tree.git(tree, "commit", "-q", "-m", "WORKSPACE untracked, decoys tracked")
+    scan = mi.scan_tree(tree, mi.DEFAULT_REGISTRY)
+    assert scan.tracked == {PROD}
+    assert scan.problems == {"WORKSPACE": "git does not track it, and the tool edits tracked files only"}
+    fake_tree.git(tree, "add", "WORKSPACE")
+    commit(tree)
+    if mark:
+        fake_tree.git(tree, "update-index", mark, "WORKSPACE")
+    scan = mi.scan_tree(tree, mi.DEFAULT_REGISTRY)
+    hidden = mark == "--skip-worktree"  # git keeps it out of the work tree's view: not the tool's to edit
+    assert scan.tracked == ({PROD} if hidden else {PROD, "WORKSPACE"})
+    assert ("WORKSPACE" in scan.problems) == hidden
+
+
+def test_a_git_without_perl_regexes_still_finds_every_reference_in_utf8_text(tree, standin, capsys):
+    # git built without PCRE refuses `grep -P`: the scan says what it cannot
+    # search (UTF-16) and greps again for the registry as a fixed string.
+    no_pcre = Path(standin.bin) / "git"
+    no_pcre.write_text(
+        '#!/bin/sh\ncase " $* " in *" grep "*" -P "*)\n'
+        "  echo 'fatal: cannot use Perl-compatible regexes when not compiled with USE_LIBPCRE' >&2; exit 128;;\n"
+        f'esac\nexec {shutil.which("git", path=SYSTEM_PATH)} "$@"\n'
+    )
+    no_pcre.chmod(0o755)
+    standin.set(repo_digests=all_digests())
+    assert mi.main(["--image", "cmake", "--update_references"]) == 0
+    assert capsys.readouterr().err == (
+        "warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched\n"
+    )
+    assert ref("cmake", NEW) in (tree / "ci/build.sh").read_bytes()
+    assert mi.scan_tree(tree, mi.DEFAULT_REGISTRY).candidates == (
+        "build_tools/docker/cmake-python/Dockerfile",
+        PROD,
+        "ci/build.sh",
+    )

@@ -141,6 +141,45 @@ def test_a_file_that_changed_after_its_change_was_computed_is_never_written(tmp_
     assert temporaries(tmp_path) == []
 
 
+def test_an_edit_saved_after_the_scan_read_a_file_is_kept_by_only_references(tree, monkeypatch, capsys):
+    # --only_references rewrites a small file from the scan's read of it; an
+    # edit saved after that read is found when the file is replaced, and the
+    # change is computed again from the disk.
+    prod = tree / "build_tools/docker/prod_digests.txt"
+    prod.write_bytes(b"".join(ref(image, NEW) + b"\n" for image in mi.IMAGES_TO_DEPENDENCIES))
+    script = tree / "ci" / "build.sh"
+    edited = script.read_bytes() + b"echo saved by an editor\n"
+    taken = mi.TrackedFiles.read_by_the_scan
+
+    def then_edited(files):
+        taken(files)
+        assert files.scan.heads["ci/build.sh"] != edited
+        script.write_bytes(edited)
+
+    monkeypatch.setattr(mi.TrackedFiles, "read_by_the_scan", then_edited)
+    assert mi.main(["--images", "all", "--only_references"]) == 0
+    assert script.read_bytes() == edited.replace(D1.encode(), NEW.encode())
+    assert (
+        "ci/build.sh changed on disk while the tool ran: computing the change again"
+        in capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    "size", [100, 3 * mi.BLOCK * 16 + 5]
+)  # one read; several blocks, changed in the last
+def test_a_file_that_changed_to_as_many_bytes_is_never_written(tmp_path, size):
+    # The same size says nothing: what the file holds is compared, to its last byte.
+    read = b"r" * (size - 1) + b"\n"
+    edited = b"r" * (size - 2) + b"e\n"
+    target = write(tmp_path, "ci/build.sh", edited)
+    change = mi.FileChange.whole("ci/build.sh", read, b"what it computed\n")
+    with pytest.raises(mi.ChangedOnDisk):
+        mi.write_all_or_nothing(tmp_path, [change], None)
+    assert target.read_bytes() == edited
+    assert temporaries(tmp_path) == []
+
+
 def test_a_run_as_root_in_a_users_checkout_leaves_every_file_the_users(tree, standin, user, monkeypatch):
     # `sudo manage_images.py ...` where docker needs root: sudo sets SUDO_UID,
     # which is also how git accepts the user's repository from root.

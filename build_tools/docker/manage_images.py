@@ -756,6 +756,8 @@ class TreeScan(NamedTuple):
     problems: Mapping[str, str]  # why WORKSPACE or prod_digests.txt, present, cannot be used
     untouched: tuple[Finding, ...] = ()  # tracked files naming it that are named, never rewritten
     workspace: str = WORKSPACE_PATH  # the file Bazel reads: WORKSPACE.bazel when it exists
+    heads: Mapping[str, bytes] = {}  # candidate -> its bytes, for one shorter than BINARY_PEEK (read whole)
+    found: Mapping[str, list[Reference]] = {}  # candidate of `heads` -> its references (`find_references`)
 
 
 class Reference(NamedTuple):
@@ -905,6 +907,7 @@ class Built(NamedTuple):
     cache_to: str = ""  # the build's --cache-to
     pushed_by_build: bool = False  # the build pushed it: no `docker push`
     unchanged: bool = False  # its inputs are its pin's: not built, not pushed, the pin kept
+    label: str | None = None  # the inputs label it was built with (None: none, or not built)
     # An index: (platform, the digest of the registry cache its own build wrote, "" if none).
     platform_caches: tuple[tuple[str, str], ...] = ()
 
@@ -2101,6 +2104,9 @@ def _reference_finding(
 ) -> tuple[str, FindingKind] | None:
     """What is wrong with one pinned reference (message and kind), or None. Its tag
     says nothing: the digest alone decides what Docker runs."""
+    pinned = prod_digests.get(reference.name, "")
+    if pinned[len("sha256:") :].encode() == reference.hexdigits and DIGEST_RE.match(pinned):
+        return None  # the common case, told before any message is made
     name, hexdigits, shown_name = (
         reference.name,
         reference.hexdigits.decode(),
@@ -3320,7 +3326,8 @@ def failure_tail(image: str, log: str, tail: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Side effects: running commands, reading git, locking, writing files.
+# Side effects, 1: what the user sees: whole lines from any thread, a run's logs,
+# its progress and the terminal view.
 
 
 class Console:
@@ -3476,140 +3483,6 @@ def error_console() -> Console:
 def error_line(text: str) -> None:
     """Prints `text` on standard error, as whole lines."""
     error_console().line(text)
-
-
-class Children:
-    """The commands the tool runs and its registry requests in flight, from every
-    thread, and the request to stop the run.
-
-    Process-wide by nature, as signals and standard output are: a signal
-    handler or a failed write must reach every running command. So there is
-    one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
-    SIGTERM to each command (its whole process group when it has its own
-    session) and SIGKILL after STOP_GRACE seconds to any that is still there;
-    it cuts each request that only reads at once, and one that writes (a PUT)
-    after the same grace, so that the run can still say whether it took
-    effect. No command or request starts after it, and no wait goes on.
-    """
-
-    def __init__(self) -> None:
-        # Reentrant: a signal handler may stop the run while its thread starts a command.
-        self._lock = threading.RLock()
-        self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
-        self._requests: set[Exchange] = set()
-        self._stopped = threading.Event()
-        self.code = 0  # the run's exit code once stopped: 128 + N for signal N
-        self.reason = ""  # the line to print about the stop ("" for none)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._running.clear()
-            self._requests.clear()
-            self._stopped.clear()
-            self.code, self.reason = 0, ""
-
-    @property
-    def stopping(self) -> bool:
-        return self.code != 0
-
-    def start(self, argv: Sequence[str], own_session: bool, **options: object) -> subprocess.Popen[bytes]:
-        """Starts a command (unless the run is stopping), known to `stop` until `done`."""
-        import subprocess
-
-        with self._lock:
-            if self.stopping:
-                raise ManageImagesError(f"stopped before running `{format_command(argv)}`")
-            try:
-                process: subprocess.Popen[bytes] = subprocess.Popen(
-                    argv,
-                    start_new_session=own_session,
-                    **options,  # type: ignore[call-overload]
-                )
-            except FileNotFoundError:
-                raise _missing_tool(argv[0]) from None
-            self._running[process] = own_session
-        return process
-
-    def done(self, process: subprocess.Popen[bytes]) -> None:
-        with self._lock:
-            self._running.pop(process, None)
-
-    def begin(self, request: Exchange) -> None:
-        """Tracks a registry request (unless the run is stopping) until `end`."""
-        with self._lock:
-            if self.stopping:
-                raise ManageImagesError(f"stopped before {request.method} {request.url}")
-            self._requests.add(request)
-
-    def end(self, request: Exchange) -> None:
-        with self._lock:
-            self._requests.discard(request)
-
-    def sleep(self, seconds: float, what: str) -> None:
-        """Waits `seconds`, unless the run stops first: then raises, so that `what` never starts."""
-        if self._stopped.wait(seconds) or self.stopping:
-            raise ManageImagesError(f"stopped before {what}")
-
-    def stop(self, code: int, reason: str) -> None:
-        """Stops the run: the first call's code and reason are the run's."""
-        with self._lock:
-            if not self.stopping:
-                self.code, self.reason = code, reason
-            running = list(self._running.items())
-            requests = list(self._requests)
-        self._stopped.set()
-        self._signal(running, signal.SIGTERM)
-        for request in requests:
-            if not request.writes:
-                request.cut("stop")
-        if running or requests:
-            timer = threading.Timer(STOP_GRACE, self._kill, (running, requests))
-            timer.daemon = True
-            timer.start()
-
-    def _kill(
-        self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], requests: Iterable[Exchange]
-    ) -> None:
-        self._signal(running, signal.SIGKILL)
-        for request in requests:
-            request.cut("stop")
-
-    def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
-        for process, own_session in running:
-            if process.returncode is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if own_session:
-                    os.killpg(process.pid, number)
-                else:
-                    os.kill(process.pid, number)
-
-    def wait(self, timeout: float = STOP_GRACE + 5) -> None:
-        """Returns once no command runs (or after `timeout` seconds)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._running:
-                    return
-            time.sleep(0.02)
-
-
-CHILDREN = Children()
-
-
-def occupy_closed_descriptors() -> None:
-    """Opens /dev/null on standard input, output or error if one is closed
-    (`>&-`), so no file the tool opens can take its number and receive what
-    is printed; `sys.stdout` stays None, and the Console stops the run at
-    its first line."""
-    for number in (0, 1, 2):
-        try:
-            os.fstat(number)
-        except OSError:
-            descriptor = os.open(os.devnull, os.O_RDWR)
-            if descriptor != number:
-                os.dup2(descriptor, number)
-                os.close(descriptor)
 
 
 class RunLogs:
@@ -3902,6 +3775,145 @@ class LiveView:
         self._console.show([], [])
 
 
+# ---------------------------------------------------------------------------
+# Side effects, 2: running commands: the children in flight, a stop, deadlines
+# and output read in bounded lines.
+
+
+class Children:
+    """The commands the tool runs and its registry requests in flight, from every
+    thread, and the request to stop the run.
+
+    Process-wide by nature, as signals and standard output are: a signal
+    handler or a failed write must reach every running command. So there is
+    one, CHILDREN, and `main` starts each run with a clean one. `stop` sends
+    SIGTERM to each command (its whole process group when it has its own
+    session) and SIGKILL after STOP_GRACE seconds to any that is still there;
+    it cuts each request that only reads at once, and one that writes (a PUT)
+    after the same grace, so that the run can still say whether it took
+    effect. No command or request starts after it, and no wait goes on.
+    """
+
+    def __init__(self) -> None:
+        # Reentrant: a signal handler may stop the run while its thread starts a command.
+        self._lock = threading.RLock()
+        self._running: dict[subprocess.Popen[bytes], bool] = {}  # process -> has a session of its own
+        self._requests: set[Exchange] = set()
+        self._stopped = threading.Event()
+        self.code = 0  # the run's exit code once stopped: 128 + N for signal N
+        self.reason = ""  # the line to print about the stop ("" for none)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._running.clear()
+            self._requests.clear()
+            self._stopped.clear()
+            self.code, self.reason = 0, ""
+
+    @property
+    def stopping(self) -> bool:
+        return self.code != 0
+
+    def start(self, argv: Sequence[str], own_session: bool, **options: object) -> subprocess.Popen[bytes]:
+        """Starts a command (unless the run is stopping), known to `stop` until `done`."""
+        import subprocess
+
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before running `{format_command(argv)}`")
+            try:
+                process: subprocess.Popen[bytes] = subprocess.Popen(
+                    argv,
+                    start_new_session=own_session,
+                    **options,  # type: ignore[call-overload]
+                )
+            except FileNotFoundError:
+                raise _missing_tool(argv[0]) from None
+            self._running[process] = own_session
+        return process
+
+    def done(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.pop(process, None)
+
+    def begin(self, request: Exchange) -> None:
+        """Tracks a registry request (unless the run is stopping) until `end`."""
+        with self._lock:
+            if self.stopping:
+                raise ManageImagesError(f"stopped before {request.method} {request.url}")
+            self._requests.add(request)
+
+    def end(self, request: Exchange) -> None:
+        with self._lock:
+            self._requests.discard(request)
+
+    def sleep(self, seconds: float, what: str) -> None:
+        """Waits `seconds`, unless the run stops first: then raises, so that `what` never starts."""
+        if self._stopped.wait(seconds) or self.stopping:
+            raise ManageImagesError(f"stopped before {what}")
+
+    def stop(self, code: int, reason: str) -> None:
+        """Stops the run: the first call's code and reason are the run's."""
+        with self._lock:
+            if not self.stopping:
+                self.code, self.reason = code, reason
+            running = list(self._running.items())
+            requests = list(self._requests)
+        self._stopped.set()
+        self._signal(running, signal.SIGTERM)
+        for request in requests:
+            if not request.writes:
+                request.cut("stop")
+        if running or requests:
+            timer = threading.Timer(STOP_GRACE, self._kill, (running, requests))
+            timer.daemon = True
+            timer.start()
+
+    def _kill(
+        self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], requests: Iterable[Exchange]
+    ) -> None:
+        self._signal(running, signal.SIGKILL)
+        for request in requests:
+            request.cut("stop")
+
+    def _signal(self, running: Sequence[tuple[subprocess.Popen[bytes], bool]], number: int) -> None:
+        for process, own_session in running:
+            if process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if own_session:
+                    os.killpg(process.pid, number)
+                else:
+                    os.kill(process.pid, number)
+
+    def wait(self, timeout: float = STOP_GRACE + 5) -> None:
+        """Returns once no command runs (or after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.02)
+
+
+CHILDREN = Children()
+
+
+def occupy_closed_descriptors() -> None:
+    """Opens /dev/null on standard input, output or error if one is closed
+    (`>&-`), so no file the tool opens can take its number and receive what
+    is printed; `sys.stdout` stays None, and the Console stops the run at
+    its first line."""
+    for number in (0, 1, 2):
+        try:
+            os.fstat(number)
+        except OSError:
+            descriptor = os.open(os.devnull, os.O_RDWR)
+            if descriptor != number:
+                os.dup2(descriptor, number)
+                os.close(descriptor)
+
+
 def _missing_tool(name: str) -> ManageImagesError:
     hints = {
         "docker": "install Docker (https://docs.docker.com/engine/install/) and try again",
@@ -4031,9 +4043,15 @@ class Runner:
 
 
 def capture_bytes(
-    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    each: Callable[[bytes], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Runs a read-only command (also in a dry run) and returns its output as bytes."""
+    """Runs a read-only command (also in a dry run) and returns its output as
+    bytes; with `each`, every NUL-terminated record of its standard output is
+    handed to `each` as soon as it is read, while the command runs on (and
+    the output returned holds none)."""
     import subprocess
 
     pipe = subprocess.PIPE
@@ -4041,7 +4059,10 @@ def capture_bytes(
         argv, False, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
     )
     try:
-        stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        if each is None:
+            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        else:
+            stdout, stderr = b"", _records(process, each, COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
@@ -4054,6 +4075,47 @@ def capture_bytes(
     if process.returncode < 0:  # killed by signal N: 128 + N, wherever it runs
         raise CommandError(argv, process.returncode)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _records(process: subprocess.Popen[bytes], each: Callable[[bytes], None], timeout: float) -> bytes:
+    """Hands `each` every NUL-terminated record of the process's standard output
+    as it comes, gathers its standard error and waits for the process to end;
+    returns its standard error. Raises subprocess.TimeoutExpired after
+    `timeout` seconds in all; on any error the process is killed first."""
+    import selectors
+    import subprocess
+
+    assert process.stdout is not None and process.stderr is not None
+    deadline, errors, rest = time.monotonic() + timeout, [], b""
+    try:
+        with selectors.DefaultSelector() as selector:
+            for stream in (process.stdout, process.stderr):
+                selector.register(stream, selectors.EVENT_READ)
+            while selector.get_map():
+                ready = selector.select(deadline - time.monotonic())
+                if not ready and time.monotonic() >= deadline:
+                    raise subprocess.TimeoutExpired(process.args, timeout)
+                for key, _ in ready:
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is process.stderr:
+                        errors.append(chunk)
+                    else:
+                        *records, rest = (rest + chunk).split(b"\0")
+                        for record in records:
+                            each(record)
+        if rest:  # a last record without its NUL
+            each(rest)
+        process.wait(max(deadline - time.monotonic(), 0))
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+    return b"".join(errors)
 
 
 def capture(
@@ -4071,9 +4133,17 @@ def capture(
     )
 
 
-def git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Runs a read-only git command in `root`, asked as `git_argv` and `git_environment` say."""
-    return capture_bytes(git_argv(root, *args), env=git_environment(os.environ))
+# ---------------------------------------------------------------------------
+# Side effects, 3: reading git: the repository, its index, what changed since a
+# revision, which registry the tree names.
+
+
+def git(
+    root: Path, *args: str, each: Callable[[bytes], None] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs a read-only git command in `root`, asked as `git_argv` and `git_environment`
+    say (`each`: as `capture_bytes` hands it the records of the output)."""
+    return capture_bytes(git_argv(root, *args), env=git_environment(os.environ), each=each)
 
 
 def find_repo_root(start: Path) -> Path:
@@ -4104,15 +4174,22 @@ def repository_refusal(start: str, stderr: bytes) -> str:
     return f"git refuses to work in {shown(start)}: {reason}; {fix}"
 
 
-def git_output(root: Path, *args: str, ok: tuple[int, ...] = (0,), shown_as: str = "") -> bytes:
-    """What a git command prints on stdout (`shown_as`: the command as an error names it).
+def git_output(
+    root: Path,
+    *args: str,
+    ok: tuple[int, ...] = (0,),
+    shown_as: str = "",
+    each: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """What a git command prints on stdout (`shown_as`: the command as an error
+    names it; with `each`, its records go to `each` as it prints them instead).
 
     git's exit status decides, and its `error:` and `fatal:` lines: `git
     grep` reports a file it cannot read only with one, and still exits 0, and
     a file it skipped must not be missed. Warnings (line ends that
     `core.autocrlf` would change) and traces (GIT_TRACE) are not failures.
     """
-    result = git(root, *args)
+    result = git(root, *args, each=each)
     failure = git_failure(result.stderr)
     if result.returncode not in ok or failure:
         said = failure or " ".join(result.stderr.decode("utf-8", "replace").split())
@@ -4129,34 +4206,65 @@ def git_lines(root: Path, *args: str, ok: tuple[int, ...] = (0,), shown_as: str 
     return [os.fsdecode(path) for path in output.split(b"\0") if path]
 
 
-def grep_registry(root: Path, registry: str, *options: str) -> list[str]:
+def grep_registry(
+    root: Path, registry: str, *options: str, each: Callable[[str], None] = lambda path: None
+) -> list[str]:
     """The tracked files that name `REGISTRY/`, in UTF-8 or UTF-16 text or in
-    binary data, populated submodules included (`options`: `--cached`)."""
+    binary data, populated submodules included (`options`: `--cached`); each
+    is also handed to `each` as soon as git names it, while git greps on (the
+    caller's work on the first files overlaps git's on the rest; it is lost
+    if git then fails)."""
     args = ("grep", *options, "-l", "-z", "--no-color", "--no-textconv", "--recurse-submodules")
     what = format_command(("git", *args, "-e", f"{registry}/"))
+    named: list[str] = []
+
+    def found(record: bytes) -> None:
+        if record:
+            named.append(os.fsdecode(record))
+            each(named[-1])
+
     try:
         pattern = registry_grep_pattern(registry)
-        return git_lines(root, *args, "-P", "-e", pattern, "--", ok=(0, 1), shown_as=what)
+        git_output(root, *args, "-P", "-e", pattern, "--", ok=(0, 1), shown_as=what, each=found)
+        return named
     except ManageImagesError as error:
         if "Perl-compatible" not in str(error):
             raise
     error_line("warning: this git cannot search with Perl regexes (PCRE), so UTF-16 files are not searched")
-    return git_lines(root, *args, "-F", "-e", f"{registry}/", "--", ok=(0, 1), shown_as=what)
+    git_output(root, *args, "-F", "-e", f"{registry}/", "--", ok=(0, 1), shown_as=what, each=found)
+    return named
 
 
 # An index entry of `git ls-files -v -z` marked skip-worktree (S, s) or assume-unchanged (lower case).
 _MARKED_RE = re.compile(rb"(?<![^\0])([Sa-z]) ([^\0]+)")
 
 
-def index_marks(root: Path) -> tuple[list[str], list[str]]:
+def index_marks(root: Path, named: Sequence[str] = ()) -> tuple[list[str], list[str], list[str]]:
     """The tracked files marked skip-worktree (a sparse checkout hides them),
-    and those marked assume-unchanged, from one listing of the index
-    (filtered as bytes: decoding 100,000 names to keep none costs more than the git call)."""
+    those marked assume-unchanged, and which of `named` git tracks, from one
+    listing of the index (filtered as bytes: decoding 100,000 names to keep
+    none costs more than the git call)."""
+    listing = git_output(root, "ls-files", "-v", "-z")
     sparse: list[str] = []
     assumed: list[str] = []
-    for tag, path in _MARKED_RE.findall(git_output(root, "ls-files", "-v", "-z")):
-        (sparse if tag in b"Ss" else assumed).append(os.fsdecode(path))
-    return sparse, assumed
+    # Each entry is a tag, a space, the path and a NUL; a tag other than H
+    # marks it. Counting the entries tagged H is one pass, where the regex
+    # is many: most indexes mark nothing.
+    if listing.count(b"\0H ") + listing.startswith(b"H ") != listing.count(b"\0"):
+        for tag, path in _MARKED_RE.findall(listing):
+            (sparse if tag in b"Ss" else assumed).append(os.fsdecode(path))
+    return sparse, assumed, [path for path in named if _lists(listing, os.fsencode(path))]
+
+
+def _lists(listing: bytes, path: bytes) -> bool:
+    """True if `git ls-files -v -z` output holds an entry for `path`, whatever its tag."""
+    needle = b" " + path + b"\0"
+    at = listing.find(needle)
+    while at >= 0:
+        if at == 1 or (at > 1 and listing[at - 2] == 0):  # the space after an entry's tag
+            return True
+        at = listing.find(needle, at + 1)
+    return False
 
 
 def changed_images(root: Path, ref: str, graph: Mapping[str, Sequence[str]]) -> list[str]:
@@ -4262,6 +4370,10 @@ def resolve_registry(given: str | None, root: Path, graph: Mapping[str, Sequence
     return registry
 
 
+# ---------------------------------------------------------------------------
+# Side effects, 4: a build's context as docker sends it, read from disk.
+
+
 def context_entries(folder: Path) -> list[ContextEntry]:
     """What docker sends of the build context `folder` (see `context_sent`), the same for
     every builder. Raises ValueError when that cannot be told: the classic builder and
@@ -4360,6 +4472,11 @@ def _context_entry(path: Path, relative: str, mode: int) -> ContextEntry:
     return ContextEntry(relative, "file", bits, digest.hexdigest())
 
 
+# ---------------------------------------------------------------------------
+# Side effects, 5: the scan: the files that name the registry, looked at while
+# git greps on.
+
+
 def in_background(call: Callable[[], T]) -> Callable[[], T]:
     """Starts `call` in a thread of its own (it waits on child processes) and
     returns the function that waits for it: its result, or its error raised."""
@@ -4393,48 +4510,68 @@ def in_parallel(*calls: Callable[[], T]) -> list[T]:
 
 def scan_tree(root: Path, registry: str) -> TreeScan:
     special = (WORKSPACE_PATH, WORKSPACE_BAZEL_PATH, PROD_DIGESTS_PATH)
-    # Independent git calls at once: the grep reads every file, the others
-    # only the index.
-    marks = in_background(lambda: index_marks(root))
-    tracked_list = in_background(lambda: git_lines(root, "ls-files", "-z", "--", *special))
-    named = grep_registry(root, registry)
-    sparse_list, assumed = marks()
+    # Independent git calls at once: the listing reads only the index, the
+    # grep every file; each file it names is looked at while it greps on.
+    listing = in_background(lambda: index_marks(root, special))
     cache: dict[str, str] = {}
     candidates, skipped, untouched = [], [], []
     folders: dict[str, str] = {}
-    listed, marked = set(named), set(assumed)
-    for path in named + [path for path in assumed if path not in listed]:
+    heads: dict[str, bytes] = {}
+    found: dict[str, list[Reference]] = {}
+    marked: list[set[str]] = []
+
+    def look_at(path: str, listed: bool) -> None:
+        if not marked:
+            marked.append(set(listing()[1]))
         problem = path_problem(root, path, cache)
         if problem:
             skipped.append((path, problem))
-            continue
-        finding = untouched_file(root, path, registry, folders, path in marked)
+            return
+        finding = untouched_file(root, path, registry, folders, path in marked[0], heads)
         if finding is not None:
             untouched.append(finding)
-        elif path in listed:
+        elif listed:
             candidates.append(path)
+            if path in heads:  # its references are found while git greps on, too
+                found[path] = list(find_references(heads[path], registry))
+
+    named = set(grep_registry(root, registry, each=lambda path: look_at(path, True)))
+    sparse_list, assumed, tracked_list = listing()
+    for path in assumed:
+        if path not in named:
+            look_at(path, False)
     hidden: list[str] = []
     sparse = set(sparse_list)
     if sparse:
         # git grep skips what a sparse checkout hides; read the index instead.
         in_index = grep_registry(root, registry, "--cached")
         hidden = [path for path in in_index if path in sparse]
-    tracked = frozenset(tracked_list()) - sparse
-    problems = {}
-    for path in special:
-        problem = path_problem(root, path, cache)
-        if not problem and path not in tracked and (root / path).exists():
-            problem = "git does not track it, and the tool edits tracked files only"
-        if problem:
-            problems[path] = problem
+    tracked = frozenset(tracked_list) - sparse
+    problems = {path: why for path in special if (why := special_problem(root, path, tracked, cache))}
     # Bazel reads WORKSPACE.bazel when it exists; a link from it to WORKSPACE makes WORKSPACE the file.
     bazel = root / WORKSPACE_BAZEL_PATH
     linked = os.path.islink(bazel) and os.path.realpath(bazel) == os.path.realpath(root / WORKSPACE_PATH)
     used = not linked and (WORKSPACE_BAZEL_PATH in tracked or os.path.lexists(bazel))
     workspace = WORKSPACE_BAZEL_PATH if used else WORKSPACE_PATH
     return TreeScan(
-        tuple(candidates), tuple(skipped), tuple(hidden), tracked, problems, tuple(untouched), workspace
+        tuple(candidates),
+        tuple(skipped),
+        tuple(hidden),
+        tracked,
+        problems,
+        tuple(untouched),
+        workspace,
+        heads,
+        found,
     )
+
+
+def special_problem(root: Path, relative: str, tracked: Container[str], cache: dict[str, str]) -> str:
+    """Why WORKSPACE, WORKSPACE.bazel or prod_digests.txt, present, cannot be used, or ""."""
+    problem = path_problem(root, relative, cache)
+    if not problem and relative not in tracked and (root / relative).exists():
+        problem = "git does not track it, and the tool edits tracked files only"
+    return problem
 
 
 def submodule_of(root: Path, relative: str, folders: dict[str, str]) -> str:
@@ -4450,13 +4587,20 @@ def submodule_of(root: Path, relative: str, folders: dict[str, str]) -> str:
 
 
 def untouched_file(
-    root: Path, relative: str, registry: str, folders: dict[str, str], assumed: bool
+    root: Path,
+    relative: str,
+    registry: str,
+    folders: dict[str, str],
+    assumed: bool,
+    heads: dict[str, bytes] | None = None,
 ) -> Finding | None:
     """Why a tracked regular file that may name the registry is never rewritten
     (it is in a submodule, marked assume-unchanged, binary or UTF-16), or None.
 
     An assume-unchanged file `git grep` did not list may still name it in the
-    work tree (git greps its staged copy): it is read to know.
+    work tree (git greps its staged copy): it is read to know. A file that is
+    none of these and shorter than the bytes read to tell is kept in `heads`,
+    whole: --check reads it from there.
     """
     submodule = submodule_of(root, relative, folders)
     if submodule:
@@ -4475,8 +4619,7 @@ def untouched_file(
             f"`git update-index --no-assume-unchanged {shown(relative)}`, then run again"
         )
         return Finding(relative, 1, message, "assume-unchanged")
-    with open(root / relative, "rb") as file:
-        head = file.read(BINARY_PEEK)
+    head = read_head(root / relative, BINARY_PEEK)
     # UTF-16: a byte-order mark, or text whose every other byte is mostly NUL.
     if (
         head.startswith((b"\xff\xfe", b"\xfe\xff"))
@@ -4490,25 +4633,14 @@ def untouched_file(
             "never rewrites (a digest inside may be covered by a checksum); update it by hand"
         )
         return Finding(relative, 1, message, "binary")
+    if heads is not None and len(head) < BINARY_PEEK:
+        heads[relative] = head
     return None
 
 
-def unwritable_reason(path: Path) -> str | None:
-    """Why `path` must not be replaced, or None.
-
-    A file without any write bit is taken as read-only even for root, who could
-    otherwise replace it; an immutable file or a read-only folder fails access().
-    """
-    if path.exists():
-        if path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK):
-            return "it is read-only"
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        return f"its folder {shown(str(path.parent))} is not writable"
-    return None
-
-
-def temporary_beside(path: Path) -> Path:
-    return path.with_name(f".manage_images.{os.urandom(6).hex()}.tmp")
+# ---------------------------------------------------------------------------
+# Side effects, 6: the repository lock, and files read whole, by their head or in
+# pieces of whole lines.
 
 
 class RepositoryLock:
@@ -4649,6 +4781,81 @@ def read_small(path: Path, limit: int) -> bytes:
     return data
 
 
+def read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a file (all of a shorter one), without a
+    buffered file object: the scan reads a thousand heads per run."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = b""
+        while len(head) < size:
+            chunk = os.read(descriptor, size - len(head))
+            if not chunk:
+                break
+            head += chunk
+        return head
+    finally:
+        os.close(descriptor)
+
+
+def _pieces(descriptor: int, size: int) -> Iterator[tuple[bytes, int]]:
+    """The file's bytes in pieces of whole lines (each ends with a newline, but
+    the last), each about `size` bytes or one line, as (bytes, end): the piece
+    is bytes[:end], one read at its offset, and what follows `end` starts the
+    next piece, read again from there (no piece is copied). A big file is never
+    whole in memory, and no reference spans two pieces (its grammar holds no
+    newline, and a newline before it is a boundary, as the start of a piece is)."""
+    # A small file is read in one piece of its size: a read of `size` bytes
+    # would first allocate all of them.
+    size = min(size, max(os.fstat(descriptor).st_size + 1, 1 << 12))
+    offset, want = 0, size
+    while True:
+        chunk = os.pread(descriptor, want, offset)
+        if not chunk:
+            return
+        end = chunk.rfind(b"\n") + 1
+        if len(chunk) < want and not os.pread(descriptor, 1, offset + len(chunk)):
+            end = len(chunk)  # the end of the file: its last line needs no newline
+        elif not end:  # a line longer than `want`: read more of it
+            want *= 2
+            continue
+        yield chunk, end
+        offset, want = offset + end, size
+
+
+def _newlines(descriptor: int, start: int, end: int) -> int:
+    """How many newlines the file holds between offsets `start` and `end`, read again."""
+    count = 0
+    while start < end:
+        block = os.pread(descriptor, min(BIG_FILE, end - start), start)
+        if not block:
+            break
+        count += block.count(b"\n")
+        start += len(block)
+    return count
+
+
+def referencing_pieces(path: Path, registry: str) -> Iterator[tuple[int, bytes, list[Reference]]]:
+    """The pieces of a file (`_pieces`) that hold a reference, each with the
+    number of its first line and its references (the bytes may go on past the
+    piece, with no reference of it there). Lines are counted only as
+    far as the last such piece (the bytes between two of them are read
+    again to count theirs), so a big file costs what one read of it does."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        line, counted, offset = 1, 0, 0  # `line` is the number of the line starting at `counted`
+        for piece, end in _pieces(descriptor, BIG_FILE):
+            references = [
+                reference for reference in find_references(piece, registry) if reference.start < end
+            ]
+            if references:
+                line += _newlines(descriptor, counted, offset)
+                yield line, piece, references
+                line, counted = line + piece.count(b"\n", 0, end), offset + end
+            offset += end
+    finally:
+        os.close(descriptor)
+
+
 def read_file(path: Path) -> bytes:
     """A whole file's bytes; the one place files are read for rewriting (tests count the calls)."""
     return path.read_bytes()
@@ -4671,6 +4878,16 @@ class TrackedFiles:
             path = self.root / relative
             self._contents[relative] = read_file(path) if path.is_file() else b""
         return self._contents[relative]
+
+    def read_by_the_scan(self) -> None:
+        """Takes the files the scan read whole (`TreeScan.heads`) as read now:
+        for a run that rewrites them as soon as it has scanned (--only_references),
+        a second read would only be later. What changes on disk meanwhile is
+        caught when the files are replaced, as for any read."""
+        for relative, data in self.scan.heads.items():
+            self._contents.setdefault(relative, data)
+            if relative in self.scan.found:
+                self._references.setdefault(relative, list(self.scan.found[relative]))
 
     def written(self, relative: str, data: bytes) -> None:
         """Records what the run wrote, so later images start from it."""
@@ -4707,6 +4924,37 @@ class TrackedFiles:
                 for name in pinned_names(self.references(path)):
                     self._naming.setdefault(name, []).append(path)
         return self._naming.get(image, [])
+
+
+# ---------------------------------------------------------------------------
+# Side effects, 7: writing files all or nothing: staged beside their targets,
+# replaced, read back, put back on a failure.
+
+
+def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> str | None:
+    """Why `path` must not be replaced, or None (`folders`: which folders are writable, as found).
+
+    A file without any write bit is taken as read-only even for root, who could
+    otherwise replace it; an immutable file or a read-only folder fails access().
+    """
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):  # as Path.exists
+            raise
+        mode = None
+    if mode is not None and (mode & 0o222 == 0 or not os.access(path, os.W_OK)):
+        return "it is read-only"
+    folders, parent = {} if folders is None else folders, path.parent
+    if parent not in folders:
+        folders[parent] = os.access(parent, os.W_OK | os.X_OK)
+    if not folders[parent]:
+        return f"its folder {shown(str(parent))} is not writable"
+    return None
+
+
+def temporary_beside(path: Path) -> Path:
+    return path.with_name(f".manage_images.{os.urandom(6).hex()}.tmp")
 
 
 class Edits:
@@ -4791,8 +5039,9 @@ def _write_new(
             while written < len(view):
                 written += os.write(descriptor, view[written : written + (1 << 24)])
         os.fsync(descriptor)
-        os.fchmod(descriptor, mode)
-        if like is not None:
+        if like is None:
+            os.fchmod(descriptor, mode)
+        else:  # which sets the mode, after the owner
             _keep_metadata(descriptor, like)
     finally:
         os.close(descriptor)
@@ -4874,14 +5123,19 @@ class Staged(NamedTuple):
 
 
 def _each(call: Callable[[Staged], T], staged: Sequence[Staged]) -> list[T]:
-    """`call` on every staged file; by a few threads when there are many (their
-    fsyncs and folder locks then overlap: 1,000 files take a third of the time)."""
+    """`call` on every staged file, results in order; by a few threads when there
+    are many (their fsyncs and folder locks then overlap: 1,000 files take a
+    third of the time), each given a run of neighbouring files (a task per file
+    costs the main thread more than the calls do)."""
     if len(staged) < 8:
         return [call(item) for item in staged]
     import concurrent.futures
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(call, staged))
+    size = -(-len(staged) // 16)
+    runs = [staged[start : start + size] for start in range(0, len(staged), size)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        done = pool.map(lambda run: [call(item) for item in run], runs)
+        return [result for results in done for result in results]
 
 
 def _stage_all(staged: Sequence[Staged], umask: int) -> list[tuple[FileChange, OSError]]:
@@ -4900,15 +5154,23 @@ def _stage_all(staged: Sequence[Staged], umask: int) -> list[tuple[FileChange, O
 
 
 def _holds(path: Path, data: bytes) -> bool:
-    """True if the file at `path` holds exactly `data` (read in blocks, never whole)."""
-    with open(path, "rb") as file:
-        if os.fstat(file.fileno()).st_size != len(data):
+    """True if the file at `path` holds exactly `data` (read in blocks, never whole;
+    a small file in one read of its size, without a buffered file object)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(descriptor).st_size != len(data):
             return False
-        view = memoryview(data)
-        for offset in range(0, len(data), BLOCK * 16):
-            if file.read(BLOCK * 16) != view[offset : offset + BLOCK * 16]:
+        offset = 0
+        while True:
+            block = os.read(descriptor, min(BLOCK * 16, len(data) - offset + 1))
+            if not block:
+                return offset == len(data)
+            # bytes to bytes: a memcmp (bytes to a memoryview compares byte by byte: 1.7 ms a MiB)
+            if block != data[offset : offset + len(block)]:
                 return False
-        return not file.read(1)
+            offset += len(block)
+    finally:
+        os.close(descriptor)
 
 
 def _replace(item: Staged) -> OSError | None:
@@ -4934,6 +5196,13 @@ def _replace(item: Staged) -> OSError | None:
     return None
 
 
+def _replace_and_check(item: Staged) -> tuple[OSError | None, bool]:
+    """`_replace`, then whether the old file (now the backup) still held what
+    the change was computed from: one pass of the threads over the files."""
+    error = _replace(item)
+    return error, error is None and (not item.existed or _holds(item.backup, item.change.old))
+
+
 def _put_back(replaced: Sequence[Staged]) -> list[str]:
     """Puts every old file back; the paths that could not be (their old content kept as the backup)."""
     failed = []
@@ -4957,9 +5226,10 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
     Any failure while writing removes the temporary files and changes nothing.
     """
     cache: dict[str, str] = {}
+    folders: dict[Path, bool] = {}
     for change in changes:
         problem = path_problem(root, change.path, cache)
-        reason = unwritable_reason(root / change.path) if not problem else None
+        reason = unwritable_reason(root / change.path, folders) if not problem else None
         if problem or reason:
             advice = "fix that" if problem else "make it writable"
             raise ManageImagesError(
@@ -4975,6 +5245,7 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
     if lock is not None:
         lock.record(name for item in staged for name in (item.temporary, item.backup))
     kept: set[Path] = set()
+    committed = False
     try:
         failures = _stage_all(staged, umask)
         if failures:
@@ -4984,15 +5255,23 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
                 "fix the cause and run again"
             )
         _commit(staged, kept)
+        committed = True
     finally:
-        for item in staged:
-            item.temporary.unlink(missing_ok=True)
-            if item.backup not in kept:
-                item.backup.unlink(missing_ok=True)
+        _each(lambda item: _discard(item, kept, committed), staged)
     if lock is not None:
         # The files are written: the list only tells a killed run's successor what to remove.
         with contextlib.suppress(ManageImagesError):
             lock.record(())
+
+
+def _discard(item: Staged, kept: Container[Path], committed: bool) -> None:
+    """Removes the temporary file of `item` (none once committed: it was renamed
+    into place) and its backup, unless kept. Run by a few threads (`_each`): a
+    thousand unlinks one after the other cost as much as the renames."""
+    if not committed:
+        item.temporary.unlink(missing_ok=True)
+    if item.backup not in kept:
+        item.backup.unlink(missing_ok=True)
 
 
 def _commit(staged: Sequence[Staged], kept: set[Path]) -> None:
@@ -5001,13 +5280,12 @@ def _commit(staged: Sequence[Staged], kept: set[Path]) -> None:
     edit saved while the tool ran is never written over). On any failure
     every file of the image is put back; the backup of one that cannot be
     is added to `kept`, and named."""
-    errors = _each(_replace, staged)
-    replaced = [item for item, error in zip(staged, errors) if error is None]
-    failed = [(item, error) for item, error in zip(staged, errors) if error is not None]
+    outcomes = _each(_replace_and_check, staged)
+    replaced = [item for item, (error, _) in zip(staged, outcomes) if error is None]
+    failed = [(item, error) for item, (error, _) in zip(staged, outcomes) if error is not None]
     moved = [item.change.path for item, error in failed if isinstance(error, FileExistsError)]
     if not failed:
-        held = _each(lambda item: not item.existed or _holds(item.backup, item.change.old), replaced)
-        moved = [item.change.path for item, ok in zip(replaced, held) if not ok]
+        moved = [item.change.path for item, (_, held) in zip(staged, outcomes) if not held]
     if not failed and not moved:
         return
     stuck = _put_back(replaced)
@@ -6755,6 +7033,32 @@ def registry_identities(
     }
 
 
+def pin_of_push(runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None) -> str:
+    """The digest to pin IMAGE to after this run pushed it as PUSHED (built with the inputs
+    `label`, if known): the pin, when the registry serves it and the push has its content,
+    and then the tag is put back on the pin, so that a pull of the tag and --verify_pinned
+    agree with the tree; else PUSHED."""
+    settings = runner.settings
+    url = image_url(settings.registry, image)
+    kept = kept_pin(runner, image, pinned, pushed, label)
+    if kept is None or kept == pushed:
+        return kept or pushed
+    identity = runner.identities[image]
+    runner.say(
+        f"Keeping the pin {url}@{kept[:19]}: {identity} to the push; :{settings.tag} serves the pin again",
+        image,
+    )
+    runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+    client = runner.registry()
+    served = client.put_manifest(url, settings.tag, client.get_manifest(url, kept))
+    if served != kept:
+        raise ManageImagesError(
+            f"{settings.registry} took the pin's manifest under {url}:{settings.tag} but serves "
+            f"{served[:19]}; check the registry, then run --image {image} --promote --tag {settings.tag}"
+        )
+    return kept
+
+
 def pin_digest(
     runner: Runner,
     image: str,
@@ -6762,24 +7066,22 @@ def pin_digest(
     pushed: str | None,
     metadata: str = "",
     local: LocalImage | None = None,
+    label: str | None = None,
 ) -> str:
     """The digest to pin IMAGE to: one the registry serves, never a local guess.
 
     The pin stays when what was pushed or built has its content (no churn
-    from manifest bytes or key order); else the push's digest; without a
+    from manifest bytes, key order or BuildKit's cache record; the tag is
+    pointed back at the pin); else the push's digest; without a
     push, the digest the registry serves under TAG, or one of the image's
     RepoDigests, if it is the local image. Otherwise one line, and no file
-    changes. `local`: what the engine holds, when this run already asked."""
+    changes. `local`: what the engine holds, when this run already asked;
+    `label`: the inputs label the push was built with, if known."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     client = runner.registry()
     if pushed is not None:
-        kept = kept_pin(runner, image, pinned, pushed)
-        if kept is not None and pinned != pushed:
-            identity = runner.identities[image]
-            runner.say(f"Keeping the pin {url}@{kept[:19]}: {identity} to the push", image)
-            runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
-        return kept or pushed
+        return pin_of_push(runner, image, pinned, pushed, label)
     if local is None:
         local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
     if local is None:
@@ -6807,13 +7109,19 @@ def pin_digest(
     )
 
 
-def kept_pin(runner: Runner, image: str, pinned: str | None, pushed: str) -> str | None:
+def kept_pin(
+    runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None = None
+) -> str | None:
     """The pin, when the registry serves it and what was pushed has its content (config to
     config, see `registry_identity`; platform by platform for an image built for several,
-    see `registry_identities`), which this records; else None."""
+    see `registry_identities`), which this records; else None. A push built with the
+    inputs `label` differs from a pin whose label is another without a look at its config."""
     url = image_url(runner.settings.registry, image)
     client = runner.registry()
     if pinned is None or client.served_digest(url, pinned) is None:
+        return None
+    if label is not None and pin_label(runner, image, pinned)[1] != label:
+        runner.identities[image] = "differs"
         return None
     platforms = built_for(runner, image)
     if len(platforms) > 1:
@@ -6929,7 +7237,7 @@ def build_image(
     output = runner.run(build_argv(plan, engine, options), image)
     local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
     caches = platform_cache_builds(runner, image, plan, options) if steps.push and len(platforms) > 1 else ()
-    built = Built(tuple(output), metadata, None, local, cache_to, push, platform_caches=caches)
+    built = Built(tuple(output), metadata, None, local, cache_to, push, label=label, platform_caches=caches)
     if not push:
         return built
     said = metadata_digest(metadata, "containerimage.digest")
@@ -7081,7 +7389,7 @@ def dependents_reference(
     if settings.dry_run:
         return f"{url}:{settings.tag}"
     if built.pushed is not None:
-        return f"{url}@{kept_pin(runner, image, pinned, built.pushed) or built.pushed}"
+        return f"{url}@{kept_pin(runner, image, pinned, built.pushed, built.label) or built.pushed}"
     local = (
         None
         if pinned is None
@@ -7248,7 +7556,7 @@ def digest_to_pin(
             )
             return None
         local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
-    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
+    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local, built.label)
     if built.pushed not in (None, digest):
         keep_caches(runner, image, digest, built)
     return digest
@@ -8012,6 +8320,7 @@ def only_references(
 
         registry = runner.settings.registry
         files = TrackedFiles(runner.settings.root, scan, registry)
+        files.read_by_the_scan()
         # Every digest is known up front: gather all images' edits, then
         # rewrite each file once for all of them, in one pass, and write it
         # once (a 200 MB file is read, scanned and written once, not per image).
@@ -8236,24 +8545,19 @@ def check(
     findings += [Finding(path, 1, sparse_message(registry), "sparse") for path in scan.hidden]
     prod_digests, prod_findings = prod_digests_check(root, registry, graph, scan)
     findings += prod_findings
-    files = {path: (root / path).read_bytes() for path in scan.candidates}
-    workspace = scan.workspace
+    paths, workspace = list(scan.candidates), scan.workspace
     if RBE_IMAGE in images:
         if workspace in scan.problems:
             message = f"not checked: {scan.problems[workspace]}"
             findings.append(Finding(workspace, 1, message, "unsafe-path"))
-        elif workspace in scan.tracked and workspace not in files:
-            files[workspace] = (root / workspace).read_bytes()
+        elif workspace in scan.tracked and workspace not in paths:
+            paths.append(workspace)
         findings += rules_elsewhere(root, scan, registry)
-    found = {path: list(find_references(data, registry)) for path, data in files.items()}
-    references = reference_findings(
-        files, registry, images, prod_digests or {}, PROD_DIGESTS_PATH, graph, found, covered, workspace
+    references, found, workspace_data = checked_references(
+        root, registry, images, graph, scan, paths, prod_digests or {}, covered
     )
-    allowed = allowed_unpinned(root, [finding.path for finding in references if finding.kind == "unpinned"])
-    findings += [
-        finding for finding in references if finding.kind != "unpinned" or finding.path not in allowed
-    ]
-    referenced = referenced_images(found, files.get(workspace), image_url(registry, RBE_IMAGE))
+    findings += references
+    referenced = referenced_images(found, workspace_data, image_url(registry, RBE_IMAGE))
     findings += checklist_findings(images, registry, prod_digests, referenced, dockerfiles)
     if set(images) == set(graph):
         findings += folder_findings(dockerfile_folders(root), graph)
@@ -8265,6 +8569,49 @@ def check(
         report.findings = findings
     agree = f"the graph, the Dockerfiles, the references and {PROD_DIGESTS_PATH} agree."
     return print_findings(console, findings, f"Checked {len(images)}", images, "", agree)
+
+
+def checked_references(
+    root: Path,
+    registry: str,
+    images: Sequence[str],
+    graph: Mapping[str, Sequence[str]],
+    scan: TreeScan,
+    paths: Sequence[str],
+    prod_digests: Mapping[str, str],
+    covered: Container[tuple[str, str]],
+) -> tuple[list[Finding], dict[str, list[Reference]], bytes | None]:
+    """`reference_findings` of each of `paths`, each read once: a small one
+    whole (the scan read it), a big one in pieces (`referencing_pieces`), so
+    no big file is ever whole in memory; but an unpinned reference in a file
+    git gives the attribute `manage-images-allow-unpinned`. Also each file's
+    references (a big file's with the offsets of their piece) and the bytes
+    of the workspace, read whole, as Bazel's rules are parsed from it."""
+    whole: dict[str, bytes] = {}
+    found: dict[str, list[Reference]] = {}
+    findings: list[Finding] = []
+    arguments = (registry, images, prod_digests, PROD_DIGESTS_PATH, graph)
+    for path in sorted(paths):
+        if path == scan.workspace or path in scan.heads:
+            whole[path] = scan.heads[path] if path in scan.heads else (root / path).read_bytes()
+            found[path] = (
+                scan.found[path] if path in scan.found else list(find_references(whole[path], registry))
+            )
+            continue
+        for line, piece, references in referencing_pieces(root / path, registry):
+            found.setdefault(path, []).extend(references)
+            in_piece = reference_findings(
+                {path: piece}, *arguments, {path: references}, covered, scan.workspace
+            )
+            findings += [finding._replace(line=finding.line + line - 1) for finding in in_piece]
+    # git is asked about every file with an unpinned reference while the findings are made.
+    unpinned = [path for path, refs in found.items() if not all(ref.pinned() for ref in refs)]
+    asked = in_background(lambda: allowed_unpinned(root, [p for p in unpinned if not is_documentation(p)]))
+    findings += reference_findings(whole, *arguments, found, covered, scan.workspace)
+    allowed = asked()
+    findings = [finding for finding in findings if finding.kind != "unpinned" or finding.path not in allowed]
+    # Stable: each file's findings keep their order, a file's pieces theirs.
+    return sorted(findings, key=lambda finding: finding.path), found, whole.get(scan.workspace)
 
 
 def print_findings(
