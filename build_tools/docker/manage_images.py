@@ -2652,6 +2652,14 @@ def build_argv(
     return (*argv, plan.context)
 
 
+def platform_flag(wanted: Sequence[str], engine: Engine | None) -> tuple[str, ...]:
+    """What a build's `--platform` lists: `wanted`, the platforms the image is built for; ()
+    when that is the engine's own platform alone, so that such a build keeps the argv (and
+    the cache keys) it always had."""
+    own = normalize_platform(*(engine.platform if engine else Engine._field_defaults["platform"]).split("/"))
+    return () if list(wanted) in ([], [own]) else tuple(wanted)
+
+
 def cache_export(engine: Engine | None, url: str, tag: str, push: bool, platform: str = "") -> str:
     """The `--cache-to` of a build: the cache a cold engine of the same kind reads back.
 
@@ -7218,7 +7226,7 @@ def build_image(
     cache_from = cache_sources(runner, image, pinned) if options.cache_from_pinned else ()
     buildx = engine is not None and bool(engine.buildx)
     metadata = str(runner.scratch() / f"{image}.json") if buildx else ""
-    platforms = tuple(runner.platforms.get(image) or ())
+    platforms = platform_flag(runner.platforms.get(image) or (), engine)
     # An index's cache is written platform by platform, after the build (`platform_cache_builds`).
     cache_to = "" if len(platforms) > 1 else cache_export(engine, url, settings.tag, steps.push)
     push = buildx and steps.push and not options.verify_pinned
