@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
 import manage_images as mi
 from helpers import GRAPH, without_label
+from registry import OCI_INDEX
 
 AMD64, ARM64 = "linux/amd64", "linux/arm64"
 BOTH = (AMD64, ARM64)
@@ -234,3 +236,41 @@ def test_one_platform_compares_by_digest_then_by_content(built, pinned, identity
 )
 def test_an_index_is_identical_only_if_every_platform_is_and_differs_if_one_does(identities, overall):
     assert mi.overall_identity(identities) == overall
+
+
+# --- A push against its pin, platform by platform, in a real registry ---------------------
+
+
+def mixed_index(registry, image: str, entries: list[str]) -> str:
+    """An OCI index of the image manifests `entries` (digests), each under the platform its config says."""
+    described = []
+    for digest in entries:
+        media_type, data = registry.manifest(image, digest)
+        config = registry.image_config(image, digest)
+        platform = {"os": config["os"], "architecture": config["architecture"]}
+        described.append({"mediaType": media_type, "digest": digest, "size": len(data), "platform": platform})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": described}).encode()
+    return registry.push_manifest(image, mi.body_digest(index), index, OCI_INDEX)
+
+
+def test_a_push_is_compared_with_its_pin_platform_by_platform(plain_registry, docker_env, tmp_path):
+    registry, url = plain_registry, f"{plain_registry.url}/base"
+    client = mi.RegistryClient(dict(os.environ))
+    pinned = registry.push_index("base", platforms=BOTH, label=f"pin {tmp_path.name}")
+    other = registry.push_index("base", platforms=BOTH, label=f"other {tmp_path.name}")
+    images = {
+        digest: dict(mi.index_entries(registry_document(registry, digest))) for digest in (pinned, other)
+    }
+    # The pin's amd64 image with another arm64 image: only arm64 differs.
+    mixed = mixed_index(registry, "base", [images[pinned][AMD64], images[other][ARM64]])
+    assert mi.registry_identities(client, url, pinned, pinned, BOTH) == dict.fromkeys(BOTH, "identical")
+    assert mi.registry_identities(client, url, pinned, mixed, BOTH) == {AMD64: "identical", ARM64: "differs"}
+    assert mi.registry_identities(client, url, pinned, other, BOTH) == dict.fromkeys(BOTH, "differs")
+    # One platform's manifest pushed where the pin is an index: the platform it lacks differs.
+    single = images[pinned][AMD64]
+    assert mi.registry_identities(client, url, pinned, single, BOTH) == {AMD64: "identical", ARM64: "differs"}
+    assert mi.overall_identity(mi.registry_identities(client, url, pinned, mixed, BOTH)) == "differs"
+
+
+def registry_document(registry, digest: str) -> dict:
+    return json.loads(registry.manifest("base", digest)[1])
