@@ -6,8 +6,14 @@ engine's image store and the files are left as they were.
 What each engine can do is found here from docker itself (`docker version`, `docker info`,
 `docker buildx inspect`), never from the module: the classic builder builds the engine's
 platform only; BuildKit's docker driver on a graph-driver store builds no index; a RUN for a
-platform the builder does not list needs QEMU. Until the build of other platforms lands
-(#32, second part), a run the engine could build stops too, saying so."""
+platform the builder does not list needs QEMU.
+
+Where the engine can (BuildKit on the containerd store), an image listed for two platforms
+is built, pushed and pinned as one index, the very one the registry serves; it is verified
+platform by platform, from the registry and by a rebuild; a pin of one platform's manifest
+where the index is expected fails naming the image and the platform it lacks; --promote
+publishes the index byte for byte; and a cold engine reproduces every platform of it from
+the registry caches kept beside each platform's image."""
 
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import engine_kind
+from helpers import engine_kind, fresh_engine
+from registry import DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST
 
 pytestmark = pytest.mark.e2e
 
@@ -59,14 +66,14 @@ def foreign(own: str, listed: list[str]) -> str:
 def expected(image: str, wanted: list[str], runs: bool) -> str:
     """The remedy the refusal must give on this engine."""
     _, driver, store, builder = engine_kind()
-    own, listed = own_platform(), offered()
+    listed = offered()
     if builder == "classic":
         return "the classic builder builds for the engine's platform only"
     if len(wanted) > 1 and store != "containerd":
         return f"BuildKit's docker driver on the {driver} image store cannot build an index"
     if runs and any(platform not in listed for platform in wanted):
         return "install QEMU's binfmt handlers (apt-get install qemu-user-static binfmt-support"
-    return f"this version of manage_images.py builds for the engine's platform ({own}) only"
+    return ""  # the engine builds it
 
 
 @pytest.fixture
@@ -77,6 +84,40 @@ def world(engine, registry, tmp_path, monkeypatch):
     root = fake_tree.make_tree(tmp_path / "repo", path, SMALL)
     monkeypatch.chdir(root)
     return registry, path, root
+
+
+def manifest(registry, path: str, image: str, reference: str) -> tuple[str, bytes, str]:
+    """(media type, bytes, digest) of what the registry serves as PATH/IMAGE:REFERENCE (or @)."""
+    repository = f"{path.split('/', 1)[1]}/{image}"
+    status, headers, body = registry.request(
+        "GET", f"/v2/{repository}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    assert status == 200, (image, reference, status, body)
+    assert headers["Docker-Content-Digest"] == mi.body_digest(body)
+    return headers["Content-Type"], body, headers["Docker-Content-Digest"]
+
+
+def served(registry, path: str, image: str, reference: str) -> tuple[str, dict]:
+    media_type, body, _ = manifest(registry, path, image, reference)
+    return media_type, json.loads(body)
+
+
+def config_of(registry, path: str, image: str, document: dict) -> dict:
+    """The image config an image manifest names, from the registry."""
+    repository = f"{path.split('/', 1)[1]}/{image}"
+    status, _, body = registry.request("GET", f"/v2/{repository}/blobs/{document['config']['digest']}")
+    assert status == 200, status
+    return json.loads(body)
+
+
+def pins(root, path: str) -> dict[str, str]:
+    """image -> the digest prod_digests.txt pins it to."""
+    lines = (root / "build_tools/docker/prod_digests.txt").read_text().splitlines()
+    return {
+        url.removeprefix(f"{path}/"): digest
+        for url, _, digest in (line.partition("@") for line in lines)
+        if digest
+    }
 
 
 def untouched(registry, path: str, root, tracked) -> None:
@@ -108,12 +149,21 @@ def test_a_run_the_engine_cannot_build_stops_with_one_line_before_any_work(world
     tracked = fake_tree.tracked_files(root)
     platforms = dict.fromkeys(SMALL, tuple(wanted))
     args = ["--registry", path, "--image", "base", "--build", "--push", "--update_references"]
+    remedy = expected("base", wanted, runs)
+    if not remedy:  # BuildKit builds one foreign platform that only copies files: one image manifest
+        alone = {"base": ()}  # base's dependents copy from util, which this run does not push
+        args = ["--registry", path, "--image", "base", "--build", "--push"]
+        assert mi.main(args, graph=alone, platforms={"base": (other,)}) == 0, capsys.readouterr()
+        media_type, document = served(registry, path, "base", "latest")
+        assert media_type in (DOCKER_MANIFEST, OCI_MANIFEST), media_type
+        assert config_of(registry, path, "base", document)["architecture"] == other.split("/")[1]
+        return
     assert mi.main(args, graph=SMALL, platforms=platforms) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("refusing to build: base is to be built for ")
     assert other in err and err.endswith(f"{STOP}\n")
-    assert expected("base", wanted, runs) in err
+    assert remedy in err
     untouched(registry, path, root, tracked)
 
 
@@ -148,3 +198,82 @@ def test_an_image_without_an_entry_whose_parent_lacks_the_engines_platform_stops
         f"platforms, or list the platforms of cmake in IMAGE_PLATFORMS{STOP}\n"
     )
     untouched(registry, path, root, tracked)
+
+
+def two_platforms() -> tuple[str, str]:
+    """The engine's platform and the other of linux/amd64 and linux/arm64."""
+    own = own_platform()
+    return own, "linux/arm64" if own != "linux/arm64" else "linux/amd64"
+
+
+def test_an_index_is_built_pushed_pinned_verified_promoted_and_reproduced_where_the_engine_can(
+    world, capsys, monkeypatch
+):
+    registry, path, root = world
+    both = two_platforms()
+    platforms = dict.fromkeys(SMALL, both)
+    tracked = fake_tree.tracked_files(root)
+    every = ["--registry", path, "--images", "all"]
+    code = mi.main([*every, "--build", "--push", "--update_references"], graph=SMALL, platforms=platforms)
+    out, err = capsys.readouterr()
+    remedy = expected("base", list(both), runs=True)
+    if remedy:  # the classic builder, and BuildKit's docker driver on a graph-driver store
+        assert (code, out, err.count("\n")) == (1, "", 1) and remedy in err, err
+        untouched(registry, path, root, tracked)
+        return
+    assert code == 0, err
+    pinned = pins(root, path)
+    assert set(pinned) == set(SMALL)
+    for image, digest in pinned.items():
+        # The pin is the index the registry serves under the tag, of exactly those platforms.
+        media_type, data, tagged = manifest(registry, path, image, "latest")
+        assert (tagged, media_type in (DOCKER_LIST, OCI_INDEX)) == (digest, True), (image, media_type)
+        held = mi.index_entries(json.loads(data))
+        assert sorted(platform for platform, _ in held) == sorted(both), (image, held)
+        for platform, entry in held:
+            config = config_of(registry, path, image, served(registry, path, image, entry)[1])
+            assert f"{config['os']}/{config['architecture']}" == platform, (image, platform)
+            # Each platform's registry cache is kept beside its image, for a cold engine.
+            assert manifest(registry, path, image, mi.pinned_cache_tag(entry))[0] == OCI_INDEX
+    cmake = (root / "build_tools/docker/cmake/Dockerfile").read_text()
+    assert f"FROM {path}/base@{pinned['base']} AS final" in cmake
+    fake_tree.git(root, "commit", "-q", "-am", "Pin the indexes")
+
+    # From the registry alone, then by a rebuild compared platform by platform: nothing pushed.
+    assert mi.main([*every, "--verify_pinned"], graph=SMALL, platforms=platforms) == 0
+    capsys.readouterr()
+    rebuild = ["--registry", path, "--image", "cmake", "--build", "--verify_pinned"]
+    assert mi.main(rebuild, graph=SMALL, platforms=platforms) == 0
+    out = capsys.readouterr().out
+    assert f"Reproduced the pinned index {path}/cmake@{pinned['cmake'][:19]} ({', '.join(both)})" in out, out
+
+    # --promote publishes each index under the new tag byte for byte.
+    assert mi.main([*every, "--promote", "--tag", "prod"], graph=SMALL, platforms=platforms) == 0
+    capsys.readouterr()
+    for image, digest in pinned.items():
+        assert manifest(registry, path, image, "prod") == manifest(registry, path, image, digest), image
+    assert pins(root, path) == pinned and fake_tree.git(root, "status", "--porcelain") == ""
+
+    # A pin of one platform's manifest where the index is expected names the image and the platform.
+    prod = root / "build_tools/docker/prod_digests.txt"
+    own_image = dict(mi.index_entries(served(registry, path, "base", pinned["base"])[1]))[both[0]]
+    prod.write_text(prod.read_text().replace(pinned["base"], own_image))
+    assert mi.main([*every, "--verify_pinned"], graph=SMALL, platforms=platforms) == 1
+    lines = capsys.readouterr().out.splitlines()
+    found = [line for line in lines if "is one image manifest" in line]  # and :latest is not the pin
+    assert (
+        len(found) == 1 and f"base: the pin {path}/base@{own_image[:19]} is one image manifest" in found[0]
+    ), lines
+    assert f"({both[0]}), not an index of {', '.join(both)}: it has no {both[1]}" in found[0], lines
+    fake_tree.git(root, "checkout", "-q", "--", ".")
+
+    # A cold engine of the same kind reproduces every platform from the registry caches kept.
+    report = root.parent / "cold.json"
+    cold_run = [*every, "--build", "--cache_from_pinned", "--verify_pinned", "--json", str(report)]
+    with fresh_engine() as cold:
+        monkeypatch.setenv("DOCKER_HOST", cold["DOCKER_HOST"])
+        assert mi.main(cold_run, graph=SMALL, platforms=platforms) == 0, capsys.readouterr()
+    for item in json.loads(report.read_text())["images"]:
+        assert list(item["platform_identities"]) == list(both), item
+        assert set(item["platform_identities"].values()) <= {"identical", "same content"}, item
+    assert pins(root, path) == pinned and fake_tree.git(root, "status", "--porcelain") == ""
