@@ -8,7 +8,10 @@
 # started per test session by the test fixtures) and busybox-static (the
 # tiny root filesystem the test images are built from), acl and attr (setfacl
 # and setfattr, for the tests that files keep their ACL and extended
-# attributes) when they are missing,
+# attributes), qemu-user-static and binfmt-support (QEMU's binfmt handlers, so
+# BuildKit runs the linux/arm64 RUN of tests/test_e2e_platforms.py's index;
+# they register no handler for the machine's own architecture) when they are
+# missing,
 # then starts dockerd in the background unless an engine already answers, and
 # waits until `docker info` does. Safe to run any number of times.
 set -euo pipefail
@@ -18,7 +21,7 @@ set -euo pipefail
 log=${DOCKERD_LOG:-/tmp/manage-images-dockerd.log}
 
 missing=()
-for package in docker.io docker-registry busybox-static acl attr; do
+for package in docker.io docker-registry busybox-static acl attr qemu-user-static binfmt-support; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ "${missing[0]:-}" = docker.io ] && { command -v dockerd >/dev/null || docker info >/dev/null 2>&1; }; then

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import uuid
 
@@ -200,6 +201,74 @@ def test_an_image_without_an_entry_whose_parent_lacks_the_engines_platform_stops
     untouched(registry, path, root, tracked)
 
 
+def hello_elf(architecture: str) -> bytes:
+    """A static Linux program for `architecture` (amd64 or arm64) that writes
+    "ARCH ok" and exits 0: an ELF header, one loadable segment, the code."""
+    message = f"{architecture} ok\n".encode()
+    base, start = 0x400000, 64 + 56
+    if architecture == "amd64":
+        # mov eax,1; mov edi,1; lea rsi,[rip+msg]; mov edx,len; syscall; mov eax,60; xor edi,edi; syscall
+        code_len = 5 + 5 + 7 + 5 + 2 + 5 + 2 + 2
+        lea_end = 5 + 5 + 7
+        code = (
+            b"\xb8\x01\x00\x00\x00"
+            + b"\xbf\x01\x00\x00\x00"
+            + b"\x48\x8d\x35"
+            + struct.pack("<i", code_len - lea_end)
+            + b"\xba"
+            + struct.pack("<I", len(message))
+            + b"\x0f\x05"
+            + b"\xb8\x3c\x00\x00\x00"
+            + b"\x31\xff"
+            + b"\x0f\x05"
+        )
+        machine = 62
+    else:
+        # movz x0,#1; adr x1,msg; movz x2,#len; movz x8,#64; svc 0; movz x0,#0; movz x8,#93; svc 0
+        offset = 8 * 4 - 4  # from the adr (the second instruction) to the message
+        words = [
+            0xD2800020,
+            0x10000001 | ((offset & 3) << 29) | ((offset >> 2) << 5),
+            0xD2800002 | (len(message) << 5),
+            0xD2800808,
+            0xD4000001,
+            0xD2800000,
+            0xD2800BA8,
+            0xD4000001,
+        ]
+        code = struct.pack("<8I", *words)
+        machine = 183
+    body = code + message
+    size = start + len(body)
+    header = (
+        b"\x7fELF\x02\x01\x01"
+        + bytes(9)
+        + struct.pack("<HHIQQQIHHHHHH", 2, machine, 1, base + start, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    )
+    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    return header + segment + body
+
+
+def run_everywhere(root, platforms: tuple[str, ...]) -> None:
+    """util's build runs a program of each platform it is built for: a foreign one runs under
+    QEMU's handlers (busybox, which base's RUN runs, is an amd64 program whatever the platform)."""
+    context = root / "build_tools/docker/util"
+    (context / "stamp").write_text(
+        f"util {uuid.uuid4()}\n"
+    )  # so its RUN runs, whatever the engine's cache holds
+    for platform in platforms:
+        architecture = platform.split("/")[1]
+        program = context / f"hello-{architecture}"
+        program.write_bytes(hello_elf(architecture))
+        program.chmod(0o755)
+    (context / "Dockerfile").write_text(
+        "FROM scratch AS final\nARG TARGETARCH\nCOPY stamp /stamp/util\nCOPY hello-${TARGETARCH} /hello\n"
+        'RUN ["/hello"]\n'
+    )
+    fake_tree.git(root, "add", "-A")
+    fake_tree.git(root, "commit", "-q", "-m", "util runs a program of each platform")
+
+
 def two_platforms() -> tuple[str, str]:
     """The engine's platform and the other of linux/amd64 and linux/arm64."""
     own = own_platform()
@@ -212,16 +281,21 @@ def test_an_index_is_built_pushed_pinned_verified_promoted_and_reproduced_where_
     registry, path, root = world
     both = two_platforms()
     platforms = dict.fromkeys(SMALL, both)
+    run_everywhere(root, both)
     tracked = fake_tree.tracked_files(root)
     every = ["--registry", path, "--images", "all"]
     code = mi.main([*every, "--build", "--push", "--update_references"], graph=SMALL, platforms=platforms)
     out, err = capsys.readouterr()
     remedy = expected("base", list(both), runs=True)
+    # The containerd engine builds it: without QEMU it would not run util's foreign program.
+    assert not (remedy and engine_kind()[2] == "containerd"), "install qemu-user-static binfmt-support"
     if remedy:  # the classic builder, and BuildKit's docker driver on a graph-driver store
         assert (code, out, err.count("\n")) == (1, "", 1) and remedy in err, err
         untouched(registry, path, root, tracked)
         return
     assert code == 0, err
+    said = out + err
+    assert all(f"{platform.split('/')[1]} ok" in said for platform in both), said  # each RUN ran its own
     pinned = pins(root, path)
     assert set(pinned) == set(SMALL)
     for image, digest in pinned.items():
@@ -239,13 +313,25 @@ def test_an_index_is_built_pushed_pinned_verified_promoted_and_reproduced_where_
     assert f"FROM {path}/base@{pinned['base']} AS final" in cmake
     fake_tree.git(root, "commit", "-q", "-am", "Pin the indexes")
 
-    # From the registry alone, then by a rebuild compared platform by platform: nothing pushed.
+    # From the registry alone; then a rebuild, compared platform by platform before its push
+    # (`docker push` of the index), pushed, and the pin kept: the same content on every platform.
     assert mi.main([*every, "--verify_pinned"], graph=SMALL, platforms=platforms) == 0
     capsys.readouterr()
-    rebuild = ["--registry", path, "--image", "cmake", "--build", "--verify_pinned"]
+    rebuild = [
+        "--registry",
+        path,
+        "--image",
+        "cmake",
+        "--build",
+        "--push",
+        "--verify_pinned",
+        "--update_references",
+    ]
     assert mi.main(rebuild, graph=SMALL, platforms=platforms) == 0
     out = capsys.readouterr().out
     assert f"Reproduced the pinned index {path}/cmake@{pinned['cmake'][:19]} ({', '.join(both)})" in out, out
+    assert pins(root, path) == pinned and manifest(registry, path, "cmake", "latest")[2] == pinned["cmake"]
+    assert fake_tree.git(root, "status", "--porcelain") == ""
 
     # --promote publishes each index under the new tag byte for byte.
     assert mi.main([*every, "--promote", "--tag", "prod"], graph=SMALL, platforms=platforms) == 0
