@@ -8799,7 +8799,9 @@ def _add_build_options(steps: argparse._ArgumentGroup) -> None:
         help="With --build, or --verify_pinned: build (or check the pins of) every image of this run for "
         "exactly these platforms, comma-separated OS/ARCH[/VARIANT] (linux/amd64,linux/arm64), in place of "
         "its IMAGE_PLATFORMS entry; images outside the run keep theirs, and no image may be built for a "
-        "platform its parent lacks. Not with --update_references: pins follow IMAGE_PLATFORMS.",
+        "platform its parent lacks. Several platforms make one index, built and pushed by one build "
+        "(BuildKit on the containerd image store; other engines refuse before any work). Not with "
+        "--update_references: pins follow IMAGE_PLATFORMS.",
     )
     steps.add_argument(
         "--skip_unchanged",
