@@ -333,6 +333,15 @@ def test_an_index_is_built_pushed_pinned_verified_promoted_and_reproduced_where_
     assert pins(root, path) == pinned and manifest(registry, path, "cmake", "latest")[2] == pinned["cmake"]
     assert fake_tree.git(root, "status", "--porcelain") == ""
 
+    # The inputs label of an index (read from its first platform's config) says it is unchanged.
+    unchanged = ["--build", "--push", "--update_references", "--skip_unchanged"]
+    assert mi.main([*every, *unchanged], graph=SMALL, platforms=platforms) == 0
+    out = capsys.readouterr().out
+    assert "Running: `docker build" not in out and out.count(
+        "is unchanged (inputs of the pin): not built"
+    ) == len(SMALL), out
+    assert pins(root, path) == pinned and fake_tree.git(root, "status", "--porcelain") == ""
+
     # --promote publishes each index under the new tag byte for byte.
     assert mi.main([*every, "--promote", "--tag", "prod"], graph=SMALL, platforms=platforms) == 0
     capsys.readouterr()
