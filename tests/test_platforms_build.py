@@ -46,8 +46,11 @@ def builds(standin, image: str = "cmake") -> list[list[str]]:
 
 def test_an_index_is_pushed_by_its_build_then_each_platform_writes_its_own_cache(tree, standin, capsys):
     standin.set(engine=STANDIN_ENGINES["containerd"], say={"buildx": INSPECTED})
-    assert mi.main(["--image", "cmake", "--build", "--push"], platforms=dict.fromkeys(GRAPH, BOTH)) == 0
+    argv = ["--image", "cmake", "--build", "--push", "--json", "report.json"]
+    assert mi.main(argv, platforms=dict.fromkeys(GRAPH, BOTH)) == 0
     out = capsys.readouterr().out
+    report = {item["name"]: item for item in json.loads((tree / "report.json").read_text())["images"]}
+    assert report["cmake"]["platforms"] == list(BOTH) and report["cmake"]["platform_identities"] is None
     first, *caches = builds(standin)
     # One build for every platform, pushing the index itself: no `docker push`, no --load.
     assert value(first, "--platform") == ",".join(BOTH)
@@ -92,7 +95,8 @@ def test_an_engine_that_cannot_build_an_index_refuses_before_any_command(
 def test_an_entry_of_the_engines_own_platform_alone_builds_as_without_one(tree, standin, engine):
     standin.set(engine=STANDIN_ENGINES[engine])
     argv = ["--image", "cmake", "--build", "--push"]
-    assert mi.main(argv, platforms={}) == 0
+    assert mi.main([*argv, "--json", "report.json"], platforms={}) == 0
+    assert json.loads((tree / "report.json").read_text())["images"][0]["platforms"] is None
     without = builds(standin)
     standin.log.unlink()
     assert mi.main(argv, platforms=dict.fromkeys(GRAPH, (AMD64,))) == 0
