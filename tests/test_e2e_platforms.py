@@ -22,6 +22,7 @@ import re
 import struct
 import subprocess
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -309,6 +310,13 @@ def test_an_index_is_built_pushed_pinned_verified_promoted_and_reproduced_where_
             assert f"{config['os']}/{config['architecture']}" == platform, (image, platform)
             # Each platform's registry cache is kept beside its image, for a cold engine.
             assert manifest(registry, path, image, mi.pinned_cache_tag(entry))[0] == OCI_INDEX
+    # What the engine holds for the tag, read platform by platform from `docker save`: the pin's configs.
+    held = mi.saved_configs(SimpleNamespace(settings=mi.Settings(path, "latest", False, root)), "cmake")
+    index = served(registry, path, "cmake", pinned["cmake"])[1]
+    assert {platform: config for platform, (config, _) in held.items()} == {
+        platform: served(registry, path, "cmake", entry)[1]["config"]["digest"]
+        for platform, entry in mi.index_entries(index)
+    }
     cmake = (root / "build_tools/docker/cmake/Dockerfile").read_text()
     assert f"FROM {path}/base@{pinned['base']} AS final" in cmake
     fake_tree.git(root, "commit", "-q", "-am", "Pin the indexes")
