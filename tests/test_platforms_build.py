@@ -278,3 +278,28 @@ def test_a_push_is_compared_with_its_pin_platform_by_platform(plain_registry, do
 
 def registry_document(registry, digest: str) -> dict:
     return json.loads(registry.manifest("base", digest)[1])
+
+
+CONFIG = {
+    "os": "linux",
+    "architecture": "arm64",
+    "created": "2026-12-06T00:00:00Z",
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
+    "config": {"Env": ["PATH=/bin"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("other", "same"),
+    [
+        ({**CONFIG, "history": [{"created_by": "COPY"}], "moby.buildkit.cache.v0": "x"}, True),
+        ({**CONFIG, "architecture": "amd64"}, False),
+        ({**CONFIG, "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]}}, False),
+        ({**CONFIG, "created": "2026-12-07T00:00:00Z"}, False),
+        ({**CONFIG, "config": {"Env": ["PATH=/usr/bin"]}}, False),
+    ],
+)
+def test_a_platforms_config_built_here_has_the_pins_content_when_its_view_is_the_same(other, same):
+    # The engine's side of an index (from `docker save`) against the pin's, one platform.
+    assert mi.same_view(json.dumps(CONFIG).encode(), json.dumps(other, indent=1).encode()) is same
+    assert mi.same_view(b"not json", json.dumps(CONFIG).encode()) is False
