@@ -357,6 +357,18 @@ def test_an_index_is_built_pushed_pinned_verified_promoted_and_reproduced_where_
         assert manifest(registry, path, image, "prod") == manifest(registry, path, image, digest), image
     assert pins(root, path) == pinned and fake_tree.git(root, "status", "--porcelain") == ""
 
+    # One platform's program changed: the rebuild, compared platform by platform from `docker
+    # save`, differs on each (the inputs label in every config changes with the context), and stops.
+    program = root / f"build_tools/docker/util/hello-{both[1].split('/')[1]}"
+    program.write_bytes(program.read_bytes() + b"\0")  # past its segment: it runs as before
+    verify_util = ["--registry", path, "--image", "util", "--build", "--verify_pinned"]
+    assert mi.main(verify_util, graph=SMALL, platforms=platforms) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"util differs from the index the tree pins for {', '.join(both)}: built "), err
+    assert "(no platform reproduced)" in err and err.endswith("nothing was pushed\n"), err
+    assert manifest(registry, path, "util", "latest")[2] == pinned["util"]
+    fake_tree.git(root, "checkout", "-q", "--", ".")
+
     # A pin of one platform's manifest where the index is expected names the image and the platform.
     prod = root / "build_tools/docker/prod_digests.txt"
     own_image = dict(mi.index_entries(served(registry, path, "base", pinned["base"])[1]))[both[0]]
