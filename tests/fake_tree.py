@@ -42,12 +42,18 @@ def real_ci_jobs() -> dict[str, tuple[str, bool]]:
     return jobs
 
 
-def real_unreferenced() -> frozenset[str]:
-    """The real tree's images whose Dockerfile carries the marker that nothing else has to
-    refer to them (README, "Deploy a new image"). Their fake Dockerfiles carry it too, so an
-    image added by that route needs no reference in a fake tree either."""
-    marked = set()
-    for image in manage_images.IMAGES_TO_DEPENDENCIES:
+def real_unreferenced(jobs: dict[str, tuple[str, bool]]) -> frozenset[str]:
+    """The images whose fake Dockerfile carries the marker that nothing else has to refer
+    to them (README, "Deploy a new image"): those whose real Dockerfile carries it, and
+    those a fake tree holds no use of (not built on, not run by a `build_kokoro.sh` job of
+    `jobs`, not the WORKSPACE rule's) though the real tree passes --check, so uses them
+    where no fake tree copies (a CI script of another name, say). Either way, an image
+    added by a documented route needs no reference in a fake tree."""
+    graph = manage_images.IMAGES_TO_DEPENDENCIES
+    used = {parent for parents in graph.values() for parent in parents}
+    used |= {image for image, _ in jobs.values()} | {manage_images.RBE_IMAGE}
+    marked = {image for image in graph if image not in used}
+    for image in graph:
         path = REAL_ROOT / manage_images.DOCKER_DIR / image / "Dockerfile"
         if path.is_file() and manage_images.ALLOW_UNREFERENCED in path.read_text(errors="replace"):
             marked.add(image)
@@ -56,7 +62,7 @@ def real_unreferenced() -> frozenset[str]:
 
 # The CI scripts of the real tree and the image each one runs.
 CI_JOBS = real_ci_jobs()
-UNREFERENCED = real_unreferenced()
+UNREFERENCED = real_unreferenced(CI_JOBS)
 CI_SCRIPTS = {script: image for script, (image, _) in CI_JOBS.items()}
 OTHER_RULE_DIGEST = "sha256:" + "1a8ed713f40267bb51fe17de012fa631a20c52df818ccb317aaed2ee068dfc61"
 

@@ -50,6 +50,14 @@ ORIGINAL_GRAPH: dict[str, tuple[str, ...]] = {
     "vulkan": ("util",),
 }
 ALL = sorted(GRAPH)
+
+
+def unlisted_image(graph: Mapping[str, object], stem: str = "cmake-riscv") -> str:
+    """A name for an image `graph` does not list: `stem`, or `stem-2`, `stem-3`...
+    (a user who adds an image by that very name breaks no test)."""
+    return next(name for name in (stem, *(f"{stem}-{n}" for n in range(2, 100))) if name not in graph)
+
+
 STEPS = ("--build", "--push", "--update_references")
 TESTS = Path(__file__).resolve().parent
 # tests/mutation.sh runs the tests on a scratch copy of the module.

@@ -6,7 +6,7 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import ORIGINAL_GRAPH, usage_error
+from helpers import ORIGINAL_GRAPH, unlisted_image, usage_error
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
 REGISTRY = "gcr.io/iree-oss"
@@ -412,11 +412,12 @@ def test_the_workspace_rule_is_the_use_of_rbe_toolchain(tree, capsys):
 
 
 def test_a_dockerfile_folder_outside_the_graph_is_reported(tree, capsys):
-    number = add_line(tree, f"{DOCKERFILES}/cmake-riscv/Dockerfile", f"FROM {REGISTRY}/cmake@{P}")
+    name = unlisted_image(mi.IMAGES_TO_DEPENDENCIES)
+    number = add_line(tree, f"{DOCKERFILES}/{name}/Dockerfile", f"FROM {REGISTRY}/cmake@{P}")
     code, out = check(capsys)
     assert code == 1
     assert out[:-1] == [
-        f"{DOCKERFILES}/cmake-riscv/Dockerfile:{number}: cmake-riscv has a Dockerfile but is not in "
+        f"{DOCKERFILES}/{name}/Dockerfile:{number}: {name} has a Dockerfile but is not in "
         "IMAGES_TO_DEPENDENCIES: add it there with the images it is built from, or remove the folder"
     ]
     assert check(capsys, "cmake")[0] == 0  # a tree-wide fact: checked with every image

@@ -9,11 +9,11 @@ import pytest
 
 import fake_tree
 import manage_images as mi
-from helpers import NEW
+from helpers import NEW, unlisted_image
 
 GRAPH = mi.IMAGES_TO_DEPENDENCIES
 REGISTRY = "gcr.io/" + "iree-oss"  # in pieces: this tree's own --check must not read test data
-IMAGE = "cmake-riscv"
+IMAGE = unlisted_image(GRAPH)
 PARENTS = ("cmake", "util")
 GRAPH18 = {**GRAPH, IMAGE: PARENTS}
 JOB = "cmake/linux/riscv/build_kokoro.sh"
