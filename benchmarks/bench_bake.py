@@ -410,4 +410,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import results  # benchmarks/README.md: --record writes this run's results there
+
+    raise SystemExit(results.recorded("bench_bake", main))

@@ -12,6 +12,7 @@ layers of the config its pin serves.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -103,9 +104,13 @@ def test_a_rebuild_with_nothing_changed_reproduces_every_pin(repo, registry):
     pinned = pins(repo, registry)
     result = run_tool(repo, "--images", "all", "--build", "--verify_pinned", "--json", "-", registry=registry)
     assert result.returncode == 0, result.stderr
-    assert {name: image["identity"] for name, image in report(result).items()} == dict.fromkeys(
-        ALL, "identical"
-    )
+    identities = {name: image["identity"] for name, image in report(result).items()}
+    # BuildKit on a graph-driver store writes its cache record (inline cache) into the config.
+    # The record lists every cache key the engine knows for a step, and an engine that built
+    # other trees knows more for a step with two sources (FROM and COPY --from): the same
+    # content, in other config bytes. Classic and the containerd store write no record.
+    same = {"identical", "same content"} if os.environ.get("MANAGE_IMAGES_ENGINE") == "buildkit" else set()
+    assert set(identities) == set(ALL) and set(identities.values()) <= {"identical"} | same, identities
     for image in ALL:
         assert_holds_the_pins_content(registry, image, pinned[image], f"{registry.url}/{image}:latest")
 

@@ -314,6 +314,18 @@ def test_a_push_is_pinned_as_the_registry_serves_it(tree, standin):
     assert ("HEAD", URL, "latest") in standin.registry.calls
 
 
+def test_a_push_with_the_pins_content_puts_the_pin_back_under_the_tag(tree, standin):
+    # What docker pushed (as PUSHED, the stand-in's digest of its name) holds the pin's layer.
+    pushed = "sha256:" + hashlib.sha256(f"{URL}:latest".encode()).hexdigest()
+    standin.set(manifests={f"{URL}@{D1}": D1}, contents={D1: "pinned", pushed: "pinned"})
+    assert mi.main(["--image", "cmake", "--push", "--update_references"]) == 0
+    assert f"{URL}@{D1}\n" in (tree / "build_tools/docker/prod_digests.txt").read_text()
+    # The pin's own manifest, fetched by its digest, is put under :latest after the push.
+    calls = standin.registry.calls
+    assert ("PUT", URL, "latest") in calls
+    assert calls.index(("GET", URL, D1)) < calls.index(("PUT", URL, "latest"))
+
+
 OVERLAY2_ENGINE = {"client": "26.1.5", "server": "26.1.5", "store": "overlay2", "buildx": "0.13.1"}
 CONTAINERD_ENGINE = {**OVERLAY2_ENGINE, "store": "containerd"}
 # An image nothing is built on (so a run of it runs one image), and its URL.

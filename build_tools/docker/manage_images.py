@@ -977,6 +977,7 @@ class Built(NamedTuple):
     cache_to: str = ""  # the build's --cache-to
     pushed_by_build: bool = False  # the build pushed it: no `docker push`
     unchanged: bool = False  # its inputs are its pin's: not built, not pushed, the pin kept
+    label: str | None = None  # the inputs label it was built with (None: none, or not built)
 
 
 class Settings(NamedTuple):
@@ -6853,23 +6854,37 @@ def pin_digest(
     pushed: str | None,
     metadata: str = "",
     local: LocalImage | None = None,
+    label: str | None = None,
 ) -> str:
     """The digest to pin IMAGE to: one the registry serves, never a local guess.
 
     The pin stays when what was pushed or built has its content (no churn
-    from manifest bytes or key order); else the push's digest; without a
+    from manifest bytes, key order or BuildKit's cache record; the tag is
+    pointed back at the pin); else the push's digest; without a
     push, the digest the registry serves under TAG, or one of the image's
     RepoDigests, if it is the local image. Otherwise one line, and no file
-    changes. `local`: what the engine holds, when this run already asked."""
+    changes. `local`: what the engine holds, when this run already asked;
+    `label`: the inputs label the push was built with, if known."""
     settings = runner.settings
     url = image_url(settings.registry, image)
     client = runner.registry()
     if pushed is not None:
-        kept = kept_pin(runner, image, pinned, pushed)
+        kept = kept_pin(runner, image, pinned, pushed, label)
         if kept is not None and pinned != pushed:
             identity = runner.identities[image]
-            runner.say(f"Keeping the pin {url}@{kept[:19]}: {identity} to the push", image)
+            runner.say(
+                f"Keeping the pin {url}@{kept[:19]}: {identity} to the push; :{settings.tag} serves the "
+                "pin again",
+                image,
+            )
             runner.note(image, f"pin kept ({identity}; pushed as {pushed[:19]})")
+            # A pull of the tag, and --verify_pinned, then agree with the tree.
+            served = client.put_manifest(url, settings.tag, client.get_manifest(url, kept))
+            if served != kept:
+                raise ManageImagesError(
+                    f"{settings.registry} took the pin's manifest under {url}:{settings.tag} but serves "
+                    f"{served[:19]}; check the registry, then run --image {image} --promote --tag {settings.tag}"
+                )
         return kept or pushed
     if local is None:
         local = local_image(settings, runner.engine, f"{url}:{settings.tag}", metadata)
@@ -6898,12 +6913,18 @@ def pin_digest(
     )
 
 
-def kept_pin(runner: Runner, image: str, pinned: str | None, pushed: str) -> str | None:
+def kept_pin(
+    runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None = None
+) -> str | None:
     """The pin, when the registry serves it and what was pushed has its content (config to
-    config, see `registry_identity`, which this records), else None."""
+    config, see `registry_identity`, which this records), else None. A push built with the
+    inputs `label` differs from a pin whose label is another without a look at its config."""
     url = image_url(runner.settings.registry, image)
     client = runner.registry()
     if pinned is None or client.served_digest(url, pinned) is None:
+        return None
+    if label is not None and pin_label(runner, image, pinned)[1] != label:
+        runner.identities[image] = "differs"
         return None
     platform = runner.engine.platform if runner.engine else Engine._field_defaults["platform"]
     identity = registry_identity(client, url, pinned, pushed, platform)
@@ -7002,7 +7023,7 @@ def build_image(
     )
     output = runner.run(build_argv(plan, engine, options), image)
     local = verify_built(runner, image, pinned, metadata) if options.verify_pinned else None
-    built = Built(tuple(output), metadata, None, local, cache_to, push)
+    built = Built(tuple(output), metadata, None, local, cache_to, push, label=label)
     if not push:
         return built
     said = metadata_digest(metadata, "containerimage.digest")
@@ -7089,7 +7110,7 @@ def dependents_reference(
     if settings.dry_run:
         return f"{url}:{settings.tag}"
     if built.pushed is not None:
-        return f"{url}@{kept_pin(runner, image, pinned, built.pushed) or built.pushed}"
+        return f"{url}@{kept_pin(runner, image, pinned, built.pushed, built.label) or built.pushed}"
     local = (
         None
         if pinned is None
@@ -7252,7 +7273,7 @@ def digest_to_pin(
             )
             return None
         local = local_from(document, f"{url}:{settings.tag}", runner.engine, built.metadata)
-    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local)
+    digest = pin_digest(runner, image, pinned, built.pushed, built.metadata, local, built.label)
     if built.cache_to.startswith("type=registry,") and built.pushed not in (None, digest):
         keep_build_cache(runner, image, digest, built)
     return digest
