@@ -44,7 +44,7 @@ config = json.load(open(os.environ["STANDIN_CONFIG"]))
 step = argv[1] if len(argv) > 1 else argv[0]
 where = {{name: os.environ.get(name) for name in ("DOCKER_CONTEXT", "BUILDX_BUILDER", "DOCKER_HOST")}}
 with open(os.environ["STANDIN_LOG"] + ".where", "a") as log:
-    log.write(json.dumps([argv, where]) + "\n")
+    log.write(json.dumps([argv, where]) + "\\n")
 builders = config.get("builders", {{}})
 if argv[:3] == ["docker", "context", "inspect"]:
     known = builders.get(argv[3], {{}}).get("driver") == "docker"
@@ -61,9 +61,9 @@ if argv[:3] == ["docker", "buildx", "inspect"] and len(argv) > 3:
     if name not in builders or builders[name].get("down"):
         print(f"ERROR: no builder {{name!r}} found" if name not in builders else "ERROR: cannot reach it", file=sys.stderr)
         sys.exit(1)
-    print(f"Name: {{name}}\nDriver: {{builders[name].get('driver', 'docker')}}\n\nNodes:\nName: {{name}}0\n"
-          f"Endpoint: {{'kubernetes:///' + name if builders[name].get('driver') != 'docker' else name}}\n"
-          "Status: running\nBuildKit version: v0.13.2\nPlatforms: linux/amd64, linux/386")
+    print(f"Name: {{name}}\\nDriver: {{builders[name].get('driver', 'docker')}}\\n\\nNodes:\\nName: {{name}}0\\n"
+          f"Endpoint: {{'kubernetes:///' + name if builders[name].get('driver') != 'docker' else name}}\\n"
+          "Status: running\\nBuildKit version: v0.13.2\\nPlatforms: linux/amd64, linux/386")
     sys.exit(0)
 on = builders.get(where["DOCKER_CONTEXT"] or where["BUILDX_BUILDER"] or "", {{}})
 if on.get("dies") and argv[:2] == ["docker", "build"] and f"/{{on['dies']}}:" in " ".join(argv):
