@@ -236,3 +236,44 @@ def test_a_builder_that_dies_with_no_other_free_fails_its_image_naming_it(tree, 
         f"{PARENT}: builder one (docker context, unix:///standin/one.sock) cannot be reached any more" in err
     )
     assert files(tree) == before
+
+
+def test_builders_that_build_for_different_platforms_cannot_form_one_pool():
+    amd64 = mi.Engine("26.1.5", "26.1.5", "buildkit", "overlay2")
+    arm64 = amd64._replace(platform="linux/arm64")
+    assert mi.platform_mismatch({"one": amd64, "two": amd64, "three": None}) == ""
+    assert mi.platform_mismatch({"one": amd64, "two": arm64}) == (
+        "builders one (linux/amd64) and two (linux/arm64) build for different platforms: the builders of "
+        "one run must build for the same one, as each image is built on its parents'"
+    )
+
+
+# --- A buildx builder of another driver (no image store docker commands reach) ------
+
+
+def test_a_builder_without_an_image_store_needs_build_and_push(tree, standin, capsys):
+    standin.set(engine=ENGINE, builders={"k8s": {"driver": "kubernetes"}})
+    before = files(tree)
+    assert mi.main(["--image", PARENT, "--build", "--update_references", "--builder", "k8s"]) == 1
+    assert capsys.readouterr().err == (
+        "builder k8s (buildx builder, kubernetes driver, kubernetes:///k8s) keeps no image store the tool "
+        "can reach: a run on it needs --build and --push (each image pushed as it is built, its digest from "
+        "the registry) and takes no --pull or --verify_pinned (use a docker context for those)\n"
+    )
+    assert builds(standin) == [] and files(tree) == before
+
+
+def test_a_builder_without_an_image_store_pushes_as_it_builds(tree, standin):
+    standin.set(engine=ENGINE, builders={"k8s": {"driver": "kubernetes"}}, manifests={f"{URL}@{D1}": D1})
+    assert mi.main([*RUN, "--builder", "k8s"]) == 0
+    placed = [(argv, where) for argv, where in standin.placed() if argv[:2] == ["docker", "build"]]
+    assert len(placed) == len(run_images())
+    for argv, where in placed:
+        # buildx sends it to the builder; no docker context, no `docker push` after.
+        assert where["BUILDX_BUILDER"] == "k8s" and where["DOCKER_CONTEXT"] is None
+        assert "--push" in argv and "--metadata-file" in argv
+    assert not [
+        argv for argv, where in standin.placed() if argv[:2] in (["docker", "push"], ["docker", "image"])
+    ]
+    pushed = standin.registry.served_digest(URL, "latest")
+    assert f"{URL}@{pushed}\n" in (tree / "build_tools/docker/prod_digests.txt").read_text()
