@@ -25,6 +25,13 @@ Rebuild everything after a change to base, four images at a time:
   python3 build_tools/docker/manage_images.py --images all \
       --build --push --update_references -j 4
 
+Spread that rebuild over three build hosts (docker contexts or buildx builders),
+two images at a time on each; every parent is pushed and pinned before its
+children start on any of them:
+  python3 build_tools/docker/manage_images.py --images all \
+      --build --push --update_references -j 2 \
+      --builder build-1 --builder build-2 --builder build-3
+
 Check, without Docker, that the graph, the Dockerfiles, the references and
 prod_digests.txt agree, and that every image a change touched was re-pinned
 (for CI, with a JSON report):
