@@ -43,9 +43,9 @@ def counted(monkeypatch) -> dict[str, list]:
         seen["reads"].append(path)
         return read_file(path)
 
-    def counting_capture(argv, cwd=None, env=None):
+    def counting_capture(argv, cwd=None, env=None, timeout=None):
         seen["commands"].append(tuple(argv))
-        return capture_bytes(argv, cwd, env)
+        return capture_bytes(argv, cwd, env, timeout)
 
     monkeypatch.setattr(mi, "read_file", counting_read)
     monkeypatch.setattr(mi, "capture_bytes", counting_capture)
