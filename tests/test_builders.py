@@ -277,3 +277,21 @@ def test_a_builder_without_an_image_store_pushes_as_it_builds(tree, standin):
     ]
     pushed = standin.registry.served_digest(URL, "latest")
     assert f"{URL}@{pushed}\n" in (tree / "build_tools/docker/prod_digests.txt").read_text()
+
+
+def test_a_dry_run_names_each_builders_engine_and_where_each_command_would_run(tree, standin, capsys):
+    builders = contexts("one", "two", two={"engine": {"store": "containerd"}})
+    standin.set(engine=ENGINE, builders=builders)
+    before = files(tree)
+    assert mi.main([*RUN, *POOL, "-n"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("Builder ")] == [
+        "Builder one (docker context, unix:///standin/one.sock): Docker 26.1.5 (client 26.1.5), BuildKit "
+        "(buildx 0.13.1), the overlay2 image store",
+        "Builder two (docker context, unix:///standin/two.sock): Docker 26.1.5 (client 26.1.5), BuildKit "
+        "(buildx 0.13.1), the containerd image store",
+    ]
+    shown = [line for line in out if "`docker build" in line]
+    assert len(shown) == len(run_images())
+    assert all(" Running on one: `" in line or " Running on two: `" in line for line in shown), shown
+    assert builds(standin) == [] and files(tree) == before
