@@ -295,3 +295,17 @@ def test_a_dry_run_names_each_builders_engine_and_where_each_command_would_run(t
     assert len(shown) == len(run_images())
     assert all(" Running on one: `" in line or " Running on two: `" in line for line in shown), shown
     assert builds(standin) == [] and files(tree) == before
+
+
+def test_the_live_view_shows_each_running_images_builder_and_its_wait():
+    running = (
+        mi.Running("cmake-python", "build", 150.0, "RUN true", "two", 12.0),
+        mi.Running("swiftshader", "push", 160.0, "pushed", "three", 0.0),
+    )
+    lines = mi.render_view(mi.ViewState(9, 1, 0, running, 100.0, None, 24), 172.0, 200, 24)
+    assert lines[1].startswith(
+        "  cmake-python              two, after waiting 12s for a builder  build                 22s  RUN true"
+    )
+    assert lines[2].startswith(
+        "  swiftshader               three                                 push                  12s  pushed"
+    )
