@@ -139,7 +139,7 @@ def test_a_rebuild_after_a_base_change_spreads_over_the_pool(repo, registry, con
         dockerfile = (repo / manage_images.DOCKER_DIR / image / "Dockerfile").read_text()
         assert f"FROM {registry.url}/{parent}@{pinned[parent]} " in dockerfile, image
         assert stamp(registry, image, pinned[image], base) == new_stamp, image
-    check = run_tool(repo, "--check", registry=registry, env=tool_env(config))
+    check = run_tool(repo, "--check", "--images", "all", registry=registry, env=tool_env(config))
     assert check.returncode == 0, check.stdout + check.stderr
 
 
