@@ -235,6 +235,7 @@ def test_a_builder_that_dies_with_no_other_free_fails_its_image_naming_it(tree, 
     assert (
         f"{PARENT}: builder one (docker context, unix:///standin/one.sock) cannot be reached any more" in err
     )
+    assert err.endswith(" build_tools/docker/cmake` (start builder one again, or leave it out)\n")
     assert files(tree) == before
 
 

@@ -262,6 +262,7 @@ BUILDER_INSPECT_ARGV = ("docker", "buildx", "inspect")  # the current builder, i
 # A --builder: a docker context's name (docker's rule, one character fewer) or a buildx builder's.
 BUILDER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}\Z")
 PROBE_TIMEOUT = 30  # seconds a builder has to answer whether it is still there, after a failure on it
+NO_ENGINE_HINT = "the Docker engine is not running: start it or point DOCKER_HOST at one"
 # The registry's HTTP API: every manifest media type (indexes first), and how
 # the client waits and retries.
 MANIFEST_MEDIA_TYPES = (
@@ -2993,7 +2994,7 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
     text = "\n".join(output)
     host = registry.split("/", 1)[0]
     if _NO_ENGINE_RE.search(text):
-        return "the Docker engine is not running: start it or point DOCKER_HOST at one"
+        return NO_ENGINE_HINT
     if tuple(argv[1:2]) in (("push",), ("pull",)) or (tuple(argv[1:2]) == ("build",) and "--push" in argv):
         if _REFUSED_RE.search(text):
             action = (
@@ -6526,8 +6527,10 @@ def builder_fault(runner: Runner, image: str, error: ManageImagesError) -> Manag
     problem = builder_problem(runner.settings, builder, PROBE_TIMEOUT)
     if not problem:
         return error
+    # Its command's hint would point at DOCKER_HOST, which a builder does not use.
+    said = str(error).replace(NO_ENGINE_HINT, f"start builder {builder.name} again, or leave it out")
     return BuilderFault(
-        f"{image}: builder {builder.describe()} cannot be reached any more ({problem}); {error}",
+        f"{image}: builder {builder.describe()} cannot be reached any more ({problem}); {said}",
         builder.name,
         error.returncode,
     )
