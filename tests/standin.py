@@ -12,7 +12,11 @@ $STANDIN_CONFIG (a JSON file) says:
    "pulled": {"REF:TAG": "sha256:..."},  (the digest `docker pull REF:TAG` says it got)
    "labels": {"URL@DIGEST": "v1:sha256:..."},  (the inputs label of the config served)
    "server_down": false,
-   "engine": {"client": "26.1.5", "store": "containerd", "buildx": "0.13.1"}}
+   "engine": {"client": "26.1.5", "store": "containerd", "buildx": "0.13.1"},
+   "builders": {"NAME": {"driver": "docker" (a context) or "kubernetes", "down": false,
+                         "dies": "IMAGE" (its build of IMAGE fails, and it is down from then on),
+                         "engine": {...}}}}
+Each command's DOCKER_CONTEXT, BUILDX_BUILDER and DOCKER_HOST go to $STANDIN_LOG.where.
 Only the unit tests use it; the end-to-end tests use the real engine.
 
 `StandInRegistry` answers, for the same tests, what the registry client
@@ -38,6 +42,40 @@ with open(os.environ["STANDIN_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\\n")
 config = json.load(open(os.environ["STANDIN_CONFIG"]))
 step = argv[1] if len(argv) > 1 else argv[0]
+where = {{name: os.environ.get(name) for name in ("DOCKER_CONTEXT", "BUILDX_BUILDER", "DOCKER_HOST")}}
+with open(os.environ["STANDIN_LOG"] + ".where", "a") as log:
+    log.write(json.dumps([argv, where]) + "\\n")
+builders = config.get("builders", {{}})
+if argv[:3] == ["docker", "context", "inspect"]:
+    known = builders.get(argv[3], {{}}).get("driver") == "docker"
+    if not known:
+        print(f"context {{argv[3]!r}}: context not found", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps([{{"Name": argv[3], "Endpoints": {{"docker": {{"Host": f"unix:///standin/{{argv[3]}}.sock"}}}}}}]))
+    sys.exit(0)
+if argv[:3] == ["docker", "buildx", "version"]:
+    print("github.com/docker/buildx 0.13.1 standin")
+    sys.exit(0)
+if argv[:3] == ["docker", "buildx", "inspect"] and len(argv) > 3:
+    name = argv[-1]
+    if name not in builders or builders[name].get("down"):
+        print(f"ERROR: no builder {{name!r}} found" if name not in builders else "ERROR: cannot reach it", file=sys.stderr)
+        sys.exit(1)
+    print(f"Name: {{name}}\\nDriver: {{builders[name].get('driver', 'docker')}}\\n\\nNodes:\\nName: {{name}}0\\n"
+          f"Endpoint: {{'kubernetes:///' + name if builders[name].get('driver') != 'docker' else name}}\\n"
+          "Status: running\\nBuildKit version: v0.13.2\\nPlatforms: linux/amd64, linux/386")
+    sys.exit(0)
+on = builders.get(where["DOCKER_CONTEXT"] or where["BUILDX_BUILDER"] or "", {{}})
+if on.get("dies") and argv[:2] == ["docker", "build"] and f"/{{on['dies']}}:" in " ".join(argv):
+    on["down"] = True
+    with open(os.environ["STANDIN_CONFIG"] + ".tmp", "w") as file:
+        json.dump(config, file)
+    os.rename(os.environ["STANDIN_CONFIG"] + ".tmp", os.environ["STANDIN_CONFIG"])
+    print("standin: the builder died", flush=True)
+if on.get("down"):
+    print("Cannot connect to the Docker daemon at unix:///standin. Is the docker daemon running?", file=sys.stderr)
+    sys.exit(1)
+config["engine"] = {{**config.get("engine", {{}}), **on.get("engine", {{}})}}
 if step in config.get("signal", {{}}):
     os.kill(os.getpid(), config["signal"][step])
 for match, text, seconds in config.get("say", {{}}).get(step, []):
@@ -284,3 +322,8 @@ class StandIn:
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def placed(self) -> list[tuple[list[str], dict[str, str | None]]]:
+        """Each command, with the DOCKER_CONTEXT, BUILDX_BUILDER and DOCKER_HOST it ran with."""
+        path = Path(f"{self.log}.where")
+        return [tuple(json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []

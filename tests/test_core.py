@@ -286,7 +286,7 @@ def test_the_scheduler_reports_each_start_and_times_each_image_with_its_clock():
     ticks = iter(range(100))
     starts = []
 
-    def work(image: str) -> str:
+    def work(image: str, builder: str) -> str:
         if image == "c":
             raise mi.ManageImagesError("c failed")
         return image
@@ -298,7 +298,7 @@ def test_the_scheduler_reports_each_start_and_times_each_image_with_its_clock():
         False,
         work,
         lambda image, value: None,
-        on_start=lambda image, number: starts.append((image, number)),
+        on_start=lambda image, number, placed: starts.append((image, number)),
         clock=lambda: float(next(ticks)),
     )
     assert starts == [("a", 1), ("b", 2), ("c", 3)]
@@ -307,7 +307,7 @@ def test_the_scheduler_reports_each_start_and_times_each_image_with_its_clock():
 
 
 def test_failures_are_ranked_in_the_order_they_finished():
-    def work(image: str) -> None:
+    def work(image: str, builder: str) -> None:
         raise mi.ManageImagesError(image)
 
     results = mi.run_graph(
@@ -326,7 +326,7 @@ def test_an_image_starts_as_soon_as_its_parents_finish_not_when_the_whole_wave_d
 
     c_started = threading.Event()
 
-    def work(image: str) -> str:
+    def work(image: str, builder: str) -> str:
         if image == "c":
             c_started.set()
         if image == "a" and not c_started.wait(timeout=10):  # a waits for c, which needs b only

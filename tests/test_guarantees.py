@@ -673,7 +673,7 @@ def test_a_git_that_hangs_times_out_with_one_line(tree, standin, monkeypatch, ca
 
 
 def test_an_unexpected_error_in_a_worker_fails_that_image_only():
-    def work(image: str) -> None:
+    def work(image: str, builder: str) -> None:
         if image == "b":
             raise RuntimeError("boom")
 

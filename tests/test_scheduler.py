@@ -28,7 +28,7 @@ class Recorder:
         self.peak = 0
         self.finished_in_main: list[str] = []
 
-    def work(self, image):
+    def work(self, image, builder=""):
         with self.lock:
             self.events.append(("start", image))
             self.active += 1
@@ -87,7 +87,7 @@ def test_parallel_jobs_run_independent_branches_together():
     together = {"swiftshader", "cmake-python", "cmake-android", "bazel-python"}
     recorder = Recorder()
 
-    def work(image):
+    def work(image, builder):
         if image in together:
             barrier.wait()
         return recorder.work(image)
@@ -169,7 +169,7 @@ def test_stopped_starts_nothing_new():
     recorder = Recorder()
     stop = threading.Event()
 
-    def work(image):
+    def work(image, builder):
         stop.set()
         return recorder.work(image)
 

@@ -25,6 +25,13 @@ Rebuild everything after a change to base, four images at a time:
   python3 build_tools/docker/manage_images.py --images all \
       --build --push --update_references -j 4
 
+Spread that rebuild over three build hosts (docker contexts or buildx builders),
+two images at a time on each; every parent is pushed and pinned before its
+children start on any of them:
+  python3 build_tools/docker/manage_images.py --images all \
+      --build --push --update_references -j 2 \
+      --builder build-1 --builder build-2 --builder build-3
+
 Check, without Docker, that the graph, the Dockerfiles, the references and
 prod_digests.txt agree, and that every image a change touched was re-pinned
 (for CI, with a JSON report):
@@ -254,6 +261,10 @@ _PLATFORM_PART_RE = re.compile(r"[A-Za-z0-9_-]+\Z")  # containerd's grammar of e
 REFERENCE_TYPE_ANNOTATION = "vnd.docker.reference.type"
 ATTESTATION_MANIFEST = "attestation-manifest"
 BUILDER_INSPECT_ARGV = ("docker", "buildx", "inspect")  # the current builder, its platforms among it
+# A --builder: a docker context's name (docker's rule, one character fewer) or a buildx builder's.
+BUILDER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}\Z")
+PROBE_TIMEOUT = 30  # seconds a builder has to answer whether it is still there, after a failure on it
+NO_ENGINE_HINT = "the Docker engine is not running: start it or point DOCKER_HOST at one"
 # The registry's HTTP API: every manifest media type (indexes first), and how
 # the client waits and retries.
 MANIFEST_MEDIA_TYPES = (
@@ -436,6 +447,16 @@ class CommandError(ManageImagesError):
             f"Command failed with exit code {self.returncode}: `{format_command(argv)}`"
             + (f" ({hint})" if hint else "")
         )
+
+
+class BuilderFault(ManageImagesError):
+    """An image failed because its builder (--builder) could no longer be reached: the
+    scheduler gives that builder nothing more, and may retry the image on another."""
+
+    def __init__(self, message: str, builder: str, returncode: int = 1) -> None:
+        self.builder = builder
+        self.returncode = returncode
+        super().__init__(message)
 
 
 class ChangedOnDisk(ManageImagesError):
@@ -709,6 +730,9 @@ class ImageResult(NamedTuple):
     digest: str | None = None
     error: ManageImagesError | None = None
     finished: int = 0  # completion rank, to find the first failure
+    builder: str = ""  # the --builder it ran on ("": the engine DOCKER_HOST or the current context names)
+    waited: float = 0.0  # seconds it was ready and waited for a free builder
+    retried: str = ""  # why its first attempt failed, when a builder fault made it start again
 
 
 Splice = tuple[int, int, bytes]  # (start, end, piece): old[start:end] becomes piece
@@ -789,8 +813,12 @@ class Presubmit(NamedTuple):
 class Schedule(NamedTuple):
     """How many images run at a time, and whether a failure stops new starts."""
 
-    jobs: int = 1
+    jobs: int = 1  # per builder
     keep_going: bool = False
+    builders: tuple[str, ...] = ()  # --builder, in the order given: () for the engine docker finds
+
+    def slots(self) -> int:
+        return self.jobs * max(len(self.builders), 1)
 
 
 Identity = Literal["identical", "same content", "differs"]
@@ -805,12 +833,25 @@ class Engine(NamedTuple):
     store: str  # "containerd" (the containerd image store) or the graph driver, e.g. "overlay2"
     buildx: str = ""  # the buildx plugin's version when `docker build` runs through it
     platform: str = "linux/amd64"  # what it builds for (os/architecture)
+    driver: str = "docker"  # buildx's driver: any other keeps no image store the tool can ask
+
+    def loads(self) -> bool:
+        """Whether what it builds is in an image store docker commands reach (see `Builder`)."""
+        return self.driver == "docker"
+
+    def registry_cache(self) -> bool:
+        """Whether its builds export their cache to the registry, beside the image (see `cache_export`)."""
+        return self.containerd() or not self.loads()
 
     def describe(self) -> str:
         if self.builder == "classic":
             builder = "the classic builder"
         else:
             builder = f"BuildKit (buildx {self.buildx})" if self.buildx else "BuildKit (built into the CLI)"
+        if not self.loads():
+            return (
+                f"BuildKit {self.server} through buildx {self.buildx}'s {self.driver} driver (no image store)"
+            )
         store = "the containerd image store" if self.containerd() else f"the {self.store} image store"
         return f"Docker {self.server} (client {self.client}), {builder}, {store}"
 
@@ -824,6 +865,52 @@ class Engine(NamedTuple):
             "buildx": self.buildx or None,
             "client": self.client,
             "server": self.server,
+            **({} if self.loads() else {"driver": self.driver}),
+        }
+
+
+class Builder(NamedTuple):
+    """Where a run builds (--builder NAME), named as buildx's --builder and docker's --context
+    name it.
+
+    A docker context (which buildx also lists as a builder of its `docker` driver) runs
+    every docker command of the images built there: build, push, pull, tag, inspect. A
+    buildx builder of another driver (docker-container, kubernetes, remote) runs the
+    builds alone and keeps no image store docker commands reach: each image is pushed as
+    it is built, and every question about it goes to the registry."""
+
+    name: str
+    context: str = ""  # the docker context its docker commands go to; "" for another driver
+    driver: str = "docker"  # buildx's driver
+    endpoint: str = ""  # where it is (the context's host, the builder's nodes), for the lines naming it
+
+    def loads(self) -> bool:
+        return self.driver == "docker"
+
+    def environ(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` with every docker command sent to this builder: docker's DOCKER_CONTEXT and
+        buildx's BUILDX_BUILDER (so no builder `docker buildx use` chose takes its builds).
+        DOCKER_HOST goes, as docker's --context flag overrides it (the variable would not),
+        except for the context `default`, which is what DOCKER_HOST names."""
+        env = {**base, "BUILDX_BUILDER": self.name}
+        if self.context:
+            env["DOCKER_CONTEXT"] = self.context
+            if self.context != "default":
+                env.pop("DOCKER_HOST", None)
+        return env
+
+    def describe(self) -> str:
+        if self.context:
+            return f"{self.name} (docker context, {self.endpoint or 'its endpoint unknown'})"
+        return f"{self.name} (buildx builder, {self.driver} driver{', ' + self.endpoint if self.endpoint else ''})"
+
+    def as_json(self, engine: Engine | None) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "context": self.context or None,
+            "driver": self.driver,
+            "endpoint": self.endpoint or None,
+            "engine": engine.as_json() if engine else None,
         }
 
 
@@ -1371,6 +1458,99 @@ def overall_identity(identities: Mapping[str, Identity]) -> Identity:
     if not values or "differs" in values:
         return "differs"
     return "identical" if values == {"identical"} else "same content"
+
+
+# ---------------------------------------------------------------------------
+# The pure core. Builders (--builder): what docker and buildx say of each, and what a
+# run may ask of them.
+
+
+def inspect_fields(output: str, key: str) -> list[str]:
+    """The values of the `KEY: VALUE` lines of `docker buildx inspect`'s output, in order."""
+    found = []
+    for line in output.splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip() == key and value.strip():
+            found.append(value.strip())
+    return found
+
+
+def context_endpoint(output: str) -> str:
+    """The docker endpoint (its host) `docker context inspect NAME` shows as JSON, or ""."""
+    import json
+
+    try:
+        host = json.loads(output)[0]["Endpoints"]["docker"]["Host"]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return ""
+    return str(host)
+
+
+def buildx_builder(name: str, output: str) -> Builder:
+    """NAME as `docker buildx inspect NAME` describes it. One of the `docker` driver is a
+    docker context (buildx cannot make another: "additional instances of driver docker
+    cannot be created"), its node's endpoint; one of another driver builds alone."""
+    driver = next(iter(inspect_fields(output, "Driver")), "unknown")
+    endpoints = inspect_fields(output, "Endpoint")
+    if driver == "docker":
+        return Builder(name, endpoints[0] if endpoints else name, driver)
+    return Builder(name, "", driver, ", ".join(endpoints))
+
+
+def buildx_engine(output: str, buildx: str, driver: str) -> Engine:
+    """What a builder of another driver than `docker` builds with, from `docker buildx
+    inspect --bootstrap NAME`: BuildKit through buildx, no image store, and the platform its
+    first node lists first (its own)."""
+    versions = inspect_fields(output, "BuildKit version") or inspect_fields(output, "Buildkit")
+    platforms = builder_platforms(output)
+    own = platforms[0] if platforms else Engine._field_defaults["platform"]
+    return Engine("", versions[0] if versions else "?", "buildkit", "none", buildx or "?", own, driver)
+
+
+def pool_refusal(names: Sequence[str], steps: Steps) -> str:
+    """Why the --builder NAMES cannot serve a run of `steps`, before anything is asked, or ""."""
+    twice = [name for name in dict.fromkeys(names) if names.count(name) > 1]
+    if twice:
+        return f"--builder {twice[0]} is given twice: name each builder once"
+    bad = [name for name in names if not BUILDER_NAME_RE.match(name)]
+    if bad:
+        return f"--builder {bad[0]!r} is no docker context or buildx builder name (letters, digits, _.+-)"
+    missing = [f"--{step}" for step in ("build", "push", "update_references") if not getattr(steps, step)]
+    if len(names) > 1 and missing:
+        return (
+            f"{len(names)} builders need {' '.join(missing)}: each parent is pushed and pinned before its "
+            "children start, on any builder, from the digest the registry serves"
+        )
+    if names and not steps.any():
+        return "--builder goes with the steps (--pull, --build, --push, --update_references): the other modes use no engine"
+    return ""
+
+
+def builder_refusal(builder: Builder, steps: Steps, options: BuildOptions) -> str:
+    """Why BUILDER cannot serve this run, or "": a builder that keeps no image store docker
+    commands reach pushes every image as it builds it, so a run on it builds and pushes and
+    asks nothing of a local image."""
+    if builder.loads() or (steps.build and steps.push and not steps.pull and not options.verify_pinned):
+        return ""
+    return (
+        f"builder {builder.describe()} keeps no image store the tool can reach: a run on it needs --build "
+        "and --push (each image pushed as it is built, its digest from the registry) and takes no --pull "
+        "or --verify_pinned (use a docker context for those)"
+    )
+
+
+def platform_mismatch(engines: Mapping[str, Engine | None]) -> str:
+    """Why builders that build for different platforms cannot form one pool, or "": a child
+    built on one from its parent's digest would build on another platform's image."""
+    found = {name: engine.platform for name, engine in engines.items() if engine is not None}
+    first = next(iter(found), "")
+    other = next((name for name, platform in found.items() if platform != found[first]), "")
+    if not other:
+        return ""
+    return (
+        f"builders {first} ({found[first]}) and {other} ({found[other]}) build for different platforms: "
+        "the builders of one run must build for the same one, as each image is built on its parents'"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -2925,7 +3105,7 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
     text = "\n".join(output)
     host = registry.split("/", 1)[0]
     if _NO_ENGINE_RE.search(text):
-        return "the Docker engine is not running: start it or point DOCKER_HOST at one"
+        return NO_ENGINE_HINT
     if tuple(argv[1:2]) in (("push",), ("pull",)) or (tuple(argv[1:2]) == ("build",) and "--push" in argv):
         if _REFUSED_RE.search(text):
             action = (
@@ -2941,69 +3121,153 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
 # The scheduler and the summary.
 
 
+class Placed(NamedTuple):
+    """Where an image of a run starts, and how it got there."""
+
+    builder: str = ""  # "": the engine DOCKER_HOST or docker's current context names
+    waited: float = 0.0  # seconds it was ready and waited for a free builder, in all
+    retried: str = ""  # why its previous attempt failed, when a builder fault makes it start again
+
+
+class Dispatcher:
+    """The scheduler's decisions, with no thread and no clock of its own: which ready image
+    starts next, on which builder, and what a builder's fault does. Readiness is graphlib's
+    get_ready()/done() protocol: a failed image is never done, so its dependents never
+    become ready.
+
+    Among the ready images the earliest in `order` starts first, so one builder with one
+    slot follows `order` exactly. Each builder has `slots` slots. An image goes to a free
+    builder that built one of its parents (the first parent's first: its cache holds the
+    parent's layers), else to the free builder with the most free slots, the first named
+    among equals. After a failure no new image starts unless `keep_going`. A builder that
+    could not be reached under an image (a fault) gets nothing more; the image starts
+    again, once, on another builder, when one has a free slot or with `keep_going`; else
+    it fails.
+    """
+
+    def __init__(
+        self,
+        order: Sequence[str],
+        graph: Mapping[str, Sequence[str]],
+        builders: Sequence[str] = ("",),
+        slots: int = 1,
+        keep_going: bool = False,
+    ) -> None:
+        self.position = {image: index for index, image in enumerate(order)}
+        self._graph = graph
+        self._sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+            {image: [parent for parent in graph[image] if parent in self.position] for image in order}
+        )
+        self._sorter.prepare()
+        self._ready: dict[str, float] = {}  # image -> since when it waits for a builder
+        self.free = dict.fromkeys(builders, slots)  # builder -> free slots; a builder at fault is gone
+        self.built_by: dict[str, str] = {}
+        self.waited: dict[str, float] = {}
+        self.retries: dict[str, str] = {}  # image -> why its first attempt failed
+        self.keep_going = keep_going
+        self.failed = False
+
+    def starts(self, now: float, stopped: bool = False) -> list[tuple[str, str]]:
+        """The images to start now, each with the builder whose slot it takes."""
+        for image in self._sorter.get_ready():
+            self._ready[image] = now
+        if stopped or (self.failed and not self.keep_going):
+            return []
+        chosen = []
+        for image in sorted(self._ready, key=self.position.__getitem__):
+            builder = self._builder_for(image)
+            if builder is not None:
+                self.free[builder] -= 1
+                self.waited[image] = self.waited.get(image, 0.0) + now - self._ready.pop(image)
+                chosen.append((image, builder))
+        return chosen
+
+    def _builder_for(self, image: str) -> str | None:
+        free = [builder for builder, count in self.free.items() if count > 0]
+        preferred = [self.built_by[parent] for parent in self._graph[image] if parent in self.built_by]
+        return next((builder for builder in preferred if builder in free), None) or max(
+            free, key=self.free.__getitem__, default=None
+        )
+
+    def placed(self, image: str, builder: str) -> Placed:
+        return Placed(builder, self.waited.get(image, 0.0), self.retries.get(image, ""))
+
+    def finished(self, image: str, builder: str, done: bool, fault: str = "", now: float = 0.0) -> bool:
+        """IMAGE's attempt on BUILDER is over (`fault`: why the builder could not be reached
+        under it); True when the image is to start again (see the class)."""
+        if fault:
+            self.free.pop(builder, None)
+            again = self.keep_going or any(self.free.values())
+            if image not in self.retries and self.free and again:
+                self.retries[image] = fault
+                self._ready[image] = now
+                return True
+        elif builder in self.free:
+            self.free[builder] += 1
+        if done:
+            self.built_by[image] = builder
+            self._sorter.done(image)
+        else:
+            self.failed = True
+        return False
+
+
 def run_graph(
     order: Sequence[str],
     graph: Mapping[str, Sequence[str]],
     jobs: int,
     keep_going: bool,
-    work: Callable[[str], T],
+    work: Callable[[str, str], T],
     finish: Callable[[str, T], str | None],
     stopped: Callable[[], bool] = lambda: False,
-    on_start: Callable[[str, int], None] = lambda image, number: None,
+    on_start: Callable[[str, int, Placed], None] = lambda image, number, placed: None,
     clock: Callable[[], float] = time.monotonic,
     on_finish: Callable[[ImageResult], None] = lambda item: None,
     on_tick: Callable[[], None] = lambda: None,
+    builders: Sequence[str] = ("",),
 ) -> dict[str, ImageResult]:
-    """Processes `order` so that each image starts once every dependency of it
-    in the run has finished.
+    """Processes `order` so that each image starts once every dependency of it in the run
+    has finished, on a builder with one of its `jobs` slots free (see `Dispatcher`).
 
-    `work(image)` runs in one of `jobs` worker threads (the docker commands);
-    `finish(image, value)` runs here, in the calling thread, with what `work`
-    returned (the reference rewrites), before any dependent starts, so file
-    edits never overlap; it returns the image's digest. Among the ready images
-    the earliest in `order` starts first, so `jobs=1` follows `order` exactly.
-    After the first failure no new image starts unless `keep_going`; then only
-    the dependents of a failed image are skipped. `stopped()` true (an
-    interruption) also starts nothing new. Readiness comes from graphlib's
-    get_ready()/done() protocol: a failed image is never done, so its
-    dependents never become ready.
+    `work(image, builder)` runs in a worker thread (the docker commands); `finish(image,
+    value)` runs here, in the calling thread, with what `work` returned (the reference
+    rewrites), before any dependent starts, so file edits never overlap; it returns the
+    image's digest. An image whose work raised BuilderFault may start again: `finish` runs
+    once, for the attempt that worked. `stopped()` true (an interruption) starts nothing
+    new. Images that finish together are finished in the run's order.
     """
     import concurrent.futures
 
-    position = {image: index for index, image in enumerate(order)}
-    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
-        {image: [parent for parent in graph[image] if parent in position] for image in order}
-    )
-    sorter.prepare()
-    ready: list[str] = []
+    dispatcher = Dispatcher(order, graph, builders, jobs, keep_going)
     results: dict[str, ImageResult] = {}
     started: dict[str, float] = {}
-    running: dict[concurrent.futures.Future[T], str] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    running: dict[concurrent.futures.Future[T], tuple[str, str]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs * len(builders)) as pool:
         while True:
-            ready = sorted([*ready, *sorter.get_ready()], key=position.__getitem__)
-            failed = any(item.result == "failed" for item in results.values())
-            while ready and len(running) < jobs and not stopped() and (keep_going or not failed):
-                image = ready.pop(0)
+            for image, builder in dispatcher.starts(clock(), stopped()):
                 started[image] = clock()
-                on_start(image, len(started))
-                running[pool.submit(work, image)] = image
+                on_start(image, list(started).index(image) + 1, dispatcher.placed(image, builder))
+                running[pool.submit(work, image, builder)] = (image, builder)
             if not running:
                 break
             done, _ = concurrent.futures.wait(
                 running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
             )
             on_tick()
-            # Several may finish at once: take them in the run's order, so the
-            # edits and the output never depend on thread timing.
-            for future in sorted(done, key=lambda future: position[running[future]]):
-                image = running.pop(future)
+            for future in sorted(done, key=lambda future: dispatcher.position[running[future][0]]):
+                image, builder = running.pop(future)
                 item = _finished(image, future, finish, clock() - started[image], len(results))
-                results[image] = item
-                on_finish(item)
-                if item.result == "done":
-                    sorter.done(image)
+                item = item._replace(**dispatcher.placed(image, builder)._asdict())
+                fault = str(item.error) if isinstance(item.error, BuilderFault) else ""
+                if not dispatcher.finished(image, builder, item.result == "done", fault, clock()):
+                    results[image] = item
+                    on_finish(item)
     return _with_the_rest(order, graph, results)
+
+
+def by_image(values: Mapping[str, T]) -> Callable[[str, str], T]:
+    """Work that gives IMAGE's value, wherever it runs."""
+    return lambda image, builder: values[image]
 
 
 def _finished(
@@ -3060,18 +3324,22 @@ def format_summary(
     dry_run: bool = False,
     notes: Mapping[str, str] | None = None,
 ) -> str:
-    """One line per image: result, short digest, seconds, steps (and a note,
-    such as `reproduced`, when any image has one); then the wall time.
+    """One line per image: result, short digest, seconds, (with --builder, the builder it
+    ran on and the seconds it waited for one,) steps (and a note, such as `reproduced`,
+    when any image has one); then the wall time.
 
     In a dry run an image that went through is `planned`, never `done`.
     """
     notes = notes or {}
     width = max([len(image) for image in results] + [5])
+    builders = max([len(item.builder) for item in results.values() if item.builder] + [0])
     step_text = ", ".join(steps) or "-"
     label = {"done": "planned"} if dry_run else {}
     lines = [
         "Summary (dry run: nothing was run or changed):" if dry_run else "Summary:",
-        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  steps"
+        f"  {'image':<{width}}  {'result':<11}  {'digest':<19}  {'seconds':>8}  "
+        + (f"{'builder':<{max(builders, 7)}}  {'waited':>8}  " if builders else "")
+        + "steps"
         + (f"{' ' * max(0, len(step_text) - 5)}  note" if notes else ""),
     ]
     counts: dict[str, int] = {}
@@ -3079,9 +3347,16 @@ def format_summary(
         result = label.get(item.result, item.result)
         counts[result] = counts.get(result, 0) + 1
         digest = item.digest[:19] if item.digest else "-"
-        seconds = f"{item.seconds:7.1f}s" if item.result in ("done", "failed") else "       -"
+        ran = item.result in ("done", "failed")
+        seconds = f"{item.seconds:7.1f}s" if ran else "       -"
+        place = (
+            f"{item.builder or '-':<{max(builders, 7)}}  {f'{item.waited:7.1f}s' if ran else '       -'}  "
+        )
         note = f"  {notes[item.image]}" if item.image in notes else ""
-        lines.append(f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  {step_text}{note}")
+        lines.append(
+            f"  {item.image:<{width}}  {result:<11}  {digest:<19}  {seconds}  "
+            f"{place if builders else ''}{step_text}{note}"
+        )
     tally = ", ".join(f"{count} {result}" for result, count in counts.items())
     lines.append(f"Total wall time: {wall:.1f}s ({tally})")
     return "\n".join(lines)
@@ -3264,12 +3539,24 @@ def fit(text: str, width: int) -> str:
 
 
 class Running(NamedTuple):
-    """An image the terminal view shows: its step, when it started, its output's last line."""
+    """An image the terminal view shows: its step, when it started, its output's last line,
+    and where it runs (see `Placed`)."""
 
     image: str
     step: str
     started: float
     last: str
+    builder: str = ""
+    waited: float = 0.0
+
+
+def start_place(placed: Placed) -> str:
+    """What a line about an image's start says of its builder: ` on NAME`, and the time it
+    waited for one when it is a second or more; "" without --builder."""
+    if not placed.builder:
+        return ""
+    waited = f", after waiting {format_duration(placed.waited)} for a builder" if placed.waited >= 1 else ""
+    return f" on {placed.builder}{waited}"
 
 
 class ViewState(NamedTuple):
@@ -3308,9 +3595,12 @@ def render_view(state: ViewState, now: float, columns: int, rows: int, colour: b
         header = header.replace(f", {state.failed} failed", f", {red}{state.failed} failed{reset}{bold}", 1)
     lines = [f"{bold}{header}{reset}"]
     shown_running = state.running[: max(rows - 2, 1)]
-    for item in shown_running:
+    places = [start_place(Placed(item.builder, item.waited)).removeprefix(" on ") for item in shown_running]
+    place_width = max(map(len, places), default=0)
+    for item, place in zip(shown_running, places):
         head = (
-            f"  {item.image:<{state.name_width}}  {item.step:<17}  {format_duration(now - item.started):>6}  "
+            f"  {item.image:<{state.name_width}}  {f'{place:<{place_width}}  ' if place_width else ''}"
+            f"{item.step:<17}  {format_duration(now - item.started):>6}  "
         )
         line = fit(head + item.last, width)
         if colour:
@@ -3662,9 +3952,10 @@ class Progress:
         if self.logs is not None:
             self.costs = expected_costs(order, steps, self.logs.history())
 
-    def start(self, image: str) -> None:
+    def start(self, image: str, placed: Placed | None = None) -> None:
+        placed = placed or Placed()
         with self._lock:
-            self._running[image] = Running(image, "", time.monotonic(), "")
+            self._running[image] = Running(image, "", time.monotonic(), "", placed.builder, placed.waited)
             self._estimate = None
             self.version += 1
 
@@ -3729,7 +4020,7 @@ class Progress:
             self._order, self._graph, self._done, self._failed, self._running, self._schedule.keep_going
         )
         elapsed = {image: now - item.started for image, item in self._running.items()}
-        left = estimate_left(remaining, self._graph, self.costs, self._schedule.jobs, elapsed)
+        left = estimate_left(remaining, self._graph, self.costs, self._schedule.slots(), elapsed)
         self._estimate = (left, now)
         return left
 
@@ -3975,6 +4266,11 @@ class Runner:
         # What each image is built for (`run_platforms`); an image without an entry: the engine's.
         self.platforms: Mapping[str, tuple[str, ...]] = {}
         self.selected: Sequence[str] = ()  # the images asked for, before their dependents were added
+        # --builder: each builder, and the engine found on it; `on` sends a view of this runner there.
+        self.builders: dict[str, Builder] = {}
+        self.engines: dict[str, Engine | None] = {}
+        self.builder = ""  # the builder this runner's docker commands go to ("": DOCKER_HOST's engine)
+        self.home = settings  # the run's own settings, for the registry (one client for all builders)
 
     def say(self, text: str, image: str = "") -> None:
         """Prints a line, prefixed with `[IMAGE] ` when images run in parallel
@@ -3998,7 +4294,20 @@ class Runner:
 
     def registry(self) -> RegistryClient:
         """The run's registry client (one per run; see `registry_client`)."""
-        return registry_client(self.settings)
+        return registry_client(self.home)
+
+    def on(self, builder: str) -> Runner:
+        """This runner with every docker command and question sent to BUILDER (see
+        `Builder.environ`), all else shared: the console, the progress, and what the run
+        learns of each image (each image is one thread's). Itself for ""."""
+        if not builder:
+            return self
+        import copy
+
+        view = copy.copy(self)
+        view.settings = self.home._replace(env=self.builders[builder].environ(self.home.env or os.environ))
+        view.engine, view.builder = self.engines.get(builder), builder
+        return view
 
     def scratch(self) -> Path:
         """A folder of this run's own (build metadata), removed by `run_steps` at the end."""
@@ -4017,7 +4326,8 @@ class Runner:
         alone, which then stops it; an `interactive` one (gcloud may ask a
         question) keeps the terminal instead.
         """
-        self.say(f"Running: `{format_command(argv)}`", image)
+        where = f" on {self.builder}" if self.builder and tuple(argv[:1]) == ("docker",) else ""
+        self.say(f"Running{where}: `{format_command(argv)}`", image)
         if self.settings.dry_run:
             return []
         import subprocess
@@ -4054,28 +4364,30 @@ def capture_bytes(
     argv: Sequence[str],
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
     each: Callable[[bytes], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Runs a read-only command (also in a dry run) and returns its output as
-    bytes; with `each`, every NUL-terminated record of its standard output is
-    handed to `each` as soon as it is read, while the command runs on (and
-    the output returned holds none)."""
+    """Runs a read-only command (also in a dry run) and returns its output as bytes, within
+    `timeout` seconds (COMMAND_TIMEOUT unless given); with `each`, every NUL-terminated
+    record of its standard output is handed to `each` as soon as it is read, while the
+    command runs on (and the output returned holds none)."""
     import subprocess
 
+    timeout = COMMAND_TIMEOUT if timeout is None else timeout
     pipe = subprocess.PIPE
     process = CHILDREN.start(
         argv, False, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
     )
     try:
         if each is None:
-            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+            stdout, stderr = process.communicate(timeout=timeout)
         else:
-            stdout, stderr = b"", _records(process, each, COMMAND_TIMEOUT)
+            stdout, stderr = b"", _records(process, each, timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
         raise ManageImagesError(
-            f"`{format_command(argv)}` did not finish within {COMMAND_TIMEOUT} s; "
+            f"`{format_command(argv)}` did not finish within {timeout} s; "
             "check what holds it up (a lock, a network file system) and run again"
         ) from None
     finally:
@@ -4127,12 +4439,15 @@ def _records(process: subprocess.Popen[bytes], each: Callable[[bytes], None], ti
 
 
 def capture(
-    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Runs a read-only command (also in a dry run) and returns its output as text."""
     import subprocess
 
-    result = capture_bytes(argv, cwd, env)
+    result = capture_bytes(argv, cwd, env, timeout)
     return subprocess.CompletedProcess(
         result.args,
         result.returncode,
@@ -6536,6 +6851,75 @@ def check_docker(settings: Settings) -> Engine:
     return engine_from(result.stdout, info, environ.get("DOCKER_BUILDKIT"))
 
 
+def resolve_builder(settings: Settings, name: str) -> Builder:
+    """--builder NAME as docker and buildx know it (asked read-only, also in a dry run): a
+    docker context, else a buildx builder; one line when it is neither."""
+    context = capture(("docker", "context", "inspect", name), settings.root, settings.env)
+    if context.returncode == 0:
+        return Builder(name, name, "docker", context_endpoint(context.stdout))
+    builder = capture(("docker", "buildx", "inspect", name), settings.root, settings.env)
+    if builder.returncode == 0:
+        return buildx_builder(name, builder.stdout)
+    raise ManageImagesError(
+        f"--builder {name}: docker has no context and buildx no builder of that name (see `docker context "
+        f"ls` and `docker buildx ls`); create it, or leave out --builder {name}"
+    )
+
+
+def builder_problem(settings: Settings, builder: Builder, timeout: float | None = None) -> str:
+    """Why BUILDER cannot be reached, in docker's words, or "" (`settings`: the builder's own,
+    see `Runner.on`). A context's engine answers `docker version`; a builder of another
+    driver is started if need be (`docker buildx inspect --bootstrap`), as a build would."""
+    if builder.loads():
+        argv: tuple[str, ...] = ("docker", "version", "--format", "{{.Server.Version}}")
+    else:
+        argv = ("docker", "buildx", "inspect", "--bootstrap", builder.name)
+    try:
+        result = capture(argv, settings.root, settings.env, timeout)
+    except CommandError:
+        raise
+    except ManageImagesError as error:  # no answer within the time
+        return str(error)
+    if result.returncode == 0:
+        return ""
+    said = " ".join((result.stderr or result.stdout).split())
+    return f"docker said: {outside_text(said) or f'exit code {result.returncode}'}"
+
+
+def reach_builder(settings: Settings, builder: Builder) -> Engine:
+    """The engine BUILDER builds with (`settings`: its own); one line naming it when it cannot
+    be reached."""
+    problem = builder_problem(settings, builder)
+    if problem:
+        raise ManageImagesError(
+            f"builder {builder.describe()} cannot be reached: {problem}; start it, or leave out "
+            f"--builder {builder.name}"
+        )
+    if builder.loads():
+        return check_docker(settings)
+    inspected = capture(("docker", "buildx", "inspect", builder.name), settings.root, settings.env).stdout
+    version = capture(("docker", "buildx", "version"), settings.root, settings.env).stdout.split()
+    return buildx_engine(inspected, version[1] if len(version) > 1 else "", builder.driver)
+
+
+def builder_fault(runner: Runner, image: str, error: ManageImagesError) -> ManageImagesError:
+    """`error`, which failed IMAGE on the runner's builder, as a BuilderFault naming the builder
+    when the builder can no longer be reached (its engine died, its host went away)."""
+    builder = runner.builders.get(runner.builder)
+    if builder is None or CHILDREN.stopping or isinstance(error, BuilderFault):
+        return error
+    problem = builder_problem(runner.settings, builder, PROBE_TIMEOUT)
+    if not problem:
+        return error
+    # Its command's hint would point at DOCKER_HOST, which a builder does not use.
+    said = str(error).replace(NO_ENGINE_HINT, f"start builder {builder.name} again, or leave it out")
+    return BuilderFault(
+        f"{image}: builder {builder.describe()} cannot be reached any more ({problem}); {said}",
+        builder.name,
+        error.returncode,
+    )
+
+
 def offered_platforms(settings: Settings, engine: Engine) -> tuple[str, ...]:
     """The platforms the engine's builder can build for (`docker buildx inspect`): its own,
     and those its binfmt handlers run; only its own without buildx to ask."""
@@ -7869,6 +8253,7 @@ class Report:
             "dry_run": False,
             "changed_since": None,
             "engine": None,
+            "builders": [],
         }
         self.images: list[dict[str, object]] = []
         self.findings: list[Finding] = []
@@ -7887,6 +8272,9 @@ class Report:
                     "result": "planned" if runner.settings.dry_run and item.result == "done" else item.result,
                     "digest": {"old": old.get(item.image), "new": item.digest},
                     "seconds": round(item.seconds, 3),
+                    "builder": item.builder or None,
+                    "waited_seconds": round(item.waited, 3) if item.builder else None,
+                    "retried": item.retried or None,
                     # What the update wrote (would write, in a dry run); what it set out to write.
                     "files": (written if not runner.settings.dry_run else planned).get(item.image, []),
                     "planned_files": planned.get(item.image, []),
@@ -8133,17 +8521,17 @@ def tracked(
     runner: Runner,
     count: int,
     step_names: Sequence[str],
-    work: Callable[[str], str | None],
+    work: Callable[[str, str], str | None],
     finish: Callable[[str, str | None], str | None],
 ) -> tuple[
-    Callable[[str, int], None],
-    Callable[[str], str | None],
+    Callable[[str, int, Placed], None],
+    Callable[[str, str], str | None],
     Callable[[str, str | None], str | None],
     Callable[[ImageResult], None],
 ]:
     """The scheduler's callbacks with the run's progress kept: `on_start`
-    (which prints `Processing image NAME [k/n]`, with the time left once there
-    is an estimate), `work` and `finish` timed step by step (a bug in them fails
+    (which prints `Processing image NAME [k/n]`, with its builder and the time left once
+    there is an estimate), `work` and `finish` timed step by step (a bug in them fails
     its image with one line naming the file that holds its traceback), and
     `on_finish` (a failed image's error ends its log)."""
     progress = runner.progress
@@ -8156,15 +8544,22 @@ def tracked(
         except Exception as error:  # a bug: this image fails, and its evidence is kept
             raise ManageImagesError(f"{image}: {bug_line(error, runner.report)}") from error
 
-    def on_start(image: str, number: int) -> None:
-        progress.start(image)
+    def on_start(image: str, number: int, placed: Placed) -> None:
+        progress.start(image, placed)
         left = progress.left()
         estimate = f" ({format_left(left)})" if left is not None else ""
-        runner.say(f"Processing image {image} [{number}/{count}]{estimate}", image)
+        if placed.retried:
+            runner.notes.pop(image, None)  # what its failed attempt noted
+            runner.note(image, f"retried on {placed.builder}: {placed.retried}")
+        runner.say(
+            f"{'Retrying' if placed.retried else 'Processing'} image {image} [{number}/{count}]"
+            f"{start_place(placed)}{estimate}",
+            image,
+        )
 
-    def timed_work(image: str) -> str | None:
+    def timed_work(image: str, builder: str) -> str | None:
         progress.begin(image, step_names[0])
-        value = reported(image, lambda: work(image))
+        value = reported(image, lambda: work(image, builder))
         progress.end(image)
         return value
 
@@ -8188,7 +8583,7 @@ def process_images(
     images: Sequence[str],
     graph: Mapping[str, Sequence[str]],
     schedule: Schedule,
-    work: Callable[[str], str | None],
+    work: Callable[[str, str], str | None],
     finish: Callable[[str, str | None], str | None],
     step_names: Sequence[str],
     after_run: Callable[[Mapping[str, ImageResult]], None] | None = None,
@@ -8210,6 +8605,7 @@ def process_images(
             on_start=on_start,
             on_finish=on_finish,
             on_tick=tick,
+            builders=schedule.builders or ("",),
         )
     failed_after: ManageImagesError | None = None
     if after_run is not None and not CHILDREN.stopping:
@@ -8261,11 +8657,13 @@ def run_steps(
     schedule: Schedule,
     command: str,
 ) -> int:
-    """--pull, --build, --push and --update_references, for each image in order, each built
-    for the platforms `runner.platforms` gives it (`run_platforms`)."""
+    """--pull, --build, --push and --update_references, for each image in order, on the
+    builders of `schedule`, each built for the platforms `runner.platforms` gives it
+    (`run_platforms`)."""
     with repository_lock(runner, command, needed=steps.update_references) as lock:
         # A dry run asks docker which images it holds while git greps the tree.
-        holding = in_background(lambda: held_images(runner, images, steps))
+        first = runner.on(next(iter(schedule.builders), ""))  # one --builder: the whole run goes there
+        holding = in_background(lambda: held_images(first, images, steps))
         if steps.build:
             preflight_build(runner.settings, images)
         scan = preflight_rewrite(runner.settings, images) if steps.update_references else None
@@ -8275,16 +8673,9 @@ def run_steps(
                 parent for image in images for parent in graph[image] if parent in images
             )
         held = holding()
-        if (
-            steps.build
-            or steps.push
-            or (steps.any() and not runner.settings.dry_run)
-            or any((held or {}).values())
-        ):
-            runner.engine = engine_for_plan(runner)
-            runner.report.head["engine"] = runner.engine.as_json() if runner.engine else None
-        if steps.build:
-            preflight_platforms(runner, images, graph, runner.platforms)
+        find_engines(runner, steps, options, schedule.builders, held)
+        for builder in (schedule.builders or ("",)) if steps.build else ():
+            preflight_platforms(runner.on(builder), images, graph, runner.platforms)
         if steps.push and is_google_registry(runner.settings.registry):
             configure_gcloud_auth(runner)
         runner.say(plan_line(runner.selected, images))
@@ -8301,8 +8692,10 @@ def run_steps(
                 update_references(runner, files, lock, image, digest)
             return digest
 
-        def work(image: str) -> str | None:
-            return docker_steps(runner, image, steps, options, pins, held)
+        def work(image: str, builder: str) -> str | None:
+            return on_builder(
+                runner.on(builder), image, lambda here: docker_steps(here, image, steps, options, pins, held)
+            )
 
         try:
             return process_images(runner, images, graph, schedule, work, finish, steps.names())
@@ -8311,6 +8704,54 @@ def run_steps(
                 import shutil
 
                 shutil.rmtree(runner.scratch(), ignore_errors=True)
+
+
+def on_builder(runner: Runner, image: str, steps: Callable[[Runner], T]) -> T:
+    """`steps(runner)` for IMAGE, a failure that its builder caused made a BuilderFault (see
+    `builder_fault`)."""
+    try:
+        return steps(runner)
+    except ManageImagesError as error:
+        fault = builder_fault(runner, image, error)
+        if fault is error:
+            raise
+        raise fault from error
+
+
+def find_engines(
+    runner: Runner,
+    steps: Steps,
+    options: BuildOptions,
+    names: Sequence[str],
+    held: Mapping[str, dict[str, object] | None] | None,
+) -> None:
+    """The engine of the run (`engine_for_plan`), or of each of the builders NAMES, asked all
+    at once: one line before any work when one cannot serve the run (`builder_refusal`), cannot
+    be reached (`reach_builder`), or builds for another platform than the others. None asked
+    by a dry run that only rewrites references from images no engine holds (see `held_images`)."""
+    report = runner.report
+    dry_run = runner.settings.dry_run
+    if not (steps.build or steps.push or (steps.any() and not dry_run) or any((held or {}).values())):
+        return
+    if not names:
+        runner.engine = engine_for_plan(runner)
+        report.head["engine"] = runner.engine.as_json() if runner.engine else None
+        return
+    builders = [runner.builders[name] for name in names]
+    refusal = next(filter(None, (builder_refusal(builder, steps, options) for builder in builders)), "")
+    if refusal:
+        raise ManageImagesError(refusal)
+    calls = [functools.partial(reach_builder, runner.on(item.name).settings, item) for item in builders]
+    runner.engines.update(zip(names, in_parallel(*calls)))
+    mismatch = platform_mismatch(runner.engines)
+    if mismatch:
+        raise ManageImagesError(mismatch)
+    runner.engine = runner.engines[names[0]]
+    report.head["engine"] = runner.engine.as_json() if runner.engine else None
+    report.head["builders"] = [item.as_json(runner.engines[item.name]) for item in builders]
+    for item in builders if dry_run else ():
+        engine = runner.engines[item.name]
+        runner.say(f"Builder {item.describe()}: {engine.describe() if engine else 'unknown'}")
 
 
 def only_references(
@@ -8370,7 +8811,7 @@ def only_references(
                 runner.written_files.update((image, runner.planned_files[image]) for image in done)
 
         return process_images(
-            runner, images, graph, schedule, digests.__getitem__, finish, ["only_references"], write
+            runner, images, graph, schedule, by_image(digests), finish, ["only_references"], write
         )
 
 
@@ -8517,7 +8958,7 @@ def promote(
         configure_gcloud_auth(runner)
     runner.say(plan_line(runner.selected, images))
 
-    def work(image: str) -> str:
+    def work(image: str, builder: str) -> str:
         return promote_image(runner, image, pins[image])
 
     return process_images(runner, images, graph, schedule, work, lambda image, digest: digest, ["promote"])
@@ -8867,23 +9308,7 @@ def _add_mode_arguments(modes: argparse._ArgumentGroup) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--jobs",
-        "-j",
-        type=int,
-        default=1,
-        metavar="N",
-        help="Process up to N images at a time, each once all its parents in the "
-        "run are done (default 1: one after another, in the original order).",
-    )
-    parser.add_argument(
-        "--keep_going",
-        "--keep-going",
-        "-k",
-        action="store_true",
-        help="After a failure, go on with the images that do not depend on the "
-        "failed one (by default nothing new starts after the first failure).",
-    )
+    _add_schedule_arguments(parser)
     parser.add_argument(
         "--dry_run",
         "--dry-run",
@@ -8932,6 +9357,39 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--repo-root",
         type=Path,
         help="The repository to work on. Defaults to the git work tree holding the current directory.",
+    )
+
+
+def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Process up to N images at a time (on each --builder), each once all its parents in the "
+        "run are done (default 1: one after another, in the original order).",
+    )
+    parser.add_argument(
+        "--builder",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Build on NAME, a docker context (`docker context ls`) or a buildx builder (`docker buildx "
+        "ls`), as docker's --context and buildx's --builder name them: every docker command of the run "
+        "goes there, none to the engine DOCKER_HOST names. Repeatable: several form a pool, -j N images "
+        "at a time on each, an image preferring the builder that built its parent; a pool needs --build "
+        "--push --update_references (children build on their parents' pushed digests), and reads each "
+        "pin's cache from the registry as --cache_from_pinned does. A builder other than a context (not "
+        "of buildx's docker driver) pushes each image as it builds it.",
+    )
+    parser.add_argument(
+        "--keep_going",
+        "--keep-going",
+        "-k",
+        action="store_true",
+        help="After a failure, go on with the images that do not depend on the "
+        "failed one (by default nothing new starts after the first failure).",
     )
 
 
@@ -9021,6 +9479,9 @@ def _check_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             "--platform does not go with --update_references: a pin holds the platforms IMAGE_PLATFORMS "
             "lists; change the entry to pin other platforms"
         )
+    refusal = pool_refusal(args.builder, steps)
+    if refusal:
+        parser.error(refusal)
     if args.skip_unchanged and args.verify_pinned:
         parser.error(
             "--skip_unchanged and --verify_pinned cannot be combined: one builds only what changed, "
@@ -9128,16 +9589,23 @@ def dispatch(
     wanted = run_platforms(images, platforms, args.platform)
     if args.verify_pinned and not steps.any():
         return verify_registry(settings, images, console, report, wanted)
-    runner = Runner(settings, console, report, args.jobs > 1, output_of(args, console, settings))
+    runner = Runner(
+        settings, console, report, args.jobs > 1 or len(args.builder) > 1, output_of(args, console, settings)
+    )
     report.folder = runner.progress.log_base
     runner.selected = selection
     runner.platforms = wanted
-    schedule = Schedule(args.jobs, args.keep_going)
+    schedule = Schedule(args.jobs, args.keep_going, tuple(args.builder))
+    calls = [functools.partial(resolve_builder, settings, name) for name in args.builder]
+    runner.builders = dict(zip(args.builder, in_parallel(*calls)))
     if args.promote:
         return promote(runner, images, graph, schedule)
     if args.only_references:
         return only_references(runner, images, graph, schedule, command)
-    return run_steps(runner, images, graph, steps, BuildOptions.from_arguments(args), schedule, command)
+    options = BuildOptions.from_arguments(args)
+    # A builder that never saw an image builds it from the pin's cache, as a cold machine does.
+    options = options._replace(cache_from_pinned=True) if len(args.builder) > 1 else options
+    return run_steps(runner, images, graph, steps, options, schedule, command)
 
 
 def main(
