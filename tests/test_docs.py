@@ -39,10 +39,7 @@ def flags() -> list[str]:
 
 @pytest.mark.parametrize("document", [README, MANUAL], ids=lambda path: str(path.relative_to(ROOT)))
 def test_every_flag_is_in_the_front_page_and_the_manual(document):
-    # A branch's docs-notes/ say what the documents must gain until the coordinator folds them
-    # in: count them as part of each document until then (remove this once none is left).
-    notes = "".join(path.read_text() for path in sorted((ROOT / "docs-notes").glob("*.md")))
-    text = document.read_text() + notes
+    text = document.read_text()
     assert "--update_references" in flags() and "-j" in flags()
     missing = [flag for flag in flags() if f"`{flag}" not in text and f" {flag} " not in text]
     assert missing == [], f"{document.relative_to(ROOT)} does not name {missing}"
