@@ -14,6 +14,7 @@ $STANDIN_CONFIG (a JSON file) says:
    "server_down": false,
    "engine": {"client": "26.1.5", "store": "containerd", "buildx": "0.13.1"},
    "builders": {"NAME": {"driver": "docker" (a context) or "kubernetes", "down": false,
+                         "endpoint": "tcp://..." (a context's host; unix:///standin/NAME.sock),
                          "dies": "IMAGE" (its build of IMAGE fails, and it is down from then on),
                          "engine": {...}}}}
 Each command's DOCKER_CONTEXT, BUILDX_BUILDER and DOCKER_HOST go to $STANDIN_LOG.where.
@@ -51,7 +52,8 @@ if argv[:3] == ["docker", "context", "inspect"]:
     if not known:
         print(f"context {{argv[3]!r}}: context not found", file=sys.stderr)
         sys.exit(1)
-    print(json.dumps([{{"Name": argv[3], "Endpoints": {{"docker": {{"Host": f"unix:///standin/{{argv[3]}}.sock"}}}}}}]))
+    host = builders[argv[3]].get("endpoint") or f"unix:///standin/{{argv[3]}}.sock"
+    print(json.dumps([{{"Name": argv[3], "Endpoints": {{"docker": {{"Host": host}}}}}}]))
     sys.exit(0)
 if argv[:3] == ["docker", "buildx", "version"]:
     print("github.com/docker/buildx 0.13.1 standin")
@@ -73,7 +75,8 @@ if on.get("dies") and argv[:2] == ["docker", "build"] and f"/{{on['dies']}}:" in
     os.rename(os.environ["STANDIN_CONFIG"] + ".tmp", os.environ["STANDIN_CONFIG"])
     print("standin: the builder died", flush=True)
 if on.get("down"):
-    print("Cannot connect to the Docker daemon at unix:///standin. Is the docker daemon running?", file=sys.stderr)
+    at = on.get("endpoint") or "unix:///standin"
+    print(f"Cannot connect to the Docker daemon at {{at}}. Is the docker daemon running?", file=sys.stderr)
     sys.exit(1)
 config["engine"] = {{**config.get("engine", {{}}), **on.get("engine", {{}})}}
 if step in config.get("signal", {{}}):

@@ -6,6 +6,8 @@ are in test_e2e_builders.py."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -273,6 +275,9 @@ def test_a_builder_without_an_image_store_pushes_as_it_builds(tree, standin):
         # buildx sends it to the builder; no docker context, no `docker push` after.
         assert where["BUILDX_BUILDER"] == "k8s" and where["DOCKER_CONTEXT"] is None
         assert "--push" in argv and "--metadata-file" in argv
+        # Its cache goes to the registry beside the image, where another builder reads it back.
+        cache = argv[argv.index("--cache-to") + 1]
+        assert cache.startswith("type=registry,ref=") and ":latest.cache," in cache, cache
     assert not [
         argv for argv, where in standin.placed() if argv[:2] in (["docker", "push"], ["docker", "image"])
     ]
@@ -310,3 +315,46 @@ def test_the_live_view_shows_each_running_images_builder_and_its_wait():
     assert lines[2].startswith(
         "  swiftshader               three                                 push                  12s  pushed"
     )
+
+
+def test_a_dry_run_starts_no_builder(tree, standin):
+    standin.set(engine=ENGINE, builders={"k8s": {"driver": "kubernetes"}})
+    assert mi.main([*RUN, "--builder", "k8s", "-n"]) == 0
+    asked = [argv for argv in standin.commands() if argv[:3] == ["docker", "buildx", "inspect"]]
+    assert asked and not [argv for argv in asked if "--bootstrap" in argv], asked
+
+
+def test_a_contexts_credentials_are_never_shown(tree, standin, capsys):
+    # docker takes a context whose host holds a user and password, and quotes it in its errors.
+    endpoint = "tcp://admin:s3cr%2Fet@127.0.0.1:1"
+    standin.set(engine=ENGINE, builders={"evil": {"driver": "docker", "down": True, "endpoint": endpoint}})
+    assert mi.main([*RUN, "--builder", "evil", "-n", "--json", "report.json"]) == 1
+    out, err = capsys.readouterr()
+    shown = out + err + (tree / "report.json").read_text()
+    assert "tcp://127.0.0.1:1" in err
+    assert "s3cr" not in shown and "admin" not in shown, shown
+
+
+def test_an_image_whose_builder_dies_after_another_image_failed_fails_naming_it():
+    # Builder one dies under a while two is busy: a fails, and after a failure nothing new
+    # starts (no -k). c, on one too, faults once two is free again: it must fail naming the
+    # builder, never vanish as "not started" (a retry accepted, then never started).
+    graph = {"a": [], "b": [], "c": [], "d": []}
+    b_done = threading.Event()
+
+    def work(image: str, builder: str) -> str:
+        if image == "a":
+            time.sleep(0.05)
+            raise mi.BuilderFault("a: builder one cannot be reached any more", builder)
+        if image in ("b", "d"):
+            time.sleep(0.5)
+            b_done.set()
+            return image
+        b_done.wait(10)
+        time.sleep(0.5)
+        raise mi.BuilderFault("c: builder one cannot be reached any more", builder)
+
+    results = mi.run_graph(
+        list(graph), graph, 2, False, work, lambda image, value: value, builders=("one", "two")
+    )
+    assert results["c"].result == "failed" and "builder one" in str(results["c"].error), results["c"]

@@ -202,6 +202,8 @@ CLASSIC = mi.Engine("20.10.24", "20.10.24", "classic", "overlay2")
 OLD_BUILDKIT = mi.Engine("20.10.24", "20.10.24", "buildkit", "overlay2")
 OVERLAY = mi.Engine("26.1.5", "26.1.5", "buildkit", "overlay2", "0.13.1")
 CONTAINERD = mi.Engine("26.1.5", "26.1.5", "buildkit", "containerd", "0.13.1")
+# A --builder of another driver (kubernetes, docker-container): no image store, builds indexes.
+ELSEWHERE = mi.Engine("", "v0.13.2", "buildkit", "none", "0.13.1", AMD64, "kubernetes")
 ARM_HOST = CONTAINERD._replace(platform=ARM64)
 NATIVE = (AMD64, "linux/amd64/v2", "linux/amd64/v3")
 EMULATED = (*NATIVE, ARM64, "linux/riscv64")
@@ -239,6 +241,9 @@ EMULATED = (*NATIVE, ARM64, "linux/riscv64")
             0,
             "BuildKit's docker driver on the overlay2 image store cannot build an index",
         ),
+        # A builder of another driver keeps no image store and builds an index (#31 meets #32).
+        (ELSEWHERE, BOTH, EMULATED, 4, ""),
+        (ELSEWHERE, BOTH, NATIVE, 4, "is to be built for linux/arm64 and runs commands"),
         # One foreign platform: RUN needs emulation, COPY alone does not.
         (OVERLAY, (ARM64,), NATIVE, 4, "runs commands (RUN on line 4 of build_tools/docker/base/Dockerfile)"),
         (OVERLAY, (ARM64,), NATIVE, 0, ""),

@@ -276,6 +276,23 @@ def test_a_push_is_compared_with_its_pin_platform_by_platform(plain_registry, do
     assert mi.overall_identity(mi.registry_identities(client, url, pinned, mixed, BOTH)) == "differs"
 
 
+def test_a_pin_holding_a_platform_the_graph_dropped_is_not_kept(plain_registry, docker_env, tmp_path):
+    # The pin is from when the graph listed linux/riscv64 too; the rebuild for the two it lists
+    # now gives the very same two images. Keeping the pin would keep what --verify_pinned refuses.
+    riscv = "linux/riscv64"
+    registry, url = plain_registry, f"{plain_registry.url}/base"
+    client = mi.RegistryClient(dict(os.environ))
+    pinned = registry.push_index("base", platforms=(*BOTH, riscv), label=f"pin {tmp_path.name}")
+    held = dict(mi.index_entries(registry_document(registry, pinned)))
+    pushed = mixed_index(registry, "base", [held[platform] for platform in BOTH])
+    identities = mi.registry_identities(client, url, pinned, pushed, BOTH)
+    assert identities == {AMD64: "identical", ARM64: "identical", riscv: "differs"}
+    assert mi.overall_identity(identities) == "differs"
+    entry = mi.ProdDigest(1, url, pinned)
+    settings = mi.Settings(plain_registry.url, "latest", False, tmp_path)
+    assert [finding.message for finding in mi.pin_platform_findings(settings, "base", entry, BOTH)]
+
+
 def registry_document(registry, digest: str) -> dict:
     return json.loads(registry.manifest("base", digest)[1])
 

@@ -1303,12 +1303,12 @@ def build_refusal(
         )
     if not engine.buildx:
         return f"{image} is to be built for {what}, and BuildKit built into this docker CLI cannot: install docker-buildx"
-    if several and not engine.containerd():
+    if several and engine.loads() and not engine.containerd():
         return (
             f"{image} is to be built for {what}, and BuildKit's docker driver on the {engine.store} image "
             'store cannot build an index: turn on the containerd image store ("features": '
-            '{"containerd-snapshotter": true} in the engine\'s daemon.json), or build with a builder of '
-            "another driver (docker buildx create --driver docker-container --use)"
+            '{"containerd-snapshotter": true} in the engine\'s daemon.json), or build on a builder of '
+            "another driver (docker buildx create --name NAME --driver docker-container, then --builder NAME)"
         )
     missing = [platform for platform in wanted if platform not in offered]
     if missing and run_line:
@@ -1451,6 +1451,12 @@ def same_view(one: bytes, other: bytes) -> bool:
     return config_view(first) == config_view(second)
 
 
+def dropped_platforms(held: Sequence[str], platforms: Sequence[str]) -> dict[str, Identity]:
+    """`differs` for each platform a pin holds (`held`) that the image is no longer built for:
+    a build of `platforms` does not make that pin, so the pin is neither kept nor reproduced."""
+    return {platform: "differs" for platform in held if platform not in platforms}
+
+
 def overall_identity(identities: Mapping[str, Identity]) -> Identity:
     """An index compared platform by platform: it differs if one platform does, and is
     identical only if every platform is."""
@@ -1486,6 +1492,26 @@ def context_endpoint(output: str) -> str:
     return str(host)
 
 
+def endpoint_shown(endpoint: str) -> tuple[str, tuple[str, ...]]:
+    """An endpoint (a context's host, a builder's node: `tcp://USER:PASSWORD@HOST:PORT`) as
+    the tool may show it, without its user information, and the credentials it held (the
+    password as written and decoded, and the whole `USER:PASSWORD`): docker uses them, the
+    tool never prints them."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+    except ValueError:
+        return outside_text(endpoint), ()
+    userinfo, at, where = parts.netloc.rpartition("@")
+    if not at:
+        return outside_text(endpoint), ()
+    password = userinfo.partition(":")[2]
+    secrets = tuple(dict.fromkeys(filter(None, (password, urllib.parse.unquote(password), userinfo))))
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=where))
+    return outside_text(shown, secrets if password else ()), secrets if password else ()
+
+
 def buildx_builder(name: str, output: str) -> Builder:
     """NAME as `docker buildx inspect NAME` describes it. One of the `docker` driver is a
     docker context (buildx cannot make another: "additional instances of driver docker
@@ -1494,7 +1520,7 @@ def buildx_builder(name: str, output: str) -> Builder:
     endpoints = inspect_fields(output, "Endpoint")
     if driver == "docker":
         return Builder(name, endpoints[0] if endpoints else name, driver)
-    return Builder(name, "", driver, ", ".join(endpoints))
+    return Builder(name, "", driver, ", ".join(endpoint_shown(endpoint)[0] for endpoint in endpoints))
 
 
 def buildx_engine(output: str, buildx: str, driver: str) -> Engine:
@@ -2843,7 +2869,8 @@ def platform_flag(wanted: Sequence[str], engine: Engine | None) -> tuple[str, ..
 def cache_export(engine: Engine | None, url: str, tag: str, push: bool, platform: str = "") -> str:
     """The `--cache-to` of a build: the cache a cold engine of the same kind reads back.
 
-    BuildKit on the containerd store writes a registry cache beside the image
+    BuildKit on the containerd store, and a builder of another driver than `docker`
+    (see `Engine.registry_cache`), writes a registry cache beside the image
     when it is pushed (its config stays free of cache metadata); BuildKit on a
     graph-driver store can only write inline cache (the docker driver exports
     nothing else there); the classic builder needs none. `platform`: the cache
@@ -2851,7 +2878,7 @@ def cache_export(engine: Engine | None, url: str, tag: str, push: bool, platform
     """
     if engine is None or engine.builder != "buildkit":
         return ""
-    if engine.containerd():
+    if engine.registry_cache():
         # A registry that fails the export (down, or refusing) fails the push, not the build.
         ref = f"{url}:{build_cache_tag(tag, platform)}"
         return f"type=registry,ref={ref},mode=max,ignore-error=true" if push and engine.buildx else ""
@@ -3197,7 +3224,8 @@ class Dispatcher:
         under it); True when the image is to start again (see the class)."""
         if fault:
             self.free.pop(builder, None)
-            again = self.keep_going or any(self.free.values())
+            # After a failure nothing new starts (unless keep_going): nor does a retry.
+            again = self.keep_going or (not self.failed and any(self.free.values()))
             if image not in self.retries and self.free and again:
                 self.retries[image] = fault
                 self._ready[image] = now
@@ -3242,6 +3270,7 @@ def run_graph(
     results: dict[str, ImageResult] = {}
     started: dict[str, float] = {}
     running: dict[concurrent.futures.Future[T], tuple[str, str]] = {}
+    retrying: dict[str, ImageResult] = {}  # a faulted attempt, until its image starts again
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs * len(builders)) as pool:
         while True:
             for image, builder in dispatcher.starts(clock(), stopped()):
@@ -3259,9 +3288,16 @@ def run_graph(
                 item = _finished(image, future, finish, clock() - started[image], len(results))
                 item = item._replace(**dispatcher.placed(image, builder)._asdict())
                 fault = str(item.error) if isinstance(item.error, BuilderFault) else ""
-                if not dispatcher.finished(image, builder, item.result == "done", fault, clock()):
+                if dispatcher.finished(image, builder, item.result == "done", fault, clock()):
+                    retrying[image] = item
+                else:
                     results[image] = item
                     on_finish(item)
+    # A retry that never started (no builder left, or a stop) fails as its attempt did.
+    for image, item in retrying.items():
+        if image not in results:
+            results[image] = item
+            on_finish(item)
     return _with_the_rest(order, graph, results)
 
 
@@ -6856,9 +6892,14 @@ def resolve_builder(settings: Settings, name: str) -> Builder:
     docker context, else a buildx builder; one line when it is neither."""
     context = capture(("docker", "context", "inspect", name), settings.root, settings.env)
     if context.returncode == 0:
-        return Builder(name, name, "docker", context_endpoint(context.stdout))
+        endpoint, secrets = endpoint_shown(context_endpoint(context.stdout))
+        SECRETS.add(*secrets)  # docker quotes the host in its errors
+        return Builder(name, name, "docker", endpoint)
     builder = capture(("docker", "buildx", "inspect", name), settings.root, settings.env)
     if builder.returncode == 0:
+        SECRETS.add(
+            *(part for node in inspect_fields(builder.stdout, "Endpoint") for part in endpoint_shown(node)[1])
+        )
         return buildx_builder(name, builder.stdout)
     raise ManageImagesError(
         f"--builder {name}: docker has no context and buildx no builder of that name (see `docker context "
@@ -6869,11 +6910,13 @@ def resolve_builder(settings: Settings, name: str) -> Builder:
 def builder_problem(settings: Settings, builder: Builder, timeout: float | None = None) -> str:
     """Why BUILDER cannot be reached, in docker's words, or "" (`settings`: the builder's own,
     see `Runner.on`). A context's engine answers `docker version`; a builder of another
-    driver is started if need be (`docker buildx inspect --bootstrap`), as a build would."""
+    driver is started if need be (`docker buildx inspect --bootstrap`), as a build would,
+    except in a dry run, which starts nothing: it asks without --bootstrap."""
     if builder.loads():
         argv: tuple[str, ...] = ("docker", "version", "--format", "{{.Server.Version}}")
     else:
-        argv = ("docker", "buildx", "inspect", "--bootstrap", builder.name)
+        start = () if settings.dry_run else ("--bootstrap",)
+        argv = ("docker", "buildx", "inspect", *start, builder.name)
     try:
         result = capture(argv, settings.root, settings.env, timeout)
     except CommandError:
@@ -7095,10 +7138,21 @@ def local_identities(runner: Runner, image: str, local: LocalImage, digest: str)
     url = image_url(runner.settings.registry, image)
     built = local.configs if local.configs is not None else saved_configs(runner, image)
     pinned = platform_configs(runner.registry(), url, digest, platforms)
-    return {
+    identities = {
         platform: config_identity(built.get(platform), pinned.get(platform), same_view)
         for platform in platforms
     }
+    return {**identities, **dropped_platforms(pin_platforms(runner.registry(), url, digest), platforms)}
+
+
+def pin_platforms(client: RegistryClient, url: str, digest: str) -> list[str]:
+    """The platforms of the images URL@DIGEST holds: an index's (attestations left out), or
+    the one its image manifest's config says."""
+    manifest = client.get_manifest(url, digest)
+    document = _json_object(manifest.data, f"{url}@{digest}")
+    if manifest.media_type not in INDEX_MEDIA_TYPES and "manifests" not in document:
+        return [config_platform(client.image_config(url, digest)[1])]
+    return list(dict.fromkeys(platform for platform, _ in index_entries(document)))
 
 
 def platform_configs(
@@ -7213,18 +7267,20 @@ def cache_sources(runner: Runner, image: str, pinned: str | None) -> tuple[str, 
     if settings.dry_run:
         return (
             f"type=registry,ref={url}:{pinned_cache_tag(pinned)}"
-            if engine.containerd()
+            if engine.registry_cache()
             else f"{url}@{pinned}",
         )
     client = runner.registry()
     cache_tags = (
-        registry_caches_beside(client, url, pinned, built_for(runner, image)) if engine.containerd() else ()
+        registry_caches_beside(client, url, pinned, built_for(runner, image))
+        if engine.registry_cache()
+        else ()
     )
     if cache_tags:
         return tuple(f"type=registry,ref={url}:{tag}" for tag in cache_tags)
     if client.served_digest(url, pinned) is None:
         return _no_cache(runner, image, pinned)
-    if engine.containerd():
+    if engine.registry_cache():
         runner.say(
             f"No registry cache beside {url}@{pinned[:19]} (pinned before caches were kept); "
             "reading the pinned image's inline cache, if it has any",
@@ -7415,14 +7471,16 @@ def registry_identities(
     client: RegistryClient, url: str, pinned: str, other: str, platforms: Sequence[str]
 ) -> dict[str, Identity]:
     """platform -> how the images the registry serves for it in URL@PINNED and URL@OTHER
-    compare (see `registry_identity`); a platform either lacks differs."""
+    compare (see `registry_identity`); a platform either lacks differs, and so does one the
+    pin holds that `platforms` no longer lists."""
     if pinned == other:
         return dict.fromkeys(platforms, "identical")
     ours, theirs = (platform_configs(client, url, digest, platforms) for digest in (pinned, other))
-    return {
+    identities = {
         platform: config_identity(theirs.get(platform), ours.get(platform), same_config)
         for platform in platforms
     }
+    return {**identities, **dropped_platforms(pin_platforms(client, url, pinned), platforms)}
 
 
 def pin_of_push(runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None) -> str:
