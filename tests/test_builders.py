@@ -358,3 +358,11 @@ def test_an_image_whose_builder_dies_after_another_image_failed_fails_naming_it(
         list(graph), graph, 2, False, work, lambda image, value: value, builders=("one", "two")
     )
     assert results["c"].result == "failed" and "builder one" in str(results["c"].error), results["c"]
+
+
+def test_a_builder_of_another_driver_builds_through_buildx_whatever_docker_buildkit_says():
+    base = {"DOCKER_BUILDKIT": "0", "DOCKER_HOST": "unix:///run/engine.sock"}
+    elsewhere = mi.Builder("k8s", "", "kubernetes").environ(base)
+    assert "DOCKER_BUILDKIT" not in elsewhere and elsewhere["BUILDX_BUILDER"] == "k8s"
+    # A context keeps the user's choice of builder: the classic one is a builder too.
+    assert mi.Builder("two", "two").environ(base)["DOCKER_BUILDKIT"] == "0"

@@ -891,8 +891,12 @@ class Builder(NamedTuple):
         """`base` with every docker command sent to this builder: docker's DOCKER_CONTEXT and
         buildx's BUILDX_BUILDER (so no builder `docker buildx use` chose takes its builds).
         DOCKER_HOST goes, as docker's --context flag overrides it (the variable would not),
-        except for the context `default`, which is what DOCKER_HOST names."""
+        except for the context `default`, which is what DOCKER_HOST names. A builder of
+        another driver builds through buildx alone: DOCKER_BUILDKIT=0 would send `docker
+        build` to the legacy builder, which knows none of its flags."""
         env = {**base, "BUILDX_BUILDER": self.name}
+        if not self.loads():
+            env.pop("DOCKER_BUILDKIT", None)
         if self.context:
             env["DOCKER_CONTEXT"] = self.context
             if self.context != "default":
