@@ -505,7 +505,25 @@ def inspect(ref: str) -> dict | None:
 
 def stamp(registry, image: str, digest: str, name: str) -> str:
     """`/stamp/NAME` inside the image the registry serves under `digest`."""
-    return docker("run", "--rm", f"{registry.url}/{image}@{digest}", "cat", f"/stamp/{name}").stdout
+    return file_in(f"{registry.url}/{image}@{digest}", f"/stamp/{name}")
+
+
+def file_in(ref: str, path: str) -> str:
+    """The text of the file PATH in the image REF (pulled if the engine lacks it), read from a
+    created container with `docker cp`: `docker run` under load can miss a short-lived
+    container's output, and an empty string would pass for an empty file."""
+    import io
+    import tarfile
+
+    created = docker("create", ref, "true").stdout.strip()
+    try:
+        archive = subprocess.run(("docker", "cp", f"{created}:{path}", "-"), capture_output=True, check=True)
+    finally:
+        docker("rm", created, check=False)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        member = tar.extractfile(tar.getmembers()[0])
+        assert member is not None, (ref, path)
+        return member.read().decode()
 
 
 def change_stamp(repo: Path, image: str, text: str) -> str:

@@ -25,6 +25,7 @@ from helpers import (
     buildkit,
     change_stamp,
     docker,
+    file_in,
     pins,
     run_tool,
 )
@@ -196,7 +197,7 @@ def test_a_cold_engine_runs_the_prod_flow_without_building(repo, registry, secon
 
 
 def stamp_in(ref: str, name: str) -> str:
-    return docker("run", "--rm", ref, "cat", f"/stamp/{name}").stdout
+    return file_in(ref, f"/stamp/{name}")
 
 
 @pytest.mark.parametrize("push", [False, True])
