@@ -42,6 +42,8 @@ import manage_images  # noqa: E402
 from helpers import engine_environ, engine_kind, fresh_engine  # noqa: E402
 from registry import Registry, running  # noqa: E402
 
+from bench_parallel import longest_chain  # noqa: E402  (the same graph, the same chain)
+
 SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
 GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
 STEPS = ("--images", "all", "--build", "--push", "--update_references")
@@ -63,17 +65,6 @@ def tool(repo: Path, registry: Registry, env: dict[str, str], *args: str) -> tup
     if result.returncode != 0:
         sys.exit(f"benchmark run failed ({' '.join(args)}):\n{result.stdout[-3000:]}\n{result.stderr}")
     return elapsed, json.loads(result.stdout)
-
-
-def longest_chain(images: set[str], cost=lambda image: 1.0) -> float:
-    """The total cost of the costliest dependency chain within `images`."""
-    depth: dict[str, float] = {}
-    for image in manage_images.ordered_images_to_process(sorted(GRAPH), GRAPH):
-        if image in images:
-            depth[image] = cost(image) + max(
-                (depth[parent] for parent in GRAPH[image] if parent in images), default=0
-            )
-    return max(depth.values())
 
 
 def make_contexts(config: Path, engines: dict[str, dict[str, str]]) -> None:

@@ -7141,30 +7141,20 @@ def local_identities(runner: Runner, image: str, local: LocalImage, digest: str)
         return dict.fromkeys(platforms, "identical")
     url = image_url(runner.settings.registry, image)
     built = local.configs if local.configs is not None else saved_configs(runner, image)
-    pinned = platform_configs(runner.registry(), url, digest, platforms)
+    pinned = platform_configs(runner.registry(), url, digest)
     identities = {
         platform: config_identity(built.get(platform), pinned.get(platform), same_view)
         for platform in platforms
     }
-    return {**identities, **dropped_platforms(pin_platforms(runner.registry(), url, digest), platforms)}
-
-
-def pin_platforms(client: RegistryClient, url: str, digest: str) -> list[str]:
-    """The platforms of the images URL@DIGEST holds: an index's (attestations left out), or
-    the one its image manifest's config says."""
-    manifest = client.get_manifest(url, digest)
-    document = _json_object(manifest.data, f"{url}@{digest}")
-    if manifest.media_type not in INDEX_MEDIA_TYPES and "manifests" not in document:
-        return [config_platform(client.image_config(url, digest)[1])]
-    return list(dict.fromkeys(platform for platform, _ in index_entries(document)))
+    return {**identities, **dropped_platforms(list(pinned), platforms)}
 
 
 def platform_configs(
-    client: RegistryClient, url: str, digest: str, platforms: Sequence[str]
+    client: RegistryClient, url: str, digest: str, platforms: Sequence[str] | None = None
 ) -> dict[str, tuple[str, bytes]]:
-    """platform -> (config digest, config) of each image of `platforms` the registry serves in
-    URL@DIGEST: through the index, or, for an image manifest, its one config (by the platform
-    the config says)."""
+    """platform -> (config digest, config) of each image of `platforms` (None: of every
+    platform) the registry serves in URL@DIGEST: through the index (attestations left out),
+    or, for an image manifest, its one config (by the platform the config says)."""
     manifest = client.get_manifest(url, digest)
     document = _json_object(manifest.data, f"{url}@{digest}")
     if manifest.media_type not in INDEX_MEDIA_TYPES and "manifests" not in document:
@@ -7173,7 +7163,8 @@ def platform_configs(
     held: dict[str, str] = {}
     for platform, entry in index_entries(document):
         held.setdefault(platform, entry)
-    return {platform: client.image_config(url, held[platform]) for platform in platforms if platform in held}
+    wanted = held if platforms is None else [platform for platform in platforms if platform in held]
+    return {platform: client.image_config(url, held[platform]) for platform in wanted}
 
 
 def saved_configs(runner: Runner, image: str) -> dict[str, tuple[str, bytes]]:
@@ -7479,12 +7470,12 @@ def registry_identities(
     pin holds that `platforms` no longer lists."""
     if pinned == other:
         return dict.fromkeys(platforms, "identical")
-    ours, theirs = (platform_configs(client, url, digest, platforms) for digest in (pinned, other))
+    ours, theirs = platform_configs(client, url, pinned), platform_configs(client, url, other, platforms)
     identities = {
         platform: config_identity(theirs.get(platform), ours.get(platform), same_config)
         for platform in platforms
     }
-    return {**identities, **dropped_platforms(pin_platforms(client, url, pinned), platforms)}
+    return {**identities, **dropped_platforms(list(ours), platforms)}
 
 
 def pin_of_push(runner: Runner, image: str, pinned: str | None, pushed: str, label: str | None) -> str:
