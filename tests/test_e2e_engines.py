@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
 import pytest
 
 import fake_tree
-from helpers import ALL, assert_holds_the_pins_content, pins, references, run_tool
+import manage_images as mi
+from helpers import ALL, assert_holds_the_pins_content, file_in, pins, references, run_tool
 from registry import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +95,28 @@ def test_the_prod_step_on_the_machine_that_built_them_changes_no_reference(repo,
     for name, image in report(result).items():
         assert image["identity"] in ("identical", "same content"), (name, image)
         assert_holds_the_pins_content(registry, name, pinned[name], f"{registry.url}/{name}:prod")
+
+
+def test_a_buildx_build_and_push_starts_the_plugin_not_docker(repo, registry, tmp_path):
+    # A `docker` first on PATH that writes down each command, then runs docker.
+    shim, log = tmp_path / "bin", tmp_path / "docker.log"
+    shim.mkdir()
+    (shim / "docker").write_text(f'#!/bin/sh\necho "$1" >>{log}\nexec {shutil.which("docker")} "$@"\n')
+    (shim / "docker").chmod(0o755)
+    (repo / "build_tools" / "docker" / LEAF / "stamp").write_text("built by the plugin itself\n")
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+    result = run_tool(repo, "--image", LEAF, "--build", "--push", registry=registry, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = log.read_text().split()
+    # BuildKit through buildx: docker itself is never started for the build (nor the push,
+    # which is the build's); the classic builder builds, then pushes, through docker.
+    buildx = os.environ.get("MANAGE_IMAGES_ENGINE") in ("buildkit", "containerd")
+    assert ("build" in commands, "push" in commands) == (not buildx, not buildx), commands
+    # What the registry serves is that build, with the tool's flags: its stamp and its label.
+    served = f"{registry.url}/{LEAF}@{registry.digest(LEAF, 'latest')}"
+    assert file_in(served, f"/stamp/{LEAF}") == "built by the plugin itself\n"
+    labels = registry.image_config(LEAF, "latest")["config"].get("Labels") or {}
+    assert mi.INPUTS_LABEL in labels
 
 
 def test_verify_pinned_asks_the_registry_right_after_pinning(repo, registry):

@@ -82,6 +82,27 @@ OVERLAY2 = mi.engine_from(version("26.1.5"), info(plugins=BUILDX), None)
 CONTAINERD_STORE = mi.engine_from(version("26.1.5"), info("overlayfs", CONTAINERD, BUILDX), None)
 
 
+def test_a_buildx_build_starts_the_plugin_docker_would_with_the_builder_docker_would_pick():
+    argv = ("docker", "build", "--tag", f"{URL}:latest", "build_tools/docker/cmake")
+    in_context = mi.engine_from(
+        version("26.1.5"),
+        json.dumps({**json.loads(info(plugins=BUILDX)), "ClientInfo": {"Plugins": BUILDX, "Context": "far"}}),
+        None,
+    )
+    started, env = mi.started_command(argv, in_context, {"HOME": "/h"})
+    assert started == ("/x/docker-buildx", "build", "--tag", f"{URL}:latest", "build_tools/docker/cmake")
+    # docker build builds on its context's builder, whatever `docker buildx use` chose ...
+    assert env == {"HOME": "/h", "BUILDX_BUILDER": "far"}
+    # ... unless BUILDX_BUILDER names one (as --builder does).
+    assert mi.started_command(argv, in_context, {"BUILDX_BUILDER": "b"})[1] == {"BUILDX_BUILDER": "b"}
+    assert mi.started_command(argv, OVERLAY2, {})[1] == {"BUILDX_BUILDER": "default"}
+    # The classic builder, BuildKit inside the CLI, and other commands are started as written.
+    for engine in (None, CLASSIC, BUILTIN):
+        assert mi.started_command(argv, engine, {"HOME": "/h"}) == (argv, {"HOME": "/h"})
+    push = ("docker", "push", f"{URL}:latest")
+    assert mi.started_command(push, OVERLAY2, {}) == (push, {})
+
+
 @pytest.mark.parametrize(
     ("engine", "push", "cache_to"),
     [

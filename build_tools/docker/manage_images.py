@@ -834,6 +834,8 @@ class Engine(NamedTuple):
     buildx: str = ""  # the buildx plugin's version when `docker build` runs through it
     platform: str = "linux/amd64"  # what it builds for (os/architecture)
     driver: str = "docker"  # buildx's driver: any other keeps no image store the tool can ask
+    buildx_path: str = ""  # the buildx plugin docker runs (`docker info` names it), when known
+    context: str = ""  # the docker context docker uses (`docker info` names it), when known
 
     def loads(self) -> bool:
         """Whether what it builds is in an image store docker commands reach (see `Builder`)."""
@@ -2862,6 +2864,22 @@ def build_argv(
     return (*argv, plan.context)
 
 
+def started_command(
+    argv: Sequence[str], engine: Engine | None, env: Mapping[str, str]
+) -> tuple[tuple[str, ...], Mapping[str, str]]:
+    """What is started for the command `argv` run with `env`: a `docker build` that docker
+    would hand to the buildx plugin `docker info` named starts that plugin itself, with what
+    docker adds (BUILDX_BUILDER set to docker's context unless set: `docker build` builds on
+    the context's own builder, whatever `docker buildx use` chose). Docker would start three
+    processes for it (itself, the plugin for its metadata twice over, then the plugin): the
+    same build, about 0.1 s of CPU less per image. Lines about the command show `argv`,
+    which is what a user would type."""
+    if not (engine and engine.buildx_path and tuple(argv[:2]) == ("docker", "build")):
+        return tuple(argv), env
+    extra = {} if "BUILDX_BUILDER" in env else {"BUILDX_BUILDER": engine.context or "default"}
+    return (engine.buildx_path, "build", *argv[2:]), {**env, **extra}
+
+
 def platform_flag(wanted: Sequence[str], engine: Engine | None) -> tuple[str, ...]:
     """What a build's `--platform` lists: `wanted`, the platforms the image is built for; ()
     when that is the engine's own platform alone, so that such a build keeps the argv (and
@@ -2928,18 +2946,19 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
         server = str(facts.get("ServerVersion") or "")
         status = facts.get("DriverStatus") or []
         plugins = (facts.get("ClientInfo") or {}).get("Plugins") or []
+        context = str((facts.get("ClientInfo") or {}).get("Context") or "")
     except (ValueError, TypeError, KeyError, AttributeError):
         raise ManageImagesError(
             "cannot read `docker version` and `docker info` as JSON; check the docker client and run again"
         ) from None
     store = "containerd" if CONTAINERD_SNAPSHOTTER in status else str(facts.get("Driver") or "unknown")
-    buildx = next(
+    buildx, buildx_path = next(
         (
-            str(plugin.get("Version") or "?")
+            (str(plugin.get("Version") or "?"), str(plugin.get("Path") or ""))
             for plugin in plugins
             if isinstance(plugin, dict) and plugin.get("Name") == "buildx" and not plugin.get("Err")
         ),
-        "",
+        ("", ""),
     )
     wanted = go_bool(buildkit, "DOCKER_BUILDKIT") if buildkit else None
     major = re.match(r"\d+", client)
@@ -2952,7 +2971,9 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
             "DOCKER_BUILDKIT is set but docker finds no usable buildx plugin: install docker-buildx "
             "(or put it in $DOCKER_CONFIG/cli-plugins/), or unset DOCKER_BUILDKIT"
         )
-    return Engine(client, server, "buildkit", store, buildx, platform)
+    return Engine(
+        client, server, "buildkit", store, buildx, platform, buildx_path=buildx_path, context=context
+    )
 
 
 def _nonzero(config: object) -> dict[str, object]:
@@ -4372,12 +4393,13 @@ class Runner:
             return []
         import subprocess
 
+        started, env = started_command(argv, self.engine, self.settings.env or os.environ)
         # An interactive command shares our process group: it is signalled alone, never its group.
         process = CHILDREN.start(
-            argv,
+            started,
             not interactive,
             cwd=self.settings.root,
-            env=self.settings.env,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=None if interactive else subprocess.DEVNULL,
