@@ -4705,12 +4705,12 @@ def path_problem(root: Path, relative: str, cache: dict[str, str] | None = None)
     regular file (a FIFO would hang a read). A missing file is no problem.
     """
     cache = {} if cache is None else cache
-    parts = relative.split("/")
+    parts, base = relative.split("/"), os.fspath(root)  # a str: the scan asks this for a thousand files
     for depth in range(1, len(parts) + 1):
         prefix = "/".join(parts[:depth])
         if prefix not in cache:
             try:
-                mode = os.lstat(root / prefix).st_mode
+                mode = os.lstat(f"{base}/{prefix}").st_mode
             except FileNotFoundError:
                 cache[prefix] = ""
                 return ""
@@ -4961,11 +4961,11 @@ def special_problem(root: Path, relative: str, tracked: Container[str], cache: d
 
 def submodule_of(root: Path, relative: str, folders: dict[str, str]) -> str:
     """The submodule (a folder holding `.git`) whose work tree holds `relative`, or ""."""
-    parts = relative.split("/")[:-1]
+    parts, base = relative.split("/")[:-1], os.fspath(root)
     for depth in range(1, len(parts) + 1):
         prefix = "/".join(parts[:depth])
         if prefix not in folders:
-            folders[prefix] = prefix if os.path.lexists(root / prefix / ".git") else ""
+            folders[prefix] = prefix if os.path.lexists(f"{base}/{prefix}/.git") else ""
         if folders[prefix]:
             return folders[prefix]
     return ""
@@ -5004,7 +5004,7 @@ def untouched_file(
             f"`git update-index --no-assume-unchanged {shown(relative)}`, then run again"
         )
         return Finding(relative, 1, message, "assume-unchanged")
-    head = read_head(root / relative, BINARY_PEEK)
+    head = read_head(f"{os.fspath(root)}/{relative}", BINARY_PEEK)
     # UTF-16: a byte-order mark, or text whose every other byte is mostly NUL.
     if (
         head.startswith((b"\xff\xfe", b"\xfe\xff"))
@@ -5166,7 +5166,7 @@ def read_small(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_head(path: Path, size: int) -> bytes:
+def read_head(path: Path | str, size: int) -> bytes:
     """The first `size` bytes of a file (all of a shorter one), without a
     buffered file object: the scan reads a thousand heads per run."""
     descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
