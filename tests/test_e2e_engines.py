@@ -105,7 +105,10 @@ def test_a_buildx_build_and_push_starts_the_plugin_not_docker(repo, registry, tm
     (shim / "docker").chmod(0o755)
     (repo / "build_tools" / "docker" / LEAF / "stamp").write_text("built by the plugin itself\n")
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
-    result = run_tool(repo, "--image", LEAF, "--build", "--push", registry=registry, env=env)
+    # A tag of its own: :latest must stay the pins the next tests verify.
+    result = run_tool(
+        repo, "--image", LEAF, "--build", "--push", "--tag", "plugin", registry=registry, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     commands = log.read_text().split()
     # BuildKit through buildx: docker itself is never started for the build (nor the push,
@@ -113,9 +116,9 @@ def test_a_buildx_build_and_push_starts_the_plugin_not_docker(repo, registry, tm
     buildx = os.environ.get("MANAGE_IMAGES_ENGINE") in ("buildkit", "containerd")
     assert ("build" in commands, "push" in commands) == (not buildx, not buildx), commands
     # What the registry serves is that build, with the tool's flags: its stamp and its label.
-    served = f"{registry.url}/{LEAF}@{registry.digest(LEAF, 'latest')}"
+    served = f"{registry.url}/{LEAF}@{registry.digest(LEAF, 'plugin')}"
     assert file_in(served, f"/stamp/{LEAF}") == "built by the plugin itself\n"
-    labels = registry.image_config(LEAF, "latest")["config"].get("Labels") or {}
+    labels = registry.image_config(LEAF, "plugin")["config"].get("Labels") or {}
     assert mi.INPUTS_LABEL in labels
 
 
