@@ -703,6 +703,33 @@ def test_rewrite_changes_exactly_the_references_of_one_image(document):
             "127.0.0.1:5/iree-oss",
             "",
         ),
+        # A step of a build that pushes failed: what it printed is not the registry's answer.
+        (
+            ["docker", "build", "--tag", "r/x:latest", "--push", "."],
+            [
+                "#7 0.231 /bin/sh: ./configure: Permission denied",
+                'ERROR: failed to solve: process "/bin/sh -c ./configure" did not complete successfully: '
+                "exit code: 126",
+            ],
+            "ghcr.io/org",
+            "",
+        ),
+        (
+            ["docker", "build", "--tag", "r/x:latest", "--push", "."],
+            [
+                "#8 1.02 curl: (7) Failed to connect to 10.0.0.1 port 80: Connection refused",
+                'ERROR: failed to solve: process "/bin/sh -c curl -fO http://10.0.0.1/x" did not complete '
+                "successfully: exit code: 7",
+            ],
+            "127.0.0.1:5/iree-oss",
+            "",
+        ),
+        (
+            ["docker", "build", "--tag", "r/x:latest", "--push", "."],
+            ["ERROR: failed to solve: failed to push r/x:latest: unexpected status: 401 Unauthorized"],
+            "ghcr.io/org",
+            "the registry ghcr.io refused the request (authentication): run `docker login ghcr.io` and try again",
+        ),
     ],
 )
 def test_diagnose_failed_docker_commands(argv, output, registry, hint):

@@ -212,6 +212,8 @@ _REFUSED_RE = re.compile(
     r"unauthorized|authentication required|denied|forbidden|no basic auth credentials", re.I
 )
 _NO_ENGINE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.I)
+# A step of a build that failed (BuildKit's words, then the classic builder's), not its push.
+_STEP_FAILED_RE = re.compile(r"did not complete successfully: exit code|returned a non-zero code")
 # A temporary file beside its target: a short fixed-length name, so it fits
 # wherever the target's name does, and one the next run can recognise.
 BIG_FILE = 1 << 20  # bytes; a smaller file is written from memory, whatever changed
@@ -3158,6 +3160,8 @@ def diagnose(argv: Sequence[str], output: Sequence[str], registry: str) -> str:
     host = registry.split("/", 1)[0]
     if _NO_ENGINE_RE.search(text):
         return NO_ENGINE_HINT
+    if tuple(argv[1:2]) == ("build",) and _STEP_FAILED_RE.search(text):
+        return ""  # a step of the build failed: what it printed ("Permission denied", ...) is its own
     if tuple(argv[1:2]) in (("push",), ("pull",)) or (tuple(argv[1:2]) == ("build",) and "--push" in argv):
         if _REFUSED_RE.search(text):
             action = (
