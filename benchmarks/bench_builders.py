@@ -42,9 +42,8 @@ import manage_images  # noqa: E402
 from helpers import engine_environ, engine_kind, fresh_engine  # noqa: E402
 from registry import Registry, running  # noqa: E402
 
-from bench_parallel import longest_chain  # noqa: E402  (the same graph, the same chain)
+from bench_parallel import longest_chain, timed_tool  # noqa: E402  (the same graph, the same chain)
 
-SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
 GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
 STEPS = ("--images", "all", "--build", "--push", "--update_references")
 NAMES = ("one", "two", "three")
@@ -53,18 +52,8 @@ GOAL = 1.1
 
 def tool(repo: Path, registry: Registry, env: dict[str, str], *args: str) -> tuple[float, dict]:
     """Runs the tool; its wall time and its --json report."""
-    started = time.monotonic()
-    result = subprocess.run(
-        (sys.executable, str(SCRIPT), "--registry", registry.url, *args, "--json", "-"),
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"benchmark run failed ({' '.join(args)}):\n{result.stdout[-3000:]}\n{result.stderr}")
-    return elapsed, json.loads(result.stdout)
+    elapsed, output = timed_tool(repo, registry, *args, "--json", "-", env=env)
+    return elapsed, json.loads(output)
 
 
 def make_contexts(config: Path, engines: dict[str, dict[str, str]]) -> None:

@@ -41,21 +41,31 @@ GRAPH = manage_images.IMAGES_TO_DEPENDENCIES
 STEPS = ("--build", "--push", "--update_references")
 
 
-def tool(repo: Path, registry: Registry, *args: str) -> tuple[float, dict[str, float]]:
-    """Runs the tool; returns its wall time and the seconds its summary gives each image."""
+def timed_tool(
+    repo: Path, registry: Registry, *args: str, env: dict[str, str] | None = None
+) -> tuple[float, str]:
+    """Runs the tool in `repo` against `registry`; its wall time and its standard output. A
+    failed run ends the benchmark, with the tool's last output."""
     started = time.monotonic()
     result = subprocess.run(
         (sys.executable, str(SCRIPT), "--registry", registry.url, *args),
         cwd=repo,
+        env=env,
         capture_output=True,
         text=True,
     )
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         sys.exit(f"benchmark run failed ({' '.join(args)}):\n{result.stdout[-3000:]}\n{result.stderr}")
+    return elapsed, result.stdout
+
+
+def tool(repo: Path, registry: Registry, *args: str) -> tuple[float, dict[str, float]]:
+    """Runs the tool; returns its wall time and the seconds its summary gives each image."""
+    elapsed, output = timed_tool(repo, registry, *args)
     per_image = {
         match.group(1): float(match.group(2))
-        for match in re.finditer(r"^  (\S+)\s+done\s+\S+\s+([\d.]+)s", result.stdout, re.M)
+        for match in re.finditer(r"^  (\S+)\s+done\s+\S+\s+([\d.]+)s", output, re.M)
     }
     return elapsed, per_image
 
