@@ -2947,8 +2947,9 @@ def engine_from(version: str, info: str, buildkit: str | None) -> Engine:
         facts = json.loads(info)
         server = str(facts.get("ServerVersion") or "")
         status = facts.get("DriverStatus") or []
-        plugins = (facts.get("ClientInfo") or {}).get("Plugins") or []
-        context = str((facts.get("ClientInfo") or {}).get("Context") or "")
+        client_info = facts.get("ClientInfo") or {}
+        plugins = client_info.get("Plugins") or []
+        context = str(client_info.get("Context") or "")
     except (ValueError, TypeError, KeyError, AttributeError):
         raise ManageImagesError(
             "cannot read `docker version` and `docker info` as JSON; check the docker client and run again"
@@ -4397,7 +4398,8 @@ class Runner:
             return []
         import subprocess
 
-        started, env = started_command(argv, self.engine, self.settings.env or os.environ)
+        env = os.environ if self.settings.env is None else self.settings.env
+        started, env = started_command(argv, self.engine, env)
         # An interactive command shares our process group: it is signalled alone, never its group.
         process = CHILDREN.start(
             started,
