@@ -162,10 +162,14 @@ def bake(folder: Path, env: dict[str, str]) -> Run:
 
 
 def built_targets(output: str) -> set[str]:
-    """The targets whose random layer bake's plain output shows run, not CACHED."""
-    steps = dict(re.findall(r"^#(\d+) \[([\w.-]+)(?: [\w.-]+)? \d+/\d+\] RUN head -c", output, re.M))
+    """The images whose random layer bake's plain output shows run, not CACHED. A step is
+    named by the layer it writes (`/layer-IMAGE`), not by the target in its brackets: BuildKit
+    runs a step that several targets share once, and shows it under any one of them."""
+    steps = dict(
+        re.findall(r"^#(\d+) \[[^\]]*\] RUN head -c \d+ /dev/urandom > /layer-([\w.-]+)$", output, re.M)
+    )
     cached = set(re.findall(r"^#(\d+) CACHED", output, re.M))
-    return {target for step, target in steps.items() if step not in cached}
+    return {image for step, image in steps.items() if step not in cached}
 
 
 def per_image(folder: Path, path: str, env: dict[str, str], jobs: int) -> Run:
