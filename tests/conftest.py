@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,16 +105,78 @@ def engine_problem() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def engine() -> None:
+def engine() -> Iterator[None]:
     problem = engine_problem()
-    if problem is None:
-        return
-    if E2E_REQUIRED:
-        pytest.fail(
-            f"end-to-end tests are required here (CI or MANAGE_IMAGES_E2E is set) but {problem}; "
-            "run tests/provision-engines.sh first"
-        )
-    pytest.skip(f"{problem}; run tests/provision-engines.sh to run the end-to-end tests")
+    if problem is not None:
+        if E2E_REQUIRED:
+            pytest.fail(
+                f"end-to-end tests are required here (CI or MANAGE_IMAGES_E2E is set) but {problem}; "
+                "run tests/provision-engines.sh first"
+            )
+        pytest.skip(f"{problem}; run tests/provision-engines.sh to run the end-to-end tests")
+    before = engine_contents()
+    yield
+    remove_what_the_session_left(before)
+
+
+# A tag the tests make: an image in one of their registries, all on 127.0.0.1 ports.
+_TEST_TAG_RE = re.compile(r"^127\.0\.0\.1:(\d+)/")
+
+
+def engine_contents() -> dict[str, set[str]]:
+    """The engine's names of images ("REPOSITORY:TAG", or "REPOSITORY@DIGEST" for one
+    pulled by digest alone), dangling images, and containers, all of them and the exited
+    ones (full IDs)."""
+    listings = {
+        "tags": ("images", "--digests", "--format", "{{.Repository}}:{{.Tag}}@{{.Digest}}"),
+        "dangling": ("images", "--quiet", "--no-trunc", "--filter", "dangling=true"),
+        "containers": ("ps", "--all", "--quiet", "--no-trunc"),
+        "exited": ("ps", "--all", "--quiet", "--no-trunc", "--filter", "status=exited"),
+    }
+    contents = {}
+    for kind, args in listings.items():
+        result = subprocess.run(("docker", *args), capture_output=True, text=True, timeout=120)
+        contents[kind] = set(result.stdout.split()) if result.returncode == 0 else set()
+    contents["tags"] = {_image_name(*line.rsplit("@", 1)) for line in contents["tags"]}
+    return contents
+
+
+def _image_name(tagged: str, digest: str) -> str:
+    repository, _, tag = tagged.rpartition(":")
+    return f"{repository}@{digest}" if tag == "<none>" else tagged
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def remove_what_the_session_left(before: dict[str, set[str]]) -> None:
+    """Removes from the session's engine what its tests made and left, so that runs do not
+    pile up images in an engine they share with the user (the system's, for classic):
+    the tags they pushed to registries on 127.0.0.1 that no longer listen, then the
+    containers made and exited since (a failed step of the classic builder keeps its
+    container), then the images left dangling since (a rebuild moves a tag off its old
+    image). What was there before the session is left alone, so are the tags of a
+    registry still serving (another session's) and every tag under another host. Best
+    effort: what the engine refuses to remove stays."""
+    after = engine_contents()
+    ports: dict[str, bool] = {}
+    tags = []
+    for tag in sorted(after["tags"] - before["tags"]):
+        port = _TEST_TAG_RE.match(tag)
+        if port and port[1] not in ports:
+            ports[port[1]] = listening(int(port[1]))
+        if port and not ports[port[1]]:
+            tags.append(tag)
+    containers = sorted(after["exited"] - before["containers"])
+    for command, names in (("rm", containers), ("rmi", tags)):
+        for start in range(0, len(names), 200):
+            subprocess.run(("docker", command, *names[start : start + 200]), capture_output=True, timeout=600)
+    dangling = sorted(engine_contents()["dangling"] - before["dangling"])
+    for start in range(0, len(dangling), 200):
+        subprocess.run(("docker", "rmi", *dangling[start : start + 200]), capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="session")
