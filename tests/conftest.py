@@ -121,6 +121,8 @@ def engine() -> Iterator[None]:
 
 # A tag the tests make: an image in one of their registries, all on 127.0.0.1 ports.
 _TEST_TAG_RE = re.compile(r"^127\.0\.0\.1:(\d+)/")
+# A container made from an image that has no name: as the classic builder runs each step.
+_IMAGE_ID_RE = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 
 
 def engine_contents() -> dict[str, set[str]]:
@@ -131,7 +133,15 @@ def engine_contents() -> dict[str, set[str]]:
         "tags": ("images", "--digests", "--format", "{{.Repository}}:{{.Tag}}@{{.Digest}}"),
         "dangling": ("images", "--quiet", "--no-trunc", "--filter", "dangling=true"),
         "containers": ("ps", "--all", "--quiet", "--no-trunc"),
-        "exited": ("ps", "--all", "--quiet", "--no-trunc", "--filter", "status=exited"),
+        "exited": (
+            "ps",
+            "--all",
+            "--no-trunc",
+            "--filter",
+            "status=exited",
+            "--format",
+            "{{.ID}}={{.Image}}",
+        ),
     }
     contents = {}
     for kind, args in listings.items():
@@ -155,22 +165,29 @@ def listening(port: int) -> bool:
 def remove_what_the_session_left(before: dict[str, set[str]]) -> None:
     """Removes from the session's engine what its tests made and left, so that runs do not
     pile up images in an engine they share with the user (the system's, for classic):
-    the tags they pushed to registries on 127.0.0.1 that no longer listen, then the
-    containers made and exited since (a failed step of the classic builder keeps its
-    container), then the images left dangling since (a rebuild moves a tag off its old
-    image). What was there before the session is left alone, so are the tags of a
-    registry still serving (another session's) and every tag under another host. Best
-    effort: what the engine refuses to remove stays."""
+    the names in registries on 127.0.0.1 that no longer answer (the tests'), then the
+    containers made and exited since from such an image or from one with no name (a
+    failed step of the classic builder keeps its container), then the images left
+    dangling since (a rebuild moves a tag off its old image). What was there before the
+    session stays, and so do the names in a registry still serving (another session's)
+    and every other name. Best effort: what the engine refuses to remove stays."""
     after = engine_contents()
-    ports: dict[str, bool] = {}
-    tags = []
-    for tag in sorted(after["tags"] - before["tags"]):
-        port = _TEST_TAG_RE.match(tag)
-        if port and port[1] not in ports:
-            ports[port[1]] = listening(int(port[1]))
-        if port and not ports[port[1]]:
-            tags.append(tag)
-    containers = sorted(after["exited"] - before["containers"])
+    answers: dict[str, bool] = {}
+
+    def tests_made(name: str) -> bool:
+        port = _TEST_TAG_RE.match(name)
+        if port is None:
+            return False
+        if port[1] not in answers:
+            answers[port[1]] = listening(int(port[1]))
+        return not answers[port[1]]
+
+    tags = sorted(name for name in after["tags"] - before["tags"] if tests_made(name))
+    containers = []
+    for line in sorted(after["exited"]):
+        container, _, image = line.partition("=")
+        if container not in before["containers"] and (_IMAGE_ID_RE.match(image) or tests_made(image)):
+            containers.append(container)
     for command, names in (("rm", containers), ("rmi", tags)):
         for start in range(0, len(names), 200):
             subprocess.run(("docker", command, *names[start : start + 200]), capture_output=True, timeout=600)
