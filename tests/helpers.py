@@ -71,6 +71,15 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 E2E_REQUIRED = bool(os.environ.get("CI") or os.environ.get("MANAGE_IMAGES_E2E"))
 
 
+def after_engine_questions(commands: list[list[str]]) -> list[list[str]]:
+    """The commands a run gave after its first two, which must be the engine questions
+    every run that needs the engine begins with (`docker version` and `docker info`, asked
+    at once, so in either order)."""
+    questions = sorted([list(manage_images.ENGINE_VERSION_ARGV), list(manage_images.ENGINE_INFO_ARGV)])
+    assert sorted(commands[:2]) == questions, commands
+    return commands[2:]
+
+
 def unavailable(message: str) -> NoReturn:
     """What a test does when the machine lacks something it needs: fail where the
     whole suite is required (CI, MANAGE_IMAGES_E2E), skip with `message` elsewhere."""

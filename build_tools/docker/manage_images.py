@@ -6908,15 +6908,19 @@ def check_docker(settings: Settings) -> Engine:
     environ = settings.env or os.environ
     if shutil.which("docker", path=environ.get("PATH")) is None:
         raise _missing_tool("docker")
-    result = capture(ENGINE_VERSION_ARGV, settings.root, settings.env)
+
+    def ask(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return capture(argv, settings.root, settings.env)
+
+    # Both at once: each question is a docker process and a round trip to the engine.
+    result, info = in_parallel(lambda: ask(ENGINE_VERSION_ARGV), lambda: ask(ENGINE_INFO_ARGV))
     if result.returncode != 0:
         said = " ".join((result.stderr or result.stdout).split())
         raise ManageImagesError(
             "cannot reach the Docker engine: start it (e.g. `sudo systemctl start "
             f"docker`) or point DOCKER_HOST at one; docker said: {said}"
         )
-    info = capture(ENGINE_INFO_ARGV, settings.root, settings.env).stdout
-    return engine_from(result.stdout, info, environ.get("DOCKER_BUILDKIT"))
+    return engine_from(result.stdout, info.stdout, environ.get("DOCKER_BUILDKIT"))
 
 
 def resolve_builder(settings: Settings, name: str) -> Builder:
