@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from helpers import (
     small_tree,
     unavailable,
 )
-from registry import Registry, running
+from registry import SERVED_PORTS, Registry, running
 from standin import StandIn
 
 # MANAGE_IMAGES_ENGINE=classic|buildkit|containerd: the engine of the matrix
@@ -116,38 +117,33 @@ def engine() -> Iterator[None]:
         pytest.skip(f"{problem}; run tests/provision-engines.sh to run the end-to-end tests")
     before = engine_contents()
     yield
-    remove_what_the_session_left(before)
+    if before is not None:
+        remove_what_the_session_left(before)
 
 
-# A tag the tests make: an image in one of their registries, all on 127.0.0.1 ports.
-_TEST_TAG_RE = re.compile(r"^127\.0\.0\.1:(\d+)/")
-# A container made from an image that has no name: as the classic builder runs each step.
-_IMAGE_ID_RE = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
+# A name in a registry on a 127.0.0.1 port: the tests' registries are there.
+_LOOPBACK_NAME_RE = re.compile(r"^127\.0\.0\.1:(\d{1,5})/")
 
 
-def engine_contents() -> dict[str, set[str]]:
+def engine_contents() -> dict[str, set[str]] | None:
     """The engine's names of images ("REPOSITORY:TAG", or "REPOSITORY@DIGEST" for one
-    pulled by digest alone), dangling images, and containers, all of them and the exited
-    ones (full IDs)."""
+    pulled by digest alone), its dangling images and its containers (full IDs); None
+    if one listing fails (then nothing is removed at the end)."""
     listings = {
-        "tags": ("images", "--digests", "--format", "{{.Repository}}:{{.Tag}}@{{.Digest}}"),
+        "names": ("images", "--digests", "--format", "{{.Repository}}:{{.Tag}}@{{.Digest}}"),
         "dangling": ("images", "--quiet", "--no-trunc", "--filter", "dangling=true"),
         "containers": ("ps", "--all", "--quiet", "--no-trunc"),
-        "exited": (
-            "ps",
-            "--all",
-            "--no-trunc",
-            "--filter",
-            "status=exited",
-            "--format",
-            "{{.ID}}={{.Image}}",
-        ),
     }
     contents = {}
     for kind, args in listings.items():
-        result = subprocess.run(("docker", *args), capture_output=True, text=True, timeout=120)
-        contents[kind] = set(result.stdout.split()) if result.returncode == 0 else set()
-    contents["tags"] = {_image_name(*line.rsplit("@", 1)) for line in contents["tags"]}
+        try:
+            result = subprocess.run(("docker", *args), capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if result.returncode != 0:
+            return None
+        contents[kind] = set(result.stdout.split())
+    contents["names"] = {_image_name(*line.rsplit("@", 1)) for line in contents["names"]}
     return contents
 
 
@@ -156,44 +152,55 @@ def _image_name(tagged: str, digest: str) -> str:
     return f"{repository}@{digest}" if tag == "<none>" else tagged
 
 
+def remove_what_the_session_left(before: dict[str, set[str]]) -> None:
+    """Removes from the session's engine what its tests made and left, so that runs do not
+    pile up images in an engine they may share with the user (the system's, for classic):
+    the names in this session's registries (registry.SERVED_PORTS) once they no longer
+    answer, the containers made and exited since from the images of test trees (label
+    fake_tree.TEST_LABEL; a failed step of the classic builder keeps its container), and
+    the images of test trees left dangling since (a rebuild moves a tag off its old
+    image). What was there before the session stays, and so does every other name,
+    container and image. Best effort: a failure is a warning, never the session's."""
+    try:
+        _remove_what_the_session_left(before)
+    except (OSError, subprocess.SubprocessError) as error:
+        warnings.warn(f"could not remove what the tests left in the engine: {error}", stacklevel=1)
+
+
+def _remove_what_the_session_left(before: dict[str, set[str]]) -> None:
+    ports = {port for port in SERVED_PORTS if not listening(port)}
+
+    def ours(name: str) -> bool:
+        port = _LOOPBACK_NAME_RE.match(name)
+        return port is not None and int(port[1]) in ports
+
+    after = engine_contents()
+    if after is None:
+        return
+    names = sorted(name for name in after["names"] - before["names"] if ours(name))
+    label = ("--filter", f"label={fake_tree.TEST_LABEL}")
+    exited = docker_ids("ps", "--all", "--filter", "status=exited", *label)
+    _in_batches("rm", sorted(exited - before["containers"]))
+    _in_batches("rmi", names)
+    _in_batches("rmi", sorted(docker_ids("images", "--filter", "dangling=true", *label) - before["dangling"]))
+
+
+def docker_ids(*args: str) -> set[str]:
+    result = subprocess.run(
+        ("docker", *args, "--quiet", "--no-trunc"), capture_output=True, text=True, timeout=120
+    )
+    return set(result.stdout.split()) if result.returncode == 0 else set()
+
+
+def _in_batches(command: str, names: list[str]) -> None:
+    for start in range(0, len(names), 200):
+        subprocess.run(("docker", command, *names[start : start + 200]), capture_output=True, timeout=600)
+
+
 def listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def remove_what_the_session_left(before: dict[str, set[str]]) -> None:
-    """Removes from the session's engine what its tests made and left, so that runs do not
-    pile up images in an engine they share with the user (the system's, for classic):
-    the names in registries on 127.0.0.1 that no longer answer (the tests'), then the
-    containers made and exited since from such an image or from one with no name (a
-    failed step of the classic builder keeps its container), then the images left
-    dangling since (a rebuild moves a tag off its old image). What was there before the
-    session stays, and so do the names in a registry still serving (another session's)
-    and every other name. Best effort: what the engine refuses to remove stays."""
-    after = engine_contents()
-    answers: dict[str, bool] = {}
-
-    def tests_made(name: str) -> bool:
-        port = _TEST_TAG_RE.match(name)
-        if port is None:
-            return False
-        if port[1] not in answers:
-            answers[port[1]] = listening(int(port[1]))
-        return not answers[port[1]]
-
-    tags = sorted(name for name in after["tags"] - before["tags"] if tests_made(name))
-    containers = []
-    for line in sorted(after["exited"]):
-        container, _, image = line.partition("=")
-        if container not in before["containers"] and (_IMAGE_ID_RE.match(image) or tests_made(image)):
-            containers.append(container)
-    for command, names in (("rm", containers), ("rmi", tags)):
-        for start in range(0, len(names), 200):
-            subprocess.run(("docker", command, *names[start : start + 200]), capture_output=True, timeout=600)
-    dangling = sorted(engine_contents()["dangling"] - before["dangling"])
-    for start in range(0, len(dangling), 200):
-        subprocess.run(("docker", "rmi", *dangling[start : start + 200]), capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

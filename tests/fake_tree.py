@@ -23,6 +23,9 @@ BUSYBOX = Path("/bin/busybox")
 # Digests the tree starts from: well formed, in no registry. The first
 # `--build --push --update_references --images all` replaces them.
 PLACEHOLDER = "sha256:" + "0" * 64
+# Every image of a test tree carries it (its children inherit it from the base images),
+# and so does each container a build step runs in: what the session's cleanup may remove.
+TEST_LABEL = "manage-images-tests"
 
 KOKORO_DIR = "build_tools/kokoro/gcp_ubuntu"
 REAL_ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +94,7 @@ def dockerfile(
         lines += [
             "FROM scratch AS final",
             f"COPY stamp /stamp/{image}",
+            f"LABEL {TEST_LABEL}=1",
             "COPY busybox /bin/busybox",
             'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
         ]
