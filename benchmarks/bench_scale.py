@@ -251,7 +251,7 @@ import re, subprocess, sys
 compile(open(sys.argv[1]).read(), "m", "exec")
 pins = dict(line.strip().partition(b"@")[::2] for line in open("build_tools/docker/prod_digests.txt", "rb"))
 pattern = re.compile(rb"gcr\\.io/iree-oss/[a-z0-9-]+@sha256:[0-9a-f]{64}")
-git = subprocess.Popen(["git", "grep", "-l", "-z", "-F", "-e", "gcr.io/iree-oss/", "--"], stdout=subprocess.PIPE)
+git = subprocess.Popen(["git", "grep", "-l", "-z", "-I", "-F", "-e", "gcr.io/iree-oss/", "--"], stdout=subprocess.PIPE)
 stale, rest = [], b""
 while chunk := git.stdout.read1(1 << 16):
     *names, rest = (rest + chunk).split(b"\\0")
