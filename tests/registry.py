@@ -47,15 +47,18 @@ ACCESS_RE = re.compile(
 )
 
 
-# The ports of every registry this process started: the session's cleanup (conftest.py)
-# removes what the tests left in the engine under these, and under no other.
+# Every port this process handed to a server (a registry of its own, or the try-it
+# world's): the session's cleanup (conftest.py) removes what the tests left in the engine
+# under these, and under no other.
 SERVED_PORTS: set[int] = set()
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    SERVED_PORTS.add(port)
+    return port
 
 
 def sha256(data: bytes) -> str:
@@ -99,7 +102,6 @@ class Registry:
     ) -> None:
         self.folder = folder
         self.port = free_port()
-        SERVED_PORTS.add(self.port)
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"{self.host}/iree-oss"
         self.scheme = "https" if tls else "http"

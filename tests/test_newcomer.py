@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -71,10 +72,19 @@ def try_it(engine, tmp_path_factory):
     finally:
         pid_file = state / "registry" / "pid"
         if pid_file.exists():
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            stop_and_wait(int(pid_file.read_text()))
+
+
+def stop_and_wait(pid: int, seconds: float = 10) -> None:
+    """Stops the registry the script started and waits (a bounded time) until it is gone:
+    the session's cleanup removes the images named in it once its port no longer answers."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(int(seconds / 0.05)):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+    except ProcessLookupError:
+        pass
 
 
 def test_try_locally_runs_the_main_job_twice_without_touching_the_users_docker_config(try_it):
