@@ -19,6 +19,7 @@ import pytest
 import fake_tree
 import manage_images
 from helpers import (
+    docker,
     E2E_REQUIRED,
     ENGINES,
     SYSTEM_PATH,
@@ -129,22 +130,26 @@ def engine_contents() -> dict[str, set[str]] | None:
     """The engine's names of images ("REPOSITORY:TAG", or "REPOSITORY@DIGEST" for one
     pulled by digest alone), its dangling images and its containers (full IDs); None
     if one listing fails (then nothing is removed at the end)."""
-    listings = {
-        "names": ("images", "--digests", "--format", "{{.Repository}}:{{.Tag}}@{{.Digest}}"),
-        "dangling": ("images", "--quiet", "--no-trunc", "--filter", "dangling=true"),
-        "containers": ("ps", "--all", "--quiet", "--no-trunc"),
-    }
-    contents = {}
-    for kind, args in listings.items():
-        try:
-            result = subprocess.run(("docker", *args), capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if result.returncode != 0:
-            return None
-        contents[kind] = set(result.stdout.split())
-    contents["names"] = {_image_name(*line.rsplit("@", 1)) for line in contents["names"]}
-    return contents
+    names = _image_names()
+    dangling = _listed("images", "--quiet", "--no-trunc", "--filter", "dangling=true")
+    containers = _listed("ps", "--all", "--quiet", "--no-trunc")
+    if names is None or dangling is None or containers is None:
+        return None
+    return {"names": names, "dangling": dangling, "containers": containers}
+
+
+def _listed(*args: str) -> set[str] | None:
+    """The words a docker listing prints, or None if it fails."""
+    try:
+        result = docker(*args, check=False, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(result.stdout.split()) if result.returncode == 0 else None
+
+
+def _image_names() -> set[str] | None:
+    listed = _listed("images", "--digests", "--format", "{{.Repository}}:{{.Tag}}@{{.Digest}}")
+    return None if listed is None else {_image_name(*line.rsplit("@", 1)) for line in listed}
 
 
 def _image_name(tagged: str, digest: str) -> str:
@@ -174,27 +179,17 @@ def _remove_what_the_session_left(before: dict[str, set[str]]) -> None:
         port = _LOOPBACK_NAME_RE.match(name)
         return port is not None and int(port[1]) in ports
 
-    after = engine_contents()
-    if after is None:
-        return
-    names = sorted(name for name in after["names"] - before["names"] if ours(name))
     label = ("--filter", f"label={fake_tree.TEST_LABEL}")
-    exited = docker_ids("ps", "--all", "--filter", "status=exited", *label)
+    exited = _listed("ps", "--all", "--quiet", "--no-trunc", "--filter", "status=exited", *label) or set()
     _in_batches("rm", sorted(exited - before["containers"]))
-    _in_batches("rmi", names)
-    _in_batches("rmi", sorted(docker_ids("images", "--filter", "dangling=true", *label) - before["dangling"]))
-
-
-def docker_ids(*args: str) -> set[str]:
-    result = subprocess.run(
-        ("docker", *args, "--quiet", "--no-trunc"), capture_output=True, text=True, timeout=120
-    )
-    return set(result.stdout.split()) if result.returncode == 0 else set()
+    _in_batches("rmi", sorted(name for name in (_image_names() or set()) - before["names"] if ours(name)))
+    dangling = _listed("images", "--quiet", "--no-trunc", "--filter", "dangling=true", *label) or set()
+    _in_batches("rmi", sorted(dangling - before["dangling"]))
 
 
 def _in_batches(command: str, names: list[str]) -> None:
     for start in range(0, len(names), 200):
-        subprocess.run(("docker", command, *names[start : start + 200]), capture_output=True, timeout=600)
+        docker(command, *names[start : start + 200], check=False, timeout=600)
 
 
 def listening(port: int) -> bool:

@@ -503,8 +503,8 @@ def references_in(files: dict[str, bytes], registry) -> dict[str, set[str]]:
     return found
 
 
-def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(("docker", *args), capture_output=True, text=True, check=check)
+def docker(*args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(("docker", *args), capture_output=True, text=True, check=check, timeout=timeout)
 
 
 def inspect(ref: str) -> dict | None:

@@ -90,9 +90,6 @@ def wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-# What the tool asks docker before anything else: which engine builds (`docker version`, `docker info`).
-
-
 def kill_quietly(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
