@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 import fake_tree
@@ -348,6 +351,76 @@ def test_unpinned_references_in_documentation_marked_lines_and_exempt_paths_are_
     prod = f"{DOCKERFILES}/prod_digests.txt"
     number = add_line(tree, prod, bare)
     assert f"{prod}:{number}: malformed line {bare!r}" in "\n".join(check(capsys)[1])
+
+
+def unpinned_finding(path: str, bare: str) -> str:
+    return (
+        f"{path}:1: {bare} is not pinned by digest; pin it as {REGISTRY}/cmake@sha256:<digest> "
+        "or mark the line with a comment `manage-images: allow-unpinned`"
+    )
+
+
+def test_the_attribute_is_asked_of_git_for_thousands_of_files_and_big_ones(tree, capsys):
+    """git check-attr is asked as git grep names each file: 1,500 files under an exempt
+    folder and 1,500 under another (the questions and the answers each overflow a pipe many
+    times), and a file too big to be read whole in the scan, in each folder."""
+    bare = f"{REGISTRY}/cmake:latest"
+    padding = "p" * 40  # long paths: more than a pipe's 64 KiB of questions
+    for folder in ("exempt", "other"):
+        for number in range(1500):
+            path = tree / folder / f"{padding}{number:04}.py"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f'EXAMPLE = "{bare}"\n')
+        # Bigger than the head the scan reads (BINARY_PEEK): its references are found after the scan.
+        (tree / folder / "big.py").write_text(f'EXAMPLE = "{bare}"\n' + "# filler\n" * mi.BINARY_PEEK)
+    (tree / ".gitattributes").write_text("exempt/** manage-images-allow-unpinned\n")
+    fake_tree.git(tree, "add", ".")
+    fake_tree.git(tree, "commit", "-q", "-m", "3,002 files with unpinned references")
+    code, out = check(capsys)
+    assert code == 1
+    expected = [f"other/{padding}{number:04}.py" for number in range(1500)] + ["other/big.py"]
+    assert out[:-1] == [unpinned_finding(path, bare) for path in sorted(expected)]
+
+
+def test_a_check_that_fails_leaves_no_git_waiting_for_questions(tree, capsys, monkeypatch):
+    """git check-attr, started while git grep runs, ends when the check fails after it."""
+    add_line(tree, "tools/more.py", f'EXAMPLE = "{REGISTRY}/cmake:latest"')
+    started = []
+    real = mi.UnpinnedAllowed.ask
+
+    def ask(self, paths):
+        real(self, paths)
+        started.append(self)
+
+    def fail(*args):
+        raise mi.ManageImagesError("stop here")
+
+    monkeypatch.setattr(mi.UnpinnedAllowed, "ask", ask)
+    monkeypatch.setattr(mi, "prod_digests_check", fail)
+    assert check(capsys)[0] == 1
+    assert started, "the scan asked git nothing"
+    # Told there are no more questions, git answers the one it had and ends.
+    deadline = time.monotonic() + 10
+    while children_named(b"check-attr") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert children_named(b"check-attr") == []
+    assert started[0].allowed() == set()
+
+
+def children_named(word: bytes) -> list[int]:
+    """The live child processes of this one whose command line holds `word`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as command:
+                line = command.read()
+        except (OSError, ValueError):
+            continue
+        if parent == os.getpid() and word in line:
+            found.append(int(entry))
+    return found
 
 
 def test_a_graph_image_without_a_prod_digests_line_is_reported(tree, capsys):
