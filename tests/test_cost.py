@@ -51,9 +51,9 @@ def counted(monkeypatch) -> dict[str, list]:
         seen["heads"].append(path)
         return read_head(path, size)
 
-    def counting_capture(argv, cwd=None, env=None, timeout=None, each=None):
+    def counting_capture(argv, cwd=None, env=None, timeout=None, each=None, stdin=None):
         seen["commands"].append(tuple(argv))
-        return capture_bytes(argv, cwd, env, timeout, each)
+        return capture_bytes(argv, cwd, env, timeout, each, stdin)
 
     monkeypatch.setattr(mi, "read_file", counting_read)
     monkeypatch.setattr(mi, "read_head", counting_head)

@@ -109,9 +109,9 @@ def test_changed_since_is_one_diff_per_run_not_one_per_image(world, monkeypatch)
     calls: list[tuple[str, ...]] = []
     real = mi.capture_bytes
 
-    def counting(argv, cwd=None, env=None, timeout=None, each=None):
+    def counting(argv, cwd=None, env=None, timeout=None, each=None, stdin=None):
         calls.append(tuple(argv))
-        return real(argv, cwd, env, timeout, each)
+        return real(argv, cwd, env, timeout, each, stdin)
 
     monkeypatch.setattr(mi, "capture_bytes", counting)
     for image in GRAPH:
