@@ -17,6 +17,7 @@ P = fake_tree.PLACEHOLDER
 NEW = "sha256:" + "e" * 64
 OTHER = "sha256:" + "d" * 64
 DOCKERFILES = "build_tools/docker"
+AGREE = "the graph, the Dockerfiles, the references and build_tools/docker/prod_digests.txt agree."
 
 
 @pytest.fixture
@@ -362,8 +363,8 @@ def unpinned_finding(path: str, bare: str) -> str:
 
 def test_the_attribute_is_asked_of_git_for_thousands_of_files_and_big_ones(tree, capsys):
     """git check-attr is asked as git grep names each file: 1,500 files under an exempt
-    folder and 1,500 under another (the questions and the answers each overflow a pipe many
-    times), and a file too big to be read whole in the scan, in each folder."""
+    folder and 1,500 under another (the questions, and the answers, are each more than a
+    pipe holds), and a file too big to be read whole in the scan, in each folder."""
     bare = f"{REGISTRY}/cmake:latest"
     padding = "p" * 40  # long paths: more than a pipe's 64 KiB of questions
     for folder in ("exempt", "other"):
@@ -405,6 +406,34 @@ def test_a_check_that_fails_leaves_no_git_waiting_for_questions(tree, capsys, mo
         time.sleep(0.05)
     assert children_named(b"check-attr") == []
     assert started[0].allowed() == set()
+
+
+def test_git_check_attr_has_its_time_from_the_last_question_not_from_the_first(tree, capsys, monkeypatch):
+    """git's deadline (COMMAND_TIMEOUT) counts from when it was told there are no more
+    questions: the check may take longer than that between the first question and the last."""
+    add_line(tree, "tools/examples.py", f'EXAMPLE = "{REGISTRY}/cmake:latest"')
+    add_line(tree, ".gitattributes", "tools/examples.py manage-images-allow-unpinned")
+    real = mi.prod_digests_check  # run after the scan asked, before the last question
+
+    def slow(*args):
+        time.sleep(2)
+        return real(*args)
+
+    monkeypatch.setattr(mi, "COMMAND_TIMEOUT", 1)
+    monkeypatch.setattr(mi, "prod_digests_check", slow)
+    code = mi.main(["--check", "--images", "all"])
+    out, err = capsys.readouterr()
+    assert (code, out.splitlines()[-1:], err) == (0, [f"Checked {len(GRAPH)} images: {AGREE}"], "")
+
+
+def test_nothing_is_asked_of_git_after_the_questions_ended(tree):
+    """A question that comes after `close` (the check failed while the scan went on) starts
+    no git that would then wait for more."""
+    unpinned = mi.UnpinnedAllowed(tree)
+    unpinned.close()
+    unpinned.ask(["tools/more.py"])
+    assert children_named(b"check-attr") == []
+    assert unpinned.allowed() == set()
 
 
 def children_named(word: bytes) -> list[int]:

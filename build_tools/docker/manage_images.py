@@ -4474,7 +4474,8 @@ def capture_bytes(
             stdout, stderr = b"", _records(process, each, timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.communicate()
+        if each is None:  # else `_records` has killed and waited for it (its input is closed)
+            process.communicate()
         raise ManageImagesError(
             f"`{format_command(argv)}` did not finish within {timeout} s; "
             "check what holds it up (a lock, a network file system) and run again"
@@ -4490,19 +4491,25 @@ def _records(process: subprocess.Popen[bytes], each: Callable[[bytes], None], ti
     """Hands `each` every NUL-terminated record of the process's standard output
     as it comes, gathers its standard error and waits for the process to end;
     returns its standard error. Raises subprocess.TimeoutExpired after
-    `timeout` seconds in all; on any error the process is killed first."""
+    `timeout` seconds in all, counted from when its standard input, if a
+    pipe, is closed (until then it waits for questions, not on itself); on
+    any error the process is killed first."""
     import selectors
     import subprocess
 
     assert process.stdout is not None and process.stderr is not None
-    deadline, errors, rest = time.monotonic() + timeout, [], b""
+    deadline, errors, rest, asked = time.monotonic() + timeout, [], b"", False
     try:
         with selectors.DefaultSelector() as selector:
             for stream in (process.stdout, process.stderr):
                 selector.register(stream, selectors.EVENT_READ)
             while selector.get_map():
-                ready = selector.select(deadline - time.monotonic())
-                if not ready and time.monotonic() >= deadline:
+                asking = process.stdin is not None and not process.stdin.closed
+                if asking or asked:  # looked at again each second at most; then from its close
+                    deadline = time.monotonic() + timeout
+                asked = asking
+                ready = selector.select(min(deadline - time.monotonic(), 1.0))
+                if not ready and not asking and time.monotonic() >= deadline:
                     raise subprocess.TimeoutExpired(process.args, timeout)
                 for key, _ in ready:
                     chunk = os.read(key.fd, 1 << 16)
@@ -4557,9 +4564,13 @@ def git(
     stdin: Callable[[IO[bytes]], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Runs a read-only git command in `root`, asked as `git_argv` and `git_environment`
-    say (`each`, `stdin`: as `capture_bytes` hands them the output's records and the input)."""
-    argv = git_argv(root, *args)
-    return capture_bytes(argv, env=git_environment(os.environ), each=each, stdin=stdin)
+    say (`each`, `stdin`: as `capture_bytes` hands them the output's records and the input;
+    git fed questions on its input then writes its answers a block at a time, not each
+    at once: GIT_FLUSH=0)."""
+    env = git_environment(os.environ)
+    if stdin is not None:
+        env["GIT_FLUSH"] = "0"
+    return capture_bytes(git_argv(root, *args), env=env, each=each, stdin=stdin)
 
 
 def find_repo_root(start: Path) -> Path:
@@ -4729,7 +4740,8 @@ class UnpinnedAllowed:
 
     def ask(self, paths: Iterable[str]) -> None:
         with self._lock:
-            assert not self._closed, "asked after close"
+            if self._closed:  # the check ended (it failed): git is never started again
+                return
             new = [path for path in dict.fromkeys(paths) if path not in self._asked]
             if not new:
                 return
@@ -4738,10 +4750,9 @@ class UnpinnedAllowed:
                 self._answer = in_background(self._run)
                 self._started.wait()
             if self._pipe is not None:
-                try:
+                try:  # buffered: git gets the questions a block at a time, the last ones at close
                     self._pipe.write(b"".join(os.fsencode(path) + b"\0" for path in new))
-                    self._pipe.flush()
-                except OSError:  # git ended early: `allowed` raises what it said
+                except (OSError, ValueError):  # git ended early: `allowed` raises what it said
                     self._end_input()
 
     def __enter__(self) -> UnpinnedAllowed:
