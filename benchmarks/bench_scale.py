@@ -19,12 +19,19 @@ changes are restored (`git checkout`) between runs, outside the timing.
 Exits 1 if a goal is missed.
 
 The floor column is what any run of such a tool must pay on top of nothing,
-timed in the same alternation: the baseline itself where the tool must do
-that work too, plus the Python interpreter starting and compiling this
+timed in the same alternation: the baseline's `git grep`, run as the tool
+runs it (below), where the tool must do that work too, plus the Python interpreter starting and compiling this
 one-module script (it runs as `__main__`, so there is no `.pyc`), plus, where
 the case needs them, replacing the changed files atomically and durably
 (temporary file, fsync, rename; 16 threads, nothing read or scanned) and one
 `docker image inspect` of the 17 images.
+
+The tool runs `git grep` with one thread more than the CPUs it may use
+(`grep_threads` in the module: git's threads take turns on a lock for each
+file's attributes), where git's own default, the baseline's, is one per
+CPU. The floor and the least work grep as the tool does, and a reference row
+times that `git grep` against the baseline, so the part of the ratio that
+is git's own shows apart.
 
 The least-work column (100k files) is one program that does only what any
 `--check` must, timed in the same alternation: it starts, compiles this
@@ -65,6 +72,11 @@ SCRIPT = ROOT / "build_tools" / "docker" / "manage_images.py"
 REGISTRY = "gcr.io/iree-oss"
 SEED = 20261129
 GIT = ("git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null")
+sys.path.insert(0, str(SCRIPT.parent))
+
+import manage_images  # noqa: E402
+
+THREADS = str(manage_images.grep_threads(manage_images.usable_cpus()))  # as the tool greps
 
 
 def git(repo: Path, *args: str) -> str:
@@ -156,6 +168,7 @@ def tool(*args: str, script: Path = SCRIPT) -> list[str]:
 
 
 GREP = ["git", "grep", "-c", "-I", "-F", f"{REGISTRY}/"]
+GREP_AS_TOOL = ["git", "grep", "--threads", THREADS, "-c", "-I", "-F", f"{REGISTRY}/"]
 
 
 def compare(
@@ -242,6 +255,7 @@ with concurrent.futures.ThreadPoolExecutor(16) as pool:
 
 # The least work a --check of the 100k tree could do, as one program: the
 # interpreter starting and compiling this module (argv[1]), `git grep -l -z`
+# (with argv[2] threads, as the tool)
 # read as git names each file, each named file read whole as it is named, its
 # pinned references found with one regex, and one line printed for each that
 # prod_digests.txt does not pin. No symbolic link, submodule, encoding, index
@@ -251,7 +265,7 @@ import re, subprocess, sys
 compile(open(sys.argv[1]).read(), "m", "exec")
 pins = dict(line.strip().partition(b"@")[::2] for line in open("build_tools/docker/prod_digests.txt", "rb"))
 pattern = re.compile(rb"gcr\\.io/iree-oss/[a-z0-9-]+@sha256:[0-9a-f]{64}")
-git = subprocess.Popen(["git", "grep", "-l", "-z", "-I", "-F", "-e", "gcr.io/iree-oss/", "--"], stdout=subprocess.PIPE)
+git = subprocess.Popen(["git", "grep", "--threads", sys.argv[2], "-l", "-z", "-I", "-F", "-e", "gcr.io/iree-oss/", "--"], stdout=subprocess.PIPE)
 stale, rest = [], b""
 while chunk := git.stdout.read1(1 << 16):
     *names, rest = (rest + chunk).split(b"\\0")
@@ -301,19 +315,19 @@ def main() -> int:
     ).stdout
     changed.write_bytes(stale)
     replace = [sys.executable, "-c", REPLACE, str(changed)]
-    least_work = [sys.executable, "-c", LEAST, str(SCRIPT)]
+    least_work = [sys.executable, "-c", LEAST, str(SCRIPT), THREADS]
     inspect = [
         "docker", "image", "inspect", "--format", "{{json .RepoDigests}}",
         *(f"{REGISTRY}/{image}:latest" for image in sorted(prod_digests())),
     ]  # fmt: skip
     for repo, label in ((many, "100k files"), (big, "200 MB file")):
         argv = tool("--check", "--images", "all")
-        floor = [GREP, startup]
+        floor = [GREP_AS_TOOL, startup]
         least = [least_work] if repo == many else None
         result = compare(repo, argv, [GREP], repeat, False, floor, other_argvs(argv, others), least)
         rows.append((f"{label}, --check --images all", result, 1.2 if repo == many else 3.0, "git grep"))
         baseline = [GREP] if repo == many else [GREP, copy]
-        floor = [GREP, startup, replace] if repo == many else None
+        floor = [GREP_AS_TOOL, startup, replace] if repo == many else None
         least = [least_work, replace] if repo == many else None
         argv = tool("--only_references", "--images", "all")
         result = compare(repo, argv, baseline, repeat, True, floor, other_argvs(argv, others), least)
@@ -324,6 +338,15 @@ def main() -> int:
         if repo == big:
             memory = {"tool": result["memory_kib"], "base": size_kib, "memory_kib": result["memory_kib"]}
             rows.append((f"{label}, --only_references, peak memory", memory, 2.5, "the file's size"))
+    result = compare(many, GREP_AS_TOOL, [GREP], repeat, reset=False)
+    rows.append(
+        (
+            f"(reference) 100k files, `git grep --threads {THREADS}`, as the tool greps",
+            result,
+            None,
+            "git grep",
+        )
+    )
     check = tool("--check", "--images", "all")
     result = compare(many, [*check, "--changed_since", "HEAD"], [check], repeat, reset=False)
     rows.append(("100k files, --check --images all --changed_since HEAD", result, 1.3, "--check alone"))
@@ -333,7 +356,13 @@ def main() -> int:
             (
                 f"{label}, --images all -n --update_references",
                 compare(
-                    repo, argv, [GREP], repeat, False, [GREP, startup, inspect], other_argvs(argv, others)
+                    repo,
+                    argv,
+                    [GREP],
+                    repeat,
+                    False,
+                    [GREP_AS_TOOL, startup, inspect],
+                    other_argvs(argv, others),
                 ),
                 goal,
                 "git grep",
@@ -365,6 +394,10 @@ def main() -> int:
     print(f"Measured {started_at} by benchmarks/bench_scale.py")
     print(f"Machine: {machine()}")
     print(f"Load average (1 / 5 / 15 min): {load_before} before the run, {load()} after")
+    cpus = manage_images.usable_cpus()
+    print(
+        f"git grep: the tool's with {THREADS} threads ({cpus} CPUs to run on); the baseline's with git's default"
+    )
     print(f"Medians of {repeat} alternated runs ({repeat * 4} for start-up); fixtures under {args.cache}")
     for number, other in enumerate(others, start=1):
         print(f"compared ({number}): {other}, in the same alternation")

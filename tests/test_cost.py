@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import errno
 import json
+import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -89,6 +90,25 @@ def test_a_dry_run_runs_one_git_grep_and_one_docker_image_inspect(world, standin
     assert len(inspects) == 1 and len(inspects[0]) == 5 + len(
         GRAPH
     )  # docker image inspect --format F, a ref per image
+
+
+@pytest.mark.parametrize("cpus", ["one", "all"])
+def test_git_grep_runs_with_one_thread_more_than_the_cpus_the_run_may_use_and_one_on_one_cpu(
+    world, counted, cpus
+):
+    # git's default is one thread per CPU of the machine, whatever the run may use;
+    # its threads take turns on a lock for each file's attributes, so one more keeps
+    # the CPUs busy, and on one CPU a second thread only waits.
+    before = os.sched_getaffinity(0)
+    allowed = {min(before)} if cpus == "one" else before
+    os.sched_setaffinity(0, allowed)  # the scan's threads are started after: they inherit it
+    try:
+        assert mi.main(["--check", "--images", "all"]) == 0
+    finally:
+        os.sched_setaffinity(0, before)
+    (grep,) = [argv for argv in counted["commands"] if "grep" in argv]
+    threads = grep[grep.index("--threads") + 1]
+    assert threads == ("1" if len(allowed) == 1 else str(len(allowed) + 1))
 
 
 def test_the_index_is_listed_once_per_run_as_any_index_version_can_mark_a_file_assume_unchanged(
