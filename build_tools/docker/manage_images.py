@@ -5447,11 +5447,12 @@ class TrackedFiles:
 # replaced, read back, put back on a failure.
 
 
-def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> str | None:
+def unwritable_reason(path: str, folders: dict[str, bool] | None = None) -> str | None:
     """Why `path` must not be replaced, or None (`folders`: which folders are writable, as found).
 
     A file without any write bit is taken as read-only even for root, who could
     otherwise replace it; an immutable file or a read-only folder fails access().
+    A str, not a Path: a rewrite asks this for a thousand files.
     """
     try:
         mode: int | None = os.stat(path).st_mode
@@ -5461,11 +5462,11 @@ def unwritable_reason(path: Path, folders: dict[Path, bool] | None = None) -> st
         mode = None
     if mode is not None and (mode & 0o222 == 0 or not os.access(path, os.W_OK)):
         return "it is read-only"
-    folders, parent = {} if folders is None else folders, path.parent
+    folders, parent = {} if folders is None else folders, os.path.dirname(path)
     if parent not in folders:
         folders[parent] = os.access(parent, os.W_OK | os.X_OK)
     if not folders[parent]:
-        return f"its folder {shown(str(parent))} is not writable"
+        return f"its folder {shown(parent)} is not writable"
     return None
 
 
@@ -5742,10 +5743,11 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
     Any failure while writing removes the temporary files and changes nothing.
     """
     cache: dict[str, str] = {}
-    folders: dict[Path, bool] = {}
+    folders: dict[str, bool] = {}
+    base = os.fspath(root)
     for change in changes:
         problem = path_problem(root, change.path, cache)
-        reason = unwritable_reason(root / change.path, folders) if not problem else None
+        reason = unwritable_reason(f"{base}/{change.path}", folders) if not problem else None
         if problem or reason:
             advice = "fix that" if problem else "make it writable"
             raise ManageImagesError(
