@@ -1681,8 +1681,8 @@ def reference_splices(references: Iterable[Reference], hexes: Mapping[str, bytes
         (reference.hex_start, reference.hex_start + len(reference.hexdigits), hexes[reference.name])
         for reference in references
         if reference.name in hexes
+        and reference.hexdigits != hexes[reference.name]  # before the regex: most already hold them
         and reference.well_formed()  # never an unpinned one
-        and reference.hexdigits != hexes[reference.name]
     ]
 
 
@@ -8179,7 +8179,7 @@ def written_anew_if_changed(
     runner: Runner,
     files: TrackedFiles,
     lock: RepositoryLock | None,
-    plan: Callable[[Edits], None],
+    plan: Callable[[Edits], object],  # what it returns is not used
     planned: Callable[[Sequence[FileChange]], None] = lambda changes: None,
 ) -> list[FileChange]:
     """Plans the edits (`planned` is told the changes, before they are written) and writes
@@ -8249,13 +8249,13 @@ def update_references(
 
 def plan_references(
     runner: Runner, edits: Edits, image: str, digest: str | None, rewrite_files: bool = True
-) -> None:
+) -> list[str]:
     """Adds to `edits` the new digest of every reference to IMAGE (with
     `rewrite_files` false, only of prod_digests.txt and WORKSPACE: the caller
-    rewrites the files for many images at once).
+    rewrites the files for many images at once); the files that change.
 
     `digest` is None only in a dry run that cannot know it yet: then the files
-    are listed but no diff is shown.
+    are listed but no diff is shown (and none is returned).
     """
     registry = runner.settings.registry
     url = image_url(registry, image)
@@ -8272,10 +8272,10 @@ def plan_references(
     files += [path for path in edits.naming(image) if path not in files]
     if not files:
         runner.say(f"Found no references to {url}", image)
-        return
+        return []
     if digest is None:  # a dry run before the push: the files, not yet what changes in them
         runner.say(f"Updating references in {counted(len(files), 'file')}: {files}", image)
-        return
+        return []
     hexes = digest_hexes(registry, {image: digest})
     stale = {path: reference_splices(edits.references(path), hexes) for path in files}
     edited = {change.path for change in edits.changes()}
@@ -8286,12 +8286,13 @@ def plan_references(
             "no file to change",
             image,
         )
-        return
+        return []
     runner.say(f"Updating references in {counted(len(changing), 'file')}: {changing}", image)
     if rewrite_files:
         for path in changing:
             if stale[path]:
                 edits.patch(path, stale[path])
+    return changing
 
 
 # ---------------------------------------------------------------------------
@@ -8991,11 +8992,9 @@ def only_references(
         def finish(image: str, digest: str | None) -> str | None:
             assert digest is not None  # from prod_digests.txt
             edits = Edits(files, parent=run_edits)
-            plan_references(runner, edits, image, digest, rewrite_files=False)
-            hexes = digest_hexes(registry, {image: digest})
-            stale = [path for path in files.naming(image) if reference_splices(files.references(path), hexes)]
+            changing = plan_references(runner, edits, image, digest, rewrite_files=False)
             runner.planned_files[image] = list(
-                dict.fromkeys([change.path for change in edits.changes()] + stale)
+                dict.fromkeys([change.path for change in edits.changes()] + changing)
             )
             edits.merge()
             done[image] = digest
