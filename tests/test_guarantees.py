@@ -446,6 +446,17 @@ def test_a_folder_that_cannot_be_written_is_named_whatever_folder_came_before(tr
     assert files(tree) == before
 
 
+def test_a_folder_that_cannot_be_written_is_named_as_it_is_when_the_root_is_the_file_system_root(small_tmpfs):
+    # The tree's root may be `/` itself: its folders are `/NAME`, never `//NAME`.
+    mount = shutil.which("mount", path=SYSTEM_PATH) or "mount"
+    subprocess.run([mount, "-o", "remount,ro", str(small_tmpfs)], check=True)
+    change = mi.FileChange.whole(f"{small_tmpfs.relative_to('/')}/new.txt", b"", b"new\n")
+    with pytest.raises(mi.ManageImagesError) as raised:
+        mi.write_all_or_nothing(Path("/"), [change], None)
+    assert f"its folder {small_tmpfs} is not writable;" in str(raised.value)
+    assert not (small_tmpfs / "new.txt").exists()
+
+
 def test_a_file_name_as_long_as_the_file_system_allows_is_rewritten(tree, standin):
     name = "n" * 255
     write(tree, f"ci/{name}", ref("cmake") + b"\n")

@@ -4649,7 +4649,7 @@ def usable_cpus() -> int:
     cpuset), or the machine's where the system does not say."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
+    except (AttributeError, OSError):  # macOS; a sandbox that refuses the call
         return os.cpu_count() or 1
 
 
@@ -5744,7 +5744,7 @@ def write_all_or_nothing(root: Path, changes: Sequence[FileChange], lock: Reposi
     """
     cache: dict[str, str] = {}
     folders: dict[str, bool] = {}
-    base = os.fspath(root)
+    base = os.fspath(root).rstrip("/")  # the root `/` too: its files are `/NAME`, not `//NAME`
     for change in changes:
         problem = path_problem(root, change.path, cache)
         reason = unwritable_reason(f"{base}/{change.path}", folders) if not problem else None
