@@ -465,6 +465,20 @@ def files(root: Path) -> dict[str, bytes]:
 # --- What the registry, the engine and the files hold (end-to-end) ------------
 
 
+def gone(pid: int, timeout: float = 10) -> bool:
+    """True once process `pid` no longer runs (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as status:
+                if status.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def pins(repo: Path, registry: Registry) -> dict[str, str]:
     """image -> the digest prod_digests.txt pins it to."""
     prefix = f"{registry.url}/"

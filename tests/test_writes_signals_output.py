@@ -38,6 +38,7 @@ from helpers import (
     Tool,
     all_digests,
     files,
+    gone,
     ref,
     run_as,
     unavailable,
@@ -67,20 +68,6 @@ def commit(root: Path, message: str = "change") -> None:
 
 def temporaries(root: Path) -> list[Path]:
     return [path for path in root.rglob(".manage_images.*")]
-
-
-def gone(pid: int, timeout: float = 10) -> bool:
-    """True once process `pid` no longer runs (a zombie counts as gone)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as status:
-                if status.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def wait_for(path: Path, timeout: float = 60) -> None:
