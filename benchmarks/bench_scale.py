@@ -20,8 +20,9 @@ Exits 1 if a goal is missed.
 
 The floor column is what any run of such a tool must pay on top of nothing,
 timed in the same alternation: the baseline's `git grep`, run as the tool
-runs it (below), where the tool must do that work too, plus the Python interpreter starting and compiling this
-one-module script (it runs as `__main__`, so there is no `.pyc`), plus, where
+runs it (below), where the tool must do that work too, plus the Python
+interpreter starting and compiling this one-module script (it runs as
+`__main__`, so there is no `.pyc`), plus, where
 the case needs them, replacing the changed files atomically and durably
 (temporary file, fsync, rename; 16 threads, nothing read or scanned) and one
 `docker image inspect` of the 17 images.
@@ -255,11 +256,11 @@ with concurrent.futures.ThreadPoolExecutor(16) as pool:
 
 # The least work a --check of the 100k tree could do, as one program: the
 # interpreter starting and compiling this module (argv[1]), `git grep -l -z`
-# (with argv[2] threads, as the tool)
-# read as git names each file, each named file read whole as it is named, its
-# pinned references found with one regex, and one line printed for each that
-# prod_digests.txt does not pin. No symbolic link, submodule, encoding, index
-# mark or Dockerfile is looked at; nothing is written.
+# (with argv[2] threads, as the tool) read as git names each file, each named
+# file read whole as it is named, its pinned references found with one regex,
+# and one line printed for each that prod_digests.txt does not pin. No
+# symbolic link, submodule, encoding, index mark or Dockerfile is looked at;
+# nothing is written.
 LEAST = """
 import re, subprocess, sys
 compile(open(sys.argv[1]).read(), "m", "exec")

@@ -1,8 +1,9 @@
 """The cost model, counted rather than timed, so a regression cannot land
 silently (benchmarks/bench_scale.py measures the times): each candidate file
 is read once per run whatever the number of images; one `git grep` per run,
-with one thread more than the CPUs the run may use (one on one CPU); at most one `docker image inspect` in a dry run; line numbers for all the
-findings in a file cost one pass over it."""
+with one thread more than the CPUs the run may use (one on one CPU); at most
+one `docker image inspect` in a dry run; line numbers for all the findings
+in a file cost one pass over it."""
 
 from __future__ import annotations
 
